@@ -1,0 +1,74 @@
+"""flakefleet: a Kubernetes fleet with a cloud body and a NixOS soul.
+
+Deploys, per stack: a VPC with least-privilege security groups, S3 buckets for the Nix binary
+cache and etcd snapshots, EC2 machines (virtual and *.metal) booting NixOS, bring-your-own
+hosts by address, and an internal API load balancer when there are several control planes.
+Every address is planned from config alone, so a preview shows them all.
+"""
+
+import pulumi
+
+from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
+from components.machine import Machines, MachinesArgs
+from components.network import Network, NetworkArgs
+from components.settings import load_stack, node_table
+from components.storage import Storage, StorageArgs
+
+# Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
+cfg, inventory = load_stack()
+tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_stack()}
+
+# Network: VPC, subnets per zone, NAT, security groups from nixos/ports.json, flow logs.
+network = (
+    Network(cfg.cluster.name, NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags))
+    if cfg.uses_ec2
+    else None
+)
+
+# Storage: binary cache and etcd snapshots, private, TLS-only, versioned, encrypted.
+storage = Storage(cfg.cluster.name, StorageArgs(cfg.storage, tags)) if cfg.storage.enabled else None
+
+# Machines: EC2 hosts with scoped instance profiles; bring-your-own hosts need none.
+machines = (
+    Machines(
+        cfg.cluster.name,
+        MachinesArgs(
+            inventory=inventory,
+            pools=tuple(cfg.pools),
+            nixos_release=cfg.cluster.nixos_release,
+            subnet_ids=network.private_subnet_ids,
+            security_group_ids=network.security_group_ids,
+            cache_arn=storage.cache_arn if storage else None,
+            snapshot_arn=storage.snapshot_arn if storage else None,
+            tags=tags,
+        ),
+    )
+    if network
+    else None
+)
+
+# API endpoint: an internal NLB when several control planes run on EC2.
+api_lb = (
+    ApiLoadBalancer(
+        f"{cfg.cluster.name}-api",
+        ApiLoadBalancerArgs(
+            inventory=inventory,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            security_group_id=network.security_group_ids["lb"],
+            targets_ready=[machines],
+            tags=tags,
+        ),
+    )
+    if network and inventory.api_lb_addresses
+    else None
+)
+
+# Exports.
+pulumi.export("api_endpoint", inventory.api_endpoint)
+pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
+pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}))
+pulumi.export(
+    "buckets",
+    {"cache": storage.cache_bucket, "snapshots": storage.snapshot_bucket} if storage else {},
+)

@@ -1,0 +1,170 @@
+"""EC2 machines, virtual and `*.metal`: official NixOS AMI, IMDSv2, encrypted gp3 root, fixed private IP, scoped S3 access."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from flakefleet.config import PoolConfig, RootVolume
+from flakefleet.iam import ASSUME_EC2, node_policy
+from flakefleet.inventory import Host, Inventory
+
+NIXOS_AMI_OWNER = "427812963091"  # the NixOS project's AWS account, publisher of the official AMIs
+AMI_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
+
+
+def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None) -> pulumi.Output[str]:
+    """Id of the newest official NixOS AMI of `release` for `arch`."""
+    return aws.ec2.get_ami_output(
+        owners=[NIXOS_AMI_OWNER],
+        most_recent=True,
+        filters=[
+            {"name": "name", "values": [f"nixos/{release}*"]},
+            {"name": "architecture", "values": [AMI_ARCH[arch]]},
+        ],
+        opts=opts,
+    ).id
+
+
+@dataclass(frozen=True)
+class MachineArgs:
+    """One EC2 host."""
+
+    host: Host
+    """The planned host: instance type, zone and fixed private address."""
+    ami: pulumi.Input[str]
+    """Boot image."""
+    subnet_id: pulumi.Input[str]
+    """The host's private subnet."""
+    security_group_id: pulumi.Input[str]
+    """The host role's security group."""
+    instance_profile: pulumi.Input[str]
+    """The host role's instance profile name."""
+    root_volume: RootVolume = RootVolume()
+    """Root volume size and performance."""
+    user_data: pulumi.Input[str] | None = None
+    """First-boot user data."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags for the instance and its volumes."""
+
+
+class Machine(pulumi.ComponentResource):
+    """One EC2 instance that boots NixOS and waits for delivery."""
+
+    instance_id: pulumi.Output[str]
+    """The instance's id."""
+    private_ip: pulumi.Output[str]
+    """The instance's private address (equal to the planned one)."""
+
+    def __init__(self, name: str, args: MachineArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flakefleet:index:Machine", name, None, opts)
+        host, volume = args.host, args.root_volume
+        instance = aws.ec2.Instance(
+            name,
+            ami=args.ami,
+            instance_type=host.instance_type,
+            subnet_id=args.subnet_id,
+            private_ip=str(host.address),
+            vpc_security_group_ids=[args.security_group_id],
+            iam_instance_profile=args.instance_profile,
+            # CIS AWS 5.6: session tokens only; hop limit 1 keeps pods from borrowing the node's role.
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
+            root_block_device={
+                "encrypted": True,
+                "volume_type": "gp3",
+                "volume_size": volume.size_gib,
+                "iops": volume.iops,
+                "throughput": volume.throughput_mibps,
+                "delete_on_termination": True,
+                "tags": dict(args.tags),
+            },
+            user_data=args.user_data,
+            tags=dict(args.tags),
+            # The AMI only boots the host; delivery owns its system. A newer AMI must not replace nodes.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
+        )
+        self.instance_id = instance.id
+        self.private_ip = instance.private_ip
+        self.register_outputs({"instance_id": self.instance_id, "private_ip": self.private_ip})
+
+
+@dataclass(frozen=True)
+class MachinesArgs:
+    """Every EC2 host of the stack."""
+
+    inventory: Inventory
+    """The plan; its EC2 hosts become machines."""
+    pools: tuple[PoolConfig, ...]
+    """The validated pools (instance shape, AMI override, root volume)."""
+    nixos_release: str
+    """NixOS release of the boot AMI."""
+    subnet_ids: Mapping[str, pulumi.Input[str]]
+    """Zone -> private subnet id."""
+    security_group_ids: Mapping[str, pulumi.Input[str]]
+    """Role -> security group id."""
+    cache_arn: pulumi.Input[str] | None = None
+    """Binary-cache bucket every node may read."""
+    snapshot_arn: pulumi.Input[str] | None = None
+    """Snapshot bucket control planes may write their folder of."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags for every taggable child."""
+
+
+class Machines(pulumi.ComponentResource):
+    """Instance profiles per role and one `Machine` per EC2 host."""
+
+    instance_ids: dict[str, pulumi.Output[str]]
+    """Host name -> instance id."""
+    role_arns: dict[str, pulumi.Output[str]]
+    """Node role -> IAM role ARN."""
+
+    def __init__(self, name: str, args: MachinesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flakefleet:index:Machines", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        inv = args.inventory
+        ec2_hosts = [h for h in inv.hosts if h.provider == "ec2"]
+
+        profiles: dict[str, pulumi.Output[str]] = {}
+        self.role_arns = {}
+        for role in sorted({h.role for h in ec2_hosts}):
+            iam_role = aws.iam.Role(f"{name}-{role}", assume_role_policy=json.dumps(ASSUME_EC2), tags=dict(args.tags), opts=child)
+            policy = pulumi.Output.all(args.cache_arn, args.snapshot_arn).apply(
+                lambda arns, role=role: json.dumps(node_policy(role, inv.cluster, arns[0], arns[1]))
+            )
+            if args.cache_arn is not None or (args.snapshot_arn is not None and role == "control-plane"):
+                aws.iam.RolePolicy(f"{name}-{role}-s3", role=iam_role.id, policy=policy, opts=child)
+            profile = aws.iam.InstanceProfile(f"{name}-{role}", role=iam_role.name, tags=dict(args.tags), opts=child)
+            profiles[role], self.role_arns[role] = profile.name, iam_role.arn
+
+        pools = {p.name: p for p in args.pools}
+        amis: dict[str, pulumi.Input[str]] = {}
+        for pool_name in sorted({h.pool for h in ec2_hosts}):
+            pool = pools[pool_name]
+            amis[pool_name] = pool.ami or nixos_ami(args.nixos_release, pool.arch, pulumi.InvokeOptions(parent=self))
+
+        self.instance_ids = {}
+        for host in ec2_hosts:
+            machine = Machine(
+                f"{name}-{host.name}",
+                MachineArgs(
+                    host=host,
+                    ami=amis[host.pool],
+                    subnet_id=args.subnet_ids[host.zone],
+                    security_group_id=args.security_group_ids[host.role],
+                    instance_profile=profiles[host.role],
+                    root_volume=pools[host.pool].root_volume,
+                    tags={
+                        **args.tags,
+                        "Name": f"{inv.cluster}-{host.name}",
+                        "flakefleet:pool": host.pool,
+                        "flakefleet:role": host.role,
+                    },
+                ),
+                child,
+            )
+            self.instance_ids[host.name] = machine.instance_id
+        self.register_outputs({"instance_ids": self.instance_ids, "role_arns": self.role_arns})

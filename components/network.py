@@ -1,0 +1,204 @@
+"""The VPC: subnets per zone, routes, NAT, the k3s security-group matrix, a closed default group and flow logs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from components.storage import SecureBucket, SecureBucketArgs
+from flakefleet.config import NetworkConfig
+from flakefleet.inventory import Inventory
+from flakefleet.ports import security_group_rules
+
+FLOW_LOG_RETENTION_DAYS = 90
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    """What the network is built from."""
+
+    inventory: Inventory
+    """The plan: VPC range, zones and their subnets."""
+    config: NetworkConfig
+    """The validated `network` stack key."""
+    force_destroy: bool = False
+    """Whether `pulumi destroy` may delete the non-empty flow-log bucket."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags for every taggable child."""
+
+
+def _flow_log_delivery(bucket_arn: str, account_id: str | None) -> list[dict]:
+    # Written by us rather than left to AWS, which would otherwise edit the policy Pulumi owns.
+    condition = {"StringEquals": {"aws:SourceAccount": account_id}} if account_id else {}
+    principal = {"Service": "delivery.logs.amazonaws.com"}
+    return [
+        {
+            "Sid": "AWSLogDeliveryWrite",
+            "Effect": "Allow",
+            "Principal": principal,
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/AWSLogs/*",
+            "Condition": condition,
+        },
+        {
+            "Sid": "AWSLogDeliveryAclCheck",
+            "Effect": "Allow",
+            "Principal": principal,
+            "Action": ["s3:GetBucketAcl", "s3:ListBucket"],
+            "Resource": bucket_arn,
+            "Condition": condition,
+        },
+    ]
+
+
+class Network(pulumi.ComponentResource):
+    """VPC with private node subnets behind NAT, public subnets for NAT, and least-privilege security groups."""
+
+    vpc_id: pulumi.Output[str]
+    """The VPC's id."""
+    private_subnet_ids: dict[str, pulumi.Output[str]]
+    """Zone name -> id of that zone's private (node) subnet."""
+    security_group_ids: dict[str, pulumi.Output[str]]
+    """`control-plane`, `worker` and (with an API load balancer) `lb` -> security group id."""
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flakefleet:index:Network", name, None, opts)
+        inv, cfg = args.inventory, args.config
+        tags = dict(args.tags)
+        child = pulumi.ResourceOptions(parent=self)
+
+        vpc = aws.ec2.Vpc(
+            name,
+            cidr_block=str(inv.vpc),
+            enable_dns_hostnames=True,  # instances resolve each other and the S3 endpoint by name
+            enable_dns_support=True,
+            tags={**tags, "Name": name},
+            opts=child,
+        )
+        # CIS AWS 5.4: adopt the default group and strip every rule, so nothing can fall back to it.
+        aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, ingress=[], egress=[], tags=tags, opts=child)
+
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=child)
+        public_rt = aws.ec2.RouteTable(f"{name}-public", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-public"}, opts=child)
+        aws.ec2.Route(
+            f"{name}-public-default", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
+            gateway_id=igw.id, opts=child,
+        )
+
+        self.private_subnet_ids = {}
+        private_rts: list[aws.ec2.RouteTable] = []
+        nat_ids: list[pulumi.Output[str]] = []
+        for z, zone in enumerate(inv.zones):
+            public = aws.ec2.Subnet(
+                f"{name}-public-{zone.name}",
+                vpc_id=vpc.id,
+                cidr_block=str(zone.public),
+                availability_zone=zone.name,
+                map_public_ip_on_launch=False,  # only NAT gateways live here, with their own EIPs
+                tags={**tags, "Name": f"{name}-public-{zone.name}"},
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{zone.name}", subnet_id=public.id, route_table_id=public_rt.id, opts=child
+            )
+            private = aws.ec2.Subnet(
+                f"{name}-private-{zone.name}",
+                vpc_id=vpc.id,
+                cidr_block=str(zone.private),
+                availability_zone=zone.name,
+                map_public_ip_on_launch=False,
+                tags={**tags, "Name": f"{name}-private-{zone.name}"},
+                opts=child,
+            )
+            self.private_subnet_ids[zone.name] = private.id
+            if cfg.nat == "per-az" or (cfg.nat == "single" and z == 0):
+                eip = aws.ec2.Eip(f"{name}-nat-{zone.name}", domain="vpc", tags=tags, opts=child)
+                nat = aws.ec2.NatGateway(
+                    f"{name}-nat-{zone.name}", allocation_id=eip.id, subnet_id=public.id, tags=tags,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+                )
+                nat_ids.append(nat.id)
+            rt = aws.ec2.RouteTable(
+                f"{name}-private-{zone.name}", vpc_id=vpc.id, tags={**tags, "Name": f"{name}-private-{zone.name}"},
+                opts=child,
+            )
+            if nat_ids:
+                aws.ec2.Route(
+                    f"{name}-private-{zone.name}-default", route_table_id=rt.id, destination_cidr_block="0.0.0.0/0",
+                    nat_gateway_id=nat_ids[-1], opts=child,
+                )
+            aws.ec2.RouteTableAssociation(f"{name}-private-{zone.name}", subnet_id=private.id, route_table_id=rt.id, opts=child)
+            private_rts.append(rt)
+
+        # S3 through a gateway endpoint: free, private, and independent of NAT for cache and snapshots.
+        region = aws.get_region_output().region
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            vpc_id=vpc.id,
+            service_name=region.apply(lambda r: f"com.amazonaws.{r}.s3"),
+            vpc_endpoint_type="Gateway",
+            route_table_ids=[rt.id for rt in private_rts],
+            tags=tags,
+            opts=child,
+        )
+
+        with_lb = bool(inv.api_lb_addresses)
+        groups = ["control-plane", "worker"] + (["lb"] if with_lb else [])
+        sgs = {
+            g: aws.ec2.SecurityGroup(
+                f"{name}-{g}",
+                vpc_id=vpc.id,
+                description=f"flakefleet {inv.cluster} {g}",
+                tags={**tags, "Name": f"{name}-{g}"},
+                opts=child,
+            )
+            for g in groups
+        }
+        for rule in security_group_rules(
+            [str(c) for c in cfg.admin_cidrs], [str(c) for c in cfg.api_cidrs], with_lb
+        ):
+            kind = aws.vpc.SecurityGroupIngressRule if rule.direction == "ingress" else aws.vpc.SecurityGroupEgressRule
+            kind(
+                f"{name}-{rule.key}",
+                security_group_id=sgs[rule.group].id,
+                ip_protocol=rule.protocol,
+                from_port=rule.from_port,
+                to_port=rule.to_port,
+                referenced_security_group_id=sgs[rule.peer_group].id if rule.peer_group else None,
+                cidr_ipv4=rule.cidr,
+                description=rule.description[:255],
+                tags=tags,
+                opts=child,
+            )
+
+        if cfg.flow_logs:
+            logs = SecureBucket(
+                f"{name}-flow-logs",
+                SecureBucketArgs(
+                    noncurrent_days=1,
+                    force_destroy=args.force_destroy,
+                    expire_days=FLOW_LOG_RETENTION_DAYS,
+                    tags=tags,
+                    extra_statements=_flow_log_delivery,
+                    account_id=aws.get_caller_identity_output().account_id,
+                ),
+                child,
+            )
+            aws.ec2.FlowLog(
+                f"{name}-flow-log",
+                vpc_id=vpc.id,
+                traffic_type="ALL",
+                log_destination_type="s3",
+                log_destination=logs.arn,
+                tags=tags,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
+            )
+
+        self.vpc_id = vpc.id
+        self.security_group_ids = {g: sg.id for g, sg in sgs.items()}
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "security_group_ids": self.security_group_ids}
+        )

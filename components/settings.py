@@ -1,0 +1,31 @@
+"""Read the stack's config once, validate it whole, and plan the inventory, before any resource."""
+
+from __future__ import annotations
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from flakefleet.config import ConfigError, StackConfig, parse_stack_config
+from flakefleet.inventory import Inventory, plan_inventory
+
+
+def load_stack() -> tuple[StackConfig, Inventory]:
+    """The validated config and its inventory; every problem is reported at once, without a traceback."""
+    raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    region = pulumi.Config("aws").get("region")
+    try:
+        cfg = parse_stack_config(raw, region)
+        return cfg, plan_inventory(cfg)
+    except ConfigError as err:
+        # RunError ends the program with just this message: one line per problem, no stack trace.
+        raise pulumi.RunError(
+            f"invalid configuration for stack {pulumi.get_stack()}:\n  " + "\n  ".join(err.problems)
+        ) from None
+
+
+def node_table(inventory: Inventory, instance_ids: dict[str, pulumi.Output[str]]) -> dict[str, dict]:
+    """Stack output `nodes`: host name -> role, pool, address, and instance id (None for bring-your-own)."""
+    return {
+        h.name: {"role": h.role, "pool": h.pool, "address": str(h.address), "instance_id": instance_ids.get(h.name)}
+        for h in inventory.hosts
+    }

@@ -1,0 +1,1 @@
+"""flakefleet's pure core: configuration, inventory planning and command construction (no Pulumi)."""

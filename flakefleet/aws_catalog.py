@@ -1,0 +1,77 @@
+"""Static AWS facts the planner needs at preview time: availability zones and instance-type shapes.
+
+Addresses must be known before any AWS call, so the planner cannot ask EC2 which zones a
+region has. This table lists the zone names every account sees in each region; a stack can
+name its zones explicitly (`network.availability_zones`) for regions not listed or for
+accounts whose zone set differs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Zone letters per region (AWS "Regions and Zones" documentation; local and wavelength zones
+# are excluded because EC2 nodes of a cluster belong in standard zones).
+REGION_ZONES: dict[str, str] = {
+    "us-east-1": "abcdef",
+    "us-east-2": "abc",
+    "us-west-1": "ac",
+    "us-west-2": "abcd",
+    "ca-central-1": "abd",
+    "ca-west-1": "abc",
+    "sa-east-1": "abc",
+    "eu-west-1": "abc",
+    "eu-west-2": "abc",
+    "eu-west-3": "abc",
+    "eu-central-1": "abc",
+    "eu-central-2": "abc",
+    "eu-north-1": "abc",
+    "eu-south-1": "abc",
+    "eu-south-2": "abc",
+    "ap-south-1": "abc",
+    "ap-south-2": "abc",
+    "ap-southeast-1": "abc",
+    "ap-southeast-2": "abc",
+    "ap-southeast-3": "abc",
+    "ap-southeast-4": "abc",
+    "ap-northeast-1": "acd",
+    "ap-northeast-2": "abcd",
+    "ap-northeast-3": "abc",
+    "ap-east-1": "abc",
+    "me-south-1": "abc",
+    "me-central-1": "abc",
+    "il-central-1": "abc",
+    "af-south-1": "abc",
+}
+
+
+def region_zones(region: str) -> list[str] | None:
+    """Zone names of `region`, or None when the region is not in the table."""
+    letters = REGION_ZONES.get(region)
+    return None if letters is None else [region + letter for letter in letters]
+
+
+_TYPE_RE = re.compile(r"^(?P<family>(?P<series>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*))\.(?P<size>[a-z0-9-]+)$")
+
+
+@dataclass(frozen=True)
+class InstanceShape:
+    """What the planner must know of an instance type: its CPU architecture and whether it is bare metal."""
+
+    arch: str  # "x86_64" | "aarch64"
+    metal: bool
+
+
+def instance_shape(instance_type: str) -> InstanceShape | None:
+    """Architecture and metal-ness of an EC2 instance type name, or None when the name is malformed.
+
+    Graviton (aarch64) families carry a `g` in their attribute letters after the generation
+    (m7g, c6gn, r8gd, t4g, x2gd, im4gn, is4gen, g5g, hpc7g) or are the a1 family. GPU families
+    such as g4dn or g6e start with `g` in their series, not their attributes, and are x86_64.
+    """
+    m = _TYPE_RE.match(instance_type)
+    if m is None or m["series"] == "mac":
+        return None
+    aarch64 = m["series"] == "a" or "g" in m["attrs"].split("-")[0]
+    return InstanceShape(arch="aarch64" if aarch64 else "x86_64", metal=m["size"].startswith("metal"))

@@ -1,0 +1,158 @@
+"""Run the real `__main__.py` under Pulumi mocks and record the resource graph it registers.
+
+Each registration is kept with its type, name, parent, dependencies, inputs and which inputs
+are secret; the stack's exports are resolved. Used by the tier-2 tests and by `bench/`.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pmocks
+from pulumi.runtime import rpc
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.settings import SETTINGS, get_root_resource
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ROOT / "stacks"
+ACCOUNT_ID = "123456789012"
+AMI_ID = "ami-0123456789abcdef0"
+
+
+def read_stack_file(stack: str) -> dict[str, Any]:
+    """A stack file's config as Pulumi hands it to a program: structured values as JSON text."""
+    config = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+
+
+def stack_names() -> list[str]:
+    """Every stack with a file in stacks/."""
+    return sorted(p.name.split(".")[1] for p in STACKS.glob("Pulumi.*.yaml"))
+
+
+@dataclass
+class Registration:
+    """One resource the program registered."""
+
+    urn: str
+    type: str
+    name: str
+    parent: str
+    dependencies: list[str]
+    inputs: dict[str, Any]
+    secret_inputs: set[str]
+    custom: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProgramRun:
+    """What one run of the program produced."""
+
+    resources: list[Registration]
+    exports: dict[str, Any]
+
+    def of_type(self, type_: str) -> list[Registration]:
+        """Registrations of one resource type."""
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Registration:
+        """The registration of `type_` called `name`."""
+        found = [r for r in self.resources if r.type == type_ and r.name == name]
+        assert len(found) == 1, f"{len(found)} {type_} named {name}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        """The registration with this URN."""
+        return next(r for r in self.resources if r.urn == urn)
+
+
+class FleetMocks(pulumi.runtime.Mocks):
+    """Echo inputs, and supply the computed outputs AWS would return."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        out = dict(args.inputs)
+        rid = f"{args.name}-id"
+        t = args.typ
+        if t == "aws:s3/bucket:Bucket":
+            out.update(bucket=f"{args.name}-bkt", arn=f"arn:aws:s3:::{args.name}-bkt")
+        elif t == "aws:ec2/instance:Instance":
+            rid = f"i-{abs(hash(args.name)) % 16**12:012x}"
+            out.update(privateIp=args.inputs.get("privateIp"), arn=f"arn:aws:ec2:::instance/{rid}")
+        elif t == "aws:iam/role:Role":
+            out.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:role/{args.name}", name=args.name)
+        elif t == "aws:iam/instanceProfile:InstanceProfile":
+            out.update(name=args.name, arn=f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{args.name}")
+        elif t == "aws:lb/loadBalancer:LoadBalancer":
+            out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
+        elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
+            out.update(arn=f"arn:aws:elasticloadbalancing:::{args.name}")
+        return rid, out
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": AMI_ID, "architecture": "x86_64"}
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"region": "eu-west-1", "name": "eu-west-1", "id": "eu-west-1"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci", "userId": "AIDA", "id": ACCOUNT_ID}
+        return {}
+
+
+class RecordingMonitor(pmocks.MockMonitor):
+    """The SDK's mock monitor, keeping each registration's parent, dependencies and secrets."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.records: list[Registration] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            raw = rpc.deserialize_properties(request.object)
+            self.records.append(
+                Registration(
+                    urn=response.urn,
+                    type=request.type,
+                    name=request.name,
+                    parent=request.parent,
+                    dependencies=list(request.dependencies),
+                    inputs={k: rpc.unwrap_rpc_secret(v) for k, v in raw.items()},
+                    secret_inputs={k for k, v in raw.items() if rpc.is_rpc_secret(v)},
+                    custom=request.custom,
+                    options={
+                        "ignore_changes": list(request.ignoreChanges),
+                        "replace_on_changes": list(request.replaceOnChanges),
+                        "delete_before_replace": request.deleteBeforeReplace,
+                        "additional_secret_outputs": list(request.additionalSecretOutputs),
+                    },
+                )
+            )
+        return response
+
+
+def run_program(config: dict[str, Any], stack: str = "test", preview: bool = False) -> ProgramRun:
+    """Run `__main__.py` with `config` (key -> JSON text) under mocks; raises what the program raises."""
+    mocks = FleetMocks()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="flakefleet", stack=stack, preview=preview, monitor=monitor)
+    set_all_config(dict(config))
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    outputs = get_root_resource().outputs
+    exports = _sync_await(pulumi.Output.from_input(outputs).future(with_unknowns=True)) if outputs else {}
+    return ProgramRun(monitor.records, exports or {})
+
+
+def run_stack(stack: str, preview: bool = False) -> ProgramRun:
+    """Run the program with a stack file's config."""
+    return run_program(read_stack_file(stack), stack=stack, preview=preview)
