@@ -139,11 +139,12 @@ class RecordingMonitor(pmocks.MockMonitor):
         return response
 
 
-def run_program(config: dict[str, Any], stack: str = "test", preview: bool = False) -> ProgramRun:
+def run_program(
+    config: dict[str, Any], stack: str = "test", preview: bool = False, monitor: RecordingMonitor | None = None
+) -> ProgramRun:
     """Run `__main__.py` with `config` (key -> JSON text) under mocks; raises what the program raises."""
-    mocks = FleetMocks()
-    monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project="flakefleet", stack=stack, preview=preview, monitor=monitor)
+    monitor = monitor or RecordingMonitor(FleetMocks())
+    pulumi.runtime.set_mocks(monitor.mocks, project="flakefleet", stack=stack, preview=preview, monitor=monitor)
     set_all_config(dict(config))
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()

@@ -1,0 +1,289 @@
+"""Tier 2: the real program under Pulumi mocks, for every stack in stacks/.
+
+Each security default is its own test, so a regression names the default it broke.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from tests.harness import RecordingMonitor, FleetMocks, ProgramRun, read_stack_file, run_program, run_stack, stack_names
+
+AWS_STACKS = [s for s in stack_names() if "aws:region" in read_stack_file(s)]
+ADMIN_PORTS = {22, 6443, 2379, 2380, 10250}
+
+
+@pytest.fixture(scope="module", params=stack_names())
+def run(request) -> ProgramRun:
+    return run_stack(request.param)
+
+
+@pytest.fixture(scope="module", params=AWS_STACKS)
+def aws_run(request) -> ProgramRun:
+    return run_stack(request.param)
+
+
+def instances(run: ProgramRun):
+    return run.of_type("aws:ec2/instance:Instance")
+
+
+def policy_statements(run: ProgramRun, bucket_component: str) -> list[dict]:
+    return json.loads(run.one("aws:s3/bucketPolicy:BucketPolicy", f"{bucket_component}-policy").inputs["policy"])["Statement"]
+
+
+def bucket_names(run: ProgramRun) -> list[str]:
+    return [r.name for r in run.of_type("aws:s3/bucket:Bucket")]
+
+
+# ----------------------------------------------------------------------------- every stack
+
+
+def test_exports_node_table_with_every_planned_host(run):
+    nodes = run.exports["nodes"]
+    assert nodes, "no nodes exported"
+    for name, row in nodes.items():
+        assert set(row) == {"role", "pool", "address", "instance_id"}
+        assert row["role"] in ("control-plane", "worker")
+    by_instance = {r.inputs["privateIp"]: r for r in instances(run)}
+    for row in nodes.values():
+        if row["instance_id"] is not None:
+            assert row["address"] in by_instance
+
+
+def test_exports_api_endpoint_known_from_config(run):
+    assert run.exports["api_endpoint"].startswith("https://") and run.exports["api_endpoint"].endswith(":6443")
+
+
+def test_every_aws_resource_belongs_to_a_component(run):
+    for r in run.resources:
+        if r.custom:
+            parent_type = r.parent.split("::")[2].split("$")[-1]
+            assert parent_type.startswith("flakefleet:index:"), (r.type, r.name, r.parent)
+
+
+def test_components_use_the_project_type_token(run):
+    for r in run.resources:
+        if not r.custom:
+            assert r.type.startswith("flakefleet:index:"), r.type
+
+
+def test_local_stack_creates_no_aws_resource():
+    run = run_stack("local")
+    assert [r for r in run.resources if r.type.startswith("aws:")] == []
+    assert run.exports["buckets"] == {}
+    assert {row["instance_id"] for row in run.exports["nodes"].values()} == {None}
+
+
+# ----------------------------------------------------------------------------- machines
+
+
+def test_imdsv2_required(aws_run):
+    for r in instances(aws_run):
+        meta = r.inputs["metadataOptions"]
+        assert meta["httpTokens"] == "required", r.name
+        assert meta["httpPutResponseHopLimit"] == 1, r.name  # pods cannot reach the node's credentials
+
+
+def test_root_volumes_encrypted_gp3(aws_run):
+    for r in instances(aws_run):
+        root = r.inputs["rootBlockDevice"]
+        assert root["encrypted"] is True and root["volumeType"] == "gp3", r.name
+
+
+def test_instances_use_planned_private_addresses(aws_run):
+    planned = {row["address"] for row in aws_run.exports["nodes"].values()}
+    assert {r.inputs["privateIp"] for r in instances(aws_run)} == planned
+
+
+def test_new_ami_does_not_replace_nodes(aws_run):
+    for r in instances(aws_run):
+        assert "ami" in r.options["ignore_changes"], r.name
+
+
+def test_instances_use_official_nixos_ami_lookup(aws_run):
+    assert {r.inputs["ami"] for r in instances(aws_run)} == {"ami-0123456789abcdef0"}
+
+
+def test_metal_pools_get_metal_instance_types():
+    run = run_stack("prod")
+    metal = [r for r in instances(run) if r.inputs["tags"]["flakefleet:pool"] == "metal"]
+    assert metal and all(r.inputs["instanceType"].split(".")[1].startswith("metal") for r in metal)
+
+
+def test_worker_profile_cannot_touch_snapshots(aws_run):
+    worker_policy = [r for r in aws_run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name.endswith("-worker-s3")]
+    assert worker_policy
+    doc = json.loads(worker_policy[0].inputs["policy"])
+    assert all("snapshots" not in json.dumps(s["Resource"]) for s in doc["Statement"])
+    assert all(s["Action"] in ("s3:GetObject", "s3:ListBucket") for s in doc["Statement"])
+
+
+def test_control_plane_profile_writes_only_its_cluster_folder(aws_run):
+    policy = next(r for r in aws_run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name.endswith("-control-plane-s3"))
+    doc = json.loads(policy.inputs["policy"])
+    write = next(s for s in doc["Statement"] if s["Sid"] == "ReadWriteSnapshots")
+    cluster = json.loads(read_stack_file_for(aws_run)["flakefleet:cluster"])["name"]
+    assert write["Resource"].endswith(f"-snapshots-bkt/{cluster}/*")
+
+
+def read_stack_file_for(run: ProgramRun) -> dict:
+    stack = run.resources[0].urn.split("::")[0].removeprefix("urn:pulumi:")
+    return read_stack_file(stack)
+
+
+# ----------------------------------------------------------------------------- buckets
+
+
+def test_buckets_block_all_public_access(aws_run):
+    blocks = {r.name: r.inputs for r in aws_run.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")}
+    for bucket in bucket_names(aws_run):
+        b = blocks[f"{bucket}-public-access"]
+        assert (b["blockPublicAcls"], b["blockPublicPolicy"], b["ignorePublicAcls"], b["restrictPublicBuckets"]) == (True,) * 4
+
+
+def test_buckets_deny_non_tls(aws_run):
+    for bucket in bucket_names(aws_run):
+        deny = [s for s in policy_statements(aws_run, bucket) if s["Effect"] == "Deny"]
+        assert deny and deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert deny[0]["Principal"] == "*" and deny[0]["Action"] == "s3:*"
+
+
+def test_buckets_versioned(aws_run):
+    versioning = {r.name: r.inputs for r in aws_run.of_type("aws:s3/bucketVersioning:BucketVersioning")}
+    for bucket in bucket_names(aws_run):
+        assert versioning[f"{bucket}-versioning"]["versioningConfiguration"]["status"] == "Enabled"
+
+
+def test_buckets_encrypted(aws_run):
+    sse = {r.name: r.inputs for r in aws_run.of_type(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")}
+    for bucket in bucket_names(aws_run):
+        rule = sse[f"{bucket}-encryption"]["rules"][0]
+        assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
+
+
+def test_buckets_acls_disabled(aws_run):
+    owner = {r.name: r.inputs for r in aws_run.of_type("aws:s3/bucketOwnershipControls:BucketOwnershipControls")}
+    for bucket in bucket_names(aws_run):
+        assert owner[f"{bucket}-ownership"]["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+
+
+def test_old_snapshot_versions_expire(aws_run):
+    lifecycle = next(r for r in aws_run.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+                     if r.name.endswith("-snapshots-lifecycle"))
+    rule = lifecycle.inputs["rules"][0]
+    assert rule["status"] == "Enabled" and rule["noncurrentVersionExpiration"]["noncurrentDays"] >= 1
+
+
+def test_bucket_policy_waits_for_public_access_block(aws_run):
+    for bucket in bucket_names(aws_run):
+        policy = aws_run.one("aws:s3/bucketPolicy:BucketPolicy", f"{bucket}-policy")
+        block = aws_run.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", f"{bucket}-public-access")
+        assert block.urn in policy.dependencies
+
+
+# ----------------------------------------------------------------------------- network
+
+
+def test_default_security_group_has_no_rules(aws_run):
+    (default,) = aws_run.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert default.inputs["ingress"] == [] and default.inputs["egress"] == []
+
+
+def test_no_world_access_to_admin_ports(aws_run):
+    for r in aws_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+        if r.inputs.get("cidrIpv4") == "0.0.0.0/0":
+            ports = set(range(int(r.inputs["fromPort"]), int(r.inputs["toPort"]) + 1))
+            assert not ports & ADMIN_PORTS, r.name
+
+
+def test_ssh_only_from_admin_cidrs(aws_run):
+    admin = set(json.loads(read_stack_file_for(aws_run)["flakefleet:network"])["admin_cidrs"])
+    ssh = [r for r in aws_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") if r.inputs["fromPort"] == 22]
+    assert ssh and {r.inputs["cidrIpv4"] for r in ssh} == admin
+
+
+def test_etcd_only_from_control_planes(aws_run):
+    etcd = [r for r in aws_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") if r.inputs["fromPort"] == 2379]
+    assert etcd
+    for r in etcd:
+        assert r.inputs["securityGroupId"].endswith("-control-plane-id")
+        assert r.inputs["referencedSecurityGroupId"].endswith("-control-plane-id")
+        assert "cidrIpv4" not in r.inputs
+
+
+def test_vxlan_never_from_cidrs(aws_run):
+    vxlan = [r for r in aws_run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") if r.inputs["fromPort"] == 8472]
+    assert vxlan and all("cidrIpv4" not in r.inputs and r.inputs["ipProtocol"] == "udp" for r in vxlan)
+
+
+def test_nodes_live_in_private_subnets_without_public_ips(aws_run):
+    subnets = aws_run.of_type("aws:ec2/subnet:Subnet")
+    assert all(s.inputs["mapPublicIpOnLaunch"] is False for s in subnets)
+    private_ids = {f"{s.name}-id" for s in subnets if "-private-" in s.name}
+    assert all(r.inputs["subnetId"] in private_ids for r in instances(aws_run))
+
+
+def test_flow_logs_to_s3(aws_run):
+    (flow,) = aws_run.of_type("aws:ec2/flowLog:FlowLog")
+    assert flow.inputs["logDestinationType"] == "s3" and flow.inputs["trafficType"] == "ALL"
+    statements = policy_statements(aws_run, next(b for b in bucket_names(aws_run) if "flow-logs" in b))
+    writer = next(s for s in statements if s["Sid"] == "AWSLogDeliveryWrite")
+    assert writer["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012"
+
+
+def test_s3_reached_through_gateway_endpoint(aws_run):
+    (endpoint,) = aws_run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    assert endpoint.inputs["serviceName"] == "com.amazonaws.eu-west-1.s3"
+
+
+def test_nat_gateway_count_follows_config():
+    assert len(run_stack("prod").of_type("aws:ec2/natGateway:NatGateway")) == 3  # per-az
+    assert len(run_stack("staging").of_type("aws:ec2/natGateway:NatGateway")) == 1  # single
+
+
+# ----------------------------------------------------------------------------- API load balancer
+
+
+def test_api_load_balancer_only_with_several_control_planes(aws_run):
+    lbs = aws_run.of_type("aws:lb/loadBalancer:LoadBalancer")
+    control = [row for row in aws_run.exports["nodes"].values() if row["role"] == "control-plane"]
+    assert len(lbs) == (1 if len(control) > 1 else 0)
+    assert (aws_run.exports["api_lb_dns_name"] is not None) == bool(lbs)
+
+
+@pytest.mark.parametrize("stack", [s for s in AWS_STACKS if s != "dev"])
+def test_api_load_balancer_internal_on_fixed_addresses(stack):
+    run = run_stack(stack)
+    (lb,) = run.of_type("aws:lb/loadBalancer:LoadBalancer")
+    assert lb.inputs["internal"] is True and lb.inputs["loadBalancerType"] == "network"
+    addresses = [m["privateIpv4Address"] for m in lb.inputs["subnetMappings"]]
+    assert run.exports["api_endpoint"] == f"https://{addresses[0]}:6443"
+    (listener,) = run.of_type("aws:lb/listener:Listener")
+    assert (listener.inputs["port"], listener.inputs["protocol"]) == (6443, "TCP")
+    (group,) = run.of_type("aws:lb/targetGroup:TargetGroup")
+    assert group.inputs["healthCheck"]["protocol"] == "TCP"
+    targets = {r.inputs["targetId"] for r in run.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment")}
+    assert targets == {row["address"] for row in run.exports["nodes"].values() if row["role"] == "control-plane"}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_config_stops_before_any_resource():
+    config = read_stack_file("dev")
+    pools = json.loads(config["flakefleet:pools"])
+    pools[0]["count"] = 2
+    config["flakefleet:pools"] = json.dumps(pools)
+    config["flakefleet:network"] = json.dumps({"admin_cidrs": ["0.0.0.0/0"]})
+    monitor = RecordingMonitor(FleetMocks())
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(config, stack="dev", monitor=monitor)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid configuration for stack dev:"
+    assert sorted(line.strip().split(":")[1] for line in lines[1:]) == ["network.admin_cidrs[0]", "pools[0].count"]
+    assert monitor.records == []
