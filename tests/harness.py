@@ -6,14 +6,12 @@ are secret; the stack's exports are resolved. Used by the tier-2 tests and by `b
 
 from __future__ import annotations
 
-import json
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
 from pulumi.runtime.config import set_all_config
@@ -21,21 +19,11 @@ from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
+
 ROOT = Path(__file__).resolve().parent.parent
-STACKS = ROOT / "stacks"
 ACCOUNT_ID = "123456789012"
 AMI_ID = "ami-0123456789abcdef0"
-
-
-def read_stack_file(stack: str) -> dict[str, Any]:
-    """A stack file's config as Pulumi hands it to a program: structured values as JSON text."""
-    config = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())["config"]
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
-def stack_names() -> list[str]:
-    """Every stack with a file in stacks/."""
-    return sorted(p.name.split(".")[1] for p in STACKS.glob("Pulumi.*.yaml"))
 
 
 @dataclass

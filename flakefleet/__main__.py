@@ -1,0 +1,51 @@
+"""flakefleet's offline command line.
+
+    python -m flakefleet plan --stack dev     # validate a stack file and print its inventory
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flakefleet.config import ConfigError, parse_stack_config
+from flakefleet.inventory import Inventory, plan_inventory
+from flakefleet.stackfile import STACKS, read_stack_file, stack_names
+
+
+def render_plan(stack: str, inv: Inventory) -> str:
+    """The inventory as a table a reviewer can read: every host, its role, pool, zone and address."""
+    rows = [("host", "role", "pool", "zone", "address", "provider")]
+    rows += [(h.name, h.role, h.pool, h.zone or "-", str(h.address), h.provider) for h in inv.hosts]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"stack {stack}: {len(inv.hosts)} hosts, API {inv.api_endpoint}"]
+    if inv.vpc is not None:
+        lines.append(f"vpc {inv.vpc}: " + ", ".join(f"{z.name} private {z.private} public {z.public}" for z in inv.zones))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flakefleet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="validate a stack file and print every host's planned address")
+    plan.add_argument("--stack", required=True, help=f"one of: {', '.join(stack_names())}")
+    plan.add_argument("--stacks-dir", type=Path, default=STACKS, help="where the Pulumi.<stack>.yaml files are")
+    args = parser.parse_args(argv)
+
+    if args.stack not in stack_names(args.stacks_dir):
+        print(f"no stack {args.stack!r} in {args.stacks_dir} (have: {', '.join(stack_names(args.stacks_dir))})", file=sys.stderr)
+        return 2
+    raw = read_stack_file(args.stack, args.stacks_dir)
+    try:
+        inv = plan_inventory(parse_stack_config(raw, raw.get("aws:region")))
+    except ConfigError as err:
+        print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
+        return 2
+    print(render_plan(args.stack, inv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Tier 1: the offline `plan` command, and the docs generated from the models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flakefleet.__main__ import main
+from scripts.config_reference import ROOT, SECTIONS
+
+
+def test_plan_prints_every_host(capsys):
+    assert main(["plan", "--stack", "prod"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stack prod: 12 hosts, API https://10.30.0.4:6443")
+    assert "metal-2" in out and "10.30." in out
+
+
+def test_plan_reports_bad_stack_with_key_paths(tmp_path, capsys):
+    (tmp_path / "Pulumi.broken.yaml").write_text(
+        "config:\n  flakefleet:cluster: {name: x}\n  flakefleet:pools:\n"
+        "    - {name: cp, role: control-plane, provider: metal, hosts: [{name: a, address: 10.1.1.1}]}\n"
+        "    - {name: cp, role: worker, provider: metal, hosts: [{name: b, address: 10.1.1.2}]}\n"
+        "  flakefleet:storage: {enabled: false}\n"
+    )
+    assert main(["plan", "--stack", "broken", "--stacks-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "invalid configuration for stack broken:"
+    assert "  flakefleet:pools[1].name: duplicate pool name 'cp' (also pools[0])" in err
+    assert any(line.startswith("  flakefleet:pools[0].hosts[0].ssh_host_key: required") for line in err)
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_plan_unknown_stack(capsys):
+    assert main(["plan", "--stack", "nope"]) == 2
+    assert "no stack 'nope'" in capsys.readouterr().err
+
+
+def test_config_reference_in_readme_is_current():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("key", "model"), SECTIONS, ids=[k for k, _ in SECTIONS])
+def test_every_field_documents_its_default(key, model):
+    for name, field in model.model_fields.items():
+        text = field.description or ""
+        assert "Default" in text or "Required" in text, f"{key}.{name}: {text!r}"
