@@ -47,6 +47,7 @@ class ProgramRun:
 
     resources: list[Registration]
     exports: dict[str, Any]
+    calls: list[tuple[str, dict]] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Registration]:
         """Registrations of one resource type."""
@@ -64,7 +65,10 @@ class ProgramRun:
 
 
 class FleetMocks(pulumi.runtime.Mocks):
-    """Echo inputs, and supply the computed outputs AWS would return."""
+    """Echo inputs, and supply the computed outputs AWS would return. Invokes are kept in `calls`."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         out = dict(args.inputs)
@@ -86,6 +90,7 @@ class FleetMocks(pulumi.runtime.Mocks):
         return rid, out
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": AMI_ID, "architecture": "x86_64"}
         if args.token == "aws:index/getRegion:getRegion":
@@ -139,7 +144,7 @@ def run_program(
     _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     outputs = get_root_resource().outputs
     exports = _sync_await(pulumi.Output.from_input(outputs).future(with_unknowns=True)) if outputs else {}
-    return ProgramRun(monitor.records, exports or {})
+    return ProgramRun(monitor.records, exports or {}, monitor.mocks.calls)
 
 
 def run_stack(stack: str, preview: bool = False) -> ProgramRun:

@@ -107,6 +107,30 @@ def test_instances_use_official_nixos_ami_lookup(aws_run):
     assert {r.inputs["ami"] for r in instances(aws_run)} == {"ami-0123456789abcdef0"}
 
 
+def test_ami_lookup_is_official_nixos_per_architecture():
+    run = run_stack("prod")
+    lookups = [args for token, args in run.calls if token == "aws:ec2/getAmi:getAmi"]
+    assert lookups
+    for args in lookups:
+        assert args["owners"] == ["427812963091"] and args["mostRecent"] is True
+        assert {"name": "name", "values": ["nixos/25.11*"]} in args["filters"]
+    arches = {f["values"][0] for args in lookups for f in args["filters"] if f["name"] == "architecture"}
+    assert arches == {"x86_64"}  # prod's aarch64 pool has count 0: no lookup, no machine
+
+
+def test_aarch64_pool_looks_up_arm64_ami():
+    config = read_stack_file("prod")
+    pools = json.loads(config["flakefleet:pools"])
+    next(p for p in pools if p["name"] == "arm")["count"] = 2
+    config["flakefleet:pools"] = json.dumps(pools)
+    run = run_program(config, stack="prod")
+    arches = {f["values"][0] for token, args in run.calls if token == "aws:ec2/getAmi:getAmi"
+              for f in args["filters"] if f["name"] == "architecture"}
+    assert arches == {"x86_64", "arm64"}
+    arm = [r for r in instances(run) if r.inputs["tags"]["flakefleet:pool"] == "arm"]
+    assert [r.inputs["instanceType"] for r in arm] == ["m7g.2xlarge"] * 2
+
+
 def test_metal_pools_get_metal_instance_types():
     run = run_stack("prod")
     metal = [r for r in instances(run) if r.inputs["tags"]["flakefleet:pool"] == "metal"]
