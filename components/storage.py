@@ -139,24 +139,14 @@ class Storage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Storage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        cache = SecureBucket(
-            f"{name}-cache",
-            SecureBucketArgs(
-                noncurrent_days=args.config.cache_noncurrent_days,
-                force_destroy=args.config.force_destroy,
-                tags=args.tags,
-            ),
-            child,
-        )
-        snapshots = SecureBucket(
-            f"{name}-snapshots",
-            SecureBucketArgs(
-                noncurrent_days=args.config.snapshot_noncurrent_days,
-                force_destroy=args.config.force_destroy,
-                tags=args.tags,
-            ),
-            child,
+        cfg = args.config
+        cache, snapshots = (
+            SecureBucket(
+                f"{name}-{kind}",
+                SecureBucketArgs(noncurrent_days=days, force_destroy=cfg.force_destroy, tags=args.tags),
+                pulumi.ResourceOptions(parent=self),
+            )
+            for kind, days in (("cache", cfg.cache_noncurrent_days), ("snapshots", cfg.snapshot_noncurrent_days))
         )
         self.cache_bucket, self.cache_arn = cache.bucket, cache.arn
         self.snapshot_bucket, self.snapshot_arn = snapshots.bucket, snapshots.arn
