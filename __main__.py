@@ -2,8 +2,9 @@
 
 Deploys, per stack: a VPC with least-privilege security groups, S3 buckets for the Nix binary
 cache and etcd snapshots, EC2 machines (virtual and *.metal) booting NixOS, bring-your-own
-hosts by address, and an internal API load balancer when there are several control planes.
-Every address is planned from config alone, so a preview shows them all.
+hosts by address, an internal API load balancer when there are several control planes, and
+each pool's NixOS system from the locked flake in nixos/. Every address and every system is
+planned before any resource, so a preview shows them all.
 """
 
 import pulumi
@@ -11,12 +12,16 @@ import pulumi
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import load_stack, node_table
+from components.settings import load_stack, node_table, plan_systems
 from components.storage import Storage, StorageArgs
 
 # Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
 cfg, inventory = load_stack()
 tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_stack()}
+
+# NixOS: one system per pool from the locked flake, evaluated now so the preview shows which
+# pools change (cached on disk: an unchanged preview evaluates nothing).
+systems = plan_systems(cfg, inventory)
 
 # Network: VPC, subnets per zone, NAT, security groups from nixos/ports.json, flow logs.
 network = (
@@ -68,6 +73,7 @@ api_lb = (
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}))
+pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export(
     "buckets",
     {"cache": storage.cache_bucket, "snapshots": storage.snapshot_bucket} if storage else {},

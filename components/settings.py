@@ -7,6 +7,8 @@ from pulumi.runtime import config as runtime_config
 
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
 from flakefleet.inventory import Inventory, plan_inventory
+from flakefleet.nixos import system_specs
+from flakefleet.systems import EvaluationError, System, evaluate_systems, resolve_flake
 
 
 def load_stack() -> tuple[StackConfig, Inventory]:
@@ -21,6 +23,22 @@ def load_stack() -> tuple[StackConfig, Inventory]:
         raise pulumi.RunError(
             f"invalid configuration for stack {pulumi.get_stack()}:\n  " + "\n  ".join(err.problems)
         ) from None
+
+
+def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
+    """Every pool's NixOS system (drv, out path), evaluated now so a preview shows which pools change."""
+    flake = resolve_flake(cfg.delivery.flake)
+    try:
+        systems, origin = evaluate_systems(flake, system_specs(cfg, inventory))
+    except EvaluationError as err:
+        raise pulumi.RunError(
+            f"cannot evaluate the NixOS systems of stack {pulumi.get_stack()} (flake {flake}):\n  "
+            + "\n  ".join(err.problems)
+        ) from None
+    evaluated = sorted(name for name, how in origin.items() if how == "eval")
+    if evaluated:
+        pulumi.log.info(f"evaluated NixOS systems: {', '.join(evaluated)}")
+    return systems
 
 
 def node_table(inventory: Inventory, instance_ids: dict[str, pulumi.Output[str]]) -> dict[str, dict]:

@@ -158,6 +158,11 @@ class PoolConfig(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels. Default: none.")
     taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints. Default: none.")
     hosts: list[MetalHost] = Field(default_factory=list, description="`metal` only: the hosts. Required for `metal`.")
+    per_host_closures: bool = Field(
+        False,
+        description="Build one closure per host with its facts baked in, instead of one per pool with facts "
+        "read at runtime. Costs an evaluation and a build per host. Default `false`.",
+    )
     ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
         None,
         description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "
@@ -188,6 +193,16 @@ class StorageConfig(_Model):
 class DeliveryConfig(_Model):
     """`flakefleet:delivery` — how closures reach the hosts."""
 
+    flake: str | None = Field(
+        None,
+        description="Directory of the flake that defines the nodes, relative to the project. Default: `nixos/`. "
+        "The environment variable FLAKEFLEET_FLAKE overrides it (tests use a stand-in flake).",
+    )
+    authorized_keys: list[str] = Field(
+        default_factory=list,
+        description="SSH public keys allowed to log in as root on every node: at least the deploy key, which "
+        "must stay authorized after a switch. Required.",
+    )
     ssh_user: str = Field("root", description="SSH user for delivery. Default `root`.")
     max_parallel: Annotated[int, Field(ge=1, le=256)] = Field(
         10, description="Workers delivered at once, per batch. Default 10."
@@ -534,6 +549,16 @@ def _cross_checks(parsed: dict[str, Any], region: str | None) -> list[str]:
                 )
     if storage.enabled and region is None and not uses_ec2:
         problems.append("aws:region: required when storage.enabled is true")
+
+    delivery: DeliveryConfig | None = parsed.get("delivery")
+    keys = delivery.authorized_keys if delivery is not None else []
+    if not keys and (delivery is not None or "pools" in parsed):
+        problems.append(
+            f"{p}delivery.authorized_keys: required; the deploy key must stay authorized on the hosts after a switch"
+        )
+    for k, key in enumerate(keys):
+        if (why := host_key_problem(key)) is not None:
+            problems.append(f"{p}delivery.authorized_keys[{k}]: {why}")
 
     for key in ("admin_cidrs", "api_cidrs"):
         for k, net in enumerate(getattr(network, key)):

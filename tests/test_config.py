@@ -14,6 +14,7 @@ from tests.harness import read_stack_file, stack_names
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"
 KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK9QgGZMwef4vWRoILbOe7MKwvkik6zMRsCiUf1aeMAr"
+DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"
 
 
 def base() -> dict[str, Any]:
@@ -21,6 +22,7 @@ def base() -> dict[str, Any]:
     return {
         "cluster": {"name": "t"},
         "network": {"az_count": 3, "admin_cidrs": ["10.200.0.0/16"]},
+        "delivery": {"authorized_keys": [DEPLOY]},
         "pools": [
             {"name": "cp", "role": "control-plane", "instance_type": "m7i.large", "count": 3},
             {"name": "workers", "role": "worker", "instance_type": "m7i.large", "count": 2},
@@ -179,7 +181,11 @@ BAD = [
     ("pool-too-big-for-vpc", mutate(network__vpc_cidr="10.0.0.0/22", pools__1__count=400),
      "flakefleet:pools[1].count: 134 hosts per zone need 17 free address blocks of 8; "
      "widen network.vpc_cidr, add zones or shrink the pool"),
-    ("parallel-zero", mutate(delivery={"max_parallel": 0}),
+    ("no-deploy-key", mutate(delivery={}),
+     "flakefleet:delivery.authorized_keys: required; the deploy key must stay authorized on the hosts after a switch"),
+    ("bad-deploy-key", mutate(delivery={"authorized_keys": ["ssh-ed25519 AAAA"]}),
+     "flakefleet:delivery.authorized_keys[0]: key data does not encode a ssh-ed25519 key"),
+    ("parallel-zero", mutate(delivery={"authorized_keys": [DEPLOY], "max_parallel": 0}),
      "flakefleet:delivery.max_parallel: Input should be greater than or equal to 1"),
     ("retention-zero", mutate(storage={"snapshot_noncurrent_days": 0}),
      "flakefleet:storage.snapshot_noncurrent_days: Input should be greater than or equal to 1"),
@@ -240,6 +246,7 @@ def test_metal_only_stack_needs_no_region():
     cfg = {
         "cluster": {"name": "t"},
         "storage": {"enabled": False},
+        "delivery": {"authorized_keys": [DEPLOY]},
         "pools": [
             {"name": "cp", "role": "control-plane", "provider": "metal",
              "hosts": [{"name": "a", "address": "127.0.0.11", "ssh_host_key": KEY}]},

@@ -15,6 +15,7 @@ from tests.harness import read_stack_file
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"
 REGION = "us-east-1"  # six zones
+DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"
 
 
 def build(pools: list[dict], az_count: int, vpc: str = "10.0.0.0/16"):
@@ -22,6 +23,7 @@ def build(pools: list[dict], az_count: int, vpc: str = "10.0.0.0/16"):
         "flakefleet:cluster": json.dumps({"name": "prop"}),
         "flakefleet:network": json.dumps({"vpc_cidr": vpc, "az_count": az_count}),
         "flakefleet:pools": json.dumps(pools),
+        "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY]}),
     }
     return plan_inventory(parse_stack_config(raw, REGION))
 

@@ -10,6 +10,7 @@ import json
 import pulumi
 import pytest
 
+from tests.conftest import require_tool
 from tests.harness import RecordingMonitor, FleetMocks, ProgramRun, read_stack_file, run_program, run_stack, stack_names
 
 AWS_STACKS = [s for s in stack_names() if "aws:region" in read_stack_file(s)]
@@ -18,11 +19,13 @@ ADMIN_PORTS = {22, 6443, 2379, 2380, 10250}
 
 @pytest.fixture(scope="module", params=stack_names())
 def run(request) -> ProgramRun:
+    require_tool("nix")  # the program evaluates every pool's system
     return run_stack(request.param)
 
 
 @pytest.fixture(scope="module", params=AWS_STACKS)
 def aws_run(request) -> ProgramRun:
+    require_tool("nix")
     return run_stack(request.param)
 
 
@@ -310,4 +313,28 @@ def test_bad_config_stops_before_any_resource():
     lines = str(err.value).splitlines()
     assert lines[0] == "invalid configuration for stack dev:"
     assert sorted(line.strip().split(":")[1] for line in lines[1:]) == ["network.admin_cidrs[0]", "pools[0].count"]
+    assert monitor.records == []
+
+
+# ----------------------------------------------------------------------------- NixOS systems
+
+
+def test_exports_one_system_per_pool_with_hosts(run):
+    pools_with_hosts = {row["pool"] for row in run.exports["nodes"].values()}
+    systems = run.exports["systems"]
+    assert set(systems) == pools_with_hosts
+    assert all(out.startswith("/nix/store/") and "-nixos-system-" in out for out in systems.values())
+
+
+def test_evaluation_failure_stops_before_any_resource(tmp_path, monkeypatch):
+    require_tool("nix")
+    (tmp_path / "flake.nix").write_text('{ outputs = { self }: { lib.toplevel = spec: throw "no system for ${spec.pool}"; }; }')
+    monkeypatch.setenv("FLAKEFLEET_FLAKE", str(tmp_path))
+    monitor = RecordingMonitor(FleetMocks())
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(read_stack_file("dev"), stack="dev", monitor=monitor)
+    text = str(err.value)
+    assert text.startswith("cannot evaluate the NixOS systems of stack dev")
+    assert "pool cp: nix could not evaluate its system:" in text and "no system for cp" in text
+    assert "pool workers:" in text
     assert monitor.records == []

@@ -1,0 +1,93 @@
+"""What the flake is given and what each host is told: pool specs, host facts, the k3s drop-in.
+
+A pool's spec is everything its closure depends on, so all hosts of a pool share one closure
+and evaluation cost grows with pools, not hosts. What differs per host (name, address, whether
+it initializes the cluster) is a host fact, written by delivery outside the store:
+`/etc/flakefleet/host.json` and the k3s drop-in `config.yaml.d/50-flakefleet-host.yaml`.
+Pools with `per_host_closures` get their facts baked into one closure per host instead.
+"""
+
+from __future__ import annotations
+
+from flakefleet.config import StackConfig
+from flakefleet.inventory import Host, Inventory
+
+SPEC_SCHEMA = 1
+NIX_SYSTEM = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
+FACTS_PATH = "/etc/flakefleet/host.json"
+K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
+
+
+def host_facts(inv: Inventory, host: Host) -> dict:
+    """The facts a host's shared closure reads at runtime (the schema of /etc/flakefleet/host.json)."""
+    first = inv.control_planes[0]
+    server = host.role == "control-plane" and host.name != first.name
+    return {
+        "schema": SPEC_SCHEMA,
+        "cluster": inv.cluster,
+        "name": host.name,
+        "pool": host.pool,
+        "role": host.role,
+        "address": str(host.address),
+        "api_endpoint": inv.api_endpoint,
+        # The first control plane initializes etcd; the others join through the API endpoint.
+        "init": host.name == first.name,
+        "server": inv.api_endpoint if server else None,
+    }
+
+
+def k3s_host_config(facts: dict) -> dict:
+    """The host's k3s config drop-in. Mirrors nixos/lib/default.nix:k3sHostConfig (a test compares them)."""
+    config = {"node-name": facts["name"], "node-ip": facts["address"]}
+    if facts["role"] == "control-plane":
+        config.update({"cluster-init": True} if facts["init"] else {"server": facts["server"]})
+    return config
+
+
+def system_key(pool: str, host: str | None = None) -> str:
+    """Name of one system to evaluate: the pool, or `pool/host` for per-host closures."""
+    return f"{pool}/{host}" if host else pool
+
+
+def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | None = None) -> dict:
+    """Everything a pool's closure is built from (the input of the flake's `lib.toplevel`)."""
+    pool = next(p for p in cfg.pools if p.name == pool_name)
+    sans = [str(inv.api_address), *(str(a) for a in inv.api_lb_addresses)]
+    return {
+        "schema": SPEC_SCHEMA,
+        "cluster": cfg.cluster.name,
+        "pool": pool.name,
+        "role": pool.role,
+        "hardware": pool.provider,
+        "system": NIX_SYSTEM[pool.arch],
+        "api_endpoint": inv.api_endpoint,
+        "tls_sans": list(dict.fromkeys(sans)) if pool.role == "control-plane" else [],
+        "pod_cidr": str(cfg.cluster.pod_cidr),
+        "service_cidr": str(cfg.cluster.service_cidr),
+        "k3s_channel": cfg.cluster.k3s_channel,
+        "labels": dict(sorted(pool.labels.items())),
+        "taints": [t.render() for t in pool.taints],
+        "authorized_keys": list(cfg.delivery.authorized_keys),
+        "trusted_public_keys": [],
+        "host": host_facts(inv, host) if host is not None else None,
+    }
+
+
+def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:
+    """Every system the stack needs: one per pool with hosts, or one per host where a pool opts in."""
+    specs: dict[str, dict] = {}
+    for pool in cfg.pools:
+        hosts = inv.pool_hosts(pool.name)
+        if not hosts:
+            continue
+        if pool.per_host_closures:
+            specs.update({system_key(pool.name, h.name): pool_spec(cfg, inv, pool.name, h) for h in hosts})
+        else:
+            specs[system_key(pool.name)] = pool_spec(cfg, inv, pool.name)
+    return specs
+
+
+def host_system(cfg: StackConfig, host: Host) -> str:
+    """The key of the system a host runs."""
+    pool = next(p for p in cfg.pools if p.name == host.pool)
+    return system_key(host.pool, host.name if pool.per_host_closures else None)

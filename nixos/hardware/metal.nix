@@ -1,0 +1,25 @@
+# Bring-your-own machines. Defaults for a disk installed with the labels `nixos` (root) and
+# `boot` (EFI system partition), e.g. by nixos-anywhere with disko; override per pool.
+{ lib, ... }:
+{
+  boot.loader.systemd-boot.enable = lib.mkDefault true;
+  boot.loader.efi.canTouchEfiVariables = lib.mkDefault true;
+  boot.initrd.availableKernelModules = lib.mkDefault [
+    "nvme"
+    "ahci"
+    "xhci_pci"
+    "usb_storage"
+    "sd_mod"
+  ];
+  fileSystems."/" = lib.mkDefault {
+    device = "/dev/disk/by-label/nixos";
+    fsType = "ext4";
+  };
+  fileSystems."/boot" = lib.mkDefault {
+    device = "/dev/disk/by-label/boot";
+    fsType = "vfat";
+    # The ESP holds boot entries only; keep it unreadable for users.
+    options = [ "umask=0077" ];
+  };
+  hardware.enableRedistributableFirmware = lib.mkDefault true;
+}

@@ -1,0 +1,53 @@
+# flakefleet's own Nix functions. Builtins only, no nixpkgs: they evaluate offline and are
+# tested with plain `nix-instantiate --eval` (tests/test_nixos.py).
+let
+  # The port table shared with the AWS security groups (see ports.json).
+  portTable = builtins.fromJSON (builtins.readFile ../ports.json);
+
+  rangesFor =
+    role: protocol:
+    map (r: {
+      from = r.from_port;
+      to = r.to_port;
+    }) (builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol) portTable.rules);
+in
+rec {
+  inherit portTable;
+
+  # role -> the NixOS firewall ranges that role's hosts open, in table order.
+  firewallFor = role: {
+    allowedTCPPortRanges = rangesFor role "tcp";
+    allowedUDPPortRanges = rangesFor role "udp";
+  };
+
+  # { key = value; } -> [ "key=value" ] for k3s' --node-label.
+  nodeLabels = labels: map (k: "${k}=${labels.${k}}") (builtins.attrNames labels);
+
+  # Host facts (the schema of /etc/flakefleet/host.json) -> this host's k3s config drop-in.
+  # Must match flakefleet/nixos.py:k3s_host_config; a test compares the two.
+  k3sHostConfig =
+    facts:
+    {
+      "node-name" = facts.name;
+      "node-ip" = facts.address;
+    }
+    // (
+      if facts.role != "control-plane" then
+        { }
+      else if facts.init then
+        { "cluster-init" = true; }
+      else
+        { server = facts.server; }
+    );
+
+  # k3s package attribute for a channel: "stable" -> k3s, "1.33" -> k3s_1_33.
+  k3sAttr =
+    channel: if channel == "stable" then "k3s" else "k3s_" + builtins.replaceStrings [ "." ] [ "_" ] channel;
+
+  # Where delivery writes what the shared pool closure reads at runtime (never the store).
+  paths = {
+    facts = "/etc/flakefleet/host.json";
+    k3sDropIn = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml";
+    secrets = "/var/lib/flakefleet/secrets";
+  };
+}

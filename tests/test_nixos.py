@@ -1,0 +1,243 @@
+"""The NixOS soul, offline: every .nix parses, our Nix functions agree with Python, the flake's
+interface and lock are right, and plan-time evaluation caches and reports failures by pool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flakefleet import systems as systems_mod
+from flakefleet.config import parse_stack_config
+from flakefleet.inventory import plan_inventory
+from flakefleet.nixos import host_facts, k3s_host_config, pool_spec, system_specs
+from flakefleet.ports import ROLES, listening_ports
+from flakefleet.stackfile import read_stack_file
+from flakefleet.systems import EvaluationError, evaluate_systems, resolve_flake
+from tests.conftest import STANDIN_FLAKE, require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+NIXOS = ROOT / "nixos"
+NIX_FILES = sorted([*NIXOS.rglob("*.nix"), *Path(STANDIN_FLAKE).rglob("*.nix")])
+
+
+def nix_eval(expr: str):
+    require_tool("nix-instantiate")
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def stack(name: str):
+    raw = read_stack_file(name)
+    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    return cfg, plan_inventory(cfg)
+
+
+@pytest.mark.parametrize("path", NIX_FILES, ids=[str(p.relative_to(ROOT)) for p in NIX_FILES])
+def test_every_nix_file_parses(path):
+    require_tool("nix-instantiate")
+    result = subprocess.run(["nix-instantiate", "--parse", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_nixos_firewall_and_security_groups_come_from_one_table(role):
+    fw = nix_eval(f'(import ./nixos/lib).firewallFor "{role}"')
+    assert [(r["from"], r["to"]) for r in fw["allowedTCPPortRanges"]] == listening_ports(role, "tcp")
+    assert [(r["from"], r["to"]) for r in fw["allowedUDPPortRanges"]] == listening_ports(role, "udp")
+
+
+@pytest.mark.parametrize("stack_name", ["local", "staging", "prod"])
+def test_k3s_host_config_agrees_between_nix_and_python(stack_name):
+    _, inv = stack(stack_name)
+    for host in inv.hosts:
+        facts = host_facts(inv, host)
+        nix = nix_eval(f"(import ./nixos/lib).k3sHostConfig (builtins.fromJSON {json.dumps(json.dumps(facts))})")
+        assert nix == k3s_host_config(facts), host.name
+
+
+def test_host_facts_make_the_first_control_plane_initialize():
+    _, inv = stack("staging")
+    configs = [k3s_host_config(host_facts(inv, h)) for h in inv.hosts]
+    assert configs[0] == {"node-name": "cp-0", "node-ip": "10.20.2.0", "cluster-init": True}
+    assert configs[1]["server"] == configs[2]["server"] == "https://10.20.0.4:6443"
+    assert all("server" not in c and "cluster-init" not in c for c in configs[3:])  # agents: serverAddr is in the closure
+
+
+def test_nix_helpers():
+    assert nix_eval('(import ./nixos/lib).k3sAttr "stable"') == "k3s"
+    assert nix_eval('(import ./nixos/lib).k3sAttr "1.33"') == "k3s_1_33"
+    assert nix_eval('(import ./nixos/lib).nodeLabels { "a/b" = "1"; c = "2"; }') == ["a/b=1", "c=2"]
+
+
+STUB_NIXPKGS = """
+  let stub = {
+    lib = {
+      genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+      nixosSystem = args: { config.system.build.toplevel = { modules = args.modules; }; };
+    };
+    legacyPackages = { };
+  }; in stub
+"""
+
+
+def flake_outputs(flake_dir: str, inputs: str) -> str:
+    return f"let flake = import {flake_dir}/flake.nix; outputs = flake.outputs ({inputs}); in outputs"
+
+
+def test_real_flake_selects_modules_by_spec():
+    cfg, inv = stack("prod")
+    spec = json.dumps(json.dumps(pool_spec(cfg, inv, "cp")))
+    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    modules = nix_eval(
+        f"let outputs = ({outputs}); spec = builtins.fromJSON {spec}; "
+        "in map (m: if builtins.isPath m then baseNameOf m else \"spec\") (outputs.lib.modulesFor spec)"
+    )
+    assert modules == ["common", "k3s-server.nix", "ec2.nix", "per-host.nix", "spec"]
+    spec_module = nix_eval(
+        f"let outputs = ({outputs}); in (outputs.lib.specModule (builtins.fromJSON {spec})).flakefleet"
+    )
+    assert spec_module["apiEndpoint"] == "https://10.30.0.4:6443"
+    assert spec_module["taints"] == ["node-role.kubernetes.io/control-plane:NoSchedule"]
+    assert spec_module["host"] is None
+
+
+def test_standin_flake_has_the_interface_of_the_real_one():
+    real = nix_eval(f"builtins.attrNames ({flake_outputs('./nixos', f'{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}')}).lib")
+    standin = nix_eval(f"builtins.attrNames ({flake_outputs('./tests/standin', '{ self = outputs; }')}).lib")
+    assert "toplevel" in real and "toplevel" in standin
+
+
+def test_flake_lock_pins_a_real_stable_nixpkgs():
+    lock = json.loads((NIXOS / "flake.lock").read_text())
+    node = lock["nodes"][lock["nodes"]["root"]["inputs"]["nixpkgs"]]
+    assert node["original"] == {"owner": "NixOS", "ref": "nixos-26.05", "repo": "nixpkgs", "type": "github"}
+    locked = node["locked"]
+    assert len(locked["rev"]) == 40 and int(locked["rev"], 16) >= 0
+    assert locked["narHash"].startswith("sha256-") and len(locked["narHash"]) == 51
+    assert locked["lastModified"] > 1780000000  # a 2026 revision of the 26.05 branch
+    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";' in (NIXOS / "flake.nix").read_text()
+
+
+def test_no_secret_option_is_used():
+    text = "\n".join(p.read_text() for p in NIXOS.rglob("*.nix"))
+    for forbidden in ("services.k3s.token ", "token = ", "agentToken = "):
+        assert forbidden not in text
+    assert "tokenFile" in text and "agentTokenFile" in text
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@pytest.fixture
+def nix_eval_ready():
+    require_tool("nix")
+
+
+def test_one_system_per_pool_shared_by_its_hosts(nix_eval_ready, tmp_path):
+    cfg, inv = stack("local")
+    specs = system_specs(cfg, inv)
+    assert sorted(specs) == ["cp", "workers"]  # 3 hosts, 2 evaluations
+    systems, origin = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    assert origin == {"cp": "eval", "workers": "eval"}
+    assert systems["cp"].out != systems["workers"].out
+    assert systems["cp"].drv.endswith("-nixos-system-cp.drv")
+
+
+def test_per_host_closures_opt_in(nix_eval_ready, tmp_path):
+    raw = read_stack_file("local")
+    pools = json.loads(raw["flakefleet:pools"])
+    pools[1]["per_host_closures"] = True
+    raw["flakefleet:pools"] = json.dumps(pools)
+    cfg = parse_stack_config(raw)
+    specs = system_specs(cfg, plan_inventory(cfg))
+    assert sorted(specs) == ["cp", "workers/worker-0", "workers/worker-1"]
+    assert specs["workers/worker-0"]["host"]["name"] == "worker-0"
+    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    assert systems["workers/worker-0"].out != systems["workers/worker-1"].out
+
+
+def test_unchanged_specs_are_not_evaluated_again(nix_eval_ready, tmp_path, monkeypatch):
+    cfg, inv = stack("local")
+    specs = system_specs(cfg, inv)
+    first, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+
+    def no_nix(*args, **kwargs):
+        raise AssertionError(f"nix ran although everything was cached: {args}")
+
+    monkeypatch.setattr(systems_mod.subprocess, "run", no_nix)
+    again, origin = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    assert again == first and set(origin.values()) == {"cache"}
+
+
+def test_a_changed_pool_is_the_only_one_evaluated_and_changed(nix_eval_ready, tmp_path):
+    cfg, inv = stack("local")
+    specs = system_specs(cfg, inv)
+    before, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    specs["workers"] = {**specs["workers"], "labels": {"tier": "batch"}}
+    after, origin = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    assert origin == {"cp": "cache", "workers": "eval"}
+    assert after["cp"] == before["cp"] and after["workers"].out != before["workers"].out
+
+
+def test_a_changed_flake_evaluates_every_pool(nix_eval_ready, tmp_path):
+    flake = tmp_path / "flake"
+    shutil.copytree(STANDIN_FLAKE, flake)
+    cfg, inv = stack("local")
+    specs = system_specs(cfg, inv)
+    evaluate_systems(flake, specs, tmp_path / "cache")
+    (flake / "switch-to-configuration.sh").write_text((flake / "switch-to-configuration.sh").read_text() + "\n# v2\n")
+    _, origin = evaluate_systems(flake, specs, tmp_path / "cache")
+    assert set(origin.values()) == {"eval"}
+
+
+def test_evaluation_failure_names_the_pool_and_shows_nix(nix_eval_ready, tmp_path):
+    flake = tmp_path / "flake"
+    shutil.copytree(STANDIN_FLAKE, flake)
+    text = (flake / "flake.nix").read_text().replace(
+        "assert spec.schema == 1;", 'assert spec.schema == 1; assert spec.pool != "workers" || throw "workers are broken";'
+    )
+    (flake / "flake.nix").write_text(text)
+    cfg, inv = stack("local")
+    with pytest.raises(EvaluationError) as err:
+        evaluate_systems(flake, system_specs(cfg, inv), tmp_path / "cache")
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith("pool workers: nix could not evaluate its system:")
+    assert "workers are broken" in err.value.problems[0]
+
+
+def test_missing_nix_is_reported_per_pool(tmp_path, monkeypatch):
+    monkeypatch.setattr(systems_mod.shutil, "which", lambda _: None)
+    cfg, inv = stack("local")
+    with pytest.raises(EvaluationError) as err:
+        evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv), tmp_path)
+    assert [p.split(":")[0] for p in err.value.problems] == ["pool cp", "pool workers"]
+    assert "nix is not installed" in err.value.problems[0]
+
+
+def test_flake_reference_resolution():
+    assert resolve_flake(None, {}) == NIXOS  # the AWS stacks: nixos/
+    assert resolve_flake("tests/standin", {}) == ROOT / "tests" / "standin"
+    assert resolve_flake("tests/standin", {"FLAKEFLEET_FLAKE": "/elsewhere"}) == Path("/elsewhere")
+    for name in ("dev", "staging", "prod"):
+        cfg, _ = stack(name)
+        assert cfg.delivery.flake is None
+
+
+def test_built_standin_system_carries_its_spec(nix_eval_ready, tmp_path):
+    require_tool("nix-store")
+    cfg, inv = stack("local")
+    specs = system_specs(cfg, inv)
+    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path)
+    out = subprocess.run(["nix-store", "--realise", systems["cp"].drv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.strip())
+    assert str(path) == systems["cp"].out
+    assert json.loads((path / "spec.json").read_text()) == specs["cp"]
+    assert (path / "bin" / "switch-to-configuration").stat().st_mode & 0o111
