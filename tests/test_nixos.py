@@ -62,6 +62,19 @@ def test_k3s_host_config_agrees_between_nix_and_python(stack_name):
         assert nix == k3s_host_config(facts), host.name
 
 
+# nixpkgs' services.k3s option -> the k3s flag (config key) it renders (rancher/default.nix, k3s.nix).
+OPTION_FLAG = {"nodeName": "node-name", "nodeIP": "node-ip", "clusterInit": "cluster-init", "serverAddr": "server"}
+
+
+@pytest.mark.parametrize("stack_name", ["local", "staging"])
+def test_per_host_k3s_options_give_k3s_the_same_flags(stack_name):
+    _, inv = stack(stack_name)
+    for host in inv.hosts:
+        facts = host_facts(inv, host)
+        options = nix_eval(f"(import ./nixos/lib).k3sHostOptions (builtins.fromJSON {json.dumps(json.dumps(facts))})")
+        assert {OPTION_FLAG[k]: v for k, v in options.items()} == k3s_host_config(facts), host.name
+
+
 def test_host_facts_make_the_first_control_plane_initialize():
     _, inv = stack("staging")
     configs = [k3s_host_config(host_facts(inv, h)) for h in inv.hosts]

@@ -40,6 +40,23 @@ rec {
         { server = facts.server; }
     );
 
+  # The same facts as NixOS k3s options, for per-host closures (mixins/per-host.nix).
+  # Each option maps to the k3s flag of the drop-in key above (a test checks they agree).
+  k3sHostOptions =
+    facts:
+    {
+      nodeName = facts.name;
+      nodeIP = facts.address;
+    }
+    // (
+      if facts.role != "control-plane" then
+        { }
+      else if facts.init then
+        { clusterInit = true; }
+      else
+        { serverAddr = facts.server; }
+    );
+
   # k3s package attribute for a channel: "stable" -> k3s, "1.33" -> k3s_1_33.
   k3sAttr =
     channel: if channel == "stable" then "k3s" else "k3s_" + builtins.replaceStrings [ "." ] [ "_" ] channel;

@@ -8,8 +8,6 @@ in
 lib.mkIf (host != null) {
   networking.hostName = host.name;
   environment.etc."flakefleet/host.json".text = builtins.toJSON host;
-  # JSON is YAML: k3s reads this drop-in like the one delivery writes for shared closures.
-  environment.etc."rancher/k3s/config.yaml.d/50-flakefleet-host.yaml".text = builtins.toJSON (
-    ff.k3sHostConfig host
-  );
+  # nodeName, nodeIP, and clusterInit (the first server) or serverAddr (the others).
+  services.k3s = ff.k3sHostOptions host;
 }

@@ -23,10 +23,8 @@ in
 
   # A shared closure does not know its host: k3s must not start until delivery has written
   # this host's facts (node name, address, join mode) and its token.
-  systemd.services.k3s.unitConfig.AssertPathExists = [
-    ff.paths.k3sDropIn
-    config.services.k3s.tokenFile
-  ];
+  systemd.services.k3s.unitConfig.AssertPathExists =
+    lib.optional (cfg.host == null) ff.paths.k3sDropIn ++ [ config.services.k3s.tokenFile ];
 
   environment.systemPackages = [ pkgs.jq ];
 }
