@@ -98,6 +98,7 @@ def evaluate_systems(
     """
     if not specs:
         return {}, {}
+    flake = flake.resolve()  # a `path:` flake reference must be absolute
     if shutil.which("nix") is None:
         raise EvaluationError(
             [f"pool {name}: nix is not installed; it is needed to evaluate the flake at {flake}" for name in sorted(specs)]

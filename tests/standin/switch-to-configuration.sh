@@ -1,17 +1,47 @@
 #!/bin/sh
 # Stand-in for NixOS' switch-to-configuration: `switch`, `test`, `boot`, `dry-activate`.
-# Activation records the running system in /run/current-system as NixOS does.
+# `switch` and `test` make this system the running one (/run/current-system), as NixOS does.
+#
+# Faults for tests, per system, from /etc/flakefleet/standin-fault (lines "<fault> <out path>"):
+#   fail  switch, then exit 4 as NixOS does when some units failed to start
+#   cut   switch, then drop the SSH connection that ran the activation
+#   hang  switch, then keep the activation running for 20 s (a slow activation)
 set -eu
 action="${1:-}"
-self="$(cd "$(dirname "$0")/.." && pwd)"
+self="$(cd "$(dirname "$0")/.." && pwd -P)"
+fault=""
+if [ -f /etc/flakefleet/standin-fault ]; then
+  fault="$(awk -v s="$self" '$2 == s { print $1 }' /etc/flakefleet/standin-fault)"
+fi
 case "$action" in
   switch|test)
     ln -sfn "$self" /run/current-system
     ;;
   boot|dry-activate)
+    exit 0
     ;;
   *)
     echo "usage: switch-to-configuration switch|boot|test|dry-activate" >&2
     exit 1
+    ;;
+esac
+case "$fault" in
+  fail)
+    echo "warning: the following units failed: standin-fault.service" >&2
+    exit 4
+    ;;
+  hang)
+    sleep 20
+    ;;
+  cut)
+    # Kill the per-connection sshd process above us: the deployer sees the connection drop.
+    pid=$$
+    while [ "$pid" -gt 1 ]; do
+      if [ "$(cat /proc/$pid/comm)" = sshd ]; then
+        kill -9 "$pid"
+        break
+      fi
+      pid=$(awk '{ print $4 }' /proc/$pid/stat)
+    done
     ;;
 esac

@@ -1,0 +1,420 @@
+"""Deliver one host: put its system on it, switch atomically, prove health, roll back on failure.
+
+Invoked by one `pulumi_command.local.Command` per host as `python -m flakefleet.deliver`. The
+plan (no secrets) comes in FLAKEFLEET_DELIVERY as JSON; secrets come only through the
+environment (FLAKEFLEET_SIGNING_KEY, and FLAKEFLEET_SECRET_<NAME> for each secret file), never
+arguments, and never reach stdout or stderr, which Pulumi keeps in state.
+
+Phases: build and sign locally -> wait for SSH (bounded, growing back-off) -> copy the missing
+paths (`nix copy --to ssh-ng://`, bounded retries) -> stage facts and secrets over SSH stdin
+(mode 0600, never the store) -> activate (profile generation + switch-to-configuration, with a
+host-side dead-man switch) -> confirm over a new connection with a health check -> on any
+failure, roll back to the previous generation and exit non-zero saying so.
+
+SSH is OpenSSH with a known_hosts file built from the host's pinned key and
+StrictHostKeyChecking=yes: no connection ever trusts on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets as pysecrets
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HOSTCTL = Path(__file__).with_name("hostctl.sh")
+REMOTE_HOSTCTL = "/run/flakefleet/hostctl.sh"
+NIX_FEATURES = ["--extra-experimental-features", "nix-command flakes"]
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
+SECRET_ENV_PREFIX = "FLAKEFLEET_SECRET_"
+SIGNING_KEY_ENV = "FLAKEFLEET_SIGNING_KEY"
+PLAN_ENV = "FLAKEFLEET_DELIVERY"
+
+# Exit codes of the runner.
+OK, FAILED, ROLLED_BACK, UNREACHABLE = 0, 1, 3, 4
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to place on the host: inline content, or a secret read from the environment."""
+
+    path: str
+    mode: str = "0600"
+    content: str | None = None
+    secret_env: str | None = None  # FLAKEFLEET_SECRET_<NAME>
+
+
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """Everything the runner needs for one host, except secrets."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    host_key: str  # "ssh-ed25519 AAAA..."
+    system: str  # out path
+    drv: str
+    files: tuple[FileSpec, ...] = ()
+    identity_file: str | None = None
+    boot_timeout_s: float = 300
+    health_timeout_s: float = 300
+    deadman_margin_s: float = 30
+    copy_attempts: int = 3
+    substitute_on_destination: bool = False
+
+    @staticmethod
+    def from_json(text: str) -> DeliveryPlan:
+        raw = json.loads(text)
+        raw["files"] = tuple(FileSpec(**f) for f in raw.get("files", ()))
+        return DeliveryPlan(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- pure construction
+
+
+def known_hosts_line(address: str, port: int, host_key: str) -> str:
+    """The known_hosts entry pinning `host_key` for address:port."""
+    name = address if port == 22 else f"[{address}]:{port}"
+    key_type, key_data = host_key.split()[:2]
+    return f"{name} {key_type} {key_data}\n"
+
+
+def ssh_options(known_hosts: Path, port: int, identity_file: str | None, connect_timeout: int = 10) -> list[str]:
+    """OpenSSH options: the pinned known_hosts file only, strict checking, no prompts."""
+    opts = [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",  # trust only the stack's keys, not the machine's
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={connect_timeout}",
+        "-o", "ServerAliveInterval=5",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "LogLevel=ERROR",
+        "-p", str(port),
+    ]  # fmt: skip
+    if identity_file:
+        opts += ["-i", identity_file, "-o", "IdentitiesOnly=yes"]
+    return opts
+
+
+def ssh_argv(plan: DeliveryPlan, known_hosts: Path, remote: list[str]) -> list[str]:
+    """ssh to the plan's host running `remote` (each word quoted for the remote shell)."""
+    return [
+        "ssh",
+        *ssh_options(known_hosts, plan.port, plan.identity_file),
+        f"{plan.user}@{plan.address}",
+        "--",
+        " ".join(shlex.quote(w) for w in remote),
+    ]
+
+
+def nix_copy_argv(plan: DeliveryPlan) -> list[str]:
+    """`nix copy` of the system to the host's store over ssh-ng (NIX_SSHOPTS carries the pinning)."""
+    argv = ["nix", *NIX_FEATURES, "copy", "--to", f"ssh-ng://{plan.user}@{plan.address}"]
+    if plan.substitute_on_destination:
+        argv.append("--substitute-on-destination")
+    return [*argv, plan.system]
+
+
+def staging_script(token: str, hostctl: str, files: list[tuple[str, str, bytes]]) -> str:
+    """A shell script (sent on stdin, never as arguments) that stages files for `hostctl activate`.
+
+    `files` holds (absolute path, octal mode, content). Contents travel base64-encoded inside
+    here-documents; nothing of them appears on any command line.
+    """
+    stage = f"/run/flakefleet/{token}"
+    lines = [
+        "set -eu",
+        "umask 077",
+        "mkdir -p /run/flakefleet",
+        f"base64 -d > {REMOTE_HOSTCTL}.new <<'FLAKEFLEET_EOF'",
+        base64.b64encode(hostctl.encode()).decode(),
+        "FLAKEFLEET_EOF",
+        f"chmod 0700 {REMOTE_HOSTCTL}.new && mv -f {REMOTE_HOSTCTL}.new {REMOTE_HOSTCTL}",
+        f"rm -rf {stage} && mkdir -p {stage}/files",
+    ]
+    for path, mode, content in files:
+        if not SAFE_PATH.match(path) or "/../" in path or path.endswith("/.."):
+            raise ValueError(f"unsafe path for a host file: {path!r}")
+        target = f"{stage}/files{path}"
+        lines += [
+            f"mkdir -p {shlex.quote(os.path.dirname(target))}",
+            f"base64 -d > {shlex.quote(target)} <<'FLAKEFLEET_EOF'",
+            base64.b64encode(content).decode(),
+            "FLAKEFLEET_EOF",
+            f"chmod {mode} {shlex.quote(target)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def files_digest(system: str, files: list[tuple[str, str, bytes]]) -> str:
+    """What the host must have applied to be up to date: the system and every file (secrets hashed)."""
+    digest = hashlib.sha256(system.encode())
+    for path, mode, content in sorted(files):
+        digest.update(b"\0" + path.encode() + b"\0" + mode.encode() + b"\0" + hashlib.sha256(content).digest())
+    return digest.hexdigest()
+
+
+def backoff_delays(first: float = 1.0, factor: float = 2.0, cap: float = 30.0):
+    """1, 2, 4, ... seconds, capped: how long to wait between attempts to reach a host."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * factor, cap)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class DeliveryFailed(Exception):
+    """Delivery stopped; `code` is the runner's exit code, the message says what happened to the host."""
+
+    def __init__(self, message: str, code: int = FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Report:
+    """What a delivery did, for the log line and for benchmarks."""
+
+    host: str
+    outcome: str = ""
+    paths_copied: int = 0
+    bytes_copied: int = 0
+    activated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+class Delivery:
+    """One host's delivery. `run` is subprocess.run (replaceable in tests of the pure parts)."""
+
+    def __init__(self, plan: DeliveryPlan, env: dict[str, str], out=print, run: Runner = subprocess.run, clock=time.monotonic, sleep=time.sleep):
+        self.plan = plan
+        self.env = env
+        self.out = out
+        self.run = run
+        self.clock = clock
+        self.sleep = sleep
+        self.report = Report(plan.host)
+        self.token = f"{int(time.time())}-{pysecrets.token_hex(4)}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="flakefleet-deliver-")
+        self.known_hosts = Path(self._tmp.name) / "known_hosts"
+        self.known_hosts.write_text(known_hosts_line(plan.address, plan.port, plan.host_key))
+
+    # -- helpers
+
+    def say(self, message: str) -> None:
+        self.out(f"[{self.plan.host}] {message}", flush=True)
+
+    def ssh(self, remote: list[str], stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        try:
+            return self.run(ssh_argv(self.plan, self.known_hosts, remote), input=stdin, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout:.0f}s")
+
+    def hostctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """hostctl.sh sent on stdin: works before anything is installed on the host."""
+        return self.ssh(["sh", "-s", "--", *args], stdin=HOSTCTL.read_text(), timeout=timeout)
+
+    def timed(self, phase: str, start: float) -> None:
+        self.report.timings[phase] = round(self.clock() - start, 3)
+
+    def file_contents(self) -> list[tuple[str, str, bytes]]:
+        contents = []
+        for f in self.plan.files:
+            if f.secret_env is not None:
+                if not f.secret_env.startswith(SECRET_ENV_PREFIX) or f.secret_env not in self.env:
+                    raise DeliveryFailed(f"secret for {f.path} is missing from the environment ({f.secret_env})")
+                data = self.env[f.secret_env].encode()
+            else:
+                data = (f.content or "").encode()
+            contents.append((f.path, f.mode, data))
+        return contents
+
+    # -- phases
+
+    def build(self) -> None:
+        """Realise the system locally (a no-op when present) and sign it with the fleet's key."""
+        start = self.clock()
+        res = self.run(["nix-store", "--realise", self.plan.drv], capture_output=True, text=True)
+        if res.returncode != 0 or res.stdout.strip().splitlines()[-1:] != [self.plan.system]:
+            raise DeliveryFailed(f"building {self.plan.drv} failed:\n{res.stderr.strip()[-2000:]}")
+        key = self.env.get(SIGNING_KEY_ENV)
+        if not key:
+            raise DeliveryFailed(f"{SIGNING_KEY_ENV} is not set: hosts accept only signed systems")
+        key_file = Path(self._tmp.name) / "signing-key"
+        key_file.write_text(key)
+        key_file.chmod(0o600)
+        try:
+            res = self.run(["nix", *NIX_FEATURES, "store", "sign", "--key-file", str(key_file), "--recursive", self.plan.system],
+                           capture_output=True, text=True)
+        finally:
+            key_file.unlink()
+        if res.returncode != 0:
+            raise DeliveryFailed(f"signing {self.plan.system} failed: {res.stderr.strip()[-1000:]}")
+        self.timed("build", start)
+
+    def wait_for_ssh(self) -> None:
+        start = self.clock()
+        deadline = start + self.plan.boot_timeout_s
+        attempts, last = 0, ""
+        for delay in backoff_delays():
+            attempts += 1
+            res = self.ssh(["true"], timeout=30)
+            if res.returncode == 0:
+                self.timed("wait", start)
+                return
+            last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"ssh exit {res.returncode}"
+            if "Host key verification failed" in res.stderr or "IDENTIFICATION HAS CHANGED" in res.stderr:
+                last = "its SSH host key does not match the pinned key"
+            if self.clock() + delay > deadline:
+                break
+            self.sleep(delay)
+        raise DeliveryFailed(
+            f"host {self.plan.host} ({self.plan.address}:{self.plan.port}) unreachable after {attempts} attempts "
+            f"in {self.clock() - start:.0f}s: {last}; nothing was changed on it",
+            UNREACHABLE,
+        )
+
+    def missing_paths(self) -> list[str]:
+        res = self.run(["nix-store", "--query", "--requisites", self.plan.system], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise DeliveryFailed(f"cannot list the closure of {self.plan.system}: {res.stderr.strip()}")
+        closure = res.stdout.split()
+        check = self.ssh(["sh", "-c", "xargs nix-store --check-validity --print-invalid"], stdin="\n".join(closure))
+        if check.returncode != 0:
+            raise DeliveryFailed(f"cannot query the store of {self.plan.host}: {check.stderr.strip()}")
+        return check.stdout.split()
+
+    def copy(self) -> None:
+        start = self.clock()
+        missing = self.missing_paths()
+        if missing:
+            sizes = self.run(["nix-store", "--query", "--size", *missing], capture_output=True, text=True)
+            self.report.bytes_copied = sum(int(s) for s in sizes.stdout.split()) if sizes.returncode == 0 else 0
+            env = {**self.env, "NIX_SSHOPTS": " ".join(ssh_options(self.known_hosts, self.plan.port, self.plan.identity_file))}
+            delays = backoff_delays()
+            for attempt in range(1, self.plan.copy_attempts + 1):
+                res = self.run(nix_copy_argv(self.plan), env=env, capture_output=True, text=True)
+                if res.returncode == 0:
+                    break
+                if attempt == self.plan.copy_attempts:
+                    raise DeliveryFailed(f"copying {self.plan.system} failed {attempt} times; nothing was activated:\n"
+                                         f"{res.stderr.strip()[-2000:]}")
+                self.say(f"copy attempt {attempt} failed, retrying")
+                self.sleep(next(delays))
+        self.report.paths_copied = len(missing)
+        self.timed("copy", start)
+        self.say(f"copied {len(missing)} paths ({self.report.bytes_copied} bytes)")
+
+    def rollback(self, reason: str) -> DeliveryFailed:
+        res = self.ssh([REMOTE_HOSTCTL, "rollback", self.token, reason], timeout=self.plan.health_timeout_s + 60)
+        if res.returncode == 0 and res.stdout.strip():
+            return DeliveryFailed(f"host {self.plan.host} {res.stdout.strip().splitlines()[-1]}", ROLLED_BACK)
+        when = self.plan.health_timeout_s + self.plan.deadman_margin_s
+        return DeliveryFailed(
+            f"host {self.plan.host} could not be reached to roll back ({reason}); its dead-man switch rolls it "
+            f"back to the previous generation {when:.0f}s after activation",
+            ROLLED_BACK,
+        )
+
+    def confirm(self, digest: str) -> None:
+        start = self.clock()
+        deadline = start + self.plan.health_timeout_s
+        last = ""
+        for delay in backoff_delays(first=0.5, cap=5):
+            res = self.ssh([REMOTE_HOSTCTL, "confirm", self.token, self.plan.system, digest], timeout=30)
+            if res.returncode == 0:
+                self.timed("confirm", start)
+                return
+            last = res.stderr.strip() or f"exit {res.returncode}"
+            if res.returncode == 2:  # the host decided already: its dead-man switch rolled it back
+                raise DeliveryFailed(f"host {self.plan.host} {last}", ROLLED_BACK)
+            if self.clock() + delay > deadline:
+                break
+            self.sleep(delay)
+        raise self.rollback(f"not healthy within {self.plan.health_timeout_s:.0f}s: {last}")
+
+    def deliver(self) -> Report:
+        total = self.clock()
+        self.build()
+        self.wait_for_ssh()
+        contents = self.file_contents()
+        digest = files_digest(self.plan.system, contents)
+        state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        if state.get("current") == self.plan.system and state.get("applied") == digest:
+            self.report.outcome = "up to date"
+            self.say(f"already runs {self.plan.system} with these files; nothing to do")
+            return self.report
+        self.copy()
+        start = self.clock()
+        staged = self.ssh(["sh", "-s"], stdin=staging_script(self.token, HOSTCTL.read_text(), contents))
+        if staged.returncode != 0:
+            raise DeliveryFailed(f"staging files on {self.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
+        self.timed("stage", start)
+        start = self.clock()
+        deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
+        act = self.ssh([REMOTE_HOSTCTL, "activate", self.plan.system, self.token, str(deadman)],
+                       timeout=self.plan.health_timeout_s + 600)
+        self.timed("activate", start)
+        self.report.activated = True
+        if act.returncode == 255:
+            # The connection dropped (the new system may have restarted networking or sshd).
+            # Whether the switch completed is decided by confirming over a new connection.
+            self.say("connection lost during activation; confirming over a new connection")
+        elif act.returncode != 0:
+            detail = act.stderr.strip().splitlines()[-1] if act.stderr.strip() else ""
+            why = "some units failed to start (exit 4)" if act.returncode == 4 else f"exit {act.returncode}"
+            raise self.rollback(f"activation of {self.plan.system} failed: {why}{': ' + detail if detail else ''}")
+        self.confirm(digest)
+        self.timed("total", total)
+        self.report.outcome = "activated"
+        self.say(f"switched to {self.plan.system} and confirmed healthy")
+        return self.report
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def main() -> int:
+    plan_text = os.environ.get(PLAN_ENV)
+    if not plan_text:
+        print(f"{PLAN_ENV} is not set", file=sys.stderr)
+        return FAILED
+    plan = DeliveryPlan.from_json(plan_text)
+    delivery = Delivery(plan, dict(os.environ))
+    try:
+        report = delivery.deliver()
+    except DeliveryFailed as err:
+        print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
+        return err.code
+    finally:
+        delivery.close()
+    print(json.dumps({"host": report.host, "outcome": report.outcome, "paths_copied": report.paths_copied,
+                      "bytes_copied": report.bytes_copied, "timings": report.timings}), flush=True)
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+#!/bin/sh
+# flakefleet host control: run as root on a node by the deployer over SSH.
+#
+#   hostctl.sh state                          what the host runs (current system, profile, applied digest)
+#   hostctl.sh activate OUT TOKEN DEADMAN_S   install staged files, arm the dead-man switch, switch to OUT
+#   hostctl.sh confirm TOKEN OUT DIGEST       (new connection) check health, disarm, record DIGEST
+#   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
+#   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
+#
+# Switching follows nixos-rebuild: `nix-env -p /nix/var/nix/profiles/system --set OUT`, then
+# OUT/bin/switch-to-configuration switch, under systemd-run when systemd is PID 1.
+# Staged files (host facts, secrets) are in /run/flakefleet/TOKEN/files, mirroring their
+# absolute paths; what they replace is kept in .../backup so a rollback restores it.
+# Exactly one of confirm and rollback/expire wins: the first to create TOKEN/decided.
+set -eu
+umask 077
+
+PROFILE=/nix/var/nix/profiles/system
+RUN=/run/flakefleet
+SELF=$RUN/hostctl.sh
+STATE=/var/lib/flakefleet
+APPLIED=$STATE/applied
+LOG=$STATE/deliveries.log
+
+has_systemd() { [ -d /run/systemd/system ]; }
+
+log() {
+  mkdir -p "$STATE"
+  printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"
+}
+
+current_system() { readlink -f /run/current-system 2>/dev/null || true; }
+
+switch_to() { # system unit-suffix
+  if has_systemd; then
+    systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER --collect --no-ask-password --pipe --quiet \
+      --service-type=exec --unit="flakefleet-switch-$2" --wait "$1/bin/switch-to-configuration" switch
+  else
+    "$1/bin/switch-to-configuration" switch
+  fi
+}
+
+arm_deadman() { # token seconds
+  if has_systemd; then
+    systemd-run --quiet --collect --unit="flakefleet-deadman-$1" --on-active="$2" \
+      --timer-property=AccuracySec=1s "$SELF" expire "$1"
+  else
+    setsid sh -c "sleep $2; exec '$SELF' expire '$1'" </dev/null >/dev/null 2>&1 &
+    echo $! >"$RUN/$1/deadman.pid"
+  fi
+}
+
+disarm_deadman() { # token
+  if has_systemd; then
+    systemctl stop "flakefleet-deadman-$1.timer" 2>/dev/null || true
+  elif [ -f "$RUN/$1/deadman.pid" ]; then
+    kill "$(cat "$RUN/$1/deadman.pid")" 2>/dev/null || true
+  fi
+}
+
+install_files() { # stage
+  (cd "$1/files" && find . -type f) | while IFS= read -r rel; do
+    rel=${rel#./}
+    dest=/$rel
+    mkdir -p "$(dirname "$dest")" "$1/backup/$(dirname "$rel")"
+    if [ -e "$dest" ]; then
+      cp -p "$dest" "$1/backup/$rel"
+    else
+      printf '%s\n' "$dest" >>"$1/created"
+    fi
+    cp -p "$1/files/$rel" "$dest.flakefleet-new"
+    mv -f "$dest.flakefleet-new" "$dest"
+  done
+}
+
+restore_files() { # stage
+  if [ -d "$1/backup" ]; then
+    (cd "$1/backup" && find . -type f) | while IFS= read -r rel; do
+      rel=${rel#./}
+      cp -p "$1/backup/$rel" "/$rel"
+    done
+  fi
+  if [ -f "$1/created" ]; then
+    while IFS= read -r path; do rm -f "$path"; done <"$1/created"
+  fi
+}
+
+do_rollback() { # token reason
+  stage=$RUN/$1
+  restore_files "$stage"
+  prev=$(cat "$stage/prev" 2>/dev/null || true)
+  if [ -n "$prev" ]; then
+    gen=${prev#system-}
+    gen=${gen%-link}
+    nix-env -p "$PROFILE" --switch-generation "$gen" >/dev/null 2>&1
+    if switch_to "$(readlink -f "$PROFILE")" "rollback-$1" >/dev/null 2>&1; then
+      outcome="rolled back to generation $gen ($(current_system)): $2"
+    else
+      outcome="rolled back to generation $gen, but its activation reported failures: $2"
+    fi
+  else
+    outcome="not rolled back, there is no previous generation: $2"
+  fi
+  printf '%s\n' "$outcome" >"$stage/outcome"
+  log "$1 $outcome"
+  printf '%s\n' "$outcome"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+state)
+  printf 'current=%s\n' "$(current_system)"
+  printf 'profile=%s\n' "$(readlink "$PROFILE" 2>/dev/null || true)"
+  printf 'applied=%s\n' "$(cat "$APPLIED" 2>/dev/null || true)"
+  ;;
+activate)
+  out=$1 token=$2 deadman=$3
+  stage=$RUN/$token
+  [ -d "$stage/files" ] || { echo "nothing staged for $token" >&2; exit 1; }
+  readlink "$PROFILE" >"$stage/prev" 2>/dev/null || : >"$stage/prev"
+  install_files "$stage"
+  arm_deadman "$token" "$deadman"
+  log "$token activate $out (previous: $(cat "$stage/prev"))"
+  nix-env -p "$PROFILE" --set "$out"
+  switch_to "$out" "$token"
+  ;;
+confirm)
+  token=$1 out=$2 digest=$3
+  stage=$RUN/$token
+  if [ -f "$stage/outcome" ]; then
+    echo "$(cat "$stage/outcome")" >&2
+    exit 2
+  fi
+  running=$(current_system)
+  [ "$running" = "$out" ] || { echo "running $running, not $out" >&2; exit 3; }
+  if has_systemd; then
+    health=$(systemctl is-system-running 2>/dev/null || true)
+    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+  fi
+  mkdir "$stage/decided" 2>/dev/null || { echo "$(cat "$stage/outcome" 2>/dev/null || echo decided)" >&2; exit 2; }
+  disarm_deadman "$token"
+  echo confirmed >"$stage/outcome"
+  mkdir -p "$STATE"
+  printf '%s\n' "$digest" >"$APPLIED"
+  log "$token confirmed $out"
+  ;;
+rollback)
+  token=$1 reason=$2
+  stage=$RUN/$token
+  if ! mkdir "$stage/decided" 2>/dev/null; then
+    cat "$stage/outcome" 2>/dev/null || echo "already decided"
+    exit 0
+  fi
+  disarm_deadman "$token"
+  do_rollback "$token" "$reason"
+  ;;
+expire)
+  token=$1
+  mkdir "$RUN/$token/decided" 2>/dev/null || exit 0
+  do_rollback "$token" "the deployer did not confirm in time" >/dev/null
+  ;;
+*)
+  echo "usage: hostctl.sh state|activate|confirm|rollback|expire ..." >&2
+  exit 64
+  ;;
+esac

@@ -1,0 +1,94 @@
+"""Tier 1: the delivery runner's command construction, without any host."""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flakefleet.deliver import (
+    DeliveryPlan,
+    FileSpec,
+    backoff_delays,
+    files_digest,
+    known_hosts_line,
+    nix_copy_argv,
+    ssh_argv,
+    ssh_options,
+    staging_script,
+)
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"
+PLAN = DeliveryPlan(host="cp-0", address="10.0.2.0", port=22, user="root", host_key=KEY + " cp-0",
+                    system="/nix/store/abc-nixos-system-cp", drv="/nix/store/abc-nixos-system-cp.drv",
+                    files=(FileSpec("/var/lib/flakefleet/secrets/k3s-server-token", secret_env="FLAKEFLEET_SECRET_SERVER"),))
+
+
+@pytest.mark.parametrize(("port", "expected"), [(22, "10.0.2.0 ssh-ed25519"), (2222, "[10.0.2.0]:2222 ssh-ed25519")])
+def test_known_hosts_line(port, expected):
+    line = known_hosts_line("10.0.2.0", port, KEY + " comment")
+    assert line.startswith(expected) and line.endswith("crzcfdynnh\n") and "comment" not in line
+
+
+def test_ssh_always_checks_the_pinned_key():
+    opts = ssh_options(Path("/tmp/kh"), 22, None)
+    joined = " ".join(opts)
+    assert "StrictHostKeyChecking=yes" in joined and "UserKnownHostsFile=/tmp/kh" in joined
+    assert "BatchMode=yes" in joined
+    assert "StrictHostKeyChecking=no" not in joined and "accept-new" not in joined
+
+
+def test_identity_is_exclusive_when_given():
+    opts = ssh_options(Path("/tmp/kh"), 22, "/keys/deploy")
+    assert opts[-4:] == ["-i", "/keys/deploy", "-o", "IdentitiesOnly=yes"]
+
+
+def test_remote_words_are_quoted():
+    argv = ssh_argv(PLAN, Path("/tmp/kh"), ["/run/flakefleet/hostctl.sh", "rollback", "tok", "it's broken; rm -rf /"])
+    assert argv[-2] == "--"
+    assert shlex.split(argv[-1]) == ["/run/flakefleet/hostctl.sh", "rollback", "tok", "it's broken; rm -rf /"]
+
+
+def test_nix_copy_targets_ssh_ng_and_can_substitute_on_destination():
+    assert nix_copy_argv(PLAN)[-3:] == ["--to", "ssh-ng://root@10.0.2.0", PLAN.system]
+    plan = DeliveryPlan(**{**PLAN.__dict__, "substitute_on_destination": True})
+    assert "--substitute-on-destination" in nix_copy_argv(plan)
+
+
+def test_secrets_travel_in_the_script_body_only():
+    secret = b"K10-super-secret::server:abc"
+    script = staging_script("tok", "#!/bin/sh\n", [("/var/lib/flakefleet/secrets/t", "0600", secret)])
+    assert secret.decode() not in script  # base64 inside a here-document, sent on stdin
+    assert "chmod 0600 /run/flakefleet/tok/files/var/lib/flakefleet/secrets/t" in script
+    argv = ssh_argv(PLAN, Path("/tmp/kh"), ["sh", "-s"])
+    assert all(secret.decode() not in word for word in argv)
+
+
+@pytest.mark.parametrize("path", ["relative/path", "/etc/../root/.ssh/x", "/etc/x; rm -rf /", "/etc/$(id)", "/a/.."])
+def test_unsafe_paths_are_refused(path):
+    with pytest.raises(ValueError):
+        staging_script("tok", "", [(path, "0600", b"x")])
+
+
+def test_plan_round_trips_through_json():
+    assert DeliveryPlan.from_json(PLAN.to_json()) == PLAN
+    assert "FLAKEFLEET_SECRET_SERVER" in PLAN.to_json()  # the name of the secret, not its value
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_digest_changes_with_any_file_content(a, b):
+    files = lambda content: [("/etc/flakefleet/host.json", "0600", content)]  # noqa: E731
+    assert (files_digest("/nix/store/x", files(a)) == files_digest("/nix/store/x", files(b))) == (a == b)
+
+
+def test_digest_changes_with_the_system():
+    assert files_digest("/nix/store/a", []) != files_digest("/nix/store/b", [])
+
+
+def test_backoff_grows_and_is_capped():
+    delays = list(itertools.islice(backoff_delays(1, 2, 30), 8))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]

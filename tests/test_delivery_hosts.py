@@ -1,0 +1,209 @@
+"""Tier 3: delivery against real test hosts (sshd per loopback address, own /nix) with stand-in systems.
+
+Copy, switch, health gate, rollback and faults: failing activation, host down, dropped
+connection, and a deployer that disappears after activation (the host rolls itself back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHABLE, DeliveryPlan, FileSpec
+from flakefleet.systems import evaluate_systems
+from tests.conftest import STANDIN_FLAKE, require
+from tests.testhosts import TestFleet, TestHost, make_fleet, poll, prerequisites, start_host
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "K10-test-token-3f1a9c7e::server:0d2b"
+
+
+def spec(version: str) -> dict:
+    return {
+        "schema": 1, "cluster": "t", "pool": "workers", "role": "worker", "hardware": "metal",
+        "system": "x86_64-linux", "api_endpoint": "https://127.0.0.31:6443", "tls_sans": [],
+        "pod_cidr": "10.42.0.0/16", "service_cidr": "10.43.0.0/16", "k3s_channel": "stable",
+        "labels": {"version": version}, "taints": [], "authorized_keys": [], "trusted_public_keys": [], "host": None,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def systems(tmp_path_factory):
+    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
+    specs = {v: spec(v) for v in ("v1", "v2", "v3", "v4", "v5")}
+    evaluated, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path_factory.mktemp("cache"))
+    return evaluated
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, systems):
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"))
+    try:
+        for i in range(4):
+            start_host(fleet, f"h{i}", f"127.0.0.{31 + i}")
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def plan_for(fleet: TestFleet, host: TestHost, system, **overrides) -> DeliveryPlan:
+    files = (
+        FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name})),
+        FileSpec("/var/lib/flakefleet/secrets/k3s-agent-token", "0600", secret_env="FLAKEFLEET_SECRET_AGENT_TOKEN"),
+    )
+    fields = dict(host=host.name, address=host.address, port=host.port, user="root", host_key=host.host_key,
+                  system=system.out, drv=system.drv, files=files, identity_file=str(fleet.client_key),
+                  boot_timeout_s=5, health_timeout_s=5, deadman_margin_s=2)
+    fields.update(overrides)
+    return DeliveryPlan(**fields)
+
+
+def runner_env(fleet: TestFleet, plan: DeliveryPlan) -> dict[str, str]:
+    return {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+            "FLAKEFLEET_SECRET_AGENT_TOKEN": SECRET, "PYTHONPATH": str(ROOT)}
+
+
+def deliver(fleet: TestFleet, plan: DeliveryPlan) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=runner_env(fleet, plan),
+                          capture_output=True, text=True, timeout=120)
+
+
+def report(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def deliver_all(fleet, hosts, system):
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        return list(pool.map(lambda h: deliver(fleet, plan_for(fleet, h, system)), hosts))
+
+
+def test_deliver_to_four_hosts(fleet, systems):
+    results = deliver_all(fleet, fleet.hosts, systems["v1"])
+    for host, proc in zip(fleet.hosts, results):
+        assert proc.returncode == 0, proc.stderr
+        assert report(proc)["outcome"] == "activated"
+        assert report(proc)["paths_copied"] == 1
+        assert host.current_system() == systems["v1"].out
+        assert Path(systems["v1"].out).name in host.store_paths()  # really crossed into the host's store
+        assert host.generations() == ["system-1-link"]
+
+
+def test_unchanged_redelivery_copies_nothing_and_does_not_activate(fleet, systems):
+    before = [h.generations() for h in fleet.hosts]
+    for proc in deliver_all(fleet, fleet.hosts, systems["v1"]):
+        assert proc.returncode == 0, proc.stderr
+        assert report(proc)["outcome"] == "up to date" and report(proc)["paths_copied"] == 0
+    assert [h.generations() for h in fleet.hosts] == before
+
+
+def test_changed_system_activates_a_new_generation(fleet, systems):
+    host = fleet.hosts[0]
+    proc = deliver(fleet, plan_for(fleet, host, systems["v2"]))
+    assert proc.returncode == 0, proc.stderr
+    assert host.current_system() == systems["v2"].out
+    assert host.generations() == ["system-1-link", "system-2-link"]
+    assert os.readlink(host.path("/nix/var/nix/profiles/system")) == "system-2-link"
+
+
+def test_failing_activation_rolls_back_and_exits_non_zero(fleet, systems):
+    host = fleet.hosts[1]
+    assert deliver(fleet, plan_for(fleet, host, systems["v2"])).returncode == 0
+    host.set_fault("fail", systems["v3"].out)
+    try:
+        proc = deliver(fleet, plan_for(fleet, host, systems["v3"]))
+    finally:
+        host.clear_fault()
+    assert proc.returncode == ROLLED_BACK
+    assert f"host {host.name} rolled back to generation 2 ({systems['v2'].out})" in proc.stderr
+    assert "activation of" in proc.stderr and "some units failed to start (exit 4)" in proc.stderr
+    assert host.current_system() == systems["v2"].out
+    assert os.readlink(host.path("/nix/var/nix/profiles/system")) == "system-2-link"
+
+
+def test_unreachable_host_fails_after_bounded_retries_and_others_are_untouched(fleet, systems):
+    down = TestHost("down", "127.0.0.39", 2222, fleet.root / "down", fleet.hosts[0].host_key)
+    others = fleet.hosts[2:]
+    before = [(h.current_system(), h.generations()) for h in others]
+    with ThreadPoolExecutor(3) as pool:
+        dead = pool.submit(deliver, fleet, plan_for(fleet, down, systems["v2"], boot_timeout_s=3))
+        fine = list(pool.map(lambda h: deliver(fleet, plan_for(fleet, h, systems["v1"])), others))
+    proc = dead.result()
+    assert proc.returncode == UNREACHABLE
+    assert "host down (127.0.0.39:2222) unreachable after" in proc.stderr
+    assert "nothing was changed on it" in proc.stderr
+    assert all(p.returncode == 0 for p in fine)
+    assert [(h.current_system(), h.generations()) for h in others] == before
+
+
+def test_wrong_host_key_is_refused(fleet, systems):
+    host = fleet.hosts[2]
+    impostor_key = fleet.hosts[3].host_key
+    proc = deliver(fleet, plan_for(fleet, host, systems["v2"], host_key=impostor_key, boot_timeout_s=2))
+    assert proc.returncode == UNREACHABLE
+    assert "SSH host key does not match the pinned key" in proc.stderr
+    assert host.current_system() == systems["v1"].out
+
+
+def test_dropped_connection_during_activation_is_confirmed_over_a_new_one(fleet, systems):
+    host = fleet.hosts[2]
+    host.set_fault("cut", systems["v4"].out)
+    try:
+        proc = deliver(fleet, plan_for(fleet, host, systems["v4"]))
+    finally:
+        host.clear_fault()
+    assert proc.returncode == 0, proc.stderr
+    assert "connection lost during activation" in proc.stdout
+    assert host.current_system() == systems["v4"].out
+
+
+def test_deployer_lost_after_activation_host_rolls_back_by_itself(fleet, systems):
+    host = fleet.hosts[3]
+    previous = host.current_system()
+    host.set_fault("hang", systems["v5"].out)
+    plan = plan_for(fleet, host, systems["v5"], health_timeout_s=2, deadman_margin_s=1)
+    runner = subprocess.Popen([sys.executable, "-m", "flakefleet.deliver"], env=runner_env(fleet, plan),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        poll(lambda: host.current_system() == systems["v5"].out, 60, "activation of v5")
+        runner.send_signal(signal.SIGKILL)  # the deployer vanishes: nobody will confirm
+        runner.wait()
+        poll(lambda: host.current_system() == previous, 30, "the host's own rollback")
+    finally:
+        host.clear_fault()
+        if runner.poll() is None:
+            runner.kill()
+    log = host.path("/var/lib/flakefleet/deliveries.log").read_text()
+    assert "the deployer did not confirm in time" in log
+    assert os.readlink(host.path("/nix/var/nix/profiles/system")) == "system-1-link"
+
+
+def test_secret_files_are_private_and_never_stored_or_printed(fleet, systems):
+    host = fleet.hosts[0]
+    proc = deliver(fleet, plan_for(fleet, host, systems["v1"]))
+    assert proc.returncode == 0, proc.stderr
+    token = host.path("/var/lib/flakefleet/secrets/k3s-agent-token")
+    assert token.read_text() == SECRET
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert SECRET not in proc.stdout + proc.stderr
+    for store in (host.root / "nix" / "store", Path(systems["v1"].out)):
+        for path in store.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in plan_for(fleet, host, systems["v1"]).to_json()
+
+
+def test_changed_facts_are_applied_without_a_new_system(fleet, systems):
+    host = fleet.hosts[0]
+    plan = plan_for(fleet, host, systems["v1"])
+    files = (FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name, "v": 2})), plan.files[1])
+    proc = deliver(fleet, DeliveryPlan(**{**plan.__dict__, "files": files}))
+    assert proc.returncode == 0, proc.stderr
+    assert report(proc)["paths_copied"] == 0 and report(proc)["outcome"] == "activated"
+    assert json.loads(host.path("/etc/flakefleet/host.json").read_text())["v"] == 2
