@@ -3,13 +3,15 @@
 Deploys, per stack: a VPC with least-privilege security groups, S3 buckets for the Nix binary
 cache and etcd snapshots, EC2 machines (virtual and *.metal) booting NixOS, bring-your-own
 hosts by address, an internal API load balancer when there are several control planes, and
-each pool's NixOS system from the locked flake in nixos/. Every address and every system is
-planned before any resource, so a preview shows them all.
+each pool's NixOS system from the locked flake in nixos/, delivered to every host and switched
+atomically with rollback. Every address and every system is planned before any resource, so a
+preview shows them all.
 """
 
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
+from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
 from components.settings import load_stack, node_table, plan_systems
@@ -45,6 +47,8 @@ machines = (
             security_group_ids=network.security_group_ids,
             cache_arn=storage.cache_arn if storage else None,
             snapshot_arn=storage.snapshot_arn if storage else None,
+            authorized_keys=tuple(cfg.delivery.authorized_keys),
+            signing_public_key=cfg.signing_public_key,
             tags=tags,
         ),
     )
@@ -69,10 +73,24 @@ api_lb = (
     else None
 )
 
+# NixOS delivery: every host gets its pool's system over pinned SSH, control planes one at a
+# time, then workers in batches; each switch is confirmed healthy or rolled back.
+delivery = Delivery(
+    f"{cfg.cluster.name}-deliver",
+    DeliveryArgs(
+        config=cfg,
+        inventory=inventory,
+        systems=systems,
+        generated_host_keys=machines.host_keys if machines else {},
+        signing_key=pulumi.Output.secret(cfg.signing_key),
+        machines_ready=[machines] if machines else [],
+    ),
+)
+
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
-pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}))
+pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered))
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export(
     "buckets",

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_tls as tls
 
 from flakefleet.config import PoolConfig, RootVolume
+from flakefleet.firstboot import first_boot_user_data
 from flakefleet.iam import ASSUME_EC2, node_policy
 from flakefleet.inventory import Host, Inventory
 
@@ -84,8 +86,9 @@ class Machine(pulumi.ComponentResource):
             },
             user_data=args.user_data,
             tags=dict(args.tags),
-            # The AMI only boots the host; delivery owns its system. A newer AMI must not replace nodes.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"]),
+            # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
+            # owns its system from then on. Neither may replace or restart a running node.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami", "user_data"]),
         )
         self.instance_id = instance.id
         self.private_ip = instance.private_ip
@@ -106,6 +109,10 @@ class MachinesArgs:
     """Zone -> private subnet id."""
     security_group_ids: Mapping[str, pulumi.Input[str]]
     """Role -> security group id."""
+    authorized_keys: tuple[str, ...] = ()
+    """Deploy keys authorized for root at first boot."""
+    signing_public_key: str = ""
+    """The Nix signing key hosts trust from first boot."""
     cache_arn: pulumi.Input[str] | None = None
     """Binary-cache bucket every node may read."""
     snapshot_arn: pulumi.Input[str] | None = None
@@ -115,10 +122,12 @@ class MachinesArgs:
 
 
 class Machines(pulumi.ComponentResource):
-    """Instance profiles per role and one `Machine` per EC2 host."""
+    """Instance profiles per role, and per EC2 host an SSH host key and a `Machine`."""
 
     instance_ids: dict[str, pulumi.Output[str]]
     """Host name -> instance id."""
+    host_keys: dict[str, pulumi.Output[str]]
+    """Host name -> the SSH public host key the stack generated and installs at first boot."""
     role_arns: dict[str, pulumi.Output[str]]
     """Node role -> IAM role ARN."""
 
@@ -146,8 +155,13 @@ class Machines(pulumi.ComponentResource):
             pool = pools[pool_name]
             amis[pool_name] = pool.ami or nixos_ami(args.nixos_release, pool.arch, pulumi.InvokeOptions(parent=self))
 
-        self.instance_ids = {}
+        self.instance_ids, self.host_keys = {}, {}
         for host in ec2_hosts:
+            # Generated here so the deployer knows the key before the host exists: no trust on first use.
+            key = tls.PrivateKey(f"{name}-{host.name}-host-key", algorithm="ED25519", opts=child)
+            user_data = pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
+                lambda k: first_boot_user_data(k[0], k[1], list(args.authorized_keys), args.signing_public_key)
+            )
             machine = Machine(
                 f"{name}-{host.name}",
                 MachineArgs(
@@ -157,6 +171,7 @@ class Machines(pulumi.ComponentResource):
                     security_group_id=args.security_group_ids[host.role],
                     instance_profile=profiles[host.role],
                     root_volume=pools[host.pool].root_volume,
+                    user_data=pulumi.Output.secret(user_data),
                     tags={
                         **args.tags,
                         "Name": f"{inv.cluster}-{host.name}",
@@ -167,4 +182,5 @@ class Machines(pulumi.ComponentResource):
                 child,
             )
             self.instance_ids[host.name] = machine.instance_id
-        self.register_outputs({"instance_ids": self.instance_ids, "role_arns": self.role_arns})
+            self.host_keys[host.name] = key.public_key_openssh.apply(lambda k: k.strip())
+        self.register_outputs({"instance_ids": self.instance_ids, "host_keys": self.host_keys, "role_arns": self.role_arns})

@@ -14,9 +14,10 @@ from flakefleet.systems import EvaluationError, System, evaluate_systems, resolv
 def load_stack() -> tuple[StackConfig, Inventory]:
     """The validated config and its inventory; every problem is reported at once, without a traceback."""
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secret_keys = {*runtime_config.get_config_secret_keys_env(), *runtime_config._SECRET_KEYS.get()}
     region = pulumi.Config("aws").get("region")
     try:
-        cfg = parse_stack_config(raw, region)
+        cfg = parse_stack_config(raw, region, secret_keys)
         return cfg, plan_inventory(cfg)
     except ConfigError as err:
         # RunError ends the program with just this message: one line per problem, no stack trace.
@@ -41,9 +42,18 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     return systems
 
 
-def node_table(inventory: Inventory, instance_ids: dict[str, pulumi.Output[str]]) -> dict[str, dict]:
-    """Stack output `nodes`: host name -> role, pool, address, and instance id (None for bring-your-own)."""
+def node_table(
+    inventory: Inventory, instance_ids: dict[str, pulumi.Output[str]], delivered: dict[str, pulumi.Output[str]]
+) -> dict[str, dict]:
+    """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
+    and the system it was switched to (known once its delivery confirmed it healthy)."""
     return {
-        h.name: {"role": h.role, "pool": h.pool, "address": str(h.address), "instance_id": instance_ids.get(h.name)}
+        h.name: {
+            "role": h.role,
+            "pool": h.pool,
+            "address": str(h.address),
+            "instance_id": instance_ids.get(h.name),
+            "system": delivered[h.name],
+        }
         for h in inventory.hosts
     }

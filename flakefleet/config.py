@@ -204,12 +204,24 @@ class DeliveryConfig(_Model):
         "must stay authorized after a switch. Required.",
     )
     ssh_user: str = Field("root", description="SSH user for delivery. Default `root`.")
+    boot_timeout_s: Annotated[int, Field(ge=1, le=7200)] = Field(
+        600, description="Seconds delivery waits for a host's SSH to come up. Default 600."
+    )
+    metal_boot_timeout_s: Annotated[int, Field(ge=1, le=7200)] = Field(
+        1800, description="The same for EC2 `*.metal` pools, which can take over 10 minutes to boot. Default 1800."
+    )
+    substitute_on_destination: bool = Field(
+        False, description="Let hosts fetch paths from their own substituters instead of the deployer. Default `false`."
+    )
     max_parallel: Annotated[int, Field(ge=1, le=256)] = Field(
         10, description="Workers delivered at once, per batch. Default 10."
     )
     health_timeout_s: Annotated[int, Field(ge=5, le=3600)] = Field(
         300, description="Seconds a host has to confirm health after switching. Default 300."
     )
+
+
+SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
 
 
 class StackConfig(_Model):
@@ -221,6 +233,15 @@ class StackConfig(_Model):
     storage: StorageConfig = StorageConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     region: str | None = None
+    signing_key: str | None = Field(None, repr=False)  # `flakefleet:signing_key`, a Pulumi secret
+
+    @property
+    def signing_public_key(self) -> str | None:
+        """The public half of the Nix signing key (`name:base64`), which every host trusts."""
+        if self.signing_key is None:
+            return None
+        name, _, secret = self.signing_key.partition(":")
+        return f"{name}:{base64.b64encode(base64.b64decode(secret)[32:]).decode()}"
 
     @property
     def uses_ec2(self) -> bool:
@@ -246,6 +267,7 @@ STACK_KEYS: dict[str, type[_Model] | None] = {
     "pools": None,  # a list of PoolConfig
     "storage": StorageConfig,
     "delivery": DeliveryConfig,
+    "signing_key": None,  # a Nix secret key, `name:base64` (a Pulumi secret)
 }
 REQUIRED_KEYS = ("cluster", "pools")
 
@@ -288,10 +310,19 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def parse_stack_config(raw: Mapping[str, Any], region: str | None = None) -> StackConfig:
+SIGNING_KEY_HOWTO = (
+    "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
+)
+
+
+def parse_stack_config(
+    raw: Mapping[str, Any], region: str | None = None, secret_keys: set[str] | None = None
+) -> StackConfig:
     """Validate the `flakefleet:*` entries of a stack's config (key -> JSON text or value).
 
-    Raises ConfigError with every problem found, one line each.
+    `secret_keys` are the config keys Pulumi holds as secrets; when given (the program), the
+    signing key is required and must be one of them. Without it (offline planning) secrets
+    are not needed. Raises ConfigError with every problem found, one line each.
     """
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -302,7 +333,16 @@ def parse_stack_config(raw: Mapping[str, Any], region: str | None = None) -> Sta
         if key not in STACK_KEYS:
             problems.append(f"{full_key}: unknown stack key (known: {', '.join(STACK_KEYS)})")
             continue
-        values[key] = _decode(raw[full_key])
+        values[key] = raw[full_key] if key == "signing_key" else _decode(raw[full_key])
+    signing_key = values.pop("signing_key", None)
+    if secret_keys is not None:
+        at = f"{NAMESPACE}:signing_key"
+        if signing_key is None:
+            problems.append(f"{at}: required; hosts accept only signed systems. Create it: {SIGNING_KEY_HOWTO}")
+        elif not isinstance(signing_key, str) or not SIGNING_KEY.match(signing_key.strip()):
+            problems.append(f"{at}: not a Nix secret key (name:base64 of 64 bytes, from nix key generate-secret)")
+        elif at not in secret_keys:
+            problems.append(f"{at}: must be a Pulumi secret, not plain config: pulumi config set --secret {at} ...")
     for key in REQUIRED_KEYS:
         if key not in values:
             problems.append(f"{NAMESPACE}:{key}: required")
@@ -332,7 +372,9 @@ def parse_stack_config(raw: Mapping[str, Any], region: str | None = None) -> Sta
     problems.extend(line for line in _cross_checks(parsed, region) if line.split(": ", 1)[0] not in reported)
     if problems:
         raise ConfigError(problems)
-    return StackConfig(**parsed, region=region)
+    return StackConfig(
+        **parsed, region=region, signing_key=signing_key.strip() if isinstance(signing_key, str) else None
+    )
 
 
 def _validate(model: type[_Model], value: Any, key: str) -> tuple[Any, list[str]]:

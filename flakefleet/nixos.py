@@ -9,7 +9,11 @@ Pools with `per_host_closures` get their facts baked into one closure per host i
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from flakefleet.config import StackConfig
+from flakefleet.deliver import FileSpec
 from flakefleet.inventory import Host, Inventory
 
 SPEC_SCHEMA = 1
@@ -68,7 +72,7 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         "labels": dict(sorted(pool.labels.items())),
         "taints": [t.render() for t in pool.taints],
         "authorized_keys": list(cfg.delivery.authorized_keys),
-        "trusted_public_keys": [],
+        "trusted_public_keys": [cfg.signing_public_key] if cfg.signing_public_key else [],
         "host": host_facts(inv, host) if host is not None else None,
     }
 
@@ -91,3 +95,30 @@ def host_system(cfg: StackConfig, host: Host) -> str:
     """The key of the system a host runs."""
     pool = next(p for p in cfg.pools if p.name == host.pool)
     return system_key(host.pool, host.name if pool.per_host_closures else None)
+
+
+def host_files(cfg: StackConfig, inv: Inventory, host: Host) -> tuple[FileSpec, ...]:
+    """Files delivery writes on a host: its facts and k3s drop-in (shared closures only)."""
+    pool = next(p for p in cfg.pools if p.name == host.pool)
+    if pool.per_host_closures:
+        return ()
+    facts = host_facts(inv, host)
+    return (
+        FileSpec(FACTS_PATH, "0644", content=json.dumps(facts, sort_keys=True) + "\n"),
+        # JSON is YAML: k3s reads this drop-in from config.yaml.d/.
+        FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n"),
+    )
+
+
+def files_hash(files: tuple[FileSpec, ...]) -> str:
+    """A stable hash of the non-secret files and the names of the secret ones (a delivery trigger)."""
+    return hashlib.sha256(json.dumps([f.__dict__ for f in files], sort_keys=True).encode()).hexdigest()
+
+
+def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
+    """The order hosts are delivered in: control planes one at a time, the cluster-initializing one
+    first (etcd keeps quorum), then workers in batches of `max_parallel`, each after the last."""
+    waves: list[tuple[Host, ...]] = [(h,) for h in inv.control_planes]
+    workers = inv.workers
+    waves += [workers[i : i + max_parallel] for i in range(0, len(workers), max_parallel)]
+    return waves

@@ -23,6 +23,9 @@ from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
+# A Nix signing key for tests only (nix key generate-secret --key-name flakefleet-test-1).
+TEST_SIGNING_KEY = "flakefleet-test-1:" + "A" * 86 + "=="
+SIGNING_KEY = "flakefleet:signing_key"
 AMI_ID = "ami-0123456789abcdef0"
 
 
@@ -83,6 +86,11 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:role/{args.name}", name=args.name)
         elif t == "aws:iam/instanceProfile:InstanceProfile":
             out.update(name=args.name, arn=f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{args.name}")
+        elif t == "tls:index/privateKey:PrivateKey":
+            pub = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{args.name[-20:]:A>43} {args.name}"
+            out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----")
+        elif t == "command:local:Command":
+            out.update(stdout="{}", stderr="")
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
@@ -133,12 +141,23 @@ class RecordingMonitor(pmocks.MockMonitor):
 
 
 def run_program(
-    config: dict[str, Any], stack: str = "test", preview: bool = False, monitor: RecordingMonitor | None = None
+    config: dict[str, Any],
+    stack: str = "test",
+    preview: bool = False,
+    monitor: RecordingMonitor | None = None,
+    secret_keys: list[str] | None = None,
 ) -> ProgramRun:
-    """Run `__main__.py` with `config` (key -> JSON text) under mocks; raises what the program raises."""
+    """Run `__main__.py` with `config` (key -> JSON text) under mocks; raises what the program raises.
+
+    Without `secret_keys`, a test signing key is added as `pulumi config set --secret` would hold it.
+    """
     monitor = monitor or RecordingMonitor(FleetMocks())
     pulumi.runtime.set_mocks(monitor.mocks, project="flakefleet", stack=stack, preview=preview, monitor=monitor)
-    set_all_config(dict(config))
+    config = dict(config)
+    if secret_keys is None:
+        config.setdefault(SIGNING_KEY, TEST_SIGNING_KEY)
+        secret_keys = [SIGNING_KEY]
+    set_all_config(config, secret_keys=secret_keys)
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
     _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))

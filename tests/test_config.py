@@ -155,7 +155,7 @@ BAD = [
     ("unknown-network-key", mutate(network__vpc="10.0.0.0/16"),
      "flakefleet:network.vpc: unknown key"),
     ("unknown-stack-key", mutate(clusters={"name": "x"}),
-     "flakefleet:clusters: unknown stack key (known: cluster, network, pools, storage, delivery)"),
+     "flakefleet:clusters: unknown stack key (known: cluster, network, pools, storage, delivery, signing_key)"),
     ("missing-cluster", mutate(cluster=DELETE), "flakefleet:cluster: required"),
     ("cluster-name-case", mutate(cluster={"name": "Prod"}),
      "flakefleet:cluster.name: must be a lowercase DNS label (a-z, 0-9, '-', not starting or ending with '-')"),

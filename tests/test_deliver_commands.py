@@ -92,3 +92,33 @@ def test_digest_changes_with_the_system():
 def test_backoff_grows_and_is_capped():
     delays = list(itertools.islice(backoff_delays(1, 2, 30), 8))
     assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_first_boot_user_data_pins_the_host_key_and_trusts_the_fleet():
+    from flakefleet.firstboot import first_boot_user_data
+
+    data = first_boot_user_data("-----BEGIN TEST-----\nabc\n-----END TEST-----\n", KEY + " cp-0", ["ssh-ed25519 AAAA deploy"],
+                                "fleet-1:pub=")
+    assert data.startswith("#!/bin/sh\n")  # amazon-init executes scripts that start with #!
+    assert "-----BEGIN TEST-----\nabc\n-----END TEST-----\nFLAKEFLEET_EOF" in data
+    assert f"'{KEY} cp-0' > /etc/ssh/ssh_host_ed25519_key.pub" in data
+    assert "ssh-ed25519 AAAA deploy" in data
+    assert "extra-trusted-public-keys = fleet-1:pub=" in data
+    assert "systemctl restart nix-daemon.service sshd.service" in data
+
+
+def test_signing_public_key_matches_nix():
+    import subprocess
+
+    from flakefleet.config import StackConfig
+    from tests.conftest import require_tool
+
+    require_tool("nix")
+    feature = ["--extra-experimental-features", "nix-command"]
+    secret = subprocess.run(["nix", *feature, "key", "generate-secret", "--key-name", "t-1"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    public = subprocess.run(["nix", *feature, "key", "convert-secret-to-public"], input=secret, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    cfg = StackConfig.model_construct(signing_key=secret)
+    assert cfg.signing_public_key == public
+    assert secret not in repr(StackConfig.model_construct(signing_key=secret, cluster=None, pools=[]))

@@ -1,0 +1,96 @@
+"""NixOS delivery: one Command per host puts its pool's system on it, in rollout order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+
+from flakefleet.config import StackConfig
+from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
+from flakefleet.inventory import Host, Inventory
+from flakefleet.nixos import files_hash, host_files, host_system, rollout_waves
+from flakefleet.systems import System
+
+RUNNER = "./scripts/flakefleet-deliver"
+# A *.metal boot plus copy and activation; Pulumi's default would cut a slow first delivery.
+COMMAND_TIMEOUT = "120m"
+
+
+@dataclass(frozen=True)
+class DeliveryArgs:
+    """What is delivered where."""
+
+    config: StackConfig
+    """The validated stack (pools, delivery settings)."""
+    inventory: Inventory
+    """The hosts, in rollout order."""
+    systems: Mapping[str, System]
+    """System name (pool, or pool/host) -> evaluated system."""
+    generated_host_keys: Mapping[str, pulumi.Input[str]]
+    """EC2 host name -> the SSH host key the stack generated; bring-your-own hosts' keys come from config."""
+    signing_key: pulumi.Input[str]
+    """The Nix signing key (a secret); reaches the runner only through its environment."""
+    machines_ready: Sequence[pulumi.Resource] = ()
+    """Resources the first wave waits for (the EC2 machines)."""
+
+
+def _plan(cfg: StackConfig, inv: Inventory, host: Host, system: System, host_key: str) -> str:
+    pool = next(p for p in cfg.pools if p.name == host.pool)
+    boot = cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s
+    return DeliveryPlan(
+        host=host.name,
+        address=str(host.address),
+        port=host.ssh_port,
+        user=host.ssh_user,
+        host_key=host_key,
+        system=system.out,
+        drv=system.drv,
+        files=host_files(cfg, inv, host),
+        boot_timeout_s=boot,
+        health_timeout_s=cfg.delivery.health_timeout_s,
+        substitute_on_destination=cfg.delivery.substitute_on_destination,
+    ).to_json()
+
+
+class Delivery(pulumi.ComponentResource):
+    """Control planes one at a time (the cluster-initializing one first), then workers in batches."""
+
+    commands: dict[str, command.local.Command]
+    """Host name -> its delivery Command."""
+    delivered: dict[str, pulumi.Output[str]]
+    """Host name -> the system it runs, known once its delivery has confirmed it healthy."""
+
+    def __init__(self, name: str, args: DeliveryArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flakefleet:index:Delivery", name, None, opts)
+        cfg, inv = args.config, args.inventory
+        self.commands, self.delivered = {}, {}
+        previous: list[pulumi.Resource] = list(args.machines_ready)
+        for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+            current = []
+            for host in wave:
+                system = args.systems[host_system(cfg, host)]
+                key = pulumi.Output.from_input(args.generated_host_keys.get(host.name) or host.ssh_host_key)
+                cmd = command.local.Command(
+                    f"{name}-{host.name}",
+                    create=RUNNER,
+                    environment={
+                        PLAN_ENV: key.apply(lambda k, h=host, s=system: _plan(cfg, inv, h, s, k)),
+                        SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
+                    },
+                    # Only these make a host's delivery run again: an unchanged host runs nothing.
+                    triggers=[system.out, files_hash(host_files(cfg, inv, host)), key],
+                    logging=command.local.Logging.STDOUT_AND_STDERR,
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        depends_on=previous,
+                        custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
+                    ),
+                )
+                self.commands[host.name] = cmd
+                self.delivered[host.name] = cmd.stdout.apply(lambda _, out=system.out: out)
+                current.append(cmd)
+            previous = current  # the next wave starts only when this one is healthy
+        self.register_outputs({"delivered": self.delivered})

@@ -1,0 +1,177 @@
+"""Tier 2: the delivery graph under Pulumi mocks: order, triggers, secrets, idempotence, host keys."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
+from tests.conftest import require_tool
+from tests.harness import (
+    SIGNING_KEY,
+    TEST_SIGNING_KEY,
+    FleetMocks,
+    ProgramRun,
+    RecordingMonitor,
+    read_stack_file,
+    run_program,
+    run_stack,
+    stack_names,
+)
+
+COMMAND = "command:local:Command"
+
+
+@pytest.fixture(autouse=True)
+def nix_present():
+    require_tool("nix")
+
+
+def commands(run: ProgramRun) -> dict[str, object]:
+    """Host name -> its delivery Command registration."""
+    return {r.name.split("-deliver-", 1)[1]: r for r in run.of_type(COMMAND)}
+
+
+def plan(reg) -> DeliveryPlan:
+    return DeliveryPlan.from_json(reg.inputs["environment"][PLAN_ENV])
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_one_delivery_per_host(stack):
+    run = run_stack(stack)
+    cmds = commands(run)
+    assert set(cmds) == set(run.exports["nodes"])
+    for reg in cmds.values():
+        assert reg.parent.split("::")[2].endswith("flakefleet:index:Delivery")
+        assert reg.inputs["create"] == "./scripts/flakefleet-deliver"  # relative: the same on every deployer
+
+
+def test_control_planes_one_at_a_time_then_worker_batches():
+    run = run_stack("prod")  # 3 control planes, 9 workers, max_parallel 2
+    cmds = commands(run)
+    urn = {name: reg.urn for name, reg in cmds.items()}
+    deps = {name: set(reg.dependencies) for name, reg in cmds.items()}
+    assert urn["cp-0"] not in deps["cp-0"]
+    assert urn["cp-0"] in deps["cp-1"] and urn["cp-1"] in deps["cp-2"]
+    workers = [n for n in run.exports["nodes"] if run.exports["nodes"][n]["role"] == "worker"]
+    waves = [workers[i : i + 2] for i in range(0, len(workers), 2)]
+    for w in waves[0]:
+        assert urn["cp-2"] in deps[w]
+    for previous, wave in zip(waves, waves[1:]):
+        for w in wave:
+            assert {urn[p] for p in previous} <= deps[w], w
+            assert not any(urn[other] in deps[w] for other in wave)  # a batch runs in parallel
+
+
+def test_first_wave_waits_for_the_machines():
+    run = run_stack("staging")
+    instances = {r.urn for r in run.of_type("aws:ec2/instance:Instance")}
+    assert len(instances) == 6
+    # A dependency on the Machines component reaches every resource inside it.
+    assert instances <= set(commands(run)["cp-0"].dependencies)
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_triggers_are_system_facts_and_host_key(stack):
+    run = run_stack(stack)
+    for name, reg in commands(run).items():
+        system, facts_hash, host_key = reg.inputs["triggers"]
+        assert system == run.exports["nodes"][name]["system"]
+        assert len(facts_hash) == 64
+        assert host_key == plan(reg).host_key and host_key.startswith("ssh-ed25519 ")
+
+
+def test_secrets_only_in_the_secret_environment():
+    run = run_stack("local")
+    for reg in commands(run).values():
+        assert "environment" in reg.secret_inputs
+        assert reg.inputs["environment"][SIGNING_KEY_ENV] == TEST_SIGNING_KEY
+        everything_else = json.dumps({k: v for k, v in reg.inputs.items() if k != "environment"})
+        assert TEST_SIGNING_KEY not in everything_else
+        assert TEST_SIGNING_KEY not in reg.inputs["environment"][PLAN_ENV]
+
+
+def test_plans_carry_facts_and_pinned_keys_for_bring_your_own_hosts():
+    run = run_stack("local")
+    keys = {h["name"]: h["ssh_host_key"] for p in json.loads(read_stack_file("local")["flakefleet:pools"]) for h in p["hosts"]}
+    for name, reg in commands(run).items():
+        p = plan(reg)
+        assert (p.address, p.port, p.user) == (run.exports["nodes"][name]["address"], 2222, "root")
+        assert p.host_key == keys[name]
+        facts = json.loads(next(f.content for f in p.files if f.path == "/etc/flakefleet/host.json"))
+        assert facts["name"] == name and facts["init"] == (name == "cp-0")
+        assert p.boot_timeout_s == 600
+
+
+def test_metal_pools_wait_longer_for_boot():
+    run = run_stack("prod")
+    timeouts = {plan(reg).boot_timeout_s for name, reg in commands(run).items() if name.startswith("metal-")}
+    assert timeouts == {1800}
+
+
+def test_unchanged_config_gives_identical_delivery_inputs():
+    first = {n: r.inputs for n, r in commands(run_stack("staging")).items()}
+    second = {n: r.inputs for n, r in commands(run_stack("staging")).items()}
+    assert first == second  # so the engine sees no change and runs no command
+
+
+def test_a_changed_pool_changes_only_its_hosts_triggers():
+    before = {n: r.inputs["triggers"] for n, r in commands(run_stack("staging")).items()}
+    config = read_stack_file("staging")
+    pools = json.loads(config["flakefleet:pools"])
+    pools[1]["labels"] = {"tier": "batch"}
+    config["flakefleet:pools"] = json.dumps(pools)
+    after = {n: r.inputs["triggers"] for n, r in commands(run_program(config, stack="staging")).items()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"workers-0", "workers-1", "workers-2"}
+
+
+def test_ec2_host_keys_are_generated_and_installed_at_first_boot():
+    run = run_stack("staging")
+    keys = run.of_type("tls:index/privateKey:PrivateKey")
+    assert len(keys) == 6 and {k.inputs["algorithm"] for k in keys} == {"ED25519"}
+    for name, reg in commands(run).items():
+        instance = next(r for r in run.of_type("aws:ec2/instance:Instance") if r.name.endswith(f"-{name}"))
+        assert "userData" in instance.secret_inputs  # it carries the private host key
+        assert instance.inputs["userData"].startswith("#!/bin/sh")
+        assert plan(reg).host_key in instance.inputs["userData"]
+        assert "userData" in instance.options["ignore_changes"]
+
+
+@pytest.mark.parametrize(
+    ("signing_key", "secret_keys", "message"),
+    [
+        (None, [SIGNING_KEY], "flakefleet:signing_key: required; hosts accept only signed systems. Create it: nix key"),
+        ("oops", [SIGNING_KEY], "flakefleet:signing_key: not a Nix secret key"),
+        (TEST_SIGNING_KEY, [], "flakefleet:signing_key: must be a Pulumi secret, not plain config"),
+    ],
+    ids=["missing", "malformed", "plain"],
+)
+def test_signing_key_problems_stop_before_any_resource(signing_key, secret_keys, message):
+    config = read_stack_file("local")
+    if signing_key is not None:
+        config[SIGNING_KEY] = signing_key
+    monitor = RecordingMonitor(FleetMocks())
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(config, stack="local", monitor=monitor, secret_keys=secret_keys)
+    assert message in str(err.value)
+    assert "oops" not in str(err.value) and TEST_SIGNING_KEY not in str(err.value)  # never echo a secret
+    assert monitor.records == []
+
+
+def test_hosts_trust_the_public_half_of_the_signing_key():
+    run = run_stack("local")
+    cp = commands(run)["cp-0"]
+    system = cp.inputs["triggers"][0]
+    assert system == run.exports["systems"]["cp"]
+    # The spec the system was evaluated from names the public key (never the secret one).
+    from flakefleet.config import parse_stack_config
+    from flakefleet.inventory import plan_inventory
+    from flakefleet.nixos import pool_spec
+
+    cfg = parse_stack_config({**read_stack_file("local"), SIGNING_KEY: TEST_SIGNING_KEY}, None, {SIGNING_KEY})
+    spec = pool_spec(cfg, plan_inventory(cfg), "cp")
+    assert spec["trusted_public_keys"] == ["flakefleet-test-1:" + "A" * 43 + "="]
+    assert TEST_SIGNING_KEY not in json.dumps(spec)
