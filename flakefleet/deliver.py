@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HOSTCTL = Path(__file__).with_name("hostctl.sh")
@@ -39,6 +39,9 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 SECRET_ENV_PREFIX = "FLAKEFLEET_SECRET_"
 SIGNING_KEY_ENV = "FLAKEFLEET_SIGNING_KEY"
 PLAN_ENV = "FLAKEFLEET_DELIVERY"
+# The deployer's own SSH identity: deliberately not part of the plan (a Pulumi input), so that
+# deployers with keys in different places do not see a change.
+IDENTITY_ENV = "FLAKEFLEET_SSH_IDENTITY"
 
 # Exit codes of the runner.
 OK, FAILED, ROLLED_BACK, UNREACHABLE = 0, 1, 3, 4
@@ -210,6 +213,8 @@ class Delivery:
     """One host's delivery. `run` is subprocess.run (replaceable in tests of the pure parts)."""
 
     def __init__(self, plan: DeliveryPlan, env: dict[str, str], out=print, run: Runner = subprocess.run, clock=time.monotonic, sleep=time.sleep):
+        if plan.identity_file is None and env.get(IDENTITY_ENV):
+            plan = replace(plan, identity_file=env[IDENTITY_ENV])
         self.plan = plan
         self.env = env
         self.out = out

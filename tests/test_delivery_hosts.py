@@ -199,6 +199,15 @@ def test_secret_files_are_private_and_never_stored_or_printed(fleet, systems):
     assert SECRET not in plan_for(fleet, host, systems["v1"]).to_json()
 
 
+def test_identity_can_come_from_the_deployers_environment(fleet, systems):
+    host = fleet.hosts[1]
+    plan = plan_for(fleet, host, systems["v2"], identity_file=None)
+    env = {**runner_env(fleet, plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key)}
+    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(fleet.client_key) not in plan.to_json()
+
+
 def test_changed_facts_are_applied_without_a_new_system(fleet, systems):
     host = fleet.hosts[0]
     plan = plan_for(fleet, host, systems["v1"])

@@ -19,6 +19,8 @@
           # The whole spec is an input: any change to it is a new system, as with the real flake.
           specJson = builtins.toJSON spec;
           switchScript = builtins.readFile ./switch-to-configuration.sh;
+          # Benchmarks only: a payload of this many KiB, so copies move real bytes.
+          payloadKib = toString (spec.standin_payload_kib or 0);
           args = [
             "-c"
             ''
@@ -28,6 +30,9 @@
               printf '%s\n' "flakefleet-standin" > $out/nixos-version
               printf '%s' "$switchScript" > $out/bin/switch-to-configuration
               chmod +x $out/bin/switch-to-configuration
+              if [ "$payloadKib" -gt 0 ]; then
+                head -c "$((payloadKib * 1024))" /dev/urandom > $out/payload
+              fi
             ''
           ];
         };
