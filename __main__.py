@@ -11,6 +11,7 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
+from components.cluster import ClusterTokens, ClusterTokensArgs
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
@@ -73,6 +74,9 @@ api_lb = (
     else None
 )
 
+# Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
+tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs())
+
 # NixOS delivery: every host gets its pool's system over pinned SSH, control planes one at a
 # time, then workers in batches; each switch is confirmed healthy or rolled back.
 delivery = Delivery(
@@ -83,6 +87,7 @@ delivery = Delivery(
         systems=systems,
         generated_host_keys=machines.host_keys if machines else {},
         signing_key=pulumi.Output.secret(cfg.signing_key),
+        secret_environment=tokens.environment(),
         machines_ready=[machines] if machines else [],
     ),
 )

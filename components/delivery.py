@@ -33,6 +33,8 @@ class DeliveryArgs:
     """EC2 host name -> the SSH host key the stack generated; bring-your-own hosts' keys come from config."""
     signing_key: pulumi.Input[str]
     """The Nix signing key (a secret); reaches the runner only through its environment."""
+    secret_environment: Mapping[str, pulumi.Input[str]]
+    """FLAKEFLEET_SECRET_* -> secret value (the k3s tokens), for the host files that name them."""
     machines_ready: Sequence[pulumi.Resource] = ()
     """Resources the first wave waits for (the EC2 machines)."""
 
@@ -79,6 +81,7 @@ class Delivery(pulumi.ComponentResource):
                     environment={
                         PLAN_ENV: key.apply(lambda k, h=host, s=system: _plan(cfg, inv, h, s, k)),
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
+                        **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },
                     # Only these make a host's delivery run again: an unchanged host runs nothing.
                     triggers=[system.out, files_hash(host_files(cfg, inv, host)), key],

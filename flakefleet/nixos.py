@@ -19,6 +19,10 @@ from flakefleet.inventory import Host, Inventory
 SPEC_SCHEMA = 1
 NIX_SYSTEM = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
 FACTS_PATH = "/etc/flakefleet/host.json"
+SECRETS_DIR = "/var/lib/flakefleet/secrets"
+# Token files (nixos/roles: tokenFile, agentTokenFile) -> the runner's environment variable.
+SERVER_TOKEN = (f"{SECRETS_DIR}/k3s-server-token", "FLAKEFLEET_SECRET_K3S_SERVER_TOKEN")
+AGENT_TOKEN = (f"{SECRETS_DIR}/k3s-agent-token", "FLAKEFLEET_SECRET_K3S_AGENT_TOKEN")
 K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 
 
@@ -98,15 +102,19 @@ def host_system(cfg: StackConfig, host: Host) -> str:
 
 
 def host_files(cfg: StackConfig, inv: Inventory, host: Host) -> tuple[FileSpec, ...]:
-    """Files delivery writes on a host: its facts and k3s drop-in (shared closures only)."""
+    """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
+    environment) and, for shared closures, its facts and k3s drop-in."""
+    tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
+    secrets = tuple(FileSpec(path, "0600", secret_env=env) for path, env in tokens)
     pool = next(p for p in cfg.pools if p.name == host.pool)
     if pool.per_host_closures:
-        return ()
+        return secrets
     facts = host_facts(inv, host)
     return (
         FileSpec(FACTS_PATH, "0644", content=json.dumps(facts, sort_keys=True) + "\n"),
         # JSON is YAML: k3s reads this drop-in from config.yaml.d/.
         FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n"),
+        *secrets,
     )
 
 

@@ -89,6 +89,8 @@ class FleetMocks(pulumi.runtime.Mocks):
         elif t == "tls:index/privateKey:PrivateKey":
             pub = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{args.name[-20:]:A>43} {args.name}"
             out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----")
+        elif t == "random:index/randomPassword:RandomPassword":
+            out.update(result=f"token-{args.name}-{'x' * 20}")
         elif t == "command:local:Command":
             out.update(stdout="{}", stderr="")
         elif t == "aws:lb/loadBalancer:LoadBalancer":

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHABLE, DeliveryPlan, FileSpec
+from flakefleet.nixos import K3S_DROP_IN_PATH
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
 from tests.testhosts import TestFleet, TestHost, make_fleet, poll, prerequisites, start_host
@@ -56,6 +57,7 @@ def fleet(tmp_path_factory, systems):
 def plan_for(fleet: TestFleet, host: TestHost, system, **overrides) -> DeliveryPlan:
     files = (
         FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name})),
+        FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps({"node-name": host.name, "node-ip": host.address})),
         FileSpec("/var/lib/flakefleet/secrets/k3s-agent-token", "0600", secret_env="FLAKEFLEET_SECRET_AGENT_TOKEN"),
     )
     fields = dict(host=host.name, address=host.address, port=host.port, user="root", host_key=host.host_key,
@@ -211,8 +213,29 @@ def test_identity_can_come_from_the_deployers_environment(fleet, systems):
 def test_changed_facts_are_applied_without_a_new_system(fleet, systems):
     host = fleet.hosts[0]
     plan = plan_for(fleet, host, systems["v1"])
-    files = (FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name, "v": 2})), plan.files[1])
+    files = (FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name, "v": 2})), *plan.files[1:])
     proc = deliver(fleet, DeliveryPlan(**{**plan.__dict__, "files": files}))
     assert proc.returncode == 0, proc.stderr
     assert report(proc)["paths_copied"] == 0 and report(proc)["outcome"] == "activated"
     assert json.loads(host.path("/etc/flakefleet/host.json").read_text())["v"] == 2
+
+
+def test_k3s_starts_with_the_roles_flags_and_the_hosts_drop_in(fleet, systems):
+    host = fleet.hosts[0]
+    log = host.path("/var/lib/flakefleet/standin-k3s.log").read_text().splitlines()
+    start = [line for line in log if " start " in line][-1]
+    assert " start agent --server https://127.0.0.31:6443 --token-file /var/lib/flakefleet/secrets/k3s-agent-token" in start
+    assert "--node-label=version=v1" in start and "--protect-kernel-defaults" in start
+    assert f'"node-name": "{host.name}"' in start  # the drop-in k3s reads from config.yaml.d
+
+
+def test_missing_token_fails_activation_like_the_k3s_unit_and_rolls_back(fleet, systems):
+    host = fleet.hosts[3]
+    plan = plan_for(fleet, host, systems["v3"])
+    without_token = DeliveryPlan(**{**plan.__dict__, "files": plan.files[:2]})
+    host.path("/var/lib/flakefleet/secrets/k3s-agent-token").unlink()
+    before = host.current_system()
+    proc = deliver(fleet, without_token)
+    assert proc.returncode == ROLLED_BACK, proc.stderr
+    assert "some units failed to start (exit 4)" in proc.stderr
+    assert host.current_system() == before

@@ -6,6 +6,50 @@
 
   outputs =
     { self }:
+    let
+      # The k3s command line the real modules render (nixos/roles/*.nix through nixpkgs'
+      # rancher module), so tests see the flags a real node would start with.
+      secrets = "/var/lib/flakefleet/secrets";
+      k3sArgs =
+        spec:
+        (
+          if spec.role == "control-plane" then
+            [
+              "server"
+              "--token-file"
+              "${secrets}/k3s-server-token"
+              "--agent-token-file"
+              "${secrets}/k3s-agent-token"
+            ]
+          else
+            [
+              "agent"
+              "--server"
+              spec.api_endpoint
+              "--token-file"
+              "${secrets}/k3s-agent-token"
+            ]
+        )
+        ++ map (k: "--node-label=${k}=${spec.labels.${k}}") (builtins.attrNames spec.labels)
+        ++ map (t: "--node-taint=${t}") spec.taints
+        ++ [ "--protect-kernel-defaults" ]
+        ++ (
+          if spec.role == "control-plane" then
+            [
+              "--cluster-cidr=${spec.pod_cidr}"
+              "--service-cidr=${spec.service_cidr}"
+              "--secrets-encryption"
+            ]
+            ++ map (s: "--tls-san=${s}") spec.tls_sans
+          else
+            [ ]
+        );
+      # What k3s.service asserts before starting (nixos/roles/k3s.nix: AssertPathExists).
+      required =
+        spec:
+        (if spec.host == null then [ "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml" ] else [ ])
+        ++ [ "${secrets}/${if spec.role == "control-plane" then "k3s-server-token" else "k3s-agent-token"}" ];
+    in
     {
       lib.toplevel =
         spec:
@@ -19,6 +63,9 @@
           # The whole spec is an input: any change to it is a new system, as with the real flake.
           specJson = builtins.toJSON spec;
           switchScript = builtins.readFile ./switch-to-configuration.sh;
+          k3sScript = builtins.readFile ./k3s.sh;
+          k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
+          k3sRequired = builtins.concatStringsSep " " (required spec);
           # Benchmarks only: a payload of this many KiB, so copies move real bytes.
           payloadKib = toString (spec.standin_payload_kib or 0);
           args = [
@@ -30,6 +77,11 @@
               printf '%s\n' "flakefleet-standin" > $out/nixos-version
               printf '%s' "$switchScript" > $out/bin/switch-to-configuration
               chmod +x $out/bin/switch-to-configuration
+              mkdir -p $out/sw/bin
+              printf '%s' "$k3sScript" > $out/sw/bin/k3s
+              chmod +x $out/sw/bin/k3s
+              printf '%s\n' "$k3sArgs" > $out/k3s-args
+              printf '%s\n' "$k3sRequired" > $out/k3s-required
               if [ "$payloadKib" -gt 0 ]; then
                 head -c "$((payloadKib * 1024))" /dev/urandom > $out/payload
               fi

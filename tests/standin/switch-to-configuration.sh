@@ -25,6 +25,17 @@ case "$action" in
     exit 1
     ;;
 esac
+# Start k3s as systemd would: its unit asserts the host's facts and token exist first.
+if [ "$action" = switch ] || [ "$action" = test ]; then
+  for required in $(cat "$self/k3s-required"); do
+    if [ ! -e "$required" ]; then
+      echo "warning: the following units failed: k3s.service (assertion failed: $required)" >&2
+      exit 4
+    fi
+  done
+  # shellcheck disable=SC2046 # the arguments are words by construction
+  "$self/sw/bin/k3s" $(cat "$self/k3s-args")
+fi
 case "$fault" in
   fail)
     echo "warning: the following units failed: standin-fault.service" >&2

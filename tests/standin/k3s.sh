@@ -1,0 +1,62 @@
+#!/bin/sh
+# Stand-in k3s. Records every call in /var/lib/flakefleet/standin-k3s.log (with the drop-in a
+# real k3s would read), writes a kubeconfig when a server starts, and answers the kubectl calls
+# flakefleet makes: `get nodes NAME... -o json` (Ready, unless the name is listed in
+# /etc/flakefleet/standin-notready), `cordon`, `drain`, `delete node`.
+set -eu
+log=/var/lib/flakefleet/standin-k3s.log
+dropin=/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml
+mkdir -p /var/lib/flakefleet
+now() { date +%s.%N; }
+case "${1:-}" in
+  server|agent)
+    printf '%s start %s | config %s\n' "$(now)" "$*" "$(tr -d '\n' < "$dropin" 2>/dev/null || true)" >>"$log"
+    if [ "$1" = server ]; then
+      umask 077
+      mkdir -p /etc/rancher/k3s
+      ca=$(printf 'STANDIN-CA %s' "$(hostname)" | base64 -w0)
+      cat >/etc/rancher/k3s/k3s.yaml <<KUBECONFIG
+apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: $ca
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: $(printf 'STANDIN-CLIENT-CERT' | base64 -w0)
+    client-key-data: $(printf 'STANDIN-CLIENT-KEY' | base64 -w0)
+KUBECONFIG
+    fi
+    ;;
+  kubectl)
+    shift
+    printf '%s kubectl %s\n' "$(now)" "$*" >>"$log"
+    if [ "${1:-}" = get ] && [ "${2:-}" = nodes ]; then
+      shift 2
+      printf '{"apiVersion":"v1","kind":"List","items":['
+      sep=""
+      for name in "$@"; do
+        case "$name" in -*) continue ;; esac
+        status=True
+        if grep -qx "$name" /etc/flakefleet/standin-notready 2>/dev/null; then status=False; fi
+        printf '%s{"metadata":{"name":"%s"},"status":{"conditions":[{"type":"Ready","status":"%s"}]}}' "$sep" "$name" "$status"
+        sep=","
+      done
+      printf ']}\n'
+    fi
+    ;;
+  *)
+    echo "stand-in k3s: unsupported: $*" >&2
+    exit 1
+    ;;
+esac
