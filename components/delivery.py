@@ -9,9 +9,10 @@ import pulumi
 import pulumi_command as command
 
 from flakefleet.config import StackConfig
-from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
-from flakefleet.inventory import Host, Inventory
-from flakefleet.nixos import files_hash, host_files, host_system, rollout_waves
+from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
+from flakefleet.inventory import Inventory
+from flakefleet.nixos import files_hash, host_files, host_system
+from flakefleet.rollout import delivery_plans, rollout_waves
 from flakefleet.systems import System
 
 RUNNER = "./scripts/flakefleet-deliver"
@@ -39,24 +40,6 @@ class DeliveryArgs:
     """Resources the first wave waits for (the EC2 machines)."""
 
 
-def _plan(cfg: StackConfig, inv: Inventory, host: Host, system: System, host_key: str) -> str:
-    pool = next(p for p in cfg.pools if p.name == host.pool)
-    boot = cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s
-    return DeliveryPlan(
-        host=host.name,
-        address=str(host.address),
-        port=host.ssh_port,
-        user=host.ssh_user,
-        host_key=host_key,
-        system=system.out,
-        drv=system.drv,
-        files=host_files(cfg, inv, host),
-        boot_timeout_s=boot,
-        health_timeout_s=cfg.delivery.health_timeout_s,
-        substitute_on_destination=cfg.delivery.substitute_on_destination,
-    ).to_json()
-
-
 class Delivery(pulumi.ComponentResource):
     """Control planes one at a time (the cluster-initializing one first), then workers in batches."""
 
@@ -69,17 +52,26 @@ class Delivery(pulumi.ComponentResource):
         super().__init__("flakefleet:index:Delivery", name, None, opts)
         cfg, inv = args.config, args.inventory
         self.commands, self.delivered = {}, {}
+        keys = {h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts}
+        # Plans need every control plane's key (readiness is asked there): resolve the keys once.
+        names = list(keys)
+        plans = pulumi.Output.all(*keys.values()).apply(
+            lambda values: {
+                host: plan.to_json()
+                for host, plan in delivery_plans(cfg, inv, dict(args.systems), dict(zip(names, values))).items()
+            }
+        )
         previous: list[pulumi.Resource] = list(args.machines_ready)
         for wave in rollout_waves(inv, cfg.delivery.max_parallel):
             current = []
             for host in wave:
                 system = args.systems[host_system(cfg, host)]
-                key = pulumi.Output.from_input(args.generated_host_keys.get(host.name) or host.ssh_host_key)
+                key = keys[host.name]
                 cmd = command.local.Command(
                     f"{name}-{host.name}",
                     create=RUNNER,
                     environment={
-                        PLAN_ENV: key.apply(lambda k, h=host, s=system: _plan(cfg, inv, h, s, k)),
+                        PLAN_ENV: plans.apply(lambda p, h=host.name: p[h]),
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
                         **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },

@@ -61,6 +61,17 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """A control plane the runner may ask about node readiness (`k3s kubectl` over pinned SSH)."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    host_key: str
+
+
+@dataclass(frozen=True)
 class DeliveryPlan:
     """Everything the runner needs for one host, except secrets."""
 
@@ -78,11 +89,17 @@ class DeliveryPlan:
     deadman_margin_s: float = 30
     copy_attempts: int = 3
     substitute_on_destination: bool = False
+    # Readiness gate: this host is confirmed only when every node of its batch reports Ready,
+    # asked on the first reachable control plane of `ready_via`. Empty: no Kubernetes gate.
+    batch: tuple[str, ...] = ()
+    ready_via: tuple[Endpoint, ...] = ()
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
         raw = json.loads(text)
         raw["files"] = tuple(FileSpec(**f) for f in raw.get("files", ()))
+        raw["batch"] = tuple(raw.get("batch", ()))
+        raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
         return DeliveryPlan(**raw)
 
     def to_json(self) -> str:
@@ -117,15 +134,37 @@ def ssh_options(known_hosts: Path, port: int, identity_file: str | None, connect
     return opts
 
 
-def ssh_argv(plan: DeliveryPlan, known_hosts: Path, remote: list[str]) -> list[str]:
-    """ssh to the plan's host running `remote` (each word quoted for the remote shell)."""
+def ssh_argv(plan: DeliveryPlan, known_hosts: Path, remote: list[str], to: Endpoint | None = None) -> list[str]:
+    """ssh to the plan's host (or `to`) running `remote` (each word quoted for the remote shell)."""
+    target = to or plan
     return [
         "ssh",
-        *ssh_options(known_hosts, plan.port, plan.identity_file),
-        f"{plan.user}@{plan.address}",
+        *ssh_options(known_hosts, target.port, plan.identity_file),
+        f"{target.user}@{target.address}",
         "--",
         " ".join(shlex.quote(w) for w in remote),
     ]
+
+
+K3S = "/run/current-system/sw/bin/k3s"  # NixOS puts k3s there (environment.systemPackages)
+
+
+def nodes_query(names: tuple[str, ...]) -> list[str]:
+    """The kubectl call that reports the given nodes (missing ones are simply absent)."""
+    return [K3S, "kubectl", "get", "nodes", *names, "--ignore-not-found", "-o", "json"]
+
+
+def ready_nodes(kubectl_json: str) -> set[str]:
+    """Names of the nodes whose Ready condition is True, from `kubectl get nodes -o json`."""
+    try:
+        items = json.loads(kubectl_json).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return set()
+    return {
+        item["metadata"]["name"]
+        for item in items
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in item.get("status", {}).get("conditions", []))
+    }
 
 
 def nix_copy_argv(plan: DeliveryPlan) -> list[str]:
@@ -225,16 +264,18 @@ class Delivery:
         self.token = f"{int(time.time())}-{pysecrets.token_hex(4)}"
         self._tmp = tempfile.TemporaryDirectory(prefix="flakefleet-deliver-")
         self.known_hosts = Path(self._tmp.name) / "known_hosts"
-        self.known_hosts.write_text(known_hosts_line(plan.address, plan.port, plan.host_key))
+        self.known_hosts.write_text(
+            "".join(known_hosts_line(e.address, e.port, e.host_key) for e in (plan, *plan.ready_via))
+        )
 
     # -- helpers
 
     def say(self, message: str) -> None:
         self.out(f"[{self.plan.host}] {message}", flush=True)
 
-    def ssh(self, remote: list[str], stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    def ssh(self, remote: list[str], stdin: str | None = None, timeout: float = 120, to: Endpoint | None = None) -> subprocess.CompletedProcess:
         try:
-            return self.run(ssh_argv(self.plan, self.known_hosts, remote), input=stdin, capture_output=True, text=True, timeout=timeout)
+            return self.run(ssh_argv(self.plan, self.known_hosts, remote, to), input=stdin, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout:.0f}s")
 
@@ -344,22 +385,52 @@ class Delivery:
             ROLLED_BACK,
         )
 
+    def poll(self, attempt: Callable[[], tuple[bool, str]], deadline: float) -> tuple[bool, str]:
+        """Call `attempt` (-> done, detail) with growing pauses until done or `deadline`."""
+        detail = ""
+        for delay in backoff_delays(first=0.5, cap=5):
+            done, detail = attempt()
+            if done or self.clock() + delay > deadline:
+                return done, detail
+            self.sleep(delay)
+        return False, detail  # pragma: no cover (the generator is endless)
+
+    def batch_ready(self) -> tuple[bool, str]:
+        """Whether every node of the batch reports Ready, asked on the first reachable control plane."""
+        problems = []
+        for cp in self.plan.ready_via:
+            res = self.ssh(nodes_query(self.plan.batch), to=cp, timeout=30)
+            if res.returncode != 0:
+                problems.append(f"{cp.host}: {res.stderr.strip()[-200:] or f'exit {res.returncode}'}")
+                continue
+            missing = sorted(set(self.plan.batch) - ready_nodes(res.stdout))
+            return not missing, f"not Ready: {', '.join(missing)} (asked {cp.host})" if missing else ""
+        return False, "no control plane answered: " + "; ".join(problems)
+
     def confirm(self, digest: str) -> None:
+        """The health gate, over new connections: the host runs the system and is healthy, its
+        batch's nodes are Ready; then the host is told to keep it (disarming the dead-man)."""
         start = self.clock()
         deadline = start + self.plan.health_timeout_s
-        last = ""
-        for delay in backoff_delays(first=0.5, cap=5):
-            res = self.ssh([REMOTE_HOSTCTL, "confirm", self.token, self.plan.system, digest], timeout=30)
-            if res.returncode == 0:
-                self.timed("confirm", start)
-                return
-            last = res.stderr.strip() or f"exit {res.returncode}"
+        timeout = f"{self.plan.health_timeout_s:.0f}s"
+
+        def healthy() -> tuple[bool, str]:
+            res = self.ssh([REMOTE_HOSTCTL, "check", self.token, self.plan.system], timeout=30)
             if res.returncode == 2:  # the host decided already: its dead-man switch rolled it back
-                raise DeliveryFailed(f"host {self.plan.host} {last}", ROLLED_BACK)
-            if self.clock() + delay > deadline:
-                break
-            self.sleep(delay)
-        raise self.rollback(f"not healthy within {self.plan.health_timeout_s:.0f}s: {last}")
+                raise DeliveryFailed(f"host {self.plan.host} {res.stderr.strip()}", ROLLED_BACK)
+            return res.returncode == 0, res.stderr.strip() or f"exit {res.returncode}"
+
+        ok, detail = self.poll(healthy, deadline)
+        if not ok:
+            raise self.rollback(f"not healthy within {timeout}: {detail}")
+        if self.plan.batch:
+            ok, detail = self.poll(self.batch_ready, deadline)
+            if not ok:
+                raise self.rollback(f"its batch was not Ready within {timeout}: {detail}")
+        res = self.ssh([REMOTE_HOSTCTL, "confirm", self.token, self.plan.system, digest], timeout=30)
+        if res.returncode != 0:
+            raise DeliveryFailed(f"host {self.plan.host} {res.stderr.strip() or 'could not be confirmed'}", ROLLED_BACK)
+        self.timed("confirm", start)
 
     def deliver(self) -> Report:
         total = self.clock()

@@ -3,7 +3,8 @@
 #
 #   hostctl.sh state                          what the host runs (current system, profile, applied digest)
 #   hostctl.sh activate OUT TOKEN DEADMAN_S   install staged files, arm the dead-man switch, switch to OUT
-#   hostctl.sh confirm TOKEN OUT DIGEST       (new connection) check health, disarm, record DIGEST
+#   hostctl.sh check TOKEN OUT                (new connection) is the host running OUT, healthy?
+#   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, record DIGEST
 #   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
 #
@@ -125,8 +126,8 @@ activate)
   nix-env -p "$PROFILE" --set "$out"
   switch_to "$out" "$token"
   ;;
-confirm)
-  token=$1 out=$2 digest=$3
+check | confirm)
+  token=$1 out=$2
   stage=$RUN/$token
   if [ -f "$stage/outcome" ]; then
     echo "$(cat "$stage/outcome")" >&2
@@ -138,6 +139,8 @@ confirm)
     health=$(systemctl is-system-running 2>/dev/null || true)
     [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
   fi
+  [ "$cmd" = confirm ] || exit 0
+  digest=$3
   mkdir "$stage/decided" 2>/dev/null || { echo "$(cat "$stage/outcome" 2>/dev/null || echo decided)" >&2; exit 2; }
   disarm_deadman "$token"
   echo confirmed >"$stage/outcome"

@@ -121,12 +121,3 @@ def host_files(cfg: StackConfig, inv: Inventory, host: Host) -> tuple[FileSpec, 
 def files_hash(files: tuple[FileSpec, ...]) -> str:
     """A stable hash of the non-secret files and the names of the secret ones (a delivery trigger)."""
     return hashlib.sha256(json.dumps([f.__dict__ for f in files], sort_keys=True).encode()).hexdigest()
-
-
-def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
-    """The order hosts are delivered in: control planes one at a time, the cluster-initializing one
-    first (etcd keeps quorum), then workers in batches of `max_parallel`, each after the last."""
-    waves: list[tuple[Host, ...]] = [(h,) for h in inv.control_planes]
-    workers = inv.workers
-    waves += [workers[i : i + max_parallel] for i in range(0, len(workers), max_parallel)]
-    return waves

@@ -175,3 +175,26 @@ def test_hosts_trust_the_public_half_of_the_signing_key():
     spec = pool_spec(cfg, plan_inventory(cfg), "cp")
     assert spec["trusted_public_keys"] == ["flakefleet-test-1:" + "A" * 43 + "="]
     assert TEST_SIGNING_KEY not in json.dumps(spec)
+
+
+def test_each_host_waits_for_its_batch_to_be_ready_on_the_control_planes():
+    run = run_stack("prod")  # max_parallel 2
+    plans = {name: plan(reg) for name, reg in commands(run).items()}
+    assert plans["cp-0"].batch == ("cp-0",) and [e.host for e in plans["cp-0"].ready_via] == ["cp-0"]
+    assert [e.host for e in plans["cp-2"].ready_via] == ["cp-0", "cp-1", "cp-2"]
+    worker = next(n for n in plans if not n.startswith("cp-"))
+    assert len(plans[worker].batch) == 2 and worker in plans[worker].batch
+    assert [e.host for e in plans[worker].ready_via] == ["cp-0", "cp-1", "cp-2"]
+    assert all(e.host_key.startswith("ssh-ed25519 ") for e in plans[worker].ready_via)
+
+
+def test_token_files_by_role():
+    run = run_stack("local")
+    for name, reg in commands(run).items():
+        secrets = {f.path.rsplit("/", 1)[1]: f.secret_env for f in plan(reg).files if f.secret_env}
+        expected = {"k3s-agent-token"} | ({"k3s-server-token"} if name.startswith("cp-") else set())
+        assert set(secrets) == expected
+        for env in secrets.values():
+            assert reg.inputs["environment"][env].startswith("token-")  # from the mocked RandomPassword
+    assert len(run.of_type("random:index/randomPassword:RandomPassword")) == 2
+    assert "token-" not in json.dumps(run.exports)  # tokens are never exported

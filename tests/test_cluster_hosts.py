@@ -1,0 +1,138 @@
+"""Tier 3: the local stack's real delivery plans, wave by wave, on test hosts with the stand-in k3s.
+
+The plans are exactly what the Delivery component gives each Command (flakefleet.rollout),
+run in the order Pulumi's dependencies impose: the cluster-initializing control plane first,
+then the worker batch, each host confirmed only when its batch's nodes are Ready.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from flakefleet.config import parse_stack_config
+from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV
+from flakefleet.inventory import plan_inventory
+from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from flakefleet.rollout import delivery_plans, rollout_waves
+from flakefleet.stackfile import read_stack_file
+from flakefleet.systems import evaluate_systems
+from tests.conftest import STANDIN_FLAKE, require
+from tests.testhosts import make_fleet, prerequisites, start_host
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
+ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
+    fleet = make_fleet(tmp_path_factory.mktemp("cluster"))
+    try:
+        hosts = {name: start_host(fleet, name, address) for name, address in ADDRESSES.items()}
+        yield fleet, hosts
+    finally:
+        fleet.stop()
+
+
+def stack(hosts, fleet, labels=None):
+    """The local stack, pointed at these test hosts (their addresses and generated host keys)."""
+    raw = read_stack_file("local")
+    pools = json.loads(raw["flakefleet:pools"])
+    for pool in pools:
+        for h in pool["hosts"]:
+            h.update(address=hosts[h["name"]].address, ssh_host_key=hosts[h["name"]].host_key)
+        if labels and pool["role"] == "worker":
+            pool["labels"] = labels
+    raw["flakefleet:pools"] = json.dumps(pools)
+    raw["flakefleet:delivery"] = json.dumps({**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": 5})
+    raw["flakefleet:signing_key"] = fleet.signing_secret
+    cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
+    inv = plan_inventory(cfg)
+    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
+    plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts})
+    return cfg, inv, systems, plans
+
+
+def run_waves(fleet, cfg, inv, plans):
+    """Deliver wave after wave (hosts of a wave in parallel); stop after the first failing wave."""
+    results = {}
+    for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+        def one(host):
+            env = {**os.environ, PLAN_ENV: plans[host.name].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+                   "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
+            return host.name, subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env,
+                                              capture_output=True, text=True, timeout=120)
+        with ThreadPoolExecutor(len(wave)) as pool:
+            results.update(pool.map(one, wave))
+        if any(results[h.name].returncode != 0 for h in wave):
+            break
+    return results
+
+
+def k3s_log(host) -> list[str]:
+    path = host.path("/var/lib/flakefleet/standin-k3s.log")
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_cluster_forms_in_order(cluster):
+    fleet, hosts = cluster
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    results = run_waves(fleet, cfg, inv, plans)
+    assert {n: r.returncode for n, r in results.items()} == {"cp-0": 0, "worker-0": 0, "worker-1": 0}, \
+        {n: r.stderr for n, r in results.items()}
+
+    starts = {n: float(next(l for l in k3s_log(h) if " start " in l).split()[0]) for n, h in hosts.items()}
+    assert starts["cp-0"] < starts["worker-0"] and starts["cp-0"] < starts["worker-1"]
+
+    cp_start = next(l for l in k3s_log(hosts["cp-0"]) if " start " in l)
+    assert " start server --token-file /var/lib/flakefleet/secrets/k3s-server-token" in cp_start
+    assert '"cluster-init": true' in cp_start and '"node-name": "cp-0"' in cp_start
+    assert f"--tls-san={ADDRESSES['cp-0']}" in cp_start
+    for w in ("worker-0", "worker-1"):
+        start = next(l for l in k3s_log(hosts[w]) if " start " in l)
+        assert f" start agent --server https://{ADDRESSES['cp-0']}:6443 --token-file" in start
+        assert f'"node-ip": "{ADDRESSES[w]}"' in start and "cluster-init" not in start
+
+
+def test_facts_and_tokens_on_each_host(cluster):
+    fleet, hosts = cluster
+    for name, host in hosts.items():
+        facts = json.loads(host.path("/etc/flakefleet/host.json").read_text())
+        assert (facts["name"], facts["address"], facts["init"]) == (name, ADDRESSES[name], name == "cp-0")
+        secrets = host.path("/var/lib/flakefleet/secrets")
+        expected = {"k3s-agent-token"} | ({"k3s-server-token"} if name == "cp-0" else set())
+        assert {p.name for p in secrets.iterdir()} == expected
+        for p in secrets.iterdir():
+            assert p.stat().st_mode & 0o777 == 0o600
+        assert (secrets / "k3s-agent-token").read_text() == TOKENS[AGENT_TOKEN[1]]
+
+
+def test_worker_batch_readiness_was_asked_on_the_control_plane(cluster):
+    fleet, hosts = cluster
+    queries = [l for l in k3s_log(hosts["cp-0"]) if " kubectl get nodes " in l]
+    assert any("get nodes worker-0 worker-1 --ignore-not-found -o json" in q for q in queries)
+    assert any("get nodes cp-0 --ignore-not-found -o json" in q for q in queries)
+
+
+def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(cluster):
+    fleet, hosts = cluster
+    before = {n: h.current_system() for n, h in hosts.items()}
+    cfg, inv, systems, plans = stack(hosts, fleet, labels={"rollout": "2"})
+    hosts["cp-0"].path("/etc/flakefleet/standin-notready").write_text("worker-1\n")
+    try:
+        results = run_waves(fleet, cfg, inv, plans)
+    finally:
+        hosts["cp-0"].path("/etc/flakefleet/standin-notready").unlink()
+    assert results["cp-0"].returncode == 0
+    for w in ("worker-0", "worker-1"):  # the whole batch, the Ready worker too
+        assert results[w].returncode == ROLLED_BACK, results[w].stderr
+        assert "its batch was not Ready within 5s: not Ready: worker-1 (asked cp-0)" in results[w].stderr
+        assert hosts[w].current_system() == before[w]
