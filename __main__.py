@@ -11,7 +11,7 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
-from components.cluster import ClusterTokens, ClusterTokensArgs
+from components.cluster import ClusterTokens, ClusterTokensArgs, Kubeconfig, KubeconfigArgs
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
@@ -92,11 +92,27 @@ delivery = Delivery(
     ),
 )
 
+# Cluster: the admin kubeconfig from the first control plane, pointed at the API endpoint.
+first = inventory.control_planes[0]
+kubeconfig = Kubeconfig(
+    f"{cfg.cluster.name}-kubeconfig",
+    KubeconfigArgs(
+        cluster=cfg.cluster.name,
+        api_endpoint=inventory.api_endpoint,
+        first_control_plane=first,
+        host_key=delivery.host_keys[first.name],
+        system=delivery.delivered[first.name],
+        after=delivery.commands[first.name],
+    ),
+)
+
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered))
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
+pulumi.export("kubeconfig", kubeconfig.kubeconfig)
+pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export(
     "buckets",
     {"cache": storage.cache_bucket, "snapshots": storage.snapshot_bucket} if storage else {},

@@ -15,7 +15,7 @@ from flakefleet.nixos import files_hash, host_files, host_system
 from flakefleet.rollout import delivery_plans, rollout_waves
 from flakefleet.systems import System
 
-RUNNER = "./scripts/flakefleet-deliver"
+RUNNER = "./scripts/flakefleet deliver"
 # A *.metal boot plus copy and activation; Pulumi's default would cut a slow first delivery.
 COMMAND_TIMEOUT = "120m"
 
@@ -45,6 +45,8 @@ class Delivery(pulumi.ComponentResource):
 
     commands: dict[str, command.local.Command]
     """Host name -> its delivery Command."""
+    host_keys: dict[str, pulumi.Output[str]]
+    """Host name -> the SSH host key its delivery pinned."""
     delivered: dict[str, pulumi.Output[str]]
     """Host name -> the system it runs, known once its delivery has confirmed it healthy."""
 
@@ -53,6 +55,7 @@ class Delivery(pulumi.ComponentResource):
         cfg, inv = args.config, args.inventory
         self.commands, self.delivered = {}, {}
         keys = {h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts}
+        self.host_keys = keys
         # Plans need every control plane's key (readiness is asked there): resolve the keys once.
         names = list(keys)
         plans = pulumi.Output.all(*keys.values()).apply(

@@ -26,6 +26,10 @@ ACCOUNT_ID = "123456789012"
 # A Nix signing key for tests only (nix key generate-secret --key-name flakefleet-test-1).
 TEST_SIGNING_KEY = "flakefleet-test-1:" + "A" * 86 + "=="
 SIGNING_KEY = "flakefleet:signing_key"
+STANDIN_KUBECONFIG = (
+    "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: U1RBTkRJTi1DQQ==\n"
+    "    server: https://10.0.0.1:6443\n  name: t\nusers:\n- name: t\n  user:\n    client-key-data: U0VDUkVU\n"
+)
 AMI_ID = "ami-0123456789abcdef0"
 
 
@@ -91,6 +95,8 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----")
         elif t == "random:index/randomPassword:RandomPassword":
             out.update(result=f"token-{args.name}-{'x' * 20}")
+        elif t == "command:local:Command" and "-kubeconfig" in args.name:
+            out.update(stdout=STANDIN_KUBECONFIG, stderr="")
         elif t == "command:local:Command":
             out.update(stdout="{}", stderr="")
         elif t == "aws:lb/loadBalancer:LoadBalancer":

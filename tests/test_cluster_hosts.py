@@ -136,3 +136,25 @@ def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(cluster)
         assert results[w].returncode == ROLLED_BACK, results[w].stderr
         assert "its batch was not Ready within 5s: not Ready: worker-1 (asked cp-0)" in results[w].stderr
         assert hosts[w].current_system() == before[w]
+
+
+def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(cluster):
+    import yaml
+
+    from flakefleet.kubeconfig import PLAN_ENV as KUBECONFIG_ENV
+    from flakefleet.kubeconfig import ca_certificate
+
+    fleet, hosts = cluster
+    cp = hosts["cp-0"]
+    plan = {"cluster": "ff-local", "api_endpoint": f"https://{cp.address}:6443",
+            "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root", "host_key": cp.host_key}}
+    env = {**os.environ, KUBECONFIG_ENV: json.dumps(plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "flakefleet.kubeconfig"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    assert doc["clusters"][0]["cluster"]["server"] == f"https://{cp.address}:6443"
+    assert doc["current-context"] == "ff-local"
+    assert ca_certificate(proc.stdout).startswith("STANDIN-CA ")
+    assert cp.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600

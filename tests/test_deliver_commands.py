@@ -122,3 +122,19 @@ def test_signing_public_key_matches_nix():
     cfg = StackConfig.model_construct(signing_key=secret)
     assert cfg.signing_public_key == public
     assert secret not in repr(StackConfig.model_construct(signing_key=secret, cluster=None, pools=[]))
+
+
+def test_kubeconfig_server_rewritten_and_ca_extracted():
+    from flakefleet.kubeconfig import ca_certificate, rewrite_server
+
+    original = (
+        "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0EtUEVN\n"
+        "    server: https://127.0.0.1:6443\n  name: default\ncontexts:\n- context:\n    cluster: default\n"
+        "    user: default\n  name: default\ncurrent-context: default\nkind: Config\n"
+    )
+    import yaml
+
+    doc = yaml.safe_load(rewrite_server(original, "https://10.20.0.4:6443", "ff-staging"))
+    assert doc["clusters"][0]["cluster"]["server"] == "https://10.20.0.4:6443"
+    assert doc["current-context"] == "ff-staging" and doc["contexts"][0]["context"]["cluster"] == "ff-staging"
+    assert ca_certificate(original) == "CA-PEM"

@@ -31,7 +31,7 @@ def nix_present():
 
 def commands(run: ProgramRun) -> dict[str, object]:
     """Host name -> its delivery Command registration."""
-    return {r.name.split("-deliver-", 1)[1]: r for r in run.of_type(COMMAND)}
+    return {r.name.split("-deliver-", 1)[1]: r for r in run.of_type(COMMAND) if "-deliver-" in r.name}
 
 
 def plan(reg) -> DeliveryPlan:
@@ -45,7 +45,7 @@ def test_one_delivery_per_host(stack):
     assert set(cmds) == set(run.exports["nodes"])
     for reg in cmds.values():
         assert reg.parent.split("::")[2].endswith("flakefleet:index:Delivery")
-        assert reg.inputs["create"] == "./scripts/flakefleet-deliver"  # relative: the same on every deployer
+        assert reg.inputs["create"] == "./scripts/flakefleet deliver"  # relative: the same on every deployer
 
 
 def test_control_planes_one_at_a_time_then_worker_batches():
@@ -198,3 +198,25 @@ def test_token_files_by_role():
             assert reg.inputs["environment"][env].startswith("token-")  # from the mocked RandomPassword
     assert len(run.of_type("random:index/randomPassword:RandomPassword")) == 2
     assert "token-" not in json.dumps(run.exports)  # tokens are never exported
+
+
+def test_kubeconfig_is_a_secret_read_after_the_first_control_plane_is_healthy():
+    run = run_stack("staging")
+    (fetch,) = [r for r in run.of_type(COMMAND) if r.name.endswith("-kubeconfig")]
+    assert "stdout" in fetch.options["additional_secret_outputs"]
+    assert commands(run)["cp-0"].urn in fetch.dependencies
+    target = json.loads(fetch.inputs["environment"]["FLAKEFLEET_KUBECONFIG"])
+    assert (target["endpoint"]["host"], target["api_endpoint"]) == ("cp-0", "https://10.20.0.4:6443")
+    assert run.exports["kubeconfig"].startswith("apiVersion: v1")
+    assert run.exports["cluster_ca_certificate"] == "STANDIN-CA"
+
+
+def test_kubeconfig_and_tokens_are_secret_in_the_stack_outputs():
+    import pulumi
+    from pulumi.runtime.settings import get_root_resource
+    from pulumi.runtime.sync_await import _sync_await
+
+    run_stack("local")
+    outputs = get_root_resource().outputs
+    assert _sync_await(pulumi.Output.from_input(outputs["kubeconfig"]).is_secret())
+    assert not _sync_await(pulumi.Output.from_input(outputs["cluster_ca_certificate"]).is_secret())
