@@ -73,6 +73,8 @@ class Delivery(pulumi.ComponentResource):
                 cmd = command.local.Command(
                     f"{name}-{host.name}",
                     create=RUNNER,
+                    # A host removed from the config: drained and its Node deleted before its machine goes.
+                    delete=f"{RUNNER} --remove",
                     environment={
                         PLAN_ENV: plans.apply(lambda p, h=host.name: p[h]),
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),

@@ -93,6 +93,8 @@ class DeliveryPlan:
     # asked on the first reachable control plane of `ready_via`. Empty: no Kubernetes gate.
     batch: tuple[str, ...] = ()
     ready_via: tuple[Endpoint, ...] = ()
+    # Removal: every control plane, to drain this node and delete its Node object through.
+    control_planes: tuple[Endpoint, ...] = ()
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -100,6 +102,7 @@ class DeliveryPlan:
         raw["files"] = tuple(FileSpec(**f) for f in raw.get("files", ()))
         raw["batch"] = tuple(raw.get("batch", ()))
         raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
+        raw["control_planes"] = tuple(Endpoint(**e) for e in raw.get("control_planes", ()))
         return DeliveryPlan(**raw)
 
     def to_json(self) -> str:
@@ -152,6 +155,19 @@ K3S = "/run/current-system/sw/bin/k3s"  # NixOS puts k3s there (environment.syst
 def nodes_query(names: tuple[str, ...]) -> list[str]:
     """The kubectl call that reports the given nodes (missing ones are simply absent)."""
     return [K3S, "kubectl", "get", "nodes", *names, "--ignore-not-found", "-o", "json"]
+
+
+def drain_commands(node: str, timeout_s: float) -> list[list[str]]:
+    """What removing a node runs on a control plane, before and after its host stops k3s."""
+    return [
+        [K3S, "kubectl", "cordon", node],
+        [K3S, "kubectl", "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={int(timeout_s)}s"],
+    ]
+
+
+def delete_node_command(node: str) -> list[str]:
+    """Deleting the Node object; for a server, k3s then removes its etcd member."""
+    return [K3S, "kubectl", "delete", "node", node, "--ignore-not-found"]
 
 
 def ready_nodes(kubectl_json: str) -> set[str]:
@@ -265,7 +281,9 @@ class Delivery:
         self._tmp = tempfile.TemporaryDirectory(prefix="flakefleet-deliver-")
         self.known_hosts = Path(self._tmp.name) / "known_hosts"
         self.known_hosts.write_text(
-            "".join(known_hosts_line(e.address, e.port, e.host_key) for e in (plan, *plan.ready_via))
+            "".join(
+                known_hosts_line(e.address, e.port, e.host_key) for e in (plan, *plan.ready_via, *plan.control_planes)
+            )
         )
 
     # -- helpers
@@ -469,6 +487,32 @@ class Delivery:
         self.say(f"switched to {self.plan.system} and confirmed healthy")
         return self.report
 
+    def remove(self) -> str:
+        """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
+        Node. Does nothing when a newer delivery superseded this one (Pulumi deletes the old
+        Command of a replacement too). Draining that fails stops the removal; with no control
+        plane left to ask (the whole cluster is being destroyed), there is nothing to drain."""
+        digest = files_digest(self.plan.system, self.file_contents())
+        state = self.hostctl("state", timeout=30)
+        applied = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line).get("applied")
+        if state.returncode == 0 and applied and applied != digest:
+            return f"{self.plan.host} was superseded by a newer delivery; nothing to remove"
+        others = [cp for cp in self.plan.control_planes if cp.host != self.plan.host]
+        via = next((cp for cp in others if self.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
+        if via is None:
+            return f"{self.plan.host}: no other control plane reachable; nothing to drain (cluster being removed)"
+        for argv in drain_commands(self.plan.host, self.plan.health_timeout_s):
+            res = self.ssh(argv, to=via, timeout=self.plan.health_timeout_s + 60)
+            if res.returncode != 0:
+                raise DeliveryFailed(f"draining {self.plan.host} on {via.host} failed; it stays in the cluster: "
+                                     f"{res.stderr.strip()[-500:]}")
+        if state.returncode == 0:
+            self.hostctl("retire", timeout=60)
+        res = self.ssh(delete_node_command(self.plan.host), to=via, timeout=120)
+        if res.returncode != 0:
+            raise DeliveryFailed(f"deleting node {self.plan.host} on {via.host} failed: {res.stderr.strip()[-500:]}")
+        return f"{self.plan.host} drained, k3s stopped, node deleted (through {via.host})"
+
     def close(self) -> None:
         self._tmp.cleanup()
 
@@ -480,6 +524,15 @@ def main() -> int:
         return FAILED
     plan = DeliveryPlan.from_json(plan_text)
     delivery = Delivery(plan, dict(os.environ))
+    if sys.argv[1:] == ["--remove"]:
+        try:
+            print(f"[{plan.host}] {delivery.remove()}", flush=True)
+            return OK
+        except DeliveryFailed as err:
+            print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
+            return err.code
+        finally:
+            delivery.close()
     try:
         report = delivery.deliver()
     except DeliveryFailed as err:

@@ -7,6 +7,7 @@
 #   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, record DIGEST
 #   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
+#   hostctl.sh retire                         the host leaves the cluster: stop k3s
 #
 # Switching follows nixos-rebuild: `nix-env -p /nix/var/nix/profiles/system --set OUT`, then
 # OUT/bin/switch-to-configuration switch, under systemd-run when systemd is PID 1.
@@ -163,8 +164,14 @@ expire)
   mkdir "$RUN/$token/decided" 2>/dev/null || exit 0
   do_rollback "$token" "the deployer did not confirm in time" >/dev/null
   ;;
+retire)
+  if has_systemd; then
+    systemctl stop k3s.service
+  fi
+  log "retired: removed from the cluster, k3s stopped"
+  ;;
 *)
-  echo "usage: hostctl.sh state|activate|confirm|rollback|expire ..." >&2
+  echo "usage: hostctl.sh state|activate|check|confirm|rollback|expire|retire ..." >&2
   exit 64
   ;;
 esac

@@ -48,5 +48,6 @@ def delivery_plans(
                 substitute_on_destination=cfg.delivery.substitute_on_destination,
                 batch=tuple(h.name for h in wave),
                 ready_via=tuple(delivered_cps),
+                control_planes=tuple(endpoints.values()),
             )
     return plans

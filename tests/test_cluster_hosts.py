@@ -158,3 +158,35 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
     assert doc["current-context"] == "ff-local"
     assert ca_certificate(proc.stdout).startswith("STANDIN-CA ")
     assert cp.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
+
+
+def remove(fleet, plan):
+    env = {**os.environ, PLAN_ENV: plan.to_json(), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+           "PYTHONPATH": str(ROOT), **TOKENS}
+    return subprocess.run([sys.executable, "-m", "flakefleet.deliver", "--remove"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_replaced_delivery_does_not_drain_the_host(cluster):
+    fleet, hosts = cluster
+    _, _, _, old_plans = stack(hosts, fleet, labels={"replaced": "old"})  # never delivered: superseded
+    calls = len(k3s_log(hosts["cp-0"]))
+    proc = remove(fleet, old_plans["worker-0"])
+    assert proc.returncode == 0, proc.stderr
+    assert "superseded by a newer delivery; nothing to remove" in proc.stdout
+    assert len(k3s_log(hosts["cp-0"])) == calls
+
+
+def test_removed_host_is_drained_then_its_node_deleted(cluster):
+    fleet, hosts = cluster
+    cfg, inv, systems, plans = stack(hosts, fleet)  # what worker-1 runs now
+    proc = remove(fleet, plans["worker-1"])
+    assert proc.returncode == 0, proc.stderr
+    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in proc.stdout
+    calls = [l.split(" kubectl ", 1)[1] for l in k3s_log(hosts["cp-0"]) if " kubectl " in l and "get nodes" not in l]
+    assert calls[-3:] == [
+        "cordon worker-1",
+        "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=5s",
+        "delete node worker-1 --ignore-not-found",
+    ]
+    assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()

@@ -220,3 +220,13 @@ def test_kubeconfig_and_tokens_are_secret_in_the_stack_outputs():
     outputs = get_root_resource().outputs
     assert _sync_await(pulumi.Output.from_input(outputs["kubeconfig"]).is_secret())
     assert not _sync_await(pulumi.Output.from_input(outputs["cluster_ca_certificate"]).is_secret())
+
+
+def test_removing_a_host_drains_it_before_its_machine_goes():
+    run = run_stack("staging")
+    for reg in commands(run).values():
+        assert reg.inputs["delete"] == "./scripts/flakefleet deliver --remove"
+        assert [e.host for e in plan(reg).control_planes] == ["cp-0", "cp-1", "cp-2"]
+    # The Command depends on the machines, so Pulumi deletes it (draining) before the instance.
+    instances = {r.urn for r in run.of_type("aws:ec2/instance:Instance")}
+    assert instances <= set(commands(run)["workers-0"].dependencies) | set(commands(run)["cp-0"].dependencies)
