@@ -36,7 +36,8 @@ network = (
 # Storage: binary cache and etcd snapshots, private, TLS-only, versioned, encrypted.
 storage = Storage(cfg.cluster.name, StorageArgs(cfg.storage, tags)) if cfg.storage.enabled else None
 
-# Machines: EC2 hosts with scoped instance profiles; bring-your-own hosts need none.
+# Machines: instance profiles, boot AMIs and pinned SSH host keys for the EC2 hosts (the
+# instances themselves are made by the rollout below); bring-your-own hosts need none.
 machines = (
     Machines(
         cfg.cluster.name,
@@ -66,7 +67,6 @@ api_lb = (
             vpc_id=network.vpc_id,
             subnet_ids=network.private_subnet_ids,
             security_group_id=network.security_group_ids["lb"],
-            targets_ready=[machines],
             tags=tags,
         ),
     )
@@ -77,8 +77,8 @@ api_lb = (
 # Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
 tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs())
 
-# NixOS delivery: every host gets its pool's system over pinned SSH, control planes one at a
-# time, then workers in batches; each switch is confirmed healthy or rolled back.
+# Rollout: each host's machine (EC2) and NixOS delivery over pinned SSH, control planes one at
+# a time, then workers in batches; each switch is confirmed healthy (its batch Ready) or rolled back.
 delivery = Delivery(
     f"{cfg.cluster.name}-deliver",
     DeliveryArgs(
@@ -88,7 +88,8 @@ delivery = Delivery(
         generated_host_keys=machines.host_keys if machines else {},
         signing_key=pulumi.Output.secret(cfg.signing_key),
         secret_environment=tokens.environment(),
-        machines_ready=[machines] if machines else [],
+        machines=machines,
+        api_ready=[api_lb] if api_lb else [],
     ),
 )
 

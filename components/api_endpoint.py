@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -23,8 +23,6 @@ class ApiLoadBalancerArgs:
     """Zone -> private subnet id."""
     security_group_id: pulumi.Input[str]
     """The `lb` security group."""
-    targets_ready: Sequence[pulumi.Resource] = ()
-    """Resources the control planes' registration waits for (their machines)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags for every taggable child."""
 
@@ -73,7 +71,7 @@ class ApiLoadBalancer(pulumi.ComponentResource):
                 target_group_arn=target_group.arn,
                 target_id=str(host.address),
                 port=API_PORT,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.targets_ready)),
+                opts=child,  # IP targets: registered by address, before or after the instance exists
             )
         aws.lb.Listener(
             name,

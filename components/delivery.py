@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
+from components.machine import Machines
 from flakefleet.config import StackConfig
 from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
 from flakefleet.inventory import Inventory
@@ -36,8 +37,10 @@ class DeliveryArgs:
     """The Nix signing key (a secret); reaches the runner only through its environment."""
     secret_environment: Mapping[str, pulumi.Input[str]]
     """FLAKEFLEET_SECRET_* -> secret value (the k3s tokens), for the host files that name them."""
-    machines_ready: Sequence[pulumi.Resource] = ()
-    """Resources the first wave waits for (the EC2 machines)."""
+    machines: Machines | None = None
+    """Makes each EC2 host's machine when its wave comes (None: bring-your-own hosts only)."""
+    api_ready: Sequence[pulumi.Resource] = ()
+    """What joining hosts need first (the API load balancer): every wave after the first waits for it."""
 
 
 class Delivery(pulumi.ComponentResource):
@@ -64,12 +67,17 @@ class Delivery(pulumi.ComponentResource):
                 for host, plan in delivery_plans(cfg, inv, dict(args.systems), dict(zip(names, values))).items()
             }
         )
-        previous: list[pulumi.Resource] = list(args.machines_ready)
-        for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+        previous: list[pulumi.Resource] = []
+        for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
+            waits = previous + (list(args.api_ready) if number else [])
             current = []
             for host in wave:
                 system = args.systems[host_system(cfg, host)]
                 key = keys[host.name]
+                # An EC2 host's machine waits for the previous wave too, so a change that replaces or
+                # restarts instances reaches one control plane (one batch) at a time, each healthy first.
+                machine = args.machines.machine(host, waits) if host.provider == "ec2" else None
+                instance = [machine.instance_id] if machine else []
                 cmd = command.local.Command(
                     f"{name}-{host.name}",
                     create=RUNNER,
@@ -80,12 +88,13 @@ class Delivery(pulumi.ComponentResource):
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
                         **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },
-                    # Only these make a host's delivery run again: an unchanged host runs nothing.
-                    triggers=[system.out, files_hash(host_files(cfg, inv, host)), key],
+                    # Only these make a host's delivery run again: an unchanged host runs nothing; a
+                    # replaced instance (same address, same key) gets its system again.
+                    triggers=[system.out, files_hash(host_files(cfg, inv, host)), key, *instance],
                     logging=command.local.Logging.STDOUT_AND_STDERR,
                     opts=pulumi.ResourceOptions(
                         parent=self,
-                        depends_on=previous,
+                        depends_on=waits + ([machine] if machine else []),
                         custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
                     ),
                 )

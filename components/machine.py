@@ -88,7 +88,14 @@ class Machine(pulumi.ComponentResource):
             tags=dict(args.tags),
             # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
             # owns its system from then on. Neither may replace or restart a running node.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami", "user_data"]),
+            # A fixed private address cannot be held by two instances: replace by delete first.
+            # The instance itself waits for what the machine waits for (the previous wave).
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=(opts.depends_on if opts else None),
+                ignore_changes=["ami", "user_data"],
+                delete_before_replace=True,
+            ),
         )
         self.instance_id = instance.id
         self.private_ip = instance.private_ip
@@ -122,10 +129,11 @@ class MachinesArgs:
 
 
 class Machines(pulumi.ComponentResource):
-    """Instance profiles per role, and per EC2 host an SSH host key and a `Machine`."""
+    """Instance profiles per role, boot AMIs, and per EC2 host an SSH host key; `machine()` makes the
+    host's `Machine` when the rollout reaches it."""
 
     instance_ids: dict[str, pulumi.Output[str]]
-    """Host name -> instance id."""
+    """Host name -> instance id (filled as the rollout creates the machines)."""
     host_keys: dict[str, pulumi.Output[str]]
     """Host name -> the SSH public host key the stack generated and installs at first boot."""
     role_arns: dict[str, pulumi.Output[str]]
@@ -156,31 +164,39 @@ class Machines(pulumi.ComponentResource):
             amis[pool_name] = pool.ami or nixos_ami(args.nixos_release, pool.arch, pulumi.InvokeOptions(parent=self))
 
         self.instance_ids, self.host_keys = {}, {}
+        self._args, self._name, self._profiles, self._amis, self._pools = args, name, profiles, amis, pools
+        self._user_data: dict[str, pulumi.Output[str]] = {}
         for host in ec2_hosts:
-            # Generated here so the deployer knows the key before the host exists: no trust on first use.
+            # Generated before any machine so the deployer knows the key first: no trust on first use.
             key = tls.PrivateKey(f"{name}-{host.name}-host-key", algorithm="ED25519", opts=child)
-            user_data = pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
+            self._user_data[host.name] = pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
                 lambda k: first_boot_user_data(k[0], k[1], list(args.authorized_keys), args.signing_public_key)
             )
-            machine = Machine(
-                f"{name}-{host.name}",
-                MachineArgs(
-                    host=host,
-                    ami=amis[host.pool],
-                    subnet_id=args.subnet_ids[host.zone],
-                    security_group_id=args.security_group_ids[host.role],
-                    instance_profile=profiles[host.role],
-                    root_volume=pools[host.pool].root_volume,
-                    user_data=pulumi.Output.secret(user_data),
-                    tags={
-                        **args.tags,
-                        "Name": f"{inv.cluster}-{host.name}",
-                        "flakefleet:pool": host.pool,
-                        "flakefleet:role": host.role,
-                    },
-                ),
-                child,
-            )
-            self.instance_ids[host.name] = machine.instance_id
             self.host_keys[host.name] = key.public_key_openssh.apply(lambda k: k.strip())
-        self.register_outputs({"instance_ids": self.instance_ids, "host_keys": self.host_keys, "role_arns": self.role_arns})
+        self.register_outputs({"host_keys": self.host_keys, "role_arns": self.role_arns})
+
+    def machine(self, host: Host, depends_on: list[pulumi.Resource]) -> Machine:
+        """The host's machine, created by the rollout so that it waits for `depends_on` (the previous
+        wave, healthy): changes to instances then roll one control plane, one batch, at a time."""
+        args, pools = self._args, self._pools
+        machine = Machine(
+            f"{self._name}-{host.name}",
+            MachineArgs(
+                host=host,
+                ami=self._amis[host.pool],
+                subnet_id=args.subnet_ids[host.zone],
+                security_group_id=args.security_group_ids[host.role],
+                instance_profile=self._profiles[host.role],
+                root_volume=pools[host.pool].root_volume,
+                user_data=pulumi.Output.secret(self._user_data[host.name]),
+                tags={
+                    **args.tags,
+                    "Name": f"{args.inventory.cluster}-{host.name}",
+                    "flakefleet:pool": host.pool,
+                    "flakefleet:role": host.role,
+                },
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
+        self.instance_ids[host.name] = machine.instance_id
+        return machine

@@ -9,8 +9,10 @@ before any AWS call. Addressing rules (documented in README "Addresses"):
   addresses and the API load balancer (offset 4). A pool owns a run of blocks at the same
   place in every zone: `ip_block` when pinned, otherwise the first free run at or after
   `1 + crc32(pool name) % 15`. Pools are placed pinned first, then by name, so reordering
-  pools in the config never moves an address, and adding a pool moves none unless it is
-  pinned onto another pool's blocks (an error).
+  pools in the config never moves an address. Pinned pools never move: a pinned pool that
+  overlaps another is an error, not a move. An auto-placed pool can move when a pool is added
+  or one grows into more blocks (placement keeps no state), which is why long-lived stacks
+  pin `ip_block`.
 - Host k of a pool lives in zone k mod Z at position k div Z of the pool's blocks, so scaling a
   pool up or down moves no other host.
 """

@@ -65,19 +65,46 @@ def test_control_planes_one_at_a_time_then_worker_batches():
             assert not any(urn[other] in deps[w] for other in wave)  # a batch runs in parallel
 
 
-def test_first_wave_waits_for_the_machines():
+def instance(run: ProgramRun, host: str):
+    return next(r for r in run.of_type("aws:ec2/instance:Instance") if r.name.endswith(f"-{host}"))
+
+
+def test_machines_roll_with_the_waves():
+    run = run_stack("staging")  # 3 control planes, 3 workers, max_parallel 3
+    cmds = commands(run)
+    for host, reg in cmds.items():
+        assert instance(run, host).urn in reg.dependencies  # delivered after its machine exists
+        assert instance(run, host).options["delete_before_replace"] is True  # fixed private address
+    # A control plane's instance waits for the previous control plane's healthy delivery, so
+    # replacing or restarting instances keeps etcd quorum; workers wait for the last one.
+    assert cmds["cp-0"].urn in instance(run, "cp-1").dependencies
+    assert cmds["cp-1"].urn in instance(run, "cp-2").dependencies
+    assert cmds["cp-0"].urn not in instance(run, "cp-0").dependencies
+    for w in ("workers-0", "workers-1", "workers-2"):
+        assert cmds["cp-2"].urn in instance(run, w).dependencies
+
+
+def test_joining_hosts_wait_for_the_api_load_balancer():
     run = run_stack("staging")
-    instances = {r.urn for r in run.of_type("aws:ec2/instance:Instance")}
-    assert len(instances) == 6
-    # A dependency on the Machines component reaches every resource inside it.
-    assert instances <= set(commands(run)["cp-0"].dependencies)
+    listener = run.of_type("aws:lb/listener:Listener")[0]
+    cmds = commands(run)
+    assert listener.urn not in cmds["cp-0"].dependencies  # the first server needs nobody
+    for host in ("cp-1", "cp-2", "workers-0"):
+        assert listener.urn in cmds[host].dependencies
+
+
+def test_a_replaced_instance_is_delivered_again():
+    run = run_stack("staging")
+    for host, reg in commands(run).items():
+        assert reg.inputs["triggers"][3] == f"i-{abs(hash('ff-staging-' + host)) % 16**12:012x}"
 
 
 @pytest.mark.parametrize("stack", stack_names())
 def test_triggers_are_system_facts_and_host_key(stack):
     run = run_stack(stack)
     for name, reg in commands(run).items():
-        system, facts_hash, host_key = reg.inputs["triggers"]
+        system, facts_hash, host_key, *instance_id = reg.inputs["triggers"]
+        assert len(instance_id) == (1 if run.exports["nodes"][name]["instance_id"] else 0)
         assert system == run.exports["nodes"][name]["system"]
         assert len(facts_hash) == 64
         assert host_key == plan(reg).host_key and host_key.startswith("ssh-ed25519 ")
@@ -227,6 +254,6 @@ def test_removing_a_host_drains_it_before_its_machine_goes():
     for reg in commands(run).values():
         assert reg.inputs["delete"] == "./scripts/flakefleet deliver --remove"
         assert [e.host for e in plan(reg).control_planes] == ["cp-0", "cp-1", "cp-2"]
-    # The Command depends on the machines, so Pulumi deletes it (draining) before the instance.
-    instances = {r.urn for r in run.of_type("aws:ec2/instance:Instance")}
-    assert instances <= set(commands(run)["workers-0"].dependencies) | set(commands(run)["cp-0"].dependencies)
+    # Each Command depends on its host's instance, so Pulumi deletes it (draining) before the instance.
+    for host, reg in commands(run).items():
+        assert instance(run, host).urn in reg.dependencies

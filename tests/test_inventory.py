@@ -95,16 +95,38 @@ def test_stable_under_reordering_of_pools(fleet, rnd):
 
 @settings(max_examples=100, deadline=None)
 @given(fleets(), st.integers(0, 5))
-def test_scaling_one_pool_moves_no_other_host(fleet, extra):
+def test_scaling_within_its_blocks_moves_no_host(fleet, extra):
+    """Scaling a pool moves no host, its own or another's, while every pool keeps its blocks.
+    (A pool growing into more blocks, or a new auto-placed pool, may move auto-placed pools:
+    that is why long-lived stacks pin ip_block; see test_pinned_pools_never_move.)"""
     pools, az, vpc = fleet
     assume(len(pools) >= 2)
     inv = fitting(pools, az, vpc)
     grown = [dict(p) for p in pools]
     grown[-1]["count"] += extra
     after = fitting(grown, az, vpc)
+    assume(inv.pool_blocks == after.pool_blocks)
     before_map = {h.name: h.address for h in inv.hosts}
     after_map = {h.name: h.address for h in after.hosts}
     assert all(after_map[n] == a for n, a in before_map.items())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=2, max_size=5), st.integers(0, 4), st.integers(0, 30))
+def test_pinned_pools_never_move(counts, which, new_count):
+    """With pinned blocks, adding, removing or scaling any pool moves no other pool's host."""
+    def pools(cs):
+        return [{"name": "cp", "role": "control-plane", "instance_type": "m7i.large", "count": 1, "ip_block": 1}] + [
+            {"name": f"w{i}", "role": "worker", "instance_type": "m7i.large", "count": c, "ip_block": 2 + i}
+            for i, c in enumerate(cs) if c is not None
+        ]
+    before = build(pools(counts), az_count=1)
+    changed = list(counts)
+    changed[which % len(counts)] = new_count if new_count % 7 else None  # sometimes remove the pool
+    after = build(pools(changed), az_count=1)
+    untouched = {f"w{i}" for i, c in enumerate(counts) if i != which % len(counts)} | {"cp"}
+    before_map = {h.name: h.address for h in before.hosts if h.pool in untouched}
+    assert before_map == {h.name: h.address for h in after.hosts if h.pool in untouched}
 
 
 def test_hosts_round_robin_over_zones():
