@@ -167,7 +167,9 @@ def test_dropped_connection_during_activation_is_confirmed_over_a_new_one(fleet,
 
 def test_deployer_lost_after_activation_host_rolls_back_by_itself(fleet, systems):
     host = fleet.hosts[3]
+    assert deliver(fleet, plan_for(fleet, host, systems["v1"])).returncode == 0  # a generation to go back to
     previous = host.current_system()
+    previous_link = os.readlink(host.path("/nix/var/nix/profiles/system"))
     host.set_fault("hang", systems["v5"].out)
     plan = plan_for(fleet, host, systems["v5"], health_timeout_s=2, deadman_margin_s=1)
     runner = subprocess.Popen([sys.executable, "-m", "flakefleet.deliver"], env=runner_env(fleet, plan),
@@ -176,14 +178,16 @@ def test_deployer_lost_after_activation_host_rolls_back_by_itself(fleet, systems
         poll(lambda: host.current_system() == systems["v5"].out, 60, "activation of v5")
         runner.send_signal(signal.SIGKILL)  # the deployer vanishes: nobody will confirm
         runner.wait()
-        poll(lambda: host.current_system() == previous, 30, "the host's own rollback")
+        log = host.path("/var/lib/flakefleet/deliveries.log")
+        # The host records its decision after switching back: wait for the record, then look.
+        poll(lambda: "the deployer did not confirm in time" in log.read_text(), 30, "the host's own rollback")
     finally:
         host.clear_fault()
         if runner.poll() is None:
             runner.kill()
-    log = host.path("/var/lib/flakefleet/deliveries.log").read_text()
-    assert "the deployer did not confirm in time" in log
-    assert os.readlink(host.path("/nix/var/nix/profiles/system")) == "system-1-link"
+    assert f"rolled back to generation {previous_link.split('-')[1]} ({previous})" in log.read_text()
+    assert host.current_system() == previous
+    assert os.readlink(host.path("/nix/var/nix/profiles/system")) == previous_link
 
 
 def test_secret_files_are_private_and_never_stored_or_printed(fleet, systems):
