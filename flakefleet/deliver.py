@@ -39,6 +39,8 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 SECRET_ENV_PREFIX = "FLAKEFLEET_SECRET_"
 SIGNING_KEY_ENV = "FLAKEFLEET_SIGNING_KEY"
 PLAN_ENV = "FLAKEFLEET_DELIVERY"
+FACTS_PATH = "/etc/flakefleet/host.json"
+K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 # The deployer's own SSH identity: deliberately not part of the plan (a Pulumi input), so that
 # deployers with keys in different places do not see a change.
 IDENTITY_ENV = "FLAKEFLEET_SSH_IDENTITY"
@@ -168,6 +170,24 @@ def drain_commands(node: str, timeout_s: float) -> list[list[str]]:
 def delete_node_command(node: str) -> list[str]:
     """Deleting the Node object; for a server, k3s then removes its etcd member."""
     return [K3S, "kubectl", "delete", "node", node, "--ignore-not-found"]
+
+
+def join_instead_of_init(contents: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]] | None:
+    """The host files of an initializing control plane rewritten to join through the API endpoint
+    (for when the cluster already exists: a replaced first control plane must not start a second
+    cluster). None when the files do not initialize a cluster."""
+    files = {path: (mode, data) for path, mode, data in contents}
+    if K3S_DROP_IN_PATH not in files or FACTS_PATH not in files:
+        return None
+    drop_in = json.loads(files[K3S_DROP_IN_PATH][1])
+    if not drop_in.pop("cluster-init", False):
+        return None
+    facts = json.loads(files[FACTS_PATH][1])
+    drop_in["server"] = facts["server"] = facts["api_endpoint"]
+    facts["init"] = False
+    files[K3S_DROP_IN_PATH] = (files[K3S_DROP_IN_PATH][0], (json.dumps(drop_in, sort_keys=True) + "\n").encode())
+    files[FACTS_PATH] = (files[FACTS_PATH][0], (json.dumps(facts, sort_keys=True) + "\n").encode())
+    return [(path, mode, data) for path, (mode, data) in files.items()]
 
 
 def ready_nodes(kubectl_json: str) -> set[str]:
@@ -454,7 +474,7 @@ class Delivery:
         total = self.clock()
         self.build()
         self.wait_for_ssh()
-        contents = self.file_contents()
+        contents = self.existing_cluster_check(self.file_contents())
         digest = files_digest(self.plan.system, contents)
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
         if state.get("current") == self.plan.system and state.get("applied") == digest:
@@ -486,6 +506,20 @@ class Delivery:
         self.report.outcome = "activated"
         self.say(f"switched to {self.plan.system} and confirmed healthy")
         return self.report
+
+    def existing_cluster_check(self, contents: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
+        """An initializing control plane joins instead when another control plane already runs the
+        cluster (this host was replaced): a second `cluster-init` would split the cluster."""
+        joining = join_instead_of_init(contents)
+        if joining is None:
+            return contents
+        for cp in self.plan.control_planes:
+            if cp.host == self.plan.host:
+                continue
+            if self.ssh([K3S, "kubectl", "get", "nodes", "-o", "name"], to=cp, timeout=20).returncode == 0:
+                self.say(f"the cluster already runs on {cp.host}: joining it instead of initializing one")
+                return joining
+        return contents
 
     def remove(self) -> str:
         """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the

@@ -13,17 +13,15 @@ import hashlib
 import json
 
 from flakefleet.config import StackConfig
-from flakefleet.deliver import FileSpec
+from flakefleet.deliver import FACTS_PATH, K3S_DROP_IN_PATH, FileSpec
 from flakefleet.inventory import Host, Inventory
 
 SPEC_SCHEMA = 1
 NIX_SYSTEM = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
-FACTS_PATH = "/etc/flakefleet/host.json"
 SECRETS_DIR = "/var/lib/flakefleet/secrets"
 # Token files (nixos/roles: tokenFile, agentTokenFile) -> the runner's environment variable.
 SERVER_TOKEN = (f"{SECRETS_DIR}/k3s-server-token", "FLAKEFLEET_SECRET_K3S_SERVER_TOKEN")
 AGENT_TOKEN = (f"{SECRETS_DIR}/k3s-agent-token", "FLAKEFLEET_SECRET_K3S_AGENT_TOKEN")
-K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 
 
 def host_facts(inv: Inventory, host: Host) -> dict:

@@ -190,3 +190,27 @@ def test_removed_host_is_drained_then_its_node_deleted(cluster):
         "delete node worker-1 --ignore-not-found",
     ]
     assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
+
+
+def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
+    from dataclasses import replace
+
+    from flakefleet.deliver import Endpoint
+
+    fleet, hosts = cluster
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    fresh = start_host(fleet, "cp-0-new", "127.0.0.44")  # an empty machine taking cp-0's place
+    running = hosts["cp-0"]
+    plan = replace(
+        plans["cp-0"], address=fresh.address, host_key=fresh.host_key, ready_via=(), batch=(),
+        control_planes=(Endpoint("cp-0", fresh.address, fresh.port, "root", fresh.host_key),
+                        Endpoint("cp-1", running.address, running.port, "root", running.host_key)),
+    )
+    env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
+    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stdout
+    start = next(l for l in k3s_log(fresh) if " start " in l)
+    assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start

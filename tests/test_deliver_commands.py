@@ -138,3 +138,24 @@ def test_kubeconfig_server_rewritten_and_ca_extracted():
     assert doc["clusters"][0]["cluster"]["server"] == "https://10.20.0.4:6443"
     assert doc["current-context"] == "ff-staging" and doc["contexts"][0]["context"]["cluster"] == "ff-staging"
     assert ca_certificate(original) == "CA-PEM"
+
+
+def test_a_replaced_first_control_plane_joins_instead_of_initializing():
+    import json as _json
+
+    from flakefleet.deliver import FACTS_PATH, K3S_DROP_IN_PATH, join_instead_of_init
+
+    facts = {"name": "cp-0", "address": "10.0.2.0", "role": "control-plane", "init": True, "server": None,
+             "api_endpoint": "https://10.0.0.4:6443"}
+    contents = [
+        (FACTS_PATH, "0644", _json.dumps(facts).encode()),
+        (K3S_DROP_IN_PATH, "0600", _json.dumps({"node-name": "cp-0", "node-ip": "10.0.2.0", "cluster-init": True}).encode()),
+        ("/var/lib/flakefleet/secrets/k3s-server-token", "0600", b"secret"),
+    ]
+    joined = {p: (m, d) for p, m, d in join_instead_of_init(contents)}
+    assert _json.loads(joined[K3S_DROP_IN_PATH][1]) == {"node-name": "cp-0", "node-ip": "10.0.2.0",
+                                                         "server": "https://10.0.0.4:6443"}
+    assert _json.loads(joined[FACTS_PATH][1])["init"] is False
+    assert joined["/var/lib/flakefleet/secrets/k3s-server-token"] == ("0600", b"secret")
+    joiner = [(p, m, d.replace(b'"cluster-init": true', b'"server": "x"')) for p, m, d in contents]
+    assert join_instead_of_init(joiner) is None

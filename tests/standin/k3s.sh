@@ -41,6 +41,10 @@ KUBECONFIG
   kubectl)
     shift
     printf '%s kubectl %s\n' "$(now)" "$*" >>"$log"
+    if [ ! -f /etc/rancher/k3s/k3s.yaml ]; then
+      echo "The connection to the server 127.0.0.1:6443 was refused" >&2
+      exit 1
+    fi
     if [ "${1:-}" = get ] && [ "${2:-}" = nodes ]; then
       shift 2
       printf '{"apiVersion":"v1","kind":"List","items":['
