@@ -110,7 +110,9 @@ kubeconfig = Kubeconfig(
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
-pulumi.export("nodes", node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered))
+pulumi.export(
+    "nodes", node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys)
+)
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)

@@ -43,10 +43,14 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
 
 
 def node_table(
-    inventory: Inventory, instance_ids: dict[str, pulumi.Output[str]], delivered: dict[str, pulumi.Output[str]]
+    inventory: Inventory,
+    instance_ids: dict[str, pulumi.Output[str]],
+    delivered: dict[str, pulumi.Output[str]],
+    host_keys: dict[str, pulumi.Output[str]],
 ) -> dict[str, dict]:
     """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
-    and the system it was switched to (known once its delivery confirmed it healthy)."""
+    the system it was switched to (known once its delivery confirmed it healthy), and how to reach
+    it over pinned SSH (port, user, host key: what `flakefleet drift` needs)."""
     return {
         h.name: {
             "role": h.role,
@@ -54,6 +58,9 @@ def node_table(
             "address": str(h.address),
             "instance_id": instance_ids.get(h.name),
             "system": delivered[h.name],
+            "ssh_port": h.ssh_port,
+            "ssh_user": h.ssh_user,
+            "host_key": host_keys[h.name],
         }
         for h in inventory.hosts
     }

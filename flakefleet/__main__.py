@@ -1,6 +1,7 @@
 """flakefleet's offline command line.
 
-    python -m flakefleet plan --stack dev     # validate a stack file and print its inventory
+    python -m flakefleet plan --stack dev                  # validate a stack file and print its inventory
+    python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
 """
 
 from __future__ import annotations
@@ -27,11 +28,17 @@ def render_plan(stack: str, inv: Inventory) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["drift"]:
+        from flakefleet import drift
+
+        return drift.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flakefleet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="validate a stack file and print every host's planned address")
     plan.add_argument("--stack", required=True, help=f"one of: {', '.join(stack_names())}")
     plan.add_argument("--stacks-dir", type=Path, default=STACKS, help="where the Pulumi.<stack>.yaml files are")
+    sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.drift -h)")
     args = parser.parse_args(argv)
 
     if args.stack not in stack_names(args.stacks_dir):

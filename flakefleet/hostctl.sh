@@ -22,6 +22,8 @@ RUN=/run/flakefleet
 SELF=$RUN/hostctl.sh
 STATE=/var/lib/flakefleet
 APPLIED=$STATE/applied
+APPLIED_SYSTEM=$STATE/applied-system
+APPLIED_PROFILE=$STATE/applied-profile
 LOG=$STATE/deliveries.log
 
 has_systemd() { [ -d /run/systemd/system ]; }
@@ -115,6 +117,8 @@ state)
   printf 'current=%s\n' "$(current_system)"
   printf 'profile=%s\n' "$(readlink "$PROFILE" 2>/dev/null || true)"
   printf 'applied=%s\n' "$(cat "$APPLIED" 2>/dev/null || true)"
+  printf 'applied_system=%s\n' "$(cat "$APPLIED_SYSTEM" 2>/dev/null || true)"
+  printf 'applied_profile=%s\n' "$(cat "$APPLIED_PROFILE" 2>/dev/null || true)"
   ;;
 activate)
   out=$1 token=$2 deadman=$3
@@ -147,6 +151,9 @@ check | confirm)
   echo confirmed >"$stage/outcome"
   mkdir -p "$STATE"
   printf '%s\n' "$digest" >"$APPLIED"
+  # What flakefleet put here: a drift check compares the running system and profile with these.
+  printf '%s\n' "$out" >"$APPLIED_SYSTEM"
+  readlink "$PROFILE" >"$APPLIED_PROFILE"
   log "$token confirmed $out"
   ;;
 rollback)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flakefleet.config import parse_stack_config
-from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV
+from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, known_hosts_line, ssh_options
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
 from flakefleet.rollout import delivery_plans, rollout_waves
@@ -214,3 +214,40 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
     assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stdout
     start = next(l for l in k3s_log(fresh) if " start " in l)
     assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start
+
+
+def drift(fleet, outputs_file):
+    env = {**os.environ, "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file), "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
+    fleet, hosts = cluster
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    wanted = {n: p.system for n, p in plans.items()}
+    nodes = {n: {"address": p.address, "ssh_port": p.port, "ssh_user": p.user, "host_key": p.host_key,
+                 "system": p.system} for n, p in plans.items() if n in ("cp-0", "worker-0")}
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"nodes": nodes}))
+    first = drift(fleet, outputs)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert {r["host"]: r["status"] for r in json.loads(first.stdout)} == {"cp-0": "in sync", "worker-0": "in sync"}
+
+    # By hand, outside flakefleet: switch worker-0 to another generation it has.
+    w = hosts["worker-0"]
+    other = next(g for g in w.generations() if os.readlink(w.path("/nix/var/nix/profiles/system")) != g)
+    hand = ("nix-env -p /nix/var/nix/profiles/system --switch-generation " + other.split("-")[1]
+            + " && /nix/var/nix/profiles/system/bin/switch-to-configuration switch")
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_line(w.address, w.port, w.host_key))
+    subprocess.run(["ssh", *ssh_options(known, w.port, str(fleet.client_key)), f"root@{w.address}", "--", hand],
+                   check=True, capture_output=True, timeout=60)
+
+    second = drift(fleet, outputs)
+    assert second.returncode == 2
+    rows = {r["host"]: r for r in json.loads(second.stdout)}
+    assert rows["cp-0"]["status"] == "in sync"
+    assert rows["worker-0"]["status"] == "drifted" and rows["worker-0"]["outside_flakefleet"] is True
+    assert f"instead of {wanted['worker-0']}" in rows["worker-0"]["detail"]
+    assert "changed outside flakefleet" in rows["worker-0"]["detail"]

@@ -159,3 +159,23 @@ def test_a_replaced_first_control_plane_joins_instead_of_initializing():
     assert joined["/var/lib/flakefleet/secrets/k3s-server-token"] == ("0600", b"secret")
     joiner = [(p, m, d.replace(b'"cluster-init": true', b'"server": "x"')) for p, m, d in contents]
     assert join_instead_of_init(joiner) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "outside", "detail"),
+    [
+        ({"current": "/nix/store/a", "profile": "system-2-link", "applied_profile": "system-2-link"}, "in sync", False, ""),
+        ({"current": "/nix/store/b", "profile": "system-2-link", "applied_profile": "system-2-link"}, "drifted", False,
+         "runs /nix/store/b instead of /nix/store/a"),
+        ({"current": "/nix/store/a", "profile": "system-3-link", "applied_profile": "system-2-link"}, "drifted", True,
+         "system profile is system-3-link but flakefleet left system-2-link: changed outside flakefleet"),
+        ({"current": "", "profile": "", "applied_profile": ""}, "drifted", False,
+         "runs nothing instead of /nix/store/a; flakefleet has not confirmed a delivery on it"),
+    ],
+    ids=["in-sync", "other-system", "outside-switch", "never-delivered"],
+)
+def test_drift_classification(state, status, outside, detail):
+    from flakefleet.drift import classify
+
+    row = classify("h", "/nix/store/a", state)
+    assert (row.status, row.outside_flakefleet, row.detail) == (status, outside, detail)

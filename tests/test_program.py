@@ -48,7 +48,7 @@ def test_exports_node_table_with_every_planned_host(run):
     nodes = run.exports["nodes"]
     assert nodes, "no nodes exported"
     for name, row in nodes.items():
-        assert set(row) == {"role", "pool", "address", "instance_id", "system"}
+        assert set(row) == {"role", "pool", "address", "instance_id", "system", "ssh_port", "ssh_user", "host_key"}
         assert row["role"] in ("control-plane", "worker")
         assert row["system"] == run.exports["systems"][row["pool"]]
     by_instance = {r.inputs["privateIp"]: r for r in instances(run)}
