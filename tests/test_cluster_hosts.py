@@ -225,6 +225,7 @@ def drift(fleet, outputs_file):
 def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
     fleet, hosts = cluster
     cfg, inv, systems, plans = stack(hosts, fleet)
+    assert all(r.returncode == 0 for r in run_waves(fleet, cfg, inv, plans).values())  # delivered (or up to date)
     wanted = {n: p.system for n, p in plans.items()}
     nodes = {n: {"address": p.address, "ssh_port": p.port, "ssh_user": p.user, "host_key": p.host_key,
                  "system": p.system} for n, p in plans.items() if n in ("cp-0", "worker-0")}
@@ -234,9 +235,13 @@ def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     assert {r["host"]: r["status"] for r in json.loads(first.stdout)} == {"cp-0": "in sync", "worker-0": "in sync"}
 
-    # By hand, outside flakefleet: switch worker-0 to another generation it has.
+    # By hand, outside flakefleet: switch worker-0 to another system and generation.
     w = hosts["worker-0"]
-    other = next(g for g in w.generations() if os.readlink(w.path("/nix/var/nix/profiles/system")) != g)
+    _, _, _, other_plans = stack(hosts, fleet, labels={"by": "hand"})
+    assert run_waves(fleet, cfg, inv, {**plans, "worker-0": other_plans["worker-0"]})["worker-0"].returncode == 0
+    assert run_waves(fleet, cfg, inv, plans)["worker-0"].returncode == 0  # back to what the stack wants
+    other = next(g for g in w.generations()
+                 if os.readlink(w.path(f"/nix/var/nix/profiles/{g}")) == other_plans["worker-0"].system)
     hand = ("nix-env -p /nix/var/nix/profiles/system --switch-generation " + other.split("-")[1]
             + " && /nix/var/nix/profiles/system/bin/switch-to-configuration switch")
     known = tmp_path / "known_hosts"
