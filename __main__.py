@@ -11,11 +11,18 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
-from components.cluster import ClusterTokens, ClusterTokensArgs, Kubeconfig, KubeconfigArgs
+from components.cluster import (
+    ClusterTokens,
+    ClusterTokensArgs,
+    Kubeconfig,
+    KubeconfigArgs,
+    StaleNodes,
+    StaleNodesArgs,
+)
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import load_stack, node_table, plan_systems
+from components.settings import load_stack, node_table, plan_restore, plan_systems
 from components.storage import Storage, StorageArgs
 
 # Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
@@ -25,6 +32,9 @@ tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_s
 # NixOS: one system per pool from the locked flake, evaluated now so the preview shows which
 # pools change (cached on disk: an unchanged preview evaluates nothing).
 systems = plan_systems(cfg, inventory)
+
+# Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
+restore = plan_restore(cfg)
 
 # Network: VPC, subnets per zone, NAT, security groups from nixos/ports.json, flow logs.
 network = (
@@ -75,7 +85,7 @@ api_lb = (
 )
 
 # Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
-tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs())
+tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs(server_token=cfg.server_token))
 
 # Rollout: each host's machine (EC2) and NixOS delivery over pinned SSH, control planes one at
 # a time, then workers in batches; each switch is confirmed healthy (its batch Ready) or rolled back.
@@ -90,6 +100,8 @@ delivery = Delivery(
         secret_environment=tokens.environment(),
         machines=machines,
         api_ready=[api_lb] if api_lb else [],
+        snapshot_bucket=storage.snapshot_bucket if storage and machines else None,
+        restore=restore,
     ),
 )
 
@@ -107,6 +119,19 @@ kubeconfig = Kubeconfig(
     ),
 )
 
+# After a rebuild: Nodes the snapshot brought back for hosts this stack does not have.
+if restore:
+    StaleNodes(
+        f"{cfg.cluster.name}-stale-nodes",
+        StaleNodesArgs(
+            first_control_plane=first,
+            host_key=delivery.host_keys[first.name],
+            keep=tuple(h.name for h in inventory.hosts),
+            restore_id=restore.id,
+            after=tuple(delivery.commands.values()),
+        ),
+    )
+
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
@@ -116,6 +141,7 @@ pulumi.export(
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
+pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",
     {"cache": storage.cache_bucket, "snapshots": storage.snapshot_bucket} if storage else {},

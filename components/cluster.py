@@ -12,6 +12,7 @@ import pulumi_random as random
 from flakefleet.inventory import Host
 from flakefleet.kubeconfig import PLAN_ENV as KUBECONFIG_PLAN_ENV
 from flakefleet.kubeconfig import ca_certificate
+from flakefleet.dr import PRUNE_PLAN_ENV
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN
 
 TOKEN_LENGTH = 48
@@ -23,6 +24,8 @@ class ClusterTokensArgs:
 
     length: int = TOKEN_LENGTH
     """Characters per token (letters and digits)."""
+    server_token: str | None = None
+    """The original cluster's server token, for a rebuild from its snapshot (a secret); None generates one."""
 
 
 class ClusterTokens(pulumi.ComponentResource):
@@ -38,7 +41,8 @@ class ClusterTokens(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         server = random.RandomPassword(f"{name}-server", length=args.length, special=False, opts=child)
         agent = random.RandomPassword(f"{name}-agent", length=args.length, special=False, opts=child)
-        self.server_token = pulumi.Output.secret(server.result)
+        # A snapshot's bootstrap data is encrypted with the server token it was taken with.
+        self.server_token = pulumi.Output.secret(args.server_token if args.server_token else server.result)
         self.agent_token = pulumi.Output.secret(agent.result)
         self.register_outputs({})  # tokens are never outputs of the component, let alone of the stack
 
@@ -99,3 +103,45 @@ class Kubeconfig(pulumi.ComponentResource):
         self.kubeconfig = pulumi.Output.secret(fetch.stdout)
         self.ca_certificate = pulumi.Output.unsecret(fetch.stdout.apply(ca_certificate))
         self.register_outputs({"ca_certificate": self.ca_certificate})
+
+
+@dataclass(frozen=True)
+class StaleNodesArgs:
+    """After a rebuild: which Nodes to keep, and where to ask."""
+
+    first_control_plane: Host
+    """The control plane to run kubectl on."""
+    host_key: pulumi.Input[str]
+    """Its pinned SSH host key."""
+    keep: tuple[str, ...]
+    """Node names of this stack's hosts."""
+    restore_id: str
+    """The restore this clean-up belongs to (it runs once per restore)."""
+    after: tuple[pulumi.Resource, ...]
+    """Every delivery: stale Nodes are deleted once all hosts have joined."""
+
+
+class StaleNodes(pulumi.ComponentResource):
+    """Deletes the Node objects a restored snapshot brought back for hosts this stack does not have."""
+
+    deleted: pulumi.Output[str]
+    """What was deleted (the command's report)."""
+    command_id: pulumi.Output[str]
+    """The clean-up Command's id."""
+
+    def __init__(self, name: str, args: StaleNodesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flakefleet:index:StaleNodes", name, None, opts)
+        cp = args.first_control_plane
+        plan = pulumi.Output.from_input(args.host_key).apply(
+            lambda key: json.dumps({"keep": sorted(args.keep), "endpoint": {
+                "host": cp.name, "address": str(cp.address), "port": cp.ssh_port, "user": cp.ssh_user, "host_key": key}})
+        )
+        prune = command.local.Command(
+            name,
+            create="./scripts/flakefleet dr prune",
+            environment={PRUNE_PLAN_ENV: plan},
+            triggers=[args.restore_id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
+        )
+        self.deleted, self.command_id = prune.stdout, prune.id
+        self.register_outputs({"deleted": self.deleted})

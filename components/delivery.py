@@ -12,8 +12,8 @@ from components.machine import Machines
 from flakefleet.config import StackConfig
 from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
 from flakefleet.inventory import Inventory
-from flakefleet.nixos import files_hash, host_files, host_system
-from flakefleet.rollout import delivery_plans, rollout_waves
+from flakefleet.nixos import files_hash, host_system
+from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
 from flakefleet.systems import System
 
 RUNNER = "./scripts/flakefleet deliver"
@@ -41,6 +41,10 @@ class DeliveryArgs:
     """Makes each EC2 host's machine when its wave comes (None: bring-your-own hosts only)."""
     api_ready: Sequence[pulumi.Resource] = ()
     """What joining hosts need first (the API load balancer): every wave after the first waits for it."""
+    snapshot_bucket: pulumi.Input[str] | None = None
+    """Bucket control planes write etcd snapshots to (their folder), or None for local snapshots only."""
+    restore: RestorePoint | None = None
+    """A rebuild's snapshot: restored by the first control plane before the others join."""
 
 
 class Delivery(pulumi.ComponentResource):
@@ -61,10 +65,12 @@ class Delivery(pulumi.ComponentResource):
         self.host_keys = keys
         # Plans need every control plane's key (readiness is asked there): resolve the keys once.
         names = list(keys)
-        plans = pulumi.Output.all(*keys.values()).apply(
+        plans = pulumi.Output.all(args.snapshot_bucket, *keys.values()).apply(
             lambda values: {
-                host: plan.to_json()
-                for host, plan in delivery_plans(cfg, inv, dict(args.systems), dict(zip(names, values))).items()
+                host: (plan.to_json(), files_hash(plan.files))
+                for host, plan in delivery_plans(
+                    cfg, inv, dict(args.systems), dict(zip(names, values[1:])), values[0], args.restore
+                ).items()
             }
         )
         previous: list[pulumi.Resource] = []
@@ -84,13 +90,13 @@ class Delivery(pulumi.ComponentResource):
                     # A host removed from the config: drained and its Node deleted before its machine goes.
                     delete=f"{RUNNER} --remove",
                     environment={
-                        PLAN_ENV: plans.apply(lambda p, h=host.name: p[h]),
+                        PLAN_ENV: plans.apply(lambda p, h=host.name: p[h][0]),
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
                         **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },
                     # Only these make a host's delivery run again: an unchanged host runs nothing; a
                     # replaced instance (same address, same key) gets its system again.
-                    triggers=[system.out, files_hash(host_files(cfg, inv, host)), key, *instance],
+                    triggers=[system.out, plans.apply(lambda p, h=host.name: p[h][1]), key, *instance],
                     logging=command.local.Logging.STDOUT_AND_STDERR,
                     opts=pulumi.ResourceOptions(
                         parent=self,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+import boto3
+
+from flakefleet import dr
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
 from flakefleet.inventory import Inventory, plan_inventory
 from flakefleet.nixos import system_specs
+from flakefleet.rollout import RestorePoint
 from flakefleet.systems import EvaluationError, System, evaluate_systems, resolve_flake
 
 
@@ -40,6 +44,22 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     if evaluated:
         pulumi.log.info(f"evaluated NixOS systems: {', '.join(evaluated)}")
     return systems
+
+
+def plan_restore(cfg: StackConfig) -> RestorePoint | None:
+    """A rebuild's snapshot, picked now (boto3) so the preview names it; problems stop the program."""
+    dr_cfg = cfg.dr
+    if dr_cfg.restore_from is None:
+        return None
+    folder = dr_cfg.restore_cluster or cfg.cluster.name
+    region = dr_cfg.restore_region or cfg.region
+    try:
+        client = boto3.client("s3", region_name=region)
+        snapshot = dr.pick(dr_cfg.restore_bucket, folder, dr_cfg.restore_from, client)
+    except dr.DrError as err:
+        raise pulumi.RunError(f"flakefleet:dr.restore_from: {err}") from None
+    pulumi.log.info(f"restoring snapshot {snapshot.name} of {folder} from s3://{dr_cfg.restore_bucket}")
+    return RestorePoint(dr_cfg.restore_bucket, folder, region, snapshot.name)
 
 
 def node_table(

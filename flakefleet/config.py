@@ -221,6 +221,31 @@ class DeliveryConfig(_Model):
     )
 
 
+class DrConfig(_Model):
+    """`flakefleet:dr` — etcd snapshots and rebuilding a cluster from one."""
+
+    snapshot_schedule: Annotated[str, Field(pattern=r"^\S+( \S+){4}$")] = Field(
+        "0 */6 * * *", description="Cron schedule of etcd snapshots (k3s --etcd-snapshot-schedule-cron). Default every 6 hours."
+    )
+    snapshot_retention: Annotated[int, Field(ge=1, le=1000)] = Field(
+        28, description="Snapshots kept per control plane (k3s --etcd-snapshot-retention). Default 28 (7 days at 6 h)."
+    )
+    restore_from: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = Field(
+        None,
+        description="Rebuild: `latest` or a snapshot name to restore when the cluster is created. Needs the original "
+        "`flakefleet:server_token`. Default: none (a new, empty cluster).",
+    )
+    restore_bucket: str | None = Field(
+        None,
+        description="Bucket holding the snapshot to restore (the old stack's `buckets.snapshots` output). "
+        "Required with `restore_from`.",
+    )
+    restore_cluster: DnsLabel | None = Field(
+        None, description="Cluster name (snapshot folder) the snapshot was taken of. Default: `cluster.name`."
+    )
+    restore_region: str | None = Field(None, description="Region of `restore_bucket`. Default: `aws:region`.")
+
+
 SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
 
 
@@ -232,8 +257,10 @@ class StackConfig(_Model):
     pools: list[PoolConfig]
     storage: StorageConfig = StorageConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    dr: DrConfig = DrConfig()
     region: str | None = None
     signing_key: str | None = Field(None, repr=False)  # `flakefleet:signing_key`, a Pulumi secret
+    server_token: str | None = Field(None, repr=False)  # `flakefleet:server_token`, a Pulumi secret (rebuilds)
 
     @property
     def signing_public_key(self) -> str | None:
@@ -267,8 +294,11 @@ STACK_KEYS: dict[str, type[_Model] | None] = {
     "pools": None,  # a list of PoolConfig
     "storage": StorageConfig,
     "delivery": DeliveryConfig,
+    "dr": DrConfig,
     "signing_key": None,  # a Nix secret key, `name:base64` (a Pulumi secret)
+    "server_token": None,  # the original cluster's k3s server token, for a rebuild (a Pulumi secret)
 }
+SECRET_STRING_KEYS = ("signing_key", "server_token")
 REQUIRED_KEYS = ("cluster", "pools")
 
 
@@ -333,8 +363,12 @@ def parse_stack_config(
         if key not in STACK_KEYS:
             problems.append(f"{full_key}: unknown stack key (known: {', '.join(STACK_KEYS)})")
             continue
-        values[key] = raw[full_key] if key == "signing_key" else _decode(raw[full_key])
+        values[key] = raw[full_key] if key in SECRET_STRING_KEYS else _decode(raw[full_key])
     signing_key = values.pop("signing_key", None)
+    server_token = values.pop("server_token", None)
+    if server_token is not None and secret_keys is not None and f"{NAMESPACE}:server_token" not in secret_keys:
+        problems.append(f"{NAMESPACE}:server_token: must be a Pulumi secret, not plain config: "
+                        f"pulumi config set --secret {NAMESPACE}:server_token ...")
     if secret_keys is not None:
         at = f"{NAMESPACE}:signing_key"
         if signing_key is None:
@@ -369,11 +403,17 @@ def parse_stack_config(
 
     # A field already reported as invalid was dropped; do not report it again as missing.
     reported = {line.split(": ", 1)[0] for line in problems}
-    problems.extend(line for line in _cross_checks(parsed, region) if line.split(": ", 1)[0] not in reported)
+    secrets_given = {k for k, v in (("server_token", server_token), ("signing_key", signing_key)) if v is not None}
+    problems.extend(
+        line for line in _cross_checks(parsed, region, secrets_given) if line.split(": ", 1)[0] not in reported
+    )
     if problems:
         raise ConfigError(problems)
     return StackConfig(
-        **parsed, region=region, signing_key=signing_key.strip() if isinstance(signing_key, str) else None
+        **parsed,
+        region=region,
+        signing_key=signing_key.strip() if isinstance(signing_key, str) else None,
+        server_token=server_token.strip() if isinstance(server_token, str) else None,
     )
 
 
@@ -445,7 +485,7 @@ def _is_world(net: IPv4Network) -> bool:
     return net.prefixlen == 0
 
 
-def _cross_checks(parsed: dict[str, Any], region: str | None) -> list[str]:
+def _cross_checks(parsed: dict[str, Any], region: str | None, raw_keys: set[str] = frozenset()) -> list[str]:
     p = f"{NAMESPACE}:"
     problems: list[str] = []
     cluster: ClusterConfig | None = parsed.get("cluster")
@@ -591,6 +631,22 @@ def _cross_checks(parsed: dict[str, Any], region: str | None) -> list[str]:
                 )
     if storage.enabled and region is None and not uses_ec2:
         problems.append("aws:region: required when storage.enabled is true")
+
+    dr: DrConfig = parsed.get("dr") or DrConfig()
+    if dr.restore_from is not None:
+        if dr.restore_bucket is None:
+            problems.append(f"{p}dr.restore_from: needs dr.restore_bucket, the bucket holding the snapshot")
+        if control_providers := {pool.provider for _, pool in control}:
+            if control_providers != {"ec2"}:
+                problems.append(
+                    f"{p}dr.restore_from: restoring from S3 needs the control planes on EC2 (their instance profile "
+                    "reads the snapshot; flakefleet stores no keys)"
+                )
+        if "server_token" not in raw_keys:
+            problems.append(
+                f"{p}dr.restore_from: needs {NAMESPACE}:server_token, the original cluster's server token "
+                "(pulumi stack output --show-secrets k3s_server_token on the old stack)"
+            )
 
     delivery: DeliveryConfig | None = parsed.get("delivery")
     keys = delivery.authorized_keys if delivery is not None else []

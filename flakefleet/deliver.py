@@ -97,6 +97,10 @@ class DeliveryPlan:
     ready_via: tuple[Endpoint, ...] = ()
     # Removal: every control plane, to drain this node and delete its Node object through.
     control_planes: tuple[Endpoint, ...] = ()
+    # Rebuild from a snapshot (once per restore id): the first control plane runs these k3s
+    # arguments (a --cluster-reset); the other control planes wipe their etcd data instead.
+    restore_id: str | None = None
+    restore_args: tuple[str, ...] = ()
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -105,6 +109,7 @@ class DeliveryPlan:
         raw["batch"] = tuple(raw.get("batch", ()))
         raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
         raw["control_planes"] = tuple(Endpoint(**e) for e in raw.get("control_planes", ()))
+        raw["restore_args"] = tuple(raw.get("restore_args", ()))
         return DeliveryPlan(**raw)
 
     def to_json(self) -> str:
@@ -474,9 +479,9 @@ class Delivery:
         total = self.clock()
         self.build()
         self.wait_for_ssh()
-        contents = self.existing_cluster_check(self.file_contents())
-        digest = files_digest(self.plan.system, contents)
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        contents = self.existing_cluster_check(self.file_contents(), state)
+        digest = files_digest(self.plan.system, contents)
         if state.get("current") == self.plan.system and state.get("applied") == digest:
             self.report.outcome = "up to date"
             self.say(f"already runs {self.plan.system} with these files; nothing to do")
@@ -487,6 +492,8 @@ class Delivery:
         if staged.returncode != 0:
             raise DeliveryFailed(f"staging files on {self.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
         self.timed("stage", start)
+        if self.plan.restore_id:
+            self.restore()
         start = self.clock()
         deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
         act = self.ssh([REMOTE_HOSTCTL, "activate", self.plan.system, self.token, str(deadman)],
@@ -507,11 +514,34 @@ class Delivery:
         self.say(f"switched to {self.plan.system} and confirmed healthy")
         return self.report
 
-    def existing_cluster_check(self, contents: list[tuple[str, str, bytes]]) -> list[tuple[str, str, bytes]]:
-        """An initializing control plane joins instead when another control plane already runs the
-        cluster (this host was replaced): a second `cluster-init` would split the cluster."""
+    def restore(self) -> None:
+        """Before the switch starts k3s: restore the snapshot (first control plane) or wipe the old
+        etcd data so the host joins the restored cluster (other control planes). Once per restore."""
+        if self.plan.restore_args:
+            # The token comes from the staged copy: the files are installed only at activation.
+            args = [a.replace("@STAGE@", f"/run/flakefleet/{self.token}/files") for a in self.plan.restore_args]
+            res = self.ssh([REMOTE_HOSTCTL, "restore", self.plan.restore_id, self.plan.system, *args], timeout=3600)
+            what = "restoring the snapshot"
+        else:
+            res = self.ssh([REMOTE_HOSTCTL, "wipe-etcd", self.plan.restore_id], timeout=600)
+            what = "wiping the old etcd data"
+        if res.returncode != 0:
+            raise DeliveryFailed(f"{what} on {self.plan.host} failed; nothing was activated: {res.stderr.strip()[-1000:]}")
+        self.say(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else what)
+
+    def existing_cluster_check(
+        self, contents: list[tuple[str, str, bytes]], state: dict[str, str]
+    ) -> list[tuple[str, str, bytes]]:
+        """An initializing control plane joins instead when it has no etcd data of its own while
+        another control plane already runs the cluster (it was replaced): a second `cluster-init`
+        would split the cluster. A host that joined that way keeps joining; one with its own etcd
+        data keeps its planned files."""
         joining = join_instead_of_init(contents)
         if joining is None:
+            return contents
+        if state.get("applied") == files_digest(self.plan.system, joining):
+            return joining
+        if state.get("etcd_data") == "yes":
             return contents
         for cp in self.plan.control_planes:
             if cp.host == self.plan.host:

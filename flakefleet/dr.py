@@ -12,6 +12,8 @@ Every failure is one line saying what is missing: the bucket, a snapshot, or acc
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +22,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 LATEST = "latest"
+PRUNE_PLAN_ENV = "FLAKEFLEET_PRUNE"
 
 
 class DrError(Exception):
@@ -105,6 +108,37 @@ def verify(bucket: str, cluster: str, name: str, client=None) -> Snapshot:
     return Snapshot(name, key, head["ContentLength"], head["LastModified"])
 
 
+def stale_nodes(kubectl_json: str, keep: set[str]) -> list[str]:
+    """Node names in `kubectl get nodes -o json` that are not hosts of this stack (pure)."""
+    items = json.loads(kubectl_json).get("items", [])
+    return sorted(i["metadata"]["name"] for i in items if i["metadata"]["name"] not in keep)
+
+
+def prune(plan: dict, identity: str | None) -> list[str]:
+    """Delete the stale Nodes through the control plane in `plan`, over pinned SSH."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from flakefleet.deliver import K3S, known_hosts_line, ssh_options
+
+    e = plan["endpoint"]
+    with tempfile.TemporaryDirectory(prefix="flakefleet-prune-") as tmp:
+        known = Path(tmp) / "known_hosts"
+        known.write_text(known_hosts_line(e["address"], e["port"], e["host_key"]))
+        ssh = ["ssh", *ssh_options(known, e["port"], identity), f"{e['user']}@{e['address']}", "--"]
+        res = subprocess.run([*ssh, f"{K3S} kubectl get nodes -o json"], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise DrError(f"cannot list nodes on {e['host']}: {res.stderr.strip()[-300:]}")
+        stale = stale_nodes(res.stdout, set(plan["keep"]))
+        for node in stale:
+            res = subprocess.run([*ssh, f"{K3S} kubectl delete node {node} --ignore-not-found"], capture_output=True,
+                                 text=True, timeout=120)
+            if res.returncode != 0:
+                raise DrError(f"cannot delete stale node {node} on {e['host']}: {res.stderr.strip()[-300:]}")
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flakefleet dr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--region")
         if name != "list":
             p.add_argument("snapshot", help="latest or a snapshot name" if name == "pick" else "a snapshot name")
+    sub.add_parser("prune", help="after a rebuild: delete Nodes of hosts the stack does not have (reads FLAKEFLEET_PRUNE)")
     args = parser.parse_args(argv)
+    if args.command == "prune":
+        try:
+            stale = prune(json.loads(os.environ[PRUNE_PLAN_ENV]), os.environ.get("FLAKEFLEET_SSH_IDENTITY"))
+        except DrError as err:
+            print(f"flakefleet dr: {err}", file=sys.stderr)
+            return 1
+        print(f"deleted stale nodes: {', '.join(stale) or 'none'}")
+        return 0
     client = boto3.client("s3", region_name=args.region) if args.region else None
     now = datetime.now(timezone.utc)
     try:

@@ -8,6 +8,8 @@
 #   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
+#   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
+#   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
 #
 # Switching follows nixos-rebuild: `nix-env -p /nix/var/nix/profiles/system --set OUT`, then
 # OUT/bin/switch-to-configuration switch, under systemd-run when systemd is PID 1.
@@ -119,6 +121,7 @@ state)
   printf 'applied=%s\n' "$(cat "$APPLIED" 2>/dev/null || true)"
   printf 'applied_system=%s\n' "$(cat "$APPLIED_SYSTEM" 2>/dev/null || true)"
   printf 'applied_profile=%s\n' "$(cat "$APPLIED_PROFILE" 2>/dev/null || true)"
+  if [ -d /var/lib/rancher/k3s/server/db ]; then echo etcd_data=yes; else echo etcd_data=no; fi
   ;;
 activate)
   out=$1 token=$2 deadman=$3
@@ -170,6 +173,31 @@ expire)
   token=$1
   mkdir "$RUN/$token/decided" 2>/dev/null || exit 0
   do_rollback "$token" "the deployer did not confirm in time" >/dev/null
+  ;;
+restore | wipe-etcd)
+  id=$1
+  shift
+  if [ "$(cat "$STATE/restored" 2>/dev/null || true)" = "$id" ]; then
+    echo "restore $id was done on this host already"
+    exit 0
+  fi
+  if has_systemd; then
+    systemctl stop k3s.service 2>/dev/null || true
+  fi
+  if [ "$cmd" = restore ]; then
+    out=$1
+    shift
+    # k3s resets the cluster to the snapshot and exits; the switch then starts it normally.
+    "$out/sw/bin/k3s" "$@"
+    what="restored the cluster from the snapshot"
+  else
+    rm -rf /var/lib/rancher/k3s/server/db
+    what="wiped the old etcd data; k3s joins the restored cluster"
+  fi
+  mkdir -p "$STATE"
+  printf '%s\n' "$id" >"$STATE/restored"
+  log "restore $id: $what"
+  echo "$what"
   ;;
 retire)
   if has_systemd; then

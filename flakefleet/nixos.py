@@ -99,11 +99,30 @@ def host_system(cfg: StackConfig, host: Host) -> str:
     return system_key(host.pool, host.name if pool.per_host_closures else None)
 
 
-def host_files(cfg: StackConfig, inv: Inventory, host: Host) -> tuple[FileSpec, ...]:
+SNAPSHOTS_DROP_IN = "/etc/rancher/k3s/config.yaml.d/60-flakefleet-snapshots.yaml"
+
+
+def snapshot_config(cfg: StackConfig, bucket: str | None) -> dict:
+    """k3s etcd snapshot settings of a server: schedule and retention, and S3 when there is a bucket
+    (the instance profile grants access to the cluster's folder; no keys anywhere)."""
+    config: dict = {
+        "etcd-snapshot-schedule-cron": cfg.dr.snapshot_schedule,
+        "etcd-snapshot-retention": cfg.dr.snapshot_retention,
+    }
+    if bucket:
+        config.update({"etcd-s3": True, "etcd-s3-bucket": bucket, "etcd-s3-region": cfg.region,
+                       "etcd-s3-folder": cfg.cluster.name})
+    return config
+
+
+def host_files(cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
-    environment) and, for shared closures, its facts and k3s drop-in."""
+    environment), a server's snapshot settings and, for shared closures, its facts and k3s drop-in."""
     tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
     secrets = tuple(FileSpec(path, "0600", secret_env=env) for path, env in tokens)
+    if host.role == "control-plane":
+        content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
+        secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content), *secrets)
     pool = next(p for p in cfg.pools if p.name == host.pool)
     if pool.per_host_closures:
         return secrets

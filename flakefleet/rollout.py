@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 from flakefleet.config import StackConfig
 from flakefleet.deliver import DeliveryPlan, Endpoint
 from flakefleet.inventory import Host, Inventory
-from flakefleet.nixos import host_files, host_system
+from flakefleet.nixos import SERVER_TOKEN, host_files, host_system
 from flakefleet.systems import System
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """The snapshot a rebuild restores: s3://bucket/cluster/snapshot."""
+
+    bucket: str
+    cluster: str
+    region: str
+    snapshot: str
+
+    @property
+    def id(self) -> str:
+        """Stable id: a host does each restore once, however often delivery runs."""
+        return hashlib.sha256(f"{self.bucket}/{self.cluster}/{self.snapshot}".encode()).hexdigest()[:16]
+
+    def k3s_args(self) -> tuple[str, ...]:
+        """`k3s server --cluster-reset` from the S3 snapshot, with the original server token
+        (read from the staged token file: @STAGE@ is the runner's staging directory)."""
+        return (
+            "server", "--cluster-reset", f"--cluster-reset-restore-path={self.snapshot}",
+            "--token-file", f"@STAGE@{SERVER_TOKEN[0]}",
+            "--etcd-s3", "--etcd-s3-bucket", self.bucket, "--etcd-s3-region", self.region,
+            "--etcd-s3-folder", self.cluster,
+        )  # fmt: skip
 
 
 def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
@@ -19,10 +47,16 @@ def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
 
 
 def delivery_plans(
-    cfg: StackConfig, inv: Inventory, systems: dict[str, System], host_keys: dict[str, str]
+    cfg: StackConfig,
+    inv: Inventory,
+    systems: dict[str, System],
+    host_keys: dict[str, str],
+    snapshot_bucket: str | None = None,
+    restore: RestorePoint | None = None,
 ) -> dict[str, DeliveryPlan]:
     """Every host's plan. A host's batch is its wave: it is confirmed only when all of the wave's
-    nodes are Ready, asked on the control planes delivered so far (the initializing one first)."""
+    nodes are Ready, asked on the control planes delivered so far (the initializing one first).
+    With a restore point, the first control plane restores it and the others wipe their etcd."""
     endpoints = {
         h.name: Endpoint(h.name, str(h.address), h.ssh_port, h.ssh_user, host_keys[h.name]) for h in inv.control_planes
     }
@@ -42,12 +76,14 @@ def delivery_plans(
                 host_key=host_keys[host.name],
                 system=system.out,
                 drv=system.drv,
-                files=host_files(cfg, inv, host),
+                files=host_files(cfg, inv, host, snapshot_bucket),
                 boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pools[host.pool].bare_metal else cfg.delivery.boot_timeout_s,
                 health_timeout_s=cfg.delivery.health_timeout_s,
                 substitute_on_destination=cfg.delivery.substitute_on_destination,
                 batch=tuple(h.name for h in wave),
                 ready_via=tuple(delivered_cps),
                 control_planes=tuple(endpoints.values()),
+                restore_id=restore.id if restore and host.role == "control-plane" else None,
+                restore_args=restore.k3s_args() if restore and host.name == inv.control_planes[0].name else (),
             )
     return plans

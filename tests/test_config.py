@@ -155,7 +155,7 @@ BAD = [
     ("unknown-network-key", mutate(network__vpc="10.0.0.0/16"),
      "flakefleet:network.vpc: unknown key"),
     ("unknown-stack-key", mutate(clusters={"name": "x"}),
-     "flakefleet:clusters: unknown stack key (known: cluster, network, pools, storage, delivery, signing_key)"),
+     "flakefleet:clusters: unknown stack key (known: cluster, network, pools, storage, delivery, dr, signing_key, server_token)"),
     ("missing-cluster", mutate(cluster=DELETE), "flakefleet:cluster: required"),
     ("cluster-name-case", mutate(cluster={"name": "Prod"}),
      "flakefleet:cluster.name: must be a lowercase DNS label (a-z, 0-9, '-', not starting or ending with '-')"),
@@ -185,6 +185,18 @@ BAD = [
      "flakefleet:delivery.authorized_keys: required; the deploy key must stay authorized on the hosts after a switch"),
     ("bad-deploy-key", mutate(delivery={"authorized_keys": ["ssh-ed25519 AAAA"]}),
      "flakefleet:delivery.authorized_keys[0]: key data does not encode a ssh-ed25519 key"),
+    ("restore-without-bucket", mutate(dr={"restore_from": "latest"}),
+     "flakefleet:dr.restore_from: needs dr.restore_bucket, the bucket holding the snapshot"),
+    ("restore-without-token", mutate(dr={"restore_from": "latest", "restore_bucket": "old"}),
+     "flakefleet:dr.restore_from: needs flakefleet:server_token, the original cluster's server token "
+     "(pulumi stack output --show-secrets k3s_server_token on the old stack)"),
+    ("restore-metal-control-planes", mutate(pools__0={"name": "cp", "role": "control-plane", "provider": "metal",
+        "hosts": [{"name": "m1", "address": "192.168.60.1", "ssh_host_key": KEY2}]},
+        dr={"restore_from": "latest", "restore_bucket": "old"}),
+     "flakefleet:dr.restore_from: restoring from S3 needs the control planes on EC2 (their instance profile reads "
+     "the snapshot; flakefleet stores no keys)"),
+    ("bad-snapshot-schedule", mutate(dr={"snapshot_schedule": "hourly"}),
+     "flakefleet:dr.snapshot_schedule: String should match pattern '^\\S+( \\S+){4}$'"),
     ("parallel-zero", mutate(delivery={"authorized_keys": [DEPLOY], "max_parallel": 0}),
      "flakefleet:delivery.max_parallel: Input should be greater than or equal to 1"),
     ("retention-zero", mutate(storage={"snapshot_noncurrent_days": 0}),
@@ -217,6 +229,28 @@ def test_every_problem_is_reported_at_once():
     assert len(found) == 5, found
     assert all(line.startswith("flakefleet:") for line in found)
     assert all("\n" not in line for line in found)
+
+
+def test_restore_with_the_original_token_is_accepted():
+    cfg = base()
+    cfg["dr"] = {"restore_from": "latest", "restore_bucket": "old-snapshots"}
+    raw = {f"flakefleet:{k}": json.dumps(v) for k, v in cfg.items()}
+    raw["flakefleet:server_token"] = "original-token"
+    raw["flakefleet:signing_key"] = "t-1:" + "A" * 86 + "=="
+    stack = parse_stack_config(raw, "eu-west-1", {"flakefleet:server_token", "flakefleet:signing_key"})
+    assert stack.dr.restore_from == "latest" and stack.server_token == "original-token"
+    assert "original-token" not in repr(stack)
+
+
+def test_plain_server_token_is_refused():
+    raw = {f"flakefleet:{k}": json.dumps(v) for k, v in base().items()}
+    raw.update({"flakefleet:server_token": "t", "flakefleet:signing_key": "t-1:" + "A" * 86 + "=="})
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config(raw, "eu-west-1", {"flakefleet:signing_key"})
+    assert err.value.problems == [
+        "flakefleet:server_token: must be a Pulumi secret, not plain config: pulumi config set --secret "
+        "flakefleet:server_token ..."
+    ]
 
 
 def test_region_required_for_ec2():

@@ -224,7 +224,19 @@ def test_token_files_by_role():
         for env in secrets.values():
             assert reg.inputs["environment"][env].startswith("token-")  # from the mocked RandomPassword
     assert len(run.of_type("random:index/randomPassword:RandomPassword")) == 2
-    assert "token-" not in json.dumps(run.exports)  # tokens are never exported
+    exported = json.dumps({k: v for k, v in run.exports.items() if k != "k3s_server_token"})
+    assert "token-" not in exported  # no token in any other output
+
+
+def test_server_token_is_exported_only_as_a_secret():
+    import pulumi
+    from pulumi.runtime.settings import get_root_resource
+    from pulumi.runtime.sync_await import _sync_await
+
+    run = run_stack("local")
+    assert run.exports["k3s_server_token"].startswith("token-")  # what a rebuild of this cluster needs
+    outputs = get_root_resource().outputs
+    assert _sync_await(pulumi.Output.from_input(outputs["k3s_server_token"]).is_secret())
 
 
 def test_kubeconfig_is_a_secret_read_after_the_first_control_plane_is_healthy():

@@ -24,6 +24,7 @@ PRIVATE_DIRS = {
     "etc-flakefleet": "/etc/flakefleet",
     "etc-rancher": "/etc/rancher",
     "var-lib-flakefleet": "/var/lib/flakefleet",
+    "var-lib-rancher": "/var/lib/rancher",
 }
 
 

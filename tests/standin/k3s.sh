@@ -2,7 +2,8 @@
 # Stand-in k3s. Records every call in /var/lib/flakefleet/standin-k3s.log (with the drop-in a
 # real k3s would read), writes a kubeconfig when a server starts, and answers the kubectl calls
 # flakefleet makes: `get nodes NAME... -o json` (Ready, unless the name is listed in
-# /etc/flakefleet/standin-notready), `cordon`, `drain`, `delete node`.
+# /etc/flakefleet/standin-notready; without names, the nodes listed in
+# /etc/flakefleet/standin-nodes), `cordon`, `drain`, `delete node`.
 set -eu
 log=/var/lib/flakefleet/standin-k3s.log
 dropin=/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml
@@ -11,8 +12,10 @@ now() { date +%s.%N; }
 case "${1:-}" in
   server|agent)
     printf '%s start %s | config %s\n' "$(now)" "$*" "$(tr -d '\n' < "$dropin" 2>/dev/null || true)" >>"$log"
+    case " $* " in *" --cluster-reset "*) exit 0 ;; esac  # resets etcd and exits, as k3s does
     if [ "$1" = server ]; then
       umask 077
+      mkdir -p /var/lib/rancher/k3s/server/db/etcd  # a server keeps its etcd data here
       mkdir -p /etc/rancher/k3s
       ca=$(printf 'STANDIN-CA %s' "$(hostname)" | base64 -w0)
       cat >/etc/rancher/k3s/k3s.yaml <<KUBECONFIG
@@ -47,9 +50,11 @@ KUBECONFIG
     fi
     if [ "${1:-}" = get ] && [ "${2:-}" = nodes ]; then
       shift 2
+      names="$*"
+      case "$names" in ""|-*) names="$(cat /etc/flakefleet/standin-nodes 2>/dev/null || true)" ;; esac
       printf '{"apiVersion":"v1","kind":"List","items":['
       sep=""
-      for name in "$@"; do
+      for name in $names; do
         case "$name" in -*) continue ;; esac
         status=True
         if grep -qx "$name" /etc/flakefleet/standin-notready 2>/dev/null; then status=False; fi

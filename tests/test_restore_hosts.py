@@ -1,0 +1,128 @@
+"""Tier 3: a rebuild from a snapshot on test hosts with the stand-in k3s: the first control plane
+restores (k3s --cluster-reset from S3, with the original token), the other control planes wipe
+their etcd data and join, workers join, and stale Nodes are deleted afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flakefleet.config import parse_stack_config
+from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
+from flakefleet.dr import PRUNE_PLAN_ENV
+from flakefleet.inventory import plan_inventory
+from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
+from flakefleet.stackfile import read_stack_file
+from flakefleet.systems import evaluate_systems
+from tests.conftest import STANDIN_FLAKE, require
+from tests.testhosts import make_fleet, prerequisites, start_host
+
+ROOT = Path(__file__).resolve().parent.parent
+ORIGINAL_TOKEN = "the-original-clusters-server-token"
+TOKENS = {SERVER_TOKEN[1]: ORIGINAL_TOKEN, AGENT_TOKEN[1]: "agent-token-after-rebuild"}
+HOSTS = {"cp-0": "127.0.0.61", "cp-1": "127.0.0.62", "cp-2": "127.0.0.63", "worker-0": "127.0.0.64"}
+POINT = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot-cp-0-1790000000")
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory):
+    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
+    fleet = make_fleet(tmp_path_factory.mktemp("restore"))
+    try:
+        hosts = {name: start_host(fleet, name, address) for name, address in HOSTS.items()}
+        for name in ("cp-1", "cp-2"):  # these held the old cluster's etcd
+            old = hosts[name].path("/var/lib/rancher") / "k3s" / "server" / "db" / "etcd"
+            old.mkdir(parents=True)
+            (old / "member-of-the-old-cluster").write_text("old")
+        raw = read_stack_file("local")
+        pools = [
+            {"name": "cp", "role": "control-plane", "provider": "metal", "hosts": [
+                {"name": n, "address": a, "ssh_port": 2222, "ssh_host_key": hosts[n].host_key}
+                for n, a in HOSTS.items() if n.startswith("cp-")]},
+            {"name": "workers", "role": "worker", "provider": "metal", "hosts": [
+                {"name": "worker-0", "address": HOSTS["worker-0"], "ssh_port": 2222,
+                 "ssh_host_key": hosts["worker-0"].host_key}]},
+        ]
+        raw["flakefleet:pools"] = json.dumps(pools)
+        raw["flakefleet:signing_key"] = fleet.signing_secret
+        cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
+        inv = plan_inventory(cfg)
+        systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
+        plans = delivery_plans(cfg, inv, systems, {n: h.host_key for n, h in hosts.items()}, restore=POINT)
+        results = {}
+        for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+            for host in wave:
+                env = {**os.environ, PLAN_ENV: plans[host.name].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+                       "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
+                results[host.name] = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env,
+                                                    capture_output=True, text=True, timeout=120)
+        yield fleet, hosts, plans, results
+    finally:
+        fleet.stop()
+
+
+def k3s_log(host) -> list[str]:
+    return host.path("/var/lib/flakefleet/standin-k3s.log").read_text().splitlines()
+
+
+def test_every_host_is_delivered(rebuilt):
+    _, _, _, results = rebuilt
+    assert {n: r.returncode for n, r in results.items()} == dict.fromkeys(HOSTS, 0), \
+        {n: r.stderr for n, r in results.items()}
+
+
+def test_first_control_plane_restores_the_snapshot_with_the_original_token(rebuilt):
+    _, hosts, _, results = rebuilt
+    log = k3s_log(hosts["cp-0"])
+    reset = next(i for i, line in enumerate(log) if "--cluster-reset" in line)
+    assert (f"--cluster-reset-restore-path={POINT.snapshot} --token-file /run/flakefleet/" in log[reset])
+    assert "--etcd-s3 --etcd-s3-bucket ff-old-snapshots --etcd-s3-region eu-west-1 --etcd-s3-folder ff-local" in log[reset]
+    start = next(i for i, line in enumerate(log) if " start server --token-file" in line)
+    assert reset < start  # reset first, then k3s starts normally
+    assert "restored the cluster from the snapshot" in results["cp-0"].stdout
+    assert hosts["cp-0"].path("/var/lib/flakefleet/secrets/k3s-server-token").read_text() == ORIGINAL_TOKEN
+
+
+def test_other_control_planes_wipe_their_etcd_then_join_after_the_restore(rebuilt):
+    _, hosts, _, results = rebuilt
+    reset_at = float(next(line for line in k3s_log(hosts["cp-0"]) if "--cluster-reset" in line).split()[0])
+    for name in ("cp-1", "cp-2"):
+        db = hosts[name].path("/var/lib/rancher") / "k3s" / "server" / "db"
+        assert not (db / "etcd" / "member-of-the-old-cluster").exists()  # wiped; k3s then made its own
+        assert "wiped the old etcd data" in results[name].stdout
+        start = next(line for line in k3s_log(hosts[name]) if " start server" in line)
+        assert float(start.split()[0]) > reset_at
+        assert '"server": "https://127.0.0.61:6443"' in start
+    assert not any("--cluster-reset" in line for line in k3s_log(hosts["worker-0"]))
+
+
+def test_a_restore_is_done_once(rebuilt):
+    fleet, hosts, plans, _ = rebuilt
+    env = {**os.environ, PLAN_ENV: plans["cp-0"].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
+    again = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"])) == 1
+
+
+def test_stale_nodes_from_the_snapshot_are_deleted(rebuilt):
+    fleet, hosts, _, _ = rebuilt
+    cp = hosts["cp-0"]
+    cp.path("/etc/flakefleet/standin-nodes").write_text("cp-0 cp-1 cp-2 worker-0 old-worker-7 old-cp-3\n")
+    plan = {"keep": sorted(HOSTS), "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root",
+                                                 "host_key": cp.host_key}}
+    env = {**os.environ, PRUNE_PLAN_ENV: json.dumps(plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "flakefleet", "dr", "prune"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "deleted stale nodes: old-cp-3, old-worker-7"
+    deletes = [line.split(" kubectl ", 1)[1] for line in k3s_log(cp) if " kubectl delete node " in line]
+    assert deletes == ["delete node old-cp-3 --ignore-not-found", "delete node old-worker-7 --ignore-not-found"]
