@@ -482,7 +482,8 @@ class Delivery:
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
         contents = self.existing_cluster_check(self.file_contents(), state)
         digest = files_digest(self.plan.system, contents)
-        if state.get("current") == self.plan.system and state.get("applied") == digest:
+        restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
+        if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
             self.report.outcome = "up to date"
             self.say(f"already runs {self.plan.system} with these files; nothing to do")
             return self.report

@@ -122,6 +122,7 @@ state)
   printf 'applied_system=%s\n' "$(cat "$APPLIED_SYSTEM" 2>/dev/null || true)"
   printf 'applied_profile=%s\n' "$(cat "$APPLIED_PROFILE" 2>/dev/null || true)"
   if [ -d /var/lib/rancher/k3s/server/db ]; then echo etcd_data=yes; else echo etcd_data=no; fi
+  printf 'restored=%s\n' "$(cat "$STATE/restored" 2>/dev/null || true)"
   ;;
 activate)
   out=$1 token=$2 deadman=$3
@@ -197,6 +198,10 @@ restore | wipe-etcd)
   mkdir -p "$STATE"
   printf '%s\n' "$id" >"$STATE/restored"
   log "restore $id: $what"
+  if has_systemd; then
+    # In place (the system is unchanged, the switch will not start it): start k3s again.
+    systemctl start k3s.service 2>/dev/null || true
+  fi
   echo "$what"
   ;;
 retire)

@@ -126,3 +126,19 @@ def test_stale_nodes_from_the_snapshot_are_deleted(rebuilt):
     assert proc.stdout.strip() == "deleted stale nodes: old-cp-3, old-worker-7"
     deletes = [line.split(" kubectl ", 1)[1] for line in k3s_log(cp) if " kubectl delete node " in line]
     assert deletes == ["delete node old-cp-3 --ignore-not-found", "delete node old-worker-7 --ignore-not-found"]
+
+
+def test_an_in_place_restore_runs_even_when_nothing_else_changed(rebuilt):
+    """Same hosts, same systems, a new restore point: the hosts are not 'up to date'."""
+    from dataclasses import replace
+
+    fleet, hosts, plans, _ = rebuilt
+    point = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot-cp-0-1790099999")
+    plan = replace(plans["cp-0"], restore_id=point.id, restore_args=point.k3s_args())
+    env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
+           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
+    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "restored the cluster from the snapshot" in proc.stdout
+    assert any("--cluster-reset-restore-path=etcd-snapshot-cp-0-1790099999" in line for line in k3s_log(hosts["cp-0"]))
