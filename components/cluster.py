@@ -69,6 +69,14 @@ class KubeconfigArgs:
     """Its delivery: the kubeconfig is read only once it is healthy."""
 
 
+def endpoint(host: Host, host_key: pulumi.Input[str]) -> pulumi.Output[dict]:
+    """How a command reaches `host` over pinned SSH (the `endpoint` of its JSON plan)."""
+    return pulumi.Output.from_input(host_key).apply(
+        lambda key: {"host": host.name, "address": str(host.address), "port": host.ssh_port, "user": host.ssh_user,
+                     "host_key": key}
+    )
+
+
 class Kubeconfig(pulumi.ComponentResource):
     """The admin kubeconfig, read over pinned SSH from the first control plane once it is healthy."""
 
@@ -79,17 +87,8 @@ class Kubeconfig(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KubeconfigArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Kubeconfig", name, None, opts)
-        cp = args.first_control_plane
-        plan = pulumi.Output.from_input(args.host_key).apply(
-            lambda key: json.dumps(
-                {
-                    "cluster": args.cluster,
-                    "api_endpoint": args.api_endpoint,
-                    "endpoint": {"host": cp.name, "address": str(cp.address), "port": cp.ssh_port, "user": cp.ssh_user,
-                                 "host_key": key},
-                },
-                sort_keys=True,
-            )
+        plan = endpoint(args.first_control_plane, args.host_key).apply(
+            lambda e: json.dumps({"cluster": args.cluster, "api_endpoint": args.api_endpoint, "endpoint": e}, sort_keys=True)
         )
         fetch = command.local.Command(
             name,
@@ -131,10 +130,8 @@ class StaleNodes(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StaleNodesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:StaleNodes", name, None, opts)
-        cp = args.first_control_plane
-        plan = pulumi.Output.from_input(args.host_key).apply(
-            lambda key: json.dumps({"keep": sorted(args.keep), "endpoint": {
-                "host": cp.name, "address": str(cp.address), "port": cp.ssh_port, "user": cp.ssh_user, "host_key": key}})
+        plan = endpoint(args.first_control_plane, args.host_key).apply(
+            lambda e: json.dumps({"keep": sorted(args.keep), "endpoint": e}, sort_keys=True)
         )
         prune = command.local.Command(
             name,

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -142,6 +143,15 @@ def ssh_options(known_hosts: Path, port: int, identity_file: str | None, connect
     if identity_file:
         opts += ["-i", identity_file, "-o", "IdentitiesOnly=yes"]
     return opts
+
+
+@contextmanager
+def pinned_ssh(address: str, port: int, user: str, host_key: str, identity: str | None):
+    """The argv prefix of an ssh to one host whose key is pinned (a known_hosts file for just this call)."""
+    with tempfile.TemporaryDirectory(prefix="flakefleet-ssh-") as tmp:
+        known = Path(tmp) / "known_hosts"
+        known.write_text(known_hosts_line(address, port, host_key))
+        yield ["ssh", *ssh_options(known, port, identity), f"{user}@{address}", "--"]
 
 
 def ssh_argv(plan: DeliveryPlan, known_hosts: Path, remote: list[str], to: Endpoint | None = None) -> list[str]:

@@ -117,16 +117,11 @@ def stale_nodes(kubectl_json: str, keep: set[str]) -> list[str]:
 def prune(plan: dict, identity: str | None) -> list[str]:
     """Delete the stale Nodes through the control plane in `plan`, over pinned SSH."""
     import subprocess
-    import tempfile
-    from pathlib import Path
 
-    from flakefleet.deliver import K3S, known_hosts_line, ssh_options
+    from flakefleet.deliver import K3S, pinned_ssh
 
     e = plan["endpoint"]
-    with tempfile.TemporaryDirectory(prefix="flakefleet-prune-") as tmp:
-        known = Path(tmp) / "known_hosts"
-        known.write_text(known_hosts_line(e["address"], e["port"], e["host_key"]))
-        ssh = ["ssh", *ssh_options(known, e["port"], identity), f"{e['user']}@{e['address']}", "--"]
+    with pinned_ssh(e["address"], e["port"], e["user"], e["host_key"], identity) as ssh:
         res = subprocess.run([*ssh, f"{K3S} kubectl get nodes -o json"], capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise DrError(f"cannot list nodes on {e['host']}: {res.stderr.strip()[-300:]}")

@@ -16,12 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flakefleet.deliver import HOSTCTL, IDENTITY_ENV, known_hosts_line, ssh_options
+from flakefleet.deliver import HOSTCTL, IDENTITY_ENV, pinned_ssh
 
 IN_SYNC, DRIFTED, UNCHECKED = "in sync", "drifted", "unreachable"
 
@@ -62,15 +61,12 @@ def classify(host: str, wanted: str, state: dict[str, str]) -> HostDrift:
 
 def check_host(name: str, node: dict, identity: str | None) -> HostDrift:
     """Ask one host for its state over pinned SSH."""
-    with tempfile.TemporaryDirectory(prefix="flakefleet-drift-") as tmp:
-        known = Path(tmp) / "known_hosts"
-        known.write_text(known_hosts_line(node["address"], node["ssh_port"], node["host_key"]))
-        argv = ["ssh", *ssh_options(known, node["ssh_port"], identity), f"{node['ssh_user']}@{node['address']}",
-                "--", "sh -s -- state"]
+    with pinned_ssh(node["address"], node["ssh_port"], node["ssh_user"], node["host_key"], identity) as ssh:
         try:
-            res = subprocess.run(argv, input=HOSTCTL.read_text(), capture_output=True, text=True, timeout=60)
+            res = subprocess.run([*ssh, "sh -s -- state"], input=HOSTCTL.read_text(), capture_output=True, text=True,
+                                 timeout=60)
         except subprocess.TimeoutExpired:
-            res = subprocess.CompletedProcess(argv, 255, "", "timed out")
+            res = subprocess.CompletedProcess(ssh, 255, "", "timed out")
     if res.returncode != 0:
         return HostDrift(name, UNCHECKED, node["system"], "", False, res.stderr.strip()[-300:] or f"exit {res.returncode}")
     return classify(name, node["system"], parse_state(res.stdout))

@@ -11,13 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import yaml
 
-from flakefleet.deliver import IDENTITY_ENV, backoff_delays, known_hosts_line, ssh_options
+from flakefleet.deliver import IDENTITY_ENV, backoff_delays, pinned_ssh
 
 PLAN_ENV = "FLAKEFLEET_KUBECONFIG"
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
@@ -45,13 +43,10 @@ def ca_certificate(kubeconfig: str) -> str:
 def fetch(plan: dict, identity: str | None, attempts: int = 5) -> str:
     """`cat` the k3s kubeconfig on the control plane in `plan['endpoint']`, with bounded retries."""
     e = plan["endpoint"]
-    with tempfile.TemporaryDirectory(prefix="flakefleet-kubeconfig-") as tmp:
-        known = Path(tmp) / "known_hosts"
-        known.write_text(known_hosts_line(e["address"], e["port"], e["host_key"]))
-        argv = ["ssh", *ssh_options(known, e["port"], identity), f"{e['user']}@{e['address']}", "--", f"cat {K3S_KUBECONFIG}"]
-        delays, last = backoff_delays(), ""
+    delays, last = backoff_delays(), ""
+    with pinned_ssh(e["address"], e["port"], e["user"], e["host_key"], identity) as ssh:
         for attempt in range(attempts):
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            res = subprocess.run([*ssh, f"cat {K3S_KUBECONFIG}"], capture_output=True, text=True, timeout=60)
             if res.returncode == 0:
                 return res.stdout
             last = res.stderr.strip()
