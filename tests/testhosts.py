@@ -152,6 +152,9 @@ def make_fleet(root: Path) -> TestFleet:
 
 def start_host(fleet: TestFleet, name: str, address: str, port: int = 2222, host_key_file: Path | None = None) -> TestHost:
     """Start one test host; returns when its sshd accepts connections."""
+    if port_open(address, port):
+        # Another test run (or a leftover sshd) holds it: talking to it would test the wrong host.
+        raise RuntimeError(f"{address}:{port} is already in use; is another test run or demo running?")
     root = fleet.root / name
     for local, mount in PRIVATE_DIRS.items():
         (root / local).mkdir(parents=True, exist_ok=True)
@@ -187,6 +190,7 @@ def start_host(fleet: TestFleet, name: str, address: str, port: int = 2222, host
         host.stop()
         raise
     if proc.poll() is not None:
-        raise RuntimeError(f"sshd of {name} exited: {proc.stderr.read().decode()} {(root / 'sshd.log').read_text()}")
+        log = root / "sshd.log"
+        raise RuntimeError(f"sshd of {name} exited: {proc.stderr.read().decode()} {log.read_text() if log.exists() else ''}")
     fleet.hosts.append(host)
     return host
