@@ -141,6 +141,7 @@ pulumi.export(
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
+pulumi.export("drift", delivery.found)  # what each host's last delivery found; live: python -m flakefleet drift
 pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,15 @@ class DeliveryArgs:
     """A rebuild's snapshot: restored by the first control plane before the others join."""
 
 
+def found_in_report(stdout: str) -> dict:
+    """The `found` part of the runner's JSON report (its last stdout line); {} when absent."""
+    lines = (stdout or "").strip().splitlines()
+    try:
+        return json.loads(lines[-1]).get("found", {}) if lines else {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
 class Delivery(pulumi.ComponentResource):
     """Control planes one at a time (the cluster-initializing one first), then workers in batches."""
 
@@ -56,11 +66,13 @@ class Delivery(pulumi.ComponentResource):
     """Host name -> the SSH host key its delivery pinned."""
     delivered: dict[str, pulumi.Output[str]]
     """Host name -> the system it runs, known once its delivery has confirmed it healthy."""
+    found: dict[str, pulumi.Output[dict]]
+    """Host name -> what its last delivery found there before acting (running system, changed outside flakefleet)."""
 
     def __init__(self, name: str, args: DeliveryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Delivery", name, None, opts)
         cfg, inv = args.config, args.inventory
-        self.commands, self.delivered = {}, {}
+        self.commands, self.delivered, self.found = {}, {}, {}
         keys = {h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts}
         self.host_keys = keys
         # Plans need every control plane's key (readiness is asked there): resolve the keys once.
@@ -106,6 +118,7 @@ class Delivery(pulumi.ComponentResource):
                 )
                 self.commands[host.name] = cmd
                 self.delivered[host.name] = cmd.stdout.apply(lambda _, out=system.out: out)
+                self.found[host.name] = cmd.stdout.apply(found_in_report)
                 current.append(cmd)
             previous = current  # the next wave starts only when this one is healthy
-        self.register_outputs({"delivered": self.delivered})
+        self.register_outputs({"delivered": self.delivered, "found": self.found})

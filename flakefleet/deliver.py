@@ -294,6 +294,7 @@ class Report:
     bytes_copied: int = 0
     activated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    found: dict[str, object] = field(default_factory=dict)  # the host before this delivery (drift)
 
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -490,6 +491,14 @@ class Delivery:
         self.build()
         self.wait_for_ssh()
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        applied_profile = state.get("applied_profile", "")
+        self.report.found = {
+            "running": state.get("current", ""),
+            "outside_flakefleet": bool(applied_profile) and state.get("profile", "") != applied_profile,
+        }
+        if self.report.found["outside_flakefleet"]:
+            self.say(f"found profile {state.get('profile')} where flakefleet left {applied_profile}: "
+                     "changed outside flakefleet")
         contents = self.existing_cluster_check(self.file_contents(), state)
         digest = files_digest(self.plan.system, contents)
         restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
@@ -616,7 +625,7 @@ def main() -> int:
     finally:
         delivery.close()
     print(json.dumps({"host": report.host, "outcome": report.outcome, "paths_copied": report.paths_copied,
-                      "bytes_copied": report.bytes_copied, "timings": report.timings}), flush=True)
+                      "bytes_copied": report.bytes_copied, "timings": report.timings, "found": report.found}), flush=True)
     return OK
 
 

@@ -6,6 +6,7 @@ are secret; the stack's exports are resolved. Used by the tier-2 tests and by `b
 
 from __future__ import annotations
 
+import json
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,8 @@ class FleetMocks(pulumi.runtime.Mocks):
         elif t == "command:local:Command" and "-kubeconfig" in args.name:
             out.update(stdout=STANDIN_KUBECONFIG, stderr="")
         elif t == "command:local:Command":
-            out.update(stdout="{}", stderr="")
+            report = {"outcome": "activated", "found": {"running": "", "outside_flakefleet": False}}
+            out.update(stdout=json.dumps(report), stderr="")
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):

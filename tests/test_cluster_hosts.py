@@ -256,3 +256,10 @@ def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
     assert rows["worker-0"]["status"] == "drifted" and rows["worker-0"]["outside_flakefleet"] is True
     assert f"instead of {wanted['worker-0']}" in rows["worker-0"]["detail"]
     assert "changed outside flakefleet" in rows["worker-0"]["detail"]
+
+    # The next delivery sets it right, and reports what it found (the stack's `drift` output).
+    fixed = run_waves(fleet, cfg, inv, plans)["worker-0"]
+    assert fixed.returncode == 0, fixed.stderr
+    found = json.loads(fixed.stdout.strip().splitlines()[-1])["found"]
+    assert found == {"running": other_plans["worker-0"].system, "outside_flakefleet": True}
+    assert drift(fleet, outputs).returncode == 0

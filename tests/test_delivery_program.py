@@ -269,3 +269,15 @@ def test_removing_a_host_drains_it_before_its_machine_goes():
     # Each Command depends on its host's instance, so Pulumi deletes it (draining) before the instance.
     for host, reg in commands(run).items():
         assert instance(run, host).urn in reg.dependencies
+
+
+def test_drift_output_reports_what_each_delivery_found():
+    run = run_stack("local")
+    assert run.exports["drift"] == {n: {"running": "", "outside_flakefleet": False} for n in run.exports["nodes"]}
+
+
+def test_found_in_report_tolerates_any_stdout():
+    from components.delivery import found_in_report
+
+    assert found_in_report('[h] copied 0 paths\n{"found": {"running": "/nix/store/x"}}') == {"running": "/nix/store/x"}
+    assert found_in_report("") == {} and found_in_report("not json") == {}
