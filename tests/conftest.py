@@ -16,7 +16,7 @@ def require(condition: bool, what: str) -> None:
         return
     if REQUIRE_ALL:
         pytest.fail(f"prerequisite missing under FLAKEFLEET_REQUIRE_ALL=1: {what}")
-    pytest.skip(f"prerequisite missing: {what}")
+    pytest.skip(f"prerequisite missing (fails instead under FLAKEFLEET_REQUIRE_ALL=1): {what}")
 
 
 def require_tool(name: str) -> str:

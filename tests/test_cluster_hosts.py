@@ -10,23 +10,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from flakefleet.config import parse_stack_config
-from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, known_hosts_line, ssh_options
+from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
 from flakefleet.rollout import delivery_plans, rollout_waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import make_fleet, prerequisites, start_host
+from tests.testhosts import make_fleet, prerequisites, run_as_deployer, start_host
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
 
@@ -66,10 +64,7 @@ def run_waves(fleet, cfg, inv, plans):
     results = {}
     for wave in rollout_waves(inv, cfg.delivery.max_parallel):
         def one(host):
-            env = {**os.environ, PLAN_ENV: plans[host.name].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
-                   "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
-            return host.name, subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env,
-                                              capture_output=True, text=True, timeout=120)
+            return host.name, run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         with ThreadPoolExecutor(len(wave)) as pool:
             results.update(pool.map(one, wave))
         if any(results[h.name].returncode != 0 for h in wave):
@@ -148,10 +143,7 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
     cp = hosts["cp-0"]
     plan = {"cluster": "ff-local", "api_endpoint": f"https://{cp.address}:6443",
             "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root", "host_key": cp.host_key}}
-    env = {**os.environ, KUBECONFIG_ENV: json.dumps(plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "flakefleet.kubeconfig"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = run_as_deployer(fleet, ["flakefleet.kubeconfig"], {KUBECONFIG_ENV: json.dumps(plan)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
     assert doc["clusters"][0]["cluster"]["server"] == f"https://{cp.address}:6443"
@@ -161,10 +153,7 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
 
 
 def remove(fleet, plan):
-    env = {**os.environ, PLAN_ENV: plan.to_json(), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
-           "PYTHONPATH": str(ROOT), **TOKENS}
-    return subprocess.run([sys.executable, "-m", "flakefleet.deliver", "--remove"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return run_as_deployer(fleet, ["flakefleet.deliver", "--remove"], {PLAN_ENV: plan.to_json(), **TOKENS})
 
 
 def test_replaced_delivery_does_not_drain_the_host(cluster):
@@ -206,10 +195,7 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
         control_planes=(Endpoint("cp-0", fresh.address, fresh.port, "root", fresh.host_key),
                         Endpoint("cp-1", running.address, running.port, "root", running.host_key)),
     )
-    env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
-           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
-    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
     assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stdout
     start = next(l for l in k3s_log(fresh) if " start " in l)
@@ -217,9 +203,7 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
 
 
 def drift(fleet, outputs_file):
-    env = {**os.environ, "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file), "--json"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return run_as_deployer(fleet, ["flakefleet", "drift", "--outputs", str(outputs_file), "--json"], {})
 
 
 def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):

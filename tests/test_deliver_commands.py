@@ -36,10 +36,11 @@ def test_known_hosts_line(port, expected):
 
 def test_ssh_always_checks_the_pinned_key():
     opts = ssh_options(Path("/tmp/kh"), 22, None)
-    joined = " ".join(opts)
-    assert "StrictHostKeyChecking=yes" in joined and "UserKnownHostsFile=/tmp/kh" in joined
-    assert "BatchMode=yes" in joined
-    assert "StrictHostKeyChecking=no" not in joined and "accept-new" not in joined
+    settings = dict(opts[i + 1].split("=", 1) for i, o in enumerate(opts) if o == "-o")
+    # Exactly these values: strict checking against the stack's keys only, never prompting.
+    assert settings["StrictHostKeyChecking"] == "yes"
+    assert settings["UserKnownHostsFile"] == "/tmp/kh" and settings["GlobalKnownHostsFile"] == "/dev/null"
+    assert settings["BatchMode"] == "yes"
 
 
 def test_identity_is_exclusive_when_given():

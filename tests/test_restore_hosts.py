@@ -5,15 +5,12 @@ their etcd data and join, workers join, and stale Nodes are deleted afterwards."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from flakefleet.config import parse_stack_config
-from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
+from flakefleet.deliver import PLAN_ENV
 from flakefleet.dr import PRUNE_PLAN_ENV
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
@@ -21,9 +18,8 @@ from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import make_fleet, prerequisites, start_host
+from tests.testhosts import make_fleet, prerequisites, run_as_deployer, start_host
 
-ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_TOKEN = "the-original-clusters-server-token"
 TOKENS = {SERVER_TOKEN[1]: ORIGINAL_TOKEN, AGENT_TOKEN[1]: "agent-token-after-rebuild"}
 HOSTS = {"cp-0": "127.0.0.61", "cp-1": "127.0.0.62", "cp-2": "127.0.0.63", "worker-0": "127.0.0.64"}
@@ -58,10 +54,7 @@ def rebuilt(tmp_path_factory):
         results = {}
         for wave in rollout_waves(inv, cfg.delivery.max_parallel):
             for host in wave:
-                env = {**os.environ, PLAN_ENV: plans[host.name].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
-                       "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
-                results[host.name] = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env,
-                                                    capture_output=True, text=True, timeout=120)
+                results[host.name] = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         yield fleet, hosts, plans, results
     finally:
         fleet.stop()
@@ -104,10 +97,7 @@ def test_other_control_planes_wipe_their_etcd_then_join_after_the_restore(rebuil
 
 def test_a_restore_is_done_once(rebuilt):
     fleet, hosts, plans, _ = rebuilt
-    env = {**os.environ, PLAN_ENV: plans["cp-0"].to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
-           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
-    again = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    again = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"])) == 1
 
@@ -118,10 +108,7 @@ def test_stale_nodes_from_the_snapshot_are_deleted(rebuilt):
     cp.path("/etc/flakefleet/standin-nodes").write_text("cp-0 cp-1 cp-2 worker-0 old-worker-7 old-cp-3\n")
     plan = {"keep": sorted(HOSTS), "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root",
                                                  "host_key": cp.host_key}}
-    env = {**os.environ, PRUNE_PLAN_ENV: json.dumps(plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "flakefleet", "dr", "prune"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_as_deployer(fleet, ["flakefleet", "dr", "prune"], {PRUNE_PLAN_ENV: json.dumps(plan)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "deleted stale nodes: old-cp-3, old-worker-7"
     deletes = [line.split(" kubectl ", 1)[1] for line in k3s_log(cp) if " kubectl delete node " in line]
@@ -135,10 +122,7 @@ def test_an_in_place_restore_runs_even_when_nothing_else_changed(rebuilt):
     fleet, hosts, plans, _ = rebuilt
     point = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot-cp-0-1790099999")
     plan = replace(plans["cp-0"], restore_id=point.id, restore_args=point.k3s_args())
-    env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret,
-           "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key), "PYTHONPATH": str(ROOT), **TOKENS}
-    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
     assert "restored the cluster from the snapshot" in proc.stdout
     assert any("--cluster-reset-restore-path=etcd-snapshot-cp-0-1790099999" in line for line in k3s_log(hosts["cp-0"]))

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,3 +195,14 @@ def start_host(fleet: TestFleet, name: str, address: str, port: int = 2222, host
         raise RuntimeError(f"sshd of {name} exited: {proc.stderr.read().decode()} {log.read_text() if log.exists() else ''}")
     fleet.hosts.append(host)
     return host
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_as_deployer(fleet: TestFleet, module: list[str], env: dict[str, str], timeout: float = 120):
+    """`python -m <module...>` as this fleet's deployer: its SSH identity and Nix signing key, the
+    project on PYTHONPATH, plus `env` (plans, secrets)."""
+    full = {**os.environ, "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+            "FLAKEFLEET_SIGNING_KEY": fleet.signing_secret, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-m", *module], env=full, capture_output=True, text=True, timeout=timeout)
