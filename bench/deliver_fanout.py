@@ -22,10 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan, FileSpec  # noqa: E402
+from flakefleet.deliver import K3S_DROP_IN_PATH, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan, FileSpec  # noqa: E402
+from flakefleet.nixos import AGENT_TOKEN  # noqa: E402
 from flakefleet.systems import evaluate_systems  # noqa: E402
 from tests.conftest import OFFLINE_NIX_CONFIG  # noqa: E402
-from tests.testhosts import make_fleet, prerequisites, start_host  # noqa: E402
+from tests.testhosts import prerequisites, running_fleet  # noqa: E402
 
 PAYLOAD_KIB = 4096
 
@@ -46,8 +47,11 @@ def deliver_all(fleet, hosts, sys_):
     def one(host):
         plan = DeliveryPlan(host=host.name, address=host.address, port=host.port, user="root", host_key=host.host_key,
                             system=sys_.out, drv=sys_.drv, identity_file=str(fleet.client_key),
-                            files=(FileSpec("/etc/flakefleet/host.json", content=json.dumps({"name": host.name})),))
-        env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret, "PYTHONPATH": str(ROOT)}
+                            files=(FileSpec("/etc/flakefleet/host.json", content=json.dumps({"name": host.name})),
+                                   FileSpec(K3S_DROP_IN_PATH, content=json.dumps({"node-name": host.name})),
+                                   FileSpec(AGENT_TOKEN[0], secret_env=AGENT_TOKEN[1])))
+        env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret, "PYTHONPATH": str(ROOT),
+               AGENT_TOKEN[1]: "bench-agent-token"}
         proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)
@@ -69,14 +73,11 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sys_ = system(Path(tmp) / "cache")
         for n in sizes:
-            fleet = make_fleet(Path(tmp) / f"fleet-{n}")
-            try:
-                hosts = [start_host(fleet, f"b{n}-{i}", f"127.0.0.{51 + i}") for i in range(n)]
-                first, first_reports = deliver_all(fleet, hosts, sys_)
-                again, again_reports = deliver_all(fleet, hosts, sys_)
-            finally:
-                fleet.stop()
-                shutil.rmtree(fleet.root, ignore_errors=True)
+            addresses = {f"b{n}-{i}": f"127.0.0.{51 + i}" for i in range(n)}
+            with running_fleet(Path(tmp) / f"fleet-{n}", addresses) as (fleet, hosts):
+                first, first_reports = deliver_all(fleet, list(hosts.values()), sys_)
+                again, again_reports = deliver_all(fleet, list(hosts.values()), sys_)
+            shutil.rmtree(fleet.root, ignore_errors=True)
             rows.append((n, first, first_reports, again, again_reports))
     base = rows[0][1] if rows and rows[0][0] == 1 else None
     print("| hosts | first delivery (s) | ratio to 1 host | paths / bytes copied per host | "

@@ -14,7 +14,7 @@ from flakefleet.config import StackConfig
 from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
 from flakefleet.inventory import Inventory
 from flakefleet.nixos import files_hash, host_system
-from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
+from flakefleet.rollout import RestorePoint, host_plan, rollout_waves
 from flakefleet.systems import System
 
 RUNNER = "./scripts/flakefleet deliver"
@@ -73,21 +73,15 @@ class Delivery(pulumi.ComponentResource):
         super().__init__("flakefleet:index:Delivery", name, None, opts)
         cfg, inv = args.config, args.inventory
         self.commands, self.delivered, self.found = {}, {}, {}
-        keys = {h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts}
-        self.host_keys = keys
-        # Plans need every control plane's key (readiness is asked there): resolve the keys once.
-        names = list(keys)
-        plans = pulumi.Output.all(args.snapshot_bucket, *keys.values()).apply(
-            lambda values: {
-                host: (plan.to_json(), files_hash(plan.files))
-                for host, plan in delivery_plans(
-                    cfg, inv, dict(args.systems), dict(zip(names, values[1:])), values[0], args.restore
-                ).items()
-            }
-        )
-        previous: list[pulumi.Resource] = []
+        self.host_keys = keys = {
+            h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts
+        }
+        # A plan needs its own host's key and the control planes' (readiness is asked there), never
+        # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
+        control = [h.name for h in inv.control_planes]
+        gate: pulumi.Resource | None = None
         for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
-            waits = previous + (list(args.api_ready) if number else [])
+            waits = ([gate] if gate else []) + (list(args.api_ready) if number else [])
             current = []
             for host in wave:
                 system = args.systems[host_system(cfg, host)]
@@ -96,23 +90,30 @@ class Delivery(pulumi.ComponentResource):
                 # restarts instances reaches one control plane (one batch) at a time, each healthy first.
                 machine = args.machines.machine(host, waits) if host.provider == "ec2" else None
                 instance = [machine.instance_id] if machine else []
+                needed = list(dict.fromkeys([host.name, *control]))
+                plan = pulumi.Output.all(args.snapshot_bucket, *(keys[n] for n in needed)).apply(
+                    lambda v, h=host, w=wave, names=needed: host_plan(
+                        cfg, inv, h, w, args.systems, dict(zip(names, v[1:])), v[0], args.restore
+                    )
+                )
                 cmd = command.local.Command(
                     f"{name}-{host.name}",
                     create=RUNNER,
                     # A host removed from the config: drained and its Node deleted before its machine goes.
                     delete=f"{RUNNER} --remove",
                     environment={
-                        PLAN_ENV: plans.apply(lambda p, h=host.name: p[h][0]),
+                        PLAN_ENV: plan.apply(lambda p: p.to_json()),
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
                         **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },
                     # Only these make a host's delivery run again: an unchanged host runs nothing; a
                     # replaced instance (same address, same key) gets its system again.
-                    triggers=[system.out, plans.apply(lambda p, h=host.name: p[h][1]), key, *instance],
+                    triggers=[system.out, plan.apply(lambda p: files_hash(p.files)), key, *instance],
                     logging=command.local.Logging.STDOUT_AND_STDERR,
                     opts=pulumi.ResourceOptions(
                         parent=self,
-                        depends_on=waits + ([machine] if machine else []),
+                        # The machine waits for the previous wave already; one edge is enough.
+                        depends_on=[machine] if machine else waits,
                         custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
                     ),
                 )
@@ -120,5 +121,11 @@ class Delivery(pulumi.ComponentResource):
                 self.delivered[host.name] = cmd.stdout.apply(lambda _, out=system.out: out)
                 self.found[host.name] = cmd.stdout.apply(found_in_report)
                 current.append(cmd)
-            previous = current  # the next wave starts only when this one is healthy
+            # The next wave starts only when this one is healthy: it waits for this gate, which
+            # waits for every host of the wave and runs nothing. One edge into the rollout chain
+            # instead of one per host of the wave: Pulumi's SDK walks a dependency's whole history
+            # for each edge (to rule out cycles), so wide edges made registration quadratic.
+            gate = command.local.Command(
+                f"{name}-wave-{number}", opts=pulumi.ResourceOptions(parent=self, depends_on=current)
+            )
         self.register_outputs({"delivered": self.delivered, "found": self.found})

@@ -50,6 +50,8 @@ class MachineArgs:
     """Root volume size and performance."""
     user_data: pulumi.Input[str] | None = None
     """First-boot user data."""
+    after: tuple[pulumi.Resource, ...] = ()
+    """What the instance waits for (the previous rollout wave)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags for the instance and its volumes."""
 
@@ -89,10 +91,9 @@ class Machine(pulumi.ComponentResource):
             # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
             # owns its system from then on. Neither may replace or restart a running node.
             # A fixed private address cannot be held by two instances: replace by delete first.
-            # The instance itself waits for what the machine waits for (the previous wave).
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=(opts.depends_on if opts else None),
+                depends_on=list(args.after),
                 ignore_changes=["ami", "user_data"],
                 delete_before_replace=True,
             ),
@@ -195,8 +196,9 @@ class Machines(pulumi.ComponentResource):
                     "flakefleet:pool": host.pool,
                     "flakefleet:role": host.role,
                 },
+                after=tuple(depends_on),
             ),
-            pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+            pulumi.ResourceOptions(parent=self),
         )
         self.instance_ids[host.name] = machine.instance_id
         return machine

@@ -485,7 +485,7 @@ def _is_world(net: IPv4Network) -> bool:
     return net.prefixlen == 0
 
 
-def _cross_checks(parsed: dict[str, Any], region: str | None, raw_keys: set[str] = frozenset()) -> list[str]:
+def _cross_checks(parsed: dict[str, Any], region: str | None, secrets_given: set[str] = frozenset()) -> list[str]:
     p = f"{NAMESPACE}:"
     problems: list[str] = []
     cluster: ClusterConfig | None = parsed.get("cluster")
@@ -642,7 +642,7 @@ def _cross_checks(parsed: dict[str, Any], region: str | None, raw_keys: set[str]
                     f"{p}dr.restore_from: restoring from S3 needs the control planes on EC2 (their instance profile "
                     "reads the snapshot; flakefleet stores no keys)"
                 )
-        if "server_token" not in raw_keys:
+        if "server_token" not in secrets_given:
             problems.append(
                 f"{p}dr.restore_from: needs {NAMESPACE}:server_token, the original cluster's server token "
                 "(pulumi stack output --show-secrets k3s_server_token on the old stack)"

@@ -292,26 +292,18 @@ class Report:
     outcome: str = ""
     paths_copied: int = 0
     bytes_copied: int = 0
-    activated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     found: dict[str, object] = field(default_factory=dict)  # the host before this delivery (drift)
 
 
-Runner = Callable[..., subprocess.CompletedProcess]
-
-
 class Delivery:
-    """One host's delivery. `run` is subprocess.run (replaceable in tests of the pure parts)."""
+    """One host's delivery."""
 
-    def __init__(self, plan: DeliveryPlan, env: dict[str, str], out=print, run: Runner = subprocess.run, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, plan: DeliveryPlan, env: dict[str, str]):
         if plan.identity_file is None and env.get(IDENTITY_ENV):
             plan = replace(plan, identity_file=env[IDENTITY_ENV])
         self.plan = plan
         self.env = env
-        self.out = out
-        self.run = run
-        self.clock = clock
-        self.sleep = sleep
         self.report = Report(plan.host)
         self.token = f"{int(time.time())}-{pysecrets.token_hex(4)}"
         self._tmp = tempfile.TemporaryDirectory(prefix="flakefleet-deliver-")
@@ -325,11 +317,11 @@ class Delivery:
     # -- helpers
 
     def say(self, message: str) -> None:
-        self.out(f"[{self.plan.host}] {message}", flush=True)
+        print(f"[{self.plan.host}] {message}", flush=True)
 
     def ssh(self, remote: list[str], stdin: str | None = None, timeout: float = 120, to: Endpoint | None = None) -> subprocess.CompletedProcess:
         try:
-            return self.run(ssh_argv(self.plan, self.known_hosts, remote, to), input=stdin, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(ssh_argv(self.plan, self.known_hosts, remote, to), input=stdin, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout:.0f}s")
 
@@ -338,7 +330,7 @@ class Delivery:
         return self.ssh(["sh", "-s", "--", *args], stdin=HOSTCTL.read_text(), timeout=timeout)
 
     def timed(self, phase: str, start: float) -> None:
-        self.report.timings[phase] = round(self.clock() - start, 3)
+        self.report.timings[phase] = round(time.monotonic() - start, 3)
 
     def file_contents(self) -> list[tuple[str, str, bytes]]:
         contents = []
@@ -356,8 +348,8 @@ class Delivery:
 
     def build(self) -> None:
         """Realise the system locally (a no-op when present) and sign it with the fleet's key."""
-        start = self.clock()
-        res = self.run(["nix-store", "--realise", self.plan.drv], capture_output=True, text=True)
+        start = time.monotonic()
+        res = subprocess.run(["nix-store", "--realise", self.plan.drv], capture_output=True, text=True)
         if res.returncode != 0 or res.stdout.strip().splitlines()[-1:] != [self.plan.system]:
             raise DeliveryFailed(f"building {self.plan.drv} failed:\n{res.stderr.strip()[-2000:]}")
         key = self.env.get(SIGNING_KEY_ENV)
@@ -367,7 +359,7 @@ class Delivery:
         key_file.write_text(key)
         key_file.chmod(0o600)
         try:
-            res = self.run(["nix", *NIX_FEATURES, "store", "sign", "--key-file", str(key_file), "--recursive", self.plan.system],
+            res = subprocess.run(["nix", *NIX_FEATURES, "store", "sign", "--key-file", str(key_file), "--recursive", self.plan.system],
                            capture_output=True, text=True)
         finally:
             key_file.unlink()
@@ -376,7 +368,7 @@ class Delivery:
         self.timed("build", start)
 
     def wait_for_ssh(self) -> None:
-        start = self.clock()
+        start = time.monotonic()
         deadline = start + self.plan.boot_timeout_s
         attempts, last = 0, ""
         for delay in backoff_delays():
@@ -388,17 +380,17 @@ class Delivery:
             last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"ssh exit {res.returncode}"
             if "Host key verification failed" in res.stderr or "IDENTIFICATION HAS CHANGED" in res.stderr:
                 last = "its SSH host key does not match the pinned key"
-            if self.clock() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 break
-            self.sleep(delay)
+            time.sleep(delay)
         raise DeliveryFailed(
             f"host {self.plan.host} ({self.plan.address}:{self.plan.port}) unreachable after {attempts} attempts "
-            f"in {self.clock() - start:.0f}s: {last}; nothing was changed on it",
+            f"in {time.monotonic() - start:.0f}s: {last}; nothing was changed on it",
             UNREACHABLE,
         )
 
     def missing_paths(self) -> list[str]:
-        res = self.run(["nix-store", "--query", "--requisites", self.plan.system], capture_output=True, text=True)
+        res = subprocess.run(["nix-store", "--query", "--requisites", self.plan.system], capture_output=True, text=True)
         if res.returncode != 0:
             raise DeliveryFailed(f"cannot list the closure of {self.plan.system}: {res.stderr.strip()}")
         closure = res.stdout.split()
@@ -408,22 +400,22 @@ class Delivery:
         return check.stdout.split()
 
     def copy(self) -> None:
-        start = self.clock()
+        start = time.monotonic()
         missing = self.missing_paths()
         if missing:
-            sizes = self.run(["nix-store", "--query", "--size", *missing], capture_output=True, text=True)
+            sizes = subprocess.run(["nix-store", "--query", "--size", *missing], capture_output=True, text=True)
             self.report.bytes_copied = sum(int(s) for s in sizes.stdout.split()) if sizes.returncode == 0 else 0
             env = {**self.env, "NIX_SSHOPTS": " ".join(ssh_options(self.known_hosts, self.plan.port, self.plan.identity_file))}
             delays = backoff_delays()
             for attempt in range(1, self.plan.copy_attempts + 1):
-                res = self.run(nix_copy_argv(self.plan), env=env, capture_output=True, text=True)
+                res = subprocess.run(nix_copy_argv(self.plan), env=env, capture_output=True, text=True)
                 if res.returncode == 0:
                     break
                 if attempt == self.plan.copy_attempts:
                     raise DeliveryFailed(f"copying {self.plan.system} failed {attempt} times; nothing was activated:\n"
                                          f"{res.stderr.strip()[-2000:]}")
                 self.say(f"copy attempt {attempt} failed, retrying")
-                self.sleep(next(delays))
+                time.sleep(next(delays))
         self.report.paths_copied = len(missing)
         self.timed("copy", start)
         self.say(f"copied {len(missing)} paths ({self.report.bytes_copied} bytes)")
@@ -444,9 +436,9 @@ class Delivery:
         detail = ""
         for delay in backoff_delays(first=0.5, cap=5):
             done, detail = attempt()
-            if done or self.clock() + delay > deadline:
+            if done or time.monotonic() + delay > deadline:
                 return done, detail
-            self.sleep(delay)
+            time.sleep(delay)
         return False, detail  # pragma: no cover (the generator is endless)
 
     def batch_ready(self) -> tuple[bool, str]:
@@ -464,7 +456,7 @@ class Delivery:
     def confirm(self, digest: str) -> None:
         """The health gate, over new connections: the host runs the system and is healthy, its
         batch's nodes are Ready; then the host is told to keep it (disarming the dead-man)."""
-        start = self.clock()
+        start = time.monotonic()
         deadline = start + self.plan.health_timeout_s
         timeout = f"{self.plan.health_timeout_s:.0f}s"
 
@@ -487,7 +479,7 @@ class Delivery:
         self.timed("confirm", start)
 
     def deliver(self) -> Report:
-        total = self.clock()
+        total = time.monotonic()
         self.build()
         self.wait_for_ssh()
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
@@ -507,19 +499,18 @@ class Delivery:
             self.say(f"already runs {self.plan.system} with these files; nothing to do")
             return self.report
         self.copy()
-        start = self.clock()
+        start = time.monotonic()
         staged = self.ssh(["sh", "-s"], stdin=staging_script(self.token, HOSTCTL.read_text(), contents))
         if staged.returncode != 0:
             raise DeliveryFailed(f"staging files on {self.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
         self.timed("stage", start)
         if self.plan.restore_id:
             self.restore()
-        start = self.clock()
+        start = time.monotonic()
         deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
         act = self.ssh([REMOTE_HOSTCTL, "activate", self.plan.system, self.token, str(deadman)],
                        timeout=self.plan.health_timeout_s + 600)
         self.timed("activate", start)
-        self.report.activated = True
         if act.returncode == 255:
             # The connection dropped (the new system may have restarted networking or sshd).
             # Whether the switch completed is decided by confirming over a new connection.
@@ -624,8 +615,7 @@ def main() -> int:
         return err.code
     finally:
         delivery.close()
-    print(json.dumps({"host": report.host, "outcome": report.outcome, "paths_copied": report.paths_copied,
-                      "bytes_copied": report.bytes_copied, "timings": report.timings, "found": report.found}), flush=True)
+    print(json.dumps(asdict(report)), flush=True)
     return OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flakefleet.config import StackConfig
@@ -46,44 +47,58 @@ def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
     return waves
 
 
+def host_plan(
+    cfg: StackConfig,
+    inv: Inventory,
+    host: Host,
+    wave: tuple[Host, ...],
+    systems: Mapping[str, System],
+    host_keys: Mapping[str, str],
+    snapshot_bucket: str | None = None,
+    restore: RestorePoint | None = None,
+) -> DeliveryPlan:
+    """One host's plan; `host_keys` needs this host's key and the control planes' keys only.
+
+    The host's batch is its wave: it is confirmed only when all of the wave's nodes are Ready,
+    asked on the control planes delivered so far (the initializing one first). With a restore
+    point, the first control plane restores it and the other control planes wipe their etcd.
+    """
+    control = inv.control_planes
+    endpoints = tuple(Endpoint(h.name, str(h.address), h.ssh_port, h.ssh_user, host_keys[h.name]) for h in control)
+    delivered_cps = endpoints[: [h.name for h in control].index(host.name) + 1] if host.role == "control-plane" else endpoints
+    pool = next(p for p in cfg.pools if p.name == host.pool)
+    system = systems[host_system(cfg, host)]
+    return DeliveryPlan(
+        host=host.name,
+        address=str(host.address),
+        port=host.ssh_port,
+        user=host.ssh_user,
+        host_key=host_keys[host.name],
+        system=system.out,
+        drv=system.drv,
+        files=host_files(cfg, inv, host, snapshot_bucket),
+        boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
+        health_timeout_s=cfg.delivery.health_timeout_s,
+        substitute_on_destination=cfg.delivery.substitute_on_destination,
+        batch=tuple(h.name for h in wave),
+        ready_via=delivered_cps,
+        control_planes=endpoints,
+        restore_id=restore.id if restore and host.role == "control-plane" else None,
+        restore_args=restore.k3s_args() if restore and host.name == control[0].name else (),
+    )
+
+
 def delivery_plans(
     cfg: StackConfig,
     inv: Inventory,
-    systems: dict[str, System],
-    host_keys: dict[str, str],
+    systems: Mapping[str, System],
+    host_keys: Mapping[str, str],
     snapshot_bucket: str | None = None,
     restore: RestorePoint | None = None,
 ) -> dict[str, DeliveryPlan]:
-    """Every host's plan. A host's batch is its wave: it is confirmed only when all of the wave's
-    nodes are Ready, asked on the control planes delivered so far (the initializing one first).
-    With a restore point, the first control plane restores it and the others wipe their etcd."""
-    endpoints = {
-        h.name: Endpoint(h.name, str(h.address), h.ssh_port, h.ssh_user, host_keys[h.name]) for h in inv.control_planes
+    """Every host's plan, in rollout order (see host_plan)."""
+    return {
+        host.name: host_plan(cfg, inv, host, wave, systems, host_keys, snapshot_bucket, restore)
+        for wave in rollout_waves(inv, cfg.delivery.max_parallel)
+        for host in wave
     }
-    pools = {p.name: p for p in cfg.pools}
-    plans: dict[str, DeliveryPlan] = {}
-    delivered_cps: list[Endpoint] = []
-    for wave in rollout_waves(inv, cfg.delivery.max_parallel):
-        if wave[0].role == "control-plane":
-            delivered_cps.append(endpoints[wave[0].name])
-        for host in wave:
-            system = systems[host_system(cfg, host)]
-            plans[host.name] = DeliveryPlan(
-                host=host.name,
-                address=str(host.address),
-                port=host.ssh_port,
-                user=host.ssh_user,
-                host_key=host_keys[host.name],
-                system=system.out,
-                drv=system.drv,
-                files=host_files(cfg, inv, host, snapshot_bucket),
-                boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pools[host.pool].bare_metal else cfg.delivery.boot_timeout_s,
-                health_timeout_s=cfg.delivery.health_timeout_s,
-                substitute_on_destination=cfg.delivery.substitute_on_destination,
-                batch=tuple(h.name for h in wave),
-                ready_via=tuple(delivered_cps),
-                control_planes=tuple(endpoints.values()),
-                restore_id=restore.id if restore and host.role == "control-plane" else None,
-                restore_args=restore.k3s_args() if restore and host.name == inv.control_planes[0].name else (),
-            )
-    return plans

@@ -23,7 +23,7 @@ from flakefleet.rollout import delivery_plans, rollout_waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import make_fleet, prerequisites, run_as_deployer, start_host
+from tests.testhosts import prerequisites, run_as_deployer, running_fleet, start_host
 
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
@@ -32,12 +32,8 @@ ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    fleet = make_fleet(tmp_path_factory.mktemp("cluster"))
-    try:
-        hosts = {name: start_host(fleet, name, address) for name, address in ADDRESSES.items()}
+    with running_fleet(tmp_path_factory.mktemp("cluster"), ADDRESSES) as (fleet, hosts):
         yield fleet, hosts
-    finally:
-        fleet.stop()
 
 
 def stack(hosts, fleet, labels=None):

@@ -20,7 +20,7 @@ from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHAB
 from flakefleet.nixos import K3S_DROP_IN_PATH
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import TestFleet, TestHost, make_fleet, poll, prerequisites, start_host
+from tests.testhosts import TestFleet, TestHost, poll, prerequisites, running_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "K10-test-token-3f1a9c7e::server:0d2b"
@@ -45,13 +45,8 @@ def systems(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, systems):
-    fleet = make_fleet(tmp_path_factory.mktemp("fleet"))
-    try:
-        for i in range(4):
-            start_host(fleet, f"h{i}", f"127.0.0.{31 + i}")
+    with running_fleet(tmp_path_factory.mktemp("fleet"), {f"h{i}": f"127.0.0.{31 + i}" for i in range(4)}) as (fleet, _):
         yield fleet
-    finally:
-        fleet.stop()
 
 
 def plan_for(fleet: TestFleet, host: TestHost, system, **overrides) -> DeliveryPlan:

@@ -31,7 +31,7 @@ def nix_present():
 
 def commands(run: ProgramRun) -> dict[str, object]:
     """Host name -> its delivery Command registration."""
-    return {r.name.split("-deliver-", 1)[1]: r for r in run.of_type(COMMAND) if "-deliver-" in r.name}
+    return {r.name.split("-deliver-", 1)[1]: r for r in run.of_type(COMMAND) if PLAN_ENV in r.inputs.get("environment", {})}
 
 
 def plan(reg) -> DeliveryPlan:
@@ -48,21 +48,46 @@ def test_one_delivery_per_host(stack):
         assert reg.inputs["create"] == "./scripts/flakefleet deliver"  # relative: the same on every deployer
 
 
+def reaches(run: ProgramRun, start: str, target: str) -> bool:
+    """Whether the resource with URN `start` depends, directly or through others, on `target`."""
+    deps = {r.urn: r.dependencies for r in run.resources}
+    seen, todo = set(), [start]
+    while todo:
+        for d in deps.get(todo.pop(), []):
+            if d == target:
+                return True
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return False
+
+
 def test_control_planes_one_at_a_time_then_worker_batches():
     run = run_stack("prod")  # 3 control planes, 9 workers, max_parallel 2
-    cmds = commands(run)
-    urn = {name: reg.urn for name, reg in cmds.items()}
-    deps = {name: set(reg.dependencies) for name, reg in cmds.items()}
-    assert urn["cp-0"] not in deps["cp-0"]
-    assert urn["cp-0"] in deps["cp-1"] and urn["cp-1"] in deps["cp-2"]
+    urn = {name: reg.urn for name, reg in commands(run).items()}
+    after = lambda a, b: reaches(run, urn[a], urn[b])  # noqa: E731  (a waits for b)
+    assert after("cp-1", "cp-0") and after("cp-2", "cp-1") and not after("cp-0", "cp-1")
     workers = [n for n in run.exports["nodes"] if run.exports["nodes"][n]["role"] == "worker"]
     waves = [workers[i : i + 2] for i in range(0, len(workers), 2)]
     for w in waves[0]:
-        assert urn["cp-2"] in deps[w]
+        assert after(w, "cp-2")
     for previous, wave in zip(waves, waves[1:]):
         for w in wave:
-            assert {urn[p] for p in previous} <= deps[w], w
-            assert not any(urn[other] in deps[w] for other in wave)  # a batch runs in parallel
+            assert all(after(w, p) for p in previous), w
+            assert not any(after(w, other) for other in wave if other != w)  # a batch runs in parallel
+
+
+def test_each_host_has_one_edge_into_the_rollout_chain():
+    """Hosts wait for the previous wave's gate, not for each of its hosts: the SDK walks a
+    dependency's whole history per edge, so wide edges made registration quadratic."""
+    run = run_stack("prod")
+    cmds = commands(run)
+    delivery_urns = {r.urn for r in cmds.values()}
+    for name, reg in cmds.items():
+        assert not delivery_urns & set(reg.dependencies), name
+    gates = [r for r in run.of_type(COMMAND) if "-wave-" in r.name]
+    assert len(gates) == 3 + 5  # one per control plane, one per batch of two workers
+    assert all("create" not in g.inputs for g in gates)  # a gate runs nothing
 
 
 def instance(run: ProgramRun, host: str):
@@ -77,20 +102,20 @@ def test_machines_roll_with_the_waves():
         assert instance(run, host).options["delete_before_replace"] is True  # fixed private address
     # A control plane's instance waits for the previous control plane's healthy delivery, so
     # replacing or restarting instances keeps etcd quorum; workers wait for the last one.
-    assert cmds["cp-0"].urn in instance(run, "cp-1").dependencies
-    assert cmds["cp-1"].urn in instance(run, "cp-2").dependencies
-    assert cmds["cp-0"].urn not in instance(run, "cp-0").dependencies
+    assert reaches(run, instance(run, "cp-1").urn, cmds["cp-0"].urn)
+    assert reaches(run, instance(run, "cp-2").urn, cmds["cp-1"].urn)
+    assert not reaches(run, instance(run, "cp-0").urn, cmds["cp-0"].urn)
     for w in ("workers-0", "workers-1", "workers-2"):
-        assert cmds["cp-2"].urn in instance(run, w).dependencies
+        assert reaches(run, instance(run, w).urn, cmds["cp-2"].urn)
 
 
 def test_joining_hosts_wait_for_the_api_load_balancer():
     run = run_stack("staging")
     listener = run.of_type("aws:lb/listener:Listener")[0]
     cmds = commands(run)
-    assert listener.urn not in cmds["cp-0"].dependencies  # the first server needs nobody
+    assert not reaches(run, cmds["cp-0"].urn, listener.urn)  # the first server needs nobody
     for host in ("cp-1", "cp-2", "workers-0"):
-        assert listener.urn in cmds[host].dependencies
+        assert reaches(run, cmds[host].urn, listener.urn)
 
 
 def test_a_replaced_instance_is_delivered_again():
@@ -281,3 +306,13 @@ def test_found_in_report_tolerates_any_stdout():
 
     assert found_in_report('[h] copied 0 paths\n{"found": {"running": "/nix/store/x"}}') == {"running": "/nix/store/x"}
     assert found_in_report("") == {} and found_in_report("not json") == {}
+
+
+def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
+    """Not on every host's key: that made registration quadratic in fleet size."""
+    run = run_stack("staging")
+    keys = {r.name.rsplit("-host-key", 1)[0].split("ff-staging-", 1)[1]: r.urn
+            for r in run.of_type("tls:index/privateKey:PrivateKey")}
+    deps = set(commands(run)["workers-2"].dependencies)
+    assert {keys["workers-2"], keys["cp-0"], keys["cp-1"], keys["cp-2"]} <= deps
+    assert keys["workers-0"] not in deps and keys["workers-1"] not in deps

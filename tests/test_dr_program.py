@@ -25,7 +25,7 @@ def nix_present():
 
 def plans(run) -> dict[str, DeliveryPlan]:
     return {r.name.split("-deliver-", 1)[1]: DeliveryPlan.from_json(r.inputs["environment"][PLAN_ENV])
-            for r in run.of_type(COMMAND) if "-deliver-" in r.name}
+            for r in run.of_type(COMMAND) if PLAN_ENV in r.inputs.get("environment", {})}
 
 
 def snapshot_settings(plan: DeliveryPlan) -> dict | None:
@@ -82,7 +82,7 @@ def test_rebuild_restores_the_latest_snapshot_on_the_first_control_plane(old_sna
     assert cp0.inputs["environment"][SERVER_TOKEN[1]] == "original-server-token"
     assert "environment" in cp0.secret_inputs
     stale = next(r for r in run.of_type(COMMAND) if r.name.endswith("-stale-nodes"))
-    delivered = {r.urn for r in run.of_type(COMMAND) if "-deliver-" in r.name}
+    delivered = {r.urn for r in run.of_type(COMMAND) if PLAN_ENV in r.inputs.get("environment", {})}
     assert delivered <= set(stale.dependencies)
     assert json.loads(stale.inputs["environment"]["FLAKEFLEET_PRUNE"])["keep"] == sorted(run.exports["nodes"])
 

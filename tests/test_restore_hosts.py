@@ -18,7 +18,7 @@ from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import make_fleet, prerequisites, run_as_deployer, start_host
+from tests.testhosts import prerequisites, run_as_deployer, running_fleet
 
 ORIGINAL_TOKEN = "the-original-clusters-server-token"
 TOKENS = {SERVER_TOKEN[1]: ORIGINAL_TOKEN, AGENT_TOKEN[1]: "agent-token-after-rebuild"}
@@ -29,9 +29,7 @@ POINT = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
     require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    fleet = make_fleet(tmp_path_factory.mktemp("restore"))
-    try:
-        hosts = {name: start_host(fleet, name, address) for name, address in HOSTS.items()}
+    with running_fleet(tmp_path_factory.mktemp("restore"), HOSTS) as (fleet, hosts):
         for name in ("cp-1", "cp-2"):  # these held the old cluster's etcd
             old = hosts[name].path("/var/lib/rancher") / "k3s" / "server" / "db" / "etcd"
             old.mkdir(parents=True)
@@ -56,8 +54,6 @@ def rebuilt(tmp_path_factory):
             for host in wave:
                 results[host.name] = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         yield fleet, hosts, plans, results
-    finally:
-        fleet.stop()
 
 
 def k3s_log(host) -> list[str]:

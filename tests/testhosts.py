@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,3 +207,13 @@ def run_as_deployer(fleet: TestFleet, module: list[str], env: dict[str, str], ti
     full = {**os.environ, "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
             "FLAKEFLEET_SIGNING_KEY": fleet.signing_secret, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-m", *module], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def running_fleet(root: Path, addresses: dict[str, str]):
+    """A fleet with one test host per name -> address; every host is stopped on the way out."""
+    fleet = make_fleet(root)
+    try:
+        yield fleet, {name: start_host(fleet, name, address) for name, address in addresses.items()}
+    finally:
+        fleet.stop()
