@@ -24,37 +24,45 @@ rec {
   nodeLabels = labels: map (k: "${k}=${labels.${k}}") (builtins.attrNames labels);
 
   # Host facts (the schema of /etc/flakefleet/host.json) -> this host's k3s config drop-in.
-  # Must match flakefleet/nixos.py:k3s_host_config; a test compares the two.
+  # Must match flakefleet/nixos.py:k3s_host_config; a test compares the two. Total: null facts
+  # (a shared pool closure, which learns its host at runtime) give nothing.
   k3sHostConfig =
     facts:
-    {
-      "node-name" = facts.name;
-      "node-ip" = facts.address;
-    }
-    // (
-      if facts.role != "control-plane" then
-        { }
-      else if facts.init then
-        { "cluster-init" = true; }
-      else
-        { server = facts.server; }
-    );
+    if facts == null then
+      { }
+    else
+      {
+        "node-name" = facts.name;
+        "node-ip" = facts.address;
+      }
+      // (
+        if facts.role != "control-plane" then
+          { }
+        else if facts.init then
+          { "cluster-init" = true; }
+        else
+          { server = facts.server; }
+      );
 
-  # The same facts as NixOS k3s options, for per-host closures (mixins/per-host.nix).
-  # Each option maps to the k3s flag of the drop-in key above (a test checks they agree).
+  # The same facts as nixpkgs' services.k3s options, for per-host closures (mixins/per-host.nix):
+  # each drop-in key renamed to the option that renders the same k3s flag. Total like
+  # k3sHostConfig, which matters: the module system evaluates it for shared closures too.
   k3sHostOptions =
     facts:
-    {
-      nodeName = facts.name;
-      nodeIP = facts.address;
-    }
-    // (
-      if facts.role != "control-plane" then
-        { }
-      else if facts.init then
-        { clusterInit = true; }
-      else
-        { serverAddr = facts.server; }
+    let
+      config = k3sHostConfig facts;
+      option = {
+        "node-name" = "nodeName";
+        "node-ip" = "nodeIP";
+        "cluster-init" = "clusterInit";
+        server = "serverAddr";
+      };
+    in
+    builtins.listToAttrs (
+      map (key: {
+        name = option.${key};
+        value = config.${key};
+      }) (builtins.attrNames config)
     );
 
   # k3s package attribute for a channel: "stable" -> k3s, "1.33" -> k3s_1_33.

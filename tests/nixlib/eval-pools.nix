@@ -1,0 +1,71 @@
+# Evaluate each pool's module list (the flake's `lib.modulesFor spec`) with a given module
+# system: our stand-in (./lib.nix) in CI, or nixpkgs' real lib where one is at hand. Forces
+# every option value and fails as `nixosSystem` would: an undeclared option, a wrong type,
+# conflicting definitions, a failed assertion; warnings fail too, so nothing slips by.
+#
+# nix-instantiate --eval --strict --json tests/nixlib/eval-pools.nix \
+#   --arg lib 'import tests/nixlib/lib.nix' --arg flake ./nixos --argstr specsFile specs.json
+{
+  lib,
+  flake,
+  specsFile,
+}:
+let
+  # Stand-ins for the packages our modules name: nothing is built, only evaluated.
+  pkgs = builtins.listToAttrs (
+    map
+      (name: {
+        inherit name;
+        value = {
+          type = "derivation";
+          inherit name;
+          outPath = "/nix/store/00000000000000000000000000000000-${name}";
+        };
+      })
+      [
+        "k3s"
+        "k3s_1_31"
+        "k3s_1_32"
+        "k3s_1_33"
+        "k3s_1_34"
+        "k3s_1_35"
+        "jq"
+        "hostname"
+      ]
+  );
+  nixpkgs = {
+    lib = lib // {
+      nixosSystem =
+        { modules, ... }:
+        lib.evalModules {
+          modules = modules ++ [ ./nixpkgs-options.nix ];
+          specialArgs = {
+            inherit pkgs;
+            modulesPath = toString ./modules;
+          };
+        };
+    };
+    legacyPackages = { };
+  };
+  outputs = (import (flake + "/flake.nix")).outputs {
+    self = outputs;
+    inherit nixpkgs;
+  };
+  specs = builtins.fromJSON (builtins.readFile specsFile);
+  check =
+    name: spec:
+    let
+      config = removeAttrs (outputs.lib.poolSystem spec).config [ "_module" ];
+      failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+    in
+    if failed != [ ] then
+      throw "${name}: failed assertions:\n- ${builtins.concatStringsSep "\n- " failed}"
+    else if config.warnings != [ ] then
+      throw "${name}: warnings:\n- ${builtins.concatStringsSep "\n- " config.warnings}"
+    else
+      builtins.deepSeq config {
+        inherit (config.services.k3s) role serverAddr nodeName nodeIP clusterInit;
+        hostName = config.networking.hostName;
+      };
+in
+builtins.mapAttrs check specs

@@ -1,0 +1,10 @@
+# Stand-in for nixpkgs' nixos/modules/virtualisation/amazon-image.nix: the options our EC2
+# module sets, with their nixpkgs types (amazon-image.nix imports amazon-init.nix, which
+# declares `virtualisation.amazon-init.enable`).
+{ lib, ... }:
+{
+  options.virtualisation.amazon-init.enable = lib.mkOption {
+    type = lib.types.bool;
+    default = true;
+  };
+}
