@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench reference
+.PHONY: setup demo test test-upstream bench reference configurations
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,12 @@ bench: setup
 
 reference: setup
 	$(PY) scripts/config_reference.py
+
+# nixos/configurations.json, the flake's nixosConfigurations, from the stack files.
+configurations: setup
+	$(PY) scripts/nixos_configurations.py
+
+# Tier 5, local only: the checks against real upstreams. FLAKEFLEET_NIXPKGS_LIB is a directory
+# with nixpkgs' lib/ (e.g. a checkout of nix-community/nixpkgs.lib, its lib/ folder).
+test-upstream: setup
+	$(PY) -m pytest -m upstream

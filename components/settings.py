@@ -7,7 +7,7 @@ from pulumi.runtime import config as runtime_config
 
 import boto3
 
-from flakefleet import dr
+from flakefleet import configurations, dr
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
 from flakefleet.inventory import Inventory, plan_inventory
 from flakefleet.nixos import system_specs
@@ -33,8 +33,9 @@ def load_stack() -> tuple[StackConfig, Inventory]:
 def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     """Every pool's NixOS system (drv, out path), evaluated now so a preview shows which pools change."""
     flake = resolve_flake(cfg.delivery.flake)
+    specs = system_specs(cfg, inventory)
     try:
-        systems, origin = evaluate_systems(flake, system_specs(cfg, inventory))
+        systems, origin = evaluate_systems(flake, specs)
     except EvaluationError as err:
         raise pulumi.RunError(
             f"cannot evaluate the NixOS systems of stack {pulumi.get_stack()} (flake {flake}):\n  "
@@ -43,6 +44,9 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     evaluated = sorted(name for name, how in origin.items() if how == "eval")
     if evaluated:
         pulumi.log.info(f"evaluated NixOS systems: {', '.join(evaluated)}")
+    # The flake's nixosConfigurations follow what this stack deploys (commit the change).
+    if configurations.update_stack(flake / configurations.FILE_NAME, pulumi.get_stack(), specs):
+        pulumi.log.info(f"updated {configurations.FILE_NAME} for stack {pulumi.get_stack()}: commit it")
     return systems
 
 

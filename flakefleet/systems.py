@@ -8,9 +8,11 @@ evaluate again. Evaluation failures name the system and carry Nix's message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLAKE = ROOT / "nixos"
 NIX_FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 EVAL_TIMEOUT_S = 900
+# nixpkgs' lib/minfeatures.nix refuses older Nix: a flake that locks nixpkgs needs at least this.
+NIXPKGS_MIN_NIX = (2, 18)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,42 @@ def resolve_flake(configured: str | None, env: dict[str, str] | None = None) -> 
         return DEFAULT_FLAKE
     path = Path(chosen)
     return (path if path.is_absolute() else ROOT / path).resolve()
+
+
+def required_nix(flake: Path) -> tuple[int, ...] | None:
+    """The oldest Nix the flake evaluates with: nixpkgs' minimum when it locks nixpkgs, else none
+    (the offline test stand-in locks nothing and evaluates with any Nix that has flakes)."""
+    lock = flake / "flake.lock"
+    if not lock.is_file():
+        return None
+    nodes = json.loads(lock.read_text()).get("nodes", {})
+    locks_nixpkgs = any(n.get("locked", {}).get("repo") == "nixpkgs" for n in nodes.values())
+    return NIXPKGS_MIN_NIX if locks_nixpkgs else None
+
+
+def parse_nix_version(text: str) -> tuple[int, ...] | None:
+    """`nix (Nix) 2.24.10` (or a vendor's `nix (Determinate Nix 3.6.2) 2.29.0`) -> (2, 24, 10)."""
+    found = re.findall(r"\b(\d+)\.(\d+)(?:\.(\d+))?(?:[^\s]*)\s*$", text.strip())
+    return tuple(int(p) for p in found[-1] if p) if found else None
+
+
+@functools.lru_cache(maxsize=1)
+def installed_nix_version() -> tuple[int, ...] | None:
+    """The version of the `nix` on PATH (asked once per process)."""
+    out = subprocess.run(["nix", "--version"], capture_output=True, text=True, timeout=60)
+    return parse_nix_version(out.stdout)
+
+
+def check_nix_version(flake: Path, installed: tuple[int, ...] | None) -> str | None:
+    """One line when the installed Nix is older than the flake needs, else None."""
+    needed = required_nix(flake)
+    if needed is None or (installed is not None and installed[: len(needed)] >= needed):
+        return None
+    have = ".".join(map(str, installed)) if installed else "of unknown version"
+    return (
+        f"nix {have} is installed; the flake at {flake} locks nixpkgs, which needs Nix "
+        f"{'.'.join(map(str, needed))} or newer: upgrade Nix on this deployer (see docs/nixos.md)"
+    )
 
 
 def flake_fingerprint(flake: Path) -> str:
@@ -105,6 +145,8 @@ def evaluate_systems(
         )
     if not (flake / "flake.nix").is_file():
         raise EvaluationError([f"pool {name}: no flake.nix in {flake}" for name in sorted(specs)])
+    if too_old := check_nix_version(flake, installed_nix_version()):
+        raise EvaluationError([too_old])
     cache_dir = cache_dir or default_cache_dir()
     fingerprint = flake_fingerprint(flake)
     keys = {name: cache_key(fingerprint, spec) for name, spec in specs.items()}

@@ -49,3 +49,9 @@ def test_every_field_documents_its_default(key, model):
     for name, field in model.model_fields.items():
         text = field.description or ""
         assert "Default" in text or "Required" in text, f"{key}.{name}: {text!r}"
+
+
+def test_nixos_configurations_file_is_current():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "nixos_configurations.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

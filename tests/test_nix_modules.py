@@ -90,14 +90,26 @@ def all_specs(per_host: bool) -> dict[str, dict]:
     return specs
 
 
-def evaluate_pools(lib: str, flake: Path, specs: dict[str, dict], tmp_path: Path) -> subprocess.CompletedProcess:
-    specs_file = tmp_path / "specs.json"
-    specs_file.write_text(json.dumps(specs))
-    expr = (
-        f"import {NIXLIB}/eval-pools.nix {{ lib = import {lib_path(lib)}; "
-        f"flake = {flake}; specsFile = {json.dumps(str(specs_file))}; }}"
-    )
-    return nix_instantiate(expr)
+def evaluate_pools(lib: str, flake: Path, specs: dict[str, dict] | None, tmp_path: Path) -> subprocess.CompletedProcess:
+    """eval-pools.nix over `specs`, or over the flake's own nixosConfigurations when None."""
+    specs_arg = ""
+    if specs is not None:
+        specs_file = tmp_path / "specs.json"
+        specs_file.write_text(json.dumps(specs))
+        specs_arg = f"specsFile = {json.dumps(str(specs_file))};"
+    return nix_instantiate(f"import {NIXLIB}/eval-pools.nix {{ lib = import {lib_path(lib)}; flake = {flake}; {specs_arg} }}")
+
+
+# What the kubelet requires under --protect-kernel-defaults (kubelet setupKernelTunables,
+# pkg/kubelet/cm/container_manager_linux.go); any other value and k3s does not start.
+KUBELET_PROTECTED_SYSCTLS = {
+    "vm.overcommit_memory": 1,
+    "vm.panic_on_oom": 0,
+    "kernel.panic": 10,
+    "kernel.panic_on_oops": 1,
+    "kernel.keys.root_maxkeys": 1000000,
+    "kernel.keys.root_maxbytes": 25000000,
+}
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)
@@ -110,6 +122,7 @@ def test_every_pool_of_every_stack_evaluates(lib, per_host, tmp_path):
     assert sorted(result) == sorted(specs)
     for name, spec in specs.items():
         k3s, host = result[name], spec["host"]
+        assert KUBELET_PROTECTED_SYSCTLS.items() <= k3s["sysctl"].items(), name
         assert k3s["role"] == ("server" if spec["role"] == "control-plane" else "agent"), name
         if host is None:  # a shared closure learns who it is at runtime: nothing per host inside
             assert (k3s["nodeName"], k3s["nodeIP"], k3s["clusterInit"]) == (None, None, False), name
@@ -121,6 +134,17 @@ def test_every_pool_of_every_stack_evaluates(lib, per_host, tmp_path):
 
 # nixos/mixins/per-host.nix before issue 10, with the k3sHostOptions of that time: under the
 # real module system every shared pool failed with "value is null while a set was expected".
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_flake_nixos_configurations_are_every_stack_pool_and_evaluate(lib, tmp_path):
+    """`nixosConfigurations` comes from the checked-in nixos/configurations.json (a test in
+    test_cli_and_docs.py keeps it current): every entry evaluates as a NixOS system."""
+    out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert sorted(result) == sorted(all_specs(per_host=False))
+    assert result["staging-cp"]["role"] == "server" and result["staging-workers"]["role"] == "agent"
+
+
 ORIGINAL_PER_HOST = """{ config, lib, ... }:
 let
   host = config.flakefleet.host;

@@ -94,6 +94,7 @@ STUB_NIXPKGS = """
     lib = {
       genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
       nixosSystem = args: { config.system.build.toplevel = { modules = args.modules; }; };
+      optionalAttrs = cond: set: if cond then set else { };
     };
     legacyPackages = { };
   }; in stub
@@ -110,15 +111,27 @@ def test_real_flake_selects_modules_by_spec():
     outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
     modules = nix_eval(
         f"let outputs = ({outputs}); spec = builtins.fromJSON {spec}; "
-        "in map (m: if builtins.isPath m then baseNameOf m else \"spec\") (outputs.lib.modulesFor spec)"
+        "in map (m: if builtins.isPath m then baseNameOf m else if m ? flakefleet then \"spec\" "
+        "else m.nixpkgs.hostPlatform) (outputs.lib.modulesFor spec)"
     )
-    assert modules == ["common", "k3s-server.nix", "ec2.nix", "per-host.nix", "spec"]
+    assert modules == ["common", "k3s-server.nix", "per-host.nix", "spec", "ec2.nix", "x86_64-linux"]
     spec_module = nix_eval(
         f"let outputs = ({outputs}); in (outputs.lib.specModule (builtins.fromJSON {spec})).flakefleet"
     )
     assert spec_module["apiEndpoint"] == "https://10.30.0.4:6443"
     assert spec_module["taints"] == ["node-role.kubernetes.io/control-plane:NoSchedule"]
     assert spec_module["host"] is None
+
+
+def test_flake_exposes_what_nixos_users_expect():
+    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    names = nix_eval(
+        f"let o = ({outputs}); in {{ top = builtins.attrNames o; "
+        "checks = builtins.mapAttrs (_: builtins.attrNames) o.checks; shells = builtins.attrNames o.devShells; }"
+    )
+    assert {"nixosConfigurations", "nixosModules", "checks", "devShells", "lib"} <= set(names["top"])
+    assert names["checks"] == {"x86_64-linux": ["configurations", "k3s-cluster"], "aarch64-linux": ["configurations"]}
+    assert names["shells"] == ["aarch64-linux", "x86_64-linux"]
 
 
 def test_standin_flake_has_the_interface_of_the_real_one():
@@ -254,3 +267,43 @@ def test_built_standin_system_carries_its_spec(nix_eval_ready, tmp_path):
     assert str(path) == systems["cp"].out
     assert json.loads((path / "spec.json").read_text()) == specs["cp"]
     assert (path / "bin" / "switch-to-configuration").stat().st_mode & 0o111
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("nix (Nix) 2.8.0", (2, 8, 0)),
+        ("nix (Nix) 2.24.10\n", (2, 24, 10)),
+        ("nix (Determinate Nix 3.6.2) 2.29.0", (2, 29, 0)),
+        ("nix (Lix, like Nix) 2.91.1", (2, 91, 1)),
+        ("command not found", None),
+    ],
+)
+def test_nix_version_is_read_from_nix_version_output(text, version):
+    assert systems_mod.parse_nix_version(text) == version
+
+
+@pytest.mark.parametrize(
+    ("installed", "refused"), [((2, 8, 0), True), ((2, 17, 9), True), ((2, 18), False), ((2, 18, 0), False), ((2, 31, 1), False), (None, True)]
+)
+def test_the_real_flake_needs_the_nix_nixpkgs_asks_for(installed, refused):
+    line = systems_mod.check_nix_version(NIXOS, installed)
+    assert (line is not None) == refused
+    if refused:
+        assert "\n" not in line and "needs Nix 2.18 or newer" in line
+        assert (".".join(map(str, installed)) if installed else "unknown version") in line
+
+
+def test_the_standin_flake_locks_no_nixpkgs_so_any_nix_with_flakes_will_do():
+    assert systems_mod.check_nix_version(Path(STANDIN_FLAKE), (2, 8, 0)) is None
+
+
+def test_an_old_nix_stops_planning_with_one_line(nix_eval_ready, tmp_path, monkeypatch):
+    monkeypatch.setattr(systems_mod, "installed_nix_version", lambda: (2, 8, 0))
+    cfg, inv = stack("local")
+    with pytest.raises(EvaluationError) as err:
+        evaluate_systems(NIXOS, system_specs(cfg, inv), tmp_path)
+    assert err.value.problems == [
+        f"nix 2.8.0 is installed; the flake at {NIXOS} locks nixpkgs, which needs Nix 2.18 or newer: "
+        "upgrade Nix on this deployer (see docs/nixos.md)"
+    ]

@@ -5,10 +5,11 @@
 #
 # nix-instantiate --eval --strict --json tests/nixlib/eval-pools.nix \
 #   --arg lib 'import tests/nixlib/lib.nix' --arg flake ./nixos --argstr specsFile specs.json
+# Without specsFile it evaluates the flake's own `nixosConfigurations` instead.
 {
   lib,
   flake,
-  specsFile,
+  specsFile ? null,
 }:
 let
   # Stand-ins for the packages our modules name: nothing is built, only evaluated.
@@ -51,11 +52,15 @@ let
     self = outputs;
     inherit nixpkgs;
   };
-  specs = builtins.fromJSON (builtins.readFile specsFile);
+  systems =
+    if specsFile == null then
+      outputs.nixosConfigurations
+    else
+      builtins.mapAttrs (_: outputs.lib.poolSystem) (builtins.fromJSON (builtins.readFile specsFile));
   check =
-    name: spec:
+    name: system:
     let
-      config = removeAttrs (outputs.lib.poolSystem spec).config [ "_module" ];
+      config = removeAttrs system.config [ "_module" ];
       failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
     in
     if failed != [ ] then
@@ -66,6 +71,7 @@ let
       builtins.deepSeq config {
         inherit (config.services.k3s) role serverAddr nodeName nodeIP clusterInit;
         hostName = config.networking.hostName;
+        sysctl = config.boot.kernel.sysctl;
       };
 in
-builtins.mapAttrs check specs
+builtins.mapAttrs check systems
