@@ -24,6 +24,8 @@ from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
 from components.settings import load_stack, node_table, plan_restore, plan_systems
 from components.storage import Storage, StorageArgs
+from flakefleet.drift import split_pools
+from flakefleet.nixos import host_system
 
 # Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
 cfg, inventory = load_stack()
@@ -135,9 +137,10 @@ if restore:
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
-pulumi.export(
-    "nodes", node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys)
-)
+wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
+nodes = node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys, wanted)
+pulumi.export("nodes", nodes)
+pulumi.export("pools", pulumi.Output.from_input(nodes).apply(split_pools))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)

@@ -11,13 +11,18 @@ import pulumi_command as command
 
 from components.machine import Machines
 from flakefleet.config import StackConfig
-from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV
+from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV
 from flakefleet.inventory import Inventory
-from flakefleet.nixos import files_hash, host_system
+from flakefleet.nixos import host_system
 from flakefleet.rollout import RestorePoint, host_plan, rollout_waves
 from flakefleet.systems import System
 
 RUNNER = "./scripts/flakefleet deliver"
+# pulumi-command runs `create` for a new Command, `update` when an input changed (the runner
+# delivers only when the system, files, host key or instance changed, else records and touches
+# no host), and `delete` when the Command goes: for a host leaving the stack it drains the node;
+# for the old half of any replacement it sees the new Command holds the host and does nothing.
+CREATE, UPDATE, DELETE = RUNNER, f"{RUNNER} --update", f"{RUNNER} --remove"
 # A *.metal boot plus copy and activation; Pulumi's default would cut a slow first delivery.
 COMMAND_TIMEOUT = "120m"
 
@@ -48,13 +53,24 @@ class DeliveryArgs:
     """A rebuild's snapshot: restored by the first control plane before the others join."""
 
 
-def found_in_report(stdout: str) -> dict:
-    """The `found` part of the runner's JSON report (its last stdout line); {} when absent."""
+def runner_report(stdout: str) -> dict:
+    """The runner's JSON report (its last stdout line); {} when absent."""
     lines = (stdout or "").strip().splitlines()
     try:
-        return json.loads(lines[-1]).get("found", {}) if lines else {}
-    except (json.JSONDecodeError, AttributeError):
+        report = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
         return {}
+    return report if isinstance(report, dict) else {}
+
+
+def found_in_report(stdout: str) -> dict:
+    """What the last delivery found on the host before acting ({} when unknown)."""
+    return runner_report(stdout).get("found", {})
+
+
+def system_in_report(stdout: str) -> str | None:
+    """The system the last delivery confirmed on the host (None when unknown)."""
+    return runner_report(stdout).get("system") or None
 
 
 class Delivery(pulumi.ComponentResource):
@@ -84,8 +100,8 @@ class Delivery(pulumi.ComponentResource):
             waits = ([gate] if gate else []) + (list(args.api_ready) if number else [])
             current = []
             for host in wave:
-                system = args.systems[host_system(cfg, host)]
-                key = keys[host.name]
+                args.systems[host_system(cfg, host)]
+                keys[host.name]
                 # An EC2 host's machine waits for the previous wave too, so a change that replaces or
                 # restarts instances reaches one control plane (one batch) at a time, each healthy first.
                 machine = args.machines.machine(host, waits) if host.provider == "ec2" else None
@@ -98,17 +114,18 @@ class Delivery(pulumi.ComponentResource):
                 )
                 cmd = command.local.Command(
                     f"{name}-{host.name}",
-                    create=RUNNER,
-                    # A host removed from the config: drained and its Node deleted before its machine goes.
-                    delete=f"{RUNNER} --remove",
+                    create=CREATE,
+                    update=UPDATE,
+                    delete=DELETE,
                     environment={
                         PLAN_ENV: plan.apply(lambda p: p.to_json()),
+                        # A replaced instance (same address, same key) gets its system again.
+                        INSTANCE_ENV: instance[0] if instance else "",
                         SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
                         **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
                     },
-                    # Only these make a host's delivery run again: an unchanged host runs nothing; a
-                    # replaced instance (same address, same key) gets its system again.
-                    triggers=[system.out, plan.apply(lambda p: files_hash(p.files)), key, *instance],
+                    # No triggers: a replacement would delete the old Command, and its delete is the
+                    # host's removal. Every change is an update; the runner decides what reaches the host.
                     logging=command.local.Logging.STDOUT_AND_STDERR,
                     opts=pulumi.ResourceOptions(
                         parent=self,
@@ -118,7 +135,7 @@ class Delivery(pulumi.ComponentResource):
                     ),
                 )
                 self.commands[host.name] = cmd
-                self.delivered[host.name] = cmd.stdout.apply(lambda _, out=system.out: out)
+                self.delivered[host.name] = cmd.stdout.apply(system_in_report)
                 self.found[host.name] = cmd.stdout.apply(found_in_report)
                 current.append(cmd)
             # The next wave starts only when this one is healthy: it waits for this gate, which

@@ -71,16 +71,18 @@ def node_table(
     instance_ids: dict[str, pulumi.Output[str]],
     delivered: dict[str, pulumi.Output[str]],
     host_keys: dict[str, pulumi.Output[str]],
+    wanted: dict[str, str],
 ) -> dict[str, dict]:
     """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
-    the system it was switched to (known once its delivery confirmed it healthy), and how to reach
-    it over pinned SSH (port, user, host key: what `flakefleet drift` needs)."""
+    the system the stack wants on it, the system its last delivery confirmed there, and how to
+    reach it over pinned SSH (port, user, host key: what `flakefleet drift` needs)."""
     return {
         h.name: {
             "role": h.role,
             "pool": h.pool,
             "address": str(h.address),
             "instance_id": instance_ids.get(h.name),
+            "wanted": wanted[h.name],
             "system": delivered[h.name],
             "ssh_port": h.ssh_port,
             "ssh_user": h.ssh_user,

@@ -3,6 +3,7 @@
     python -m flakefleet plan --stack dev                  # validate a stack file and print its inventory
     python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
     python -m flakefleet dr list --bucket B --cluster C    # etcd snapshots; also verify, pick
+    python -m flakefleet rollback --stack S --host H       # back to the previous generation (or --pool P)
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from flakefleet import dr
 
         return dr.main(argv[1:])
+    if argv[:1] == ["rollback"]:
+        from flakefleet import rollback
+
+        return rollback.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flakefleet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="validate a stack file and print every host's planned address")
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--stacks-dir", type=Path, default=STACKS, help="where the Pulumi.<stack>.yaml files are")
     sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.drift -h)")
     sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.dr -h)")
+    sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")
     args = parser.parse_args(argv)
 
     if args.stack not in stack_names(args.stacks_dir):

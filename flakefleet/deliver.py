@@ -45,6 +45,10 @@ K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 # The deployer's own SSH identity: deliberately not part of the plan (a Pulumi input), so that
 # deployers with keys in different places do not see a change.
 IDENTITY_ENV = "FLAKEFLEET_SSH_IDENTITY"
+# The EC2 instance behind the host ("" for bring-your-own): a new instance needs its system again.
+INSTANCE_ENV = "FLAKEFLEET_INSTANCE_ID"
+# pulumi-command gives `update` and `delete` the stdout of the last create or update: our report.
+PREVIOUS_STDOUT_ENV = "PULUMI_COMMAND_STDOUT"
 
 # Exit codes of the runner.
 OK, FAILED, ROLLED_BACK, UNREACHABLE = 0, 1, 3, 4
@@ -286,7 +290,8 @@ class DeliveryFailed(Exception):
 
 @dataclass
 class Report:
-    """What a delivery did, for the log line and for benchmarks."""
+    """What a delivery did: the runner's last stdout line, which Pulumi keeps as the Command's
+    stdout and hands back to the next `update` and to `delete` (PULUMI_COMMAND_STDOUT)."""
 
     host: str
     outcome: str = ""
@@ -294,6 +299,36 @@ class Report:
     bytes_copied: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     found: dict[str, object] = field(default_factory=dict)  # the host before this delivery (drift)
+    # What the host was given: an `update` with the same of each has nothing to do on the host.
+    system: str = ""
+    digest: str = ""  # files_digest of the planned files
+    host_key: str = ""
+    instance: str = ""
+    restored: str | None = None
+    # This Command's claim on the host: a delete whose owner no longer holds the host was
+    # replaced by a newer delivery (any replacement: forced, trigger, instance) and removes nothing.
+    owner: str = ""
+
+
+def previous_report(env: dict[str, str]) -> dict:
+    """The report of this Command's last create or update, from pulumi-command ({} when none)."""
+    lines = (env.get(PREVIOUS_STDOUT_ENV) or "").strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def needs_delivery(plan: DeliveryPlan, previous: dict, digest: str, instance: str) -> list[str]:
+    """Why an `update` must reach the host (empty: only bookkeeping changed, e.g. its batch)."""
+    if not previous.get("system"):
+        return ["no earlier delivery of this Command recorded"]
+    wanted = {"system": plan.system, "digest": digest, "host_key": plan.host_key, "instance": instance}
+    reasons = [f"{key} changed" for key, value in wanted.items() if previous.get(key, "") != value]
+    if plan.restore_id is not None and previous.get("restored") != plan.restore_id:
+        reasons.append(f"restore {plan.restore_id} pending")
+    return reasons
 
 
 class Delivery:
@@ -304,7 +339,14 @@ class Delivery:
             plan = replace(plan, identity_file=env[IDENTITY_ENV])
         self.plan = plan
         self.env = env
-        self.report = Report(plan.host)
+        self.previous = previous_report(env)
+        self.report = Report(
+            plan.host,
+            system=plan.system,
+            host_key=plan.host_key,
+            instance=env.get(INSTANCE_ENV, ""),
+            owner=self.previous.get("owner") or pysecrets.token_hex(8),
+        )
         self.token = f"{int(time.time())}-{pysecrets.token_hex(4)}"
         self._tmp = tempfile.TemporaryDirectory(prefix="flakefleet-deliver-")
         self.known_hosts = Path(self._tmp.name) / "known_hosts"
@@ -423,13 +465,25 @@ class Delivery:
     def rollback(self, reason: str) -> DeliveryFailed:
         res = self.ssh([REMOTE_HOSTCTL, "rollback", self.token, reason], timeout=self.plan.health_timeout_s + 60)
         if res.returncode == 0 and res.stdout.strip():
-            return DeliveryFailed(f"host {self.plan.host} {res.stdout.strip().splitlines()[-1]}", ROLLED_BACK)
+            return DeliveryFailed(f"host {self.plan.host} {res.stdout.strip().splitlines()[-1]}{self.split_note()}",
+                                  ROLLED_BACK)
         when = self.plan.health_timeout_s + self.plan.deadman_margin_s
         return DeliveryFailed(
             f"host {self.plan.host} could not be reached to roll back ({reason}); its dead-man switch rolls it "
-            f"back to the previous generation {when:.0f}s after activation",
+            f"back to the previous generation {when:.0f}s after activation{self.split_note()}",
             ROLLED_BACK,
         )
+
+    def split_note(self) -> str:
+        """The rule for a failed host in a batch: the rollout stops, hosts of the batch that were
+        confirmed keep the new system (their Commands succeeded; rolling them back would make the
+        stack's state lie), and the error says the pool is split and where to see who runs what."""
+        others = [h for h in self.plan.batch if h != self.plan.host]
+        if not others:
+            return ""
+        return (f"; other hosts of its batch ({', '.join(others)}) may have switched to {self.plan.system}: "
+                "the pool stays split until a `pulumi up` completes; `python -m flakefleet drift` and the "
+                "stack output `pools` name every host not on its pool's system")
 
     def poll(self, attempt: Callable[[], tuple[bool, str]], deadline: float) -> tuple[bool, str]:
         """Call `attempt` (-> done, detail) with growing pauses until done or `deadline`."""
@@ -491,7 +545,16 @@ class Delivery:
         if self.report.found["outside_flakefleet"]:
             self.say(f"found profile {state.get('profile')} where flakefleet left {applied_profile}: "
                      "changed outside flakefleet")
-        contents = self.existing_cluster_check(self.file_contents(), state)
+        # Before anything else: this Command now holds the host, so the delete of a Command it
+        # replaces (Pulumi runs it after this create) sees it was superseded.
+        if self.hostctl("claim", self.report.owner, timeout=30).returncode != 0:
+            raise DeliveryFailed(f"could not record this delivery on {self.plan.host}; nothing was changed")
+        if not state.get("applied") and not state.get("owner"):
+            self.forget_stale_node()
+        planned = self.file_contents()
+        self.report.digest = files_digest(self.plan.system, planned)
+        self.report.restored = self.plan.restore_id
+        contents = self.existing_cluster_check(planned, state)
         digest = files_digest(self.plan.system, contents)
         restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
         if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
@@ -524,6 +587,29 @@ class Delivery:
         self.report.outcome = "activated"
         self.say(f"switched to {self.plan.system} and confirmed healthy")
         return self.report
+
+    def roll_back_generation(self) -> str:
+        """The operator's `nixos-rebuild --rollback` for one host (`flakefleet rollback`): activate the
+        previous generation's system through the same dead-man switch and confirm over a new
+        connection (its Node Ready), then record it so drift reports the host as rolled back."""
+        self.wait_for_ssh()
+        state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        previous = self.hostctl("previous").stdout.strip()
+        if not previous:
+            raise DeliveryFailed(f"host {self.plan.host} has no earlier generation with another system; nothing to roll back to")
+        running = state.get("current", "")
+        self.plan = replace(self.plan, system=previous)
+        staged = self.ssh(["sh", "-s"], stdin=staging_script(self.token, HOSTCTL.read_text(), []))
+        if staged.returncode != 0:
+            raise DeliveryFailed(f"preparing the rollback on {self.plan.host} failed: {staged.stderr.strip()}")
+        deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
+        act = self.ssh([REMOTE_HOSTCTL, "activate", previous, self.token, str(deadman)],
+                       timeout=self.plan.health_timeout_s + 600)
+        if act.returncode not in (0, 255):
+            raise self.rollback(f"activation of {previous} failed: exit {act.returncode}")
+        self.confirm(state.get("applied", ""))
+        self.hostctl("note-rollback", running, previous)
+        return f"{self.plan.host} rolled back from {running or 'nothing'} to {previous}, confirmed healthy"
 
     def restore(self) -> None:
         """Before the switch starts k3s: restore the snapshot (first control plane) or wipe the old
@@ -562,15 +648,56 @@ class Delivery:
                 return joining
         return contents
 
+    def forget_stale_node(self) -> None:
+        """A fresh machine (nothing delivered on it yet) whose Node already exists took the place of
+        a machine that is gone (a replaced instance, a re-imaged host): delete the stale Node through
+        another control plane first, so k3s also drops the old machine's etcd member and quorum
+        counts only live servers. The Node is registered again when this host's k3s starts."""
+        for cp in self.plan.control_planes:
+            if cp.host == self.plan.host:
+                continue
+            found = self.ssh([K3S, "kubectl", "get", "node", self.plan.host, "--ignore-not-found", "-o", "name"],
+                             to=cp, timeout=30)
+            if found.returncode != 0:
+                continue
+            if found.stdout.strip():
+                res = self.ssh(delete_node_command(self.plan.host), to=cp, timeout=120)
+                if res.returncode != 0:
+                    raise DeliveryFailed(f"deleting the stale node {self.plan.host} on {cp.host} failed; nothing "
+                                         f"was changed on the new machine: {res.stderr.strip()[-500:]}")
+                self.say(f"a new machine took {self.plan.host}'s place: deleted its stale Node through {cp.host}")
+            return
+
+    def update(self) -> Report | None:
+        """pulumi-command's `update` (an input changed, no replacement): deliver only when what the
+        host is given changed; otherwise record the new inputs and touch no host (None)."""
+        reasons = needs_delivery(self.plan, self.previous, files_digest(self.plan.system, self.file_contents()),
+                                 self.report.instance)
+        if not reasons:
+            return None
+        self.say("delivering: " + ", ".join(reasons))
+        return self.deliver()
+
+    def superseded(self, state: subprocess.CompletedProcess) -> bool:
+        """Whether a newer delivery holds the host (this Command's delete belongs to a replacement)."""
+        if state.returncode != 0:
+            return False
+        host = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
+        mine = self.previous.get("owner")
+        if mine and host.get("owner"):
+            return host["owner"] != mine
+        # A Command from before ownership: compare what it applied with what the host has.
+        applied = host.get("applied")
+        return bool(applied) and applied != files_digest(self.plan.system, self.file_contents())
+
     def remove(self) -> str:
         """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
-        Node. Does nothing when a newer delivery superseded this one (Pulumi deletes the old
-        Command of a replacement too). Draining that fails stops the removal; with no control
-        plane left to ask (the whole cluster is being destroyed), there is nothing to drain."""
-        digest = files_digest(self.plan.system, self.file_contents())
+        Node. Does nothing when a newer delivery holds the host: Pulumi deletes the old Command of
+        every replacement (forced, trigger, instance) after the new one has claimed the host.
+        Draining that fails stops the removal; with no control plane left to ask (the whole
+        cluster is being destroyed), there is nothing to drain."""
         state = self.hostctl("state", timeout=30)
-        applied = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line).get("applied")
-        if state.returncode == 0 and applied and applied != digest:
+        if self.superseded(state):
             return f"{self.plan.host} was superseded by a newer delivery; nothing to remove"
         others = [cp for cp in self.plan.control_planes if cp.host != self.plan.host]
         via = next((cp for cp in others if self.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
@@ -599,6 +726,21 @@ def main() -> int:
         return FAILED
     plan = DeliveryPlan.from_json(plan_text)
     delivery = Delivery(plan, dict(os.environ))
+    if sys.argv[1:] == ["--update"]:
+        try:
+            report = delivery.update()
+        except DeliveryFailed as err:
+            print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
+            return err.code
+        finally:
+            delivery.close()
+        if report is None:
+            # Nothing for the host: the stdout Pulumi keeps stays the last delivery's report.
+            print(f"[{plan.host}] only bookkeeping changed (e.g. its batch); no command on the host", file=sys.stderr)
+            print(os.environ.get(PREVIOUS_STDOUT_ENV, "").strip(), flush=True)
+            return OK
+        print(json.dumps(asdict(report)), flush=True)
+        return OK
     if sys.argv[1:] == ["--remove"]:
         try:
             print(f"[{plan.host}] {delivery.remove()}", flush=True)

@@ -37,6 +37,26 @@ class HostDrift:
     detail: str
 
 
+def split_pools(nodes: dict[str, dict], running: dict[str, str] | None = None) -> dict[str, dict]:
+    """Per pool: the system it wants, and every host not on it -> what it runs (pure).
+
+    `nodes` is the stack's `nodes` output; what a host runs is `running[host]` when given (asked
+    live), else the system its last delivery confirmed. A pool whose rollout stopped half way
+    (a failed host in a batch whose other hosts switched) shows here by name.
+    """
+    pools: dict[str, dict] = {}
+    for host, node in sorted(nodes.items()):
+        wanted = node.get("wanted") or node.get("system") or ""
+        entry = pools.setdefault(node.get("pool", "?"), {"wanted": [], "hosts": 0, "off_wanted": {}})
+        entry["hosts"] += 1
+        if wanted not in entry["wanted"]:
+            entry["wanted"].append(wanted)
+        now = (running or {}).get(host, node.get("system") or "")
+        if now != wanted:
+            entry["off_wanted"][host] = now or "unknown"
+    return pools
+
+
 def parse_state(text: str) -> dict[str, str]:
     """`hostctl.sh state` output as a dict."""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -55,12 +75,16 @@ def classify(host: str, wanted: str, state: dict[str, str]) -> HostDrift:
                         "changed outside flakefleet")
     if not applied_profile:
         problems.append("flakefleet has not confirmed a delivery on it")
+    if state.get("rolled_back"):
+        source, target, when = (state["rolled_back"].split() + ["", "", ""])[:3]
+        problems.append(f"rolled back by `flakefleet rollback` at {when} (from {source})")
     status = IN_SYNC if not problems else DRIFTED
     return HostDrift(host, status, wanted, running, outside, "; ".join(problems))
 
 
 def check_host(name: str, node: dict, identity: str | None) -> HostDrift:
-    """Ask one host for its state over pinned SSH."""
+    """Ask one host for its state over pinned SSH, against the system the stack wants on it."""
+    wanted = node.get("wanted") or node["system"]  # outputs from before `wanted` carry it in `system`
     with pinned_ssh(node["address"], node["ssh_port"], node["ssh_user"], node["host_key"], identity) as ssh:
         try:
             res = subprocess.run([*ssh, "sh -s -- state"], input=HOSTCTL.read_text(), capture_output=True, text=True,
@@ -68,8 +92,8 @@ def check_host(name: str, node: dict, identity: str | None) -> HostDrift:
         except subprocess.TimeoutExpired:
             res = subprocess.CompletedProcess(ssh, 255, "", "timed out")
     if res.returncode != 0:
-        return HostDrift(name, UNCHECKED, node["system"], "", False, res.stderr.strip()[-300:] or f"exit {res.returncode}")
-    return classify(name, node["system"], parse_state(res.stdout))
+        return HostDrift(name, UNCHECKED, wanted, "", False, res.stderr.strip()[-300:] or f"exit {res.returncode}")
+    return classify(name, wanted, parse_state(res.stdout))
 
 
 def report(nodes: dict[str, dict], identity: str | None, parallel: int = 16) -> list[HostDrift]:
@@ -86,6 +110,17 @@ def render(rows: list[HostDrift]) -> str:
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths)), row[3]]) for row in table)
 
 
+def render_pools(pools: dict[str, dict]) -> list[str]:
+    """One line per pool that is not wholly on its system."""
+    lines = []
+    for name, pool in sorted(pools.items()):
+        if pool["off_wanted"]:
+            off = ", ".join(f"{h} (runs {s.rsplit('/', 1)[-1]})" for h, s in sorted(pool["off_wanted"].items()))
+            lines.append(f"pool {name}: {pool['hosts'] - len(pool['off_wanted'])} of {pool['hosts']} hosts on "
+                         f"its system; not on it: {off}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flakefleet drift", description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", required=True, type=Path, help="`pulumi stack output --json` of the stack")
@@ -93,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     nodes = json.loads(args.outputs.read_text())["nodes"]
     rows = report(nodes, os.environ.get(IDENTITY_ENV))
-    print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else render(rows))
+    pools = split_pools(nodes, {r.host: r.running for r in rows if r.status != UNCHECKED})
+    if args.json:
+        print(json.dumps({"hosts": [asdict(r) for r in rows], "pools": pools}, indent=2))
+    else:
+        print(render(rows))
+        for line in render_pools(pools):
+            print(line)
     if any(r.status == UNCHECKED for r in rows):
         return 3
     return 2 if any(r.status == DRIFTED for r in rows) else 0

@@ -7,6 +7,9 @@
 #   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, record DIGEST
 #   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
+#   hostctl.sh claim OWNER                    record which delivery Command holds the host
+#   hostctl.sh previous                       the newest earlier generation's system (rollback target)
+#   hostctl.sh note-rollback FROM TO          record an operator's rollback (drift reports it)
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
 #   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
 #   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
@@ -35,7 +38,8 @@ log() {
   printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"
 }
 
-current_system() { readlink -f /run/current-system 2>/dev/null || true; }
+# Empty until the host runs a NixOS system (a fresh machine has no /run/current-system link).
+current_system() { [ -L /run/current-system ] && readlink -f /run/current-system 2>/dev/null || true; }
 
 switch_to() { # system unit-suffix
   if has_systemd; then
@@ -123,6 +127,33 @@ state)
   printf 'applied_profile=%s\n' "$(cat "$APPLIED_PROFILE" 2>/dev/null || true)"
   if [ -d /var/lib/rancher/k3s/server/db ]; then echo etcd_data=yes; else echo etcd_data=no; fi
   printf 'restored=%s\n' "$(cat "$STATE/restored" 2>/dev/null || true)"
+  printf 'owner=%s\n' "$(cat "$STATE/owner" 2>/dev/null || true)"
+  printf 'rolled_back=%s\n' "$(cat "$STATE/rolled-back" 2>/dev/null || true)"
+  ;;
+previous)
+  # The newest generation older than the current one that runs another system.
+  current=$(readlink "$PROFILE" 2>/dev/null || true)
+  n=${current#system-}
+  n=${n%-link}
+  running=$(current_system)
+  found=""
+  for g in $(ls "$(dirname "$PROFILE")" | sed -n 's/^system-\([0-9][0-9]*\)-link$/\1/p' | sort -n); do
+    [ -n "$n" ] && [ "$g" -lt "$n" ] || continue
+    target=$(readlink -f "$PROFILE-$g-link")
+    [ "$target" = "$running" ] || found=$target
+  done
+  printf '%s\n' "$found"
+  ;;
+note-rollback)
+  mkdir -p "$STATE"
+  printf '%s %s %s\n' "$1" "$2" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$STATE/rolled-back"
+  log "rolled back by an operator: $1 -> $2"
+  ;;
+claim)
+  # The delivery Command that holds this host now (its owner id, from its report).
+  mkdir -p "$STATE"
+  printf '%s\n' "$1" >"$STATE/owner"
+  log "claimed by delivery $1"
   ;;
 activate)
   out=$1 token=$2 deadman=$3
@@ -158,6 +189,7 @@ check | confirm)
   # What flakefleet put here: a drift check compares the running system and profile with these.
   printf '%s\n' "$out" >"$APPLIED_SYSTEM"
   readlink "$PROFILE" >"$APPLIED_PROFILE"
+  rm -f "$STATE/rolled-back"
   log "$token confirmed $out"
   ;;
 rollback)
@@ -211,7 +243,7 @@ retire)
   log "retired: removed from the cluster, k3s stopped"
   ;;
 *)
-  echo "usage: hostctl.sh state|activate|check|confirm|rollback|expire|retire ..." >&2
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|retire ..." >&2
   exit 64
   ;;
 esac

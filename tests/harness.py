@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import runpy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, Report
 from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,9 +99,16 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(result=f"token-{args.name}-{'x' * 20}")
         elif t == "command:local:Command" and "-kubeconfig" in args.name:
             out.update(stdout=STANDIN_KUBECONFIG, stderr="")
+        elif t == "command:local:Command" and PLAN_ENV in (env := rpc.unwrap_rpc_secret(args.inputs.get("environment") or {})):
+            # What the runner prints last: its report (flakefleet.deliver.Report) of a fresh delivery.
+            env = {k: rpc.unwrap_rpc_secret(v) for k, v in env.items()}
+            plan = json.loads(env[PLAN_ENV])
+            report = Report(plan["host"], outcome="activated", system=plan["system"], host_key=plan["host_key"],
+                            instance=env.get(INSTANCE_ENV, ""), digest="0" * 64, owner=f"{args.name}-owner",
+                            found={"running": "", "outside_flakefleet": False})
+            out.update(stdout=json.dumps(asdict(report)), stderr="")
         elif t == "command:local:Command":
-            report = {"outcome": "activated", "found": {"running": "", "outside_flakefleet": False}}
-            out.update(stdout=json.dumps(report), stderr="")
+            out.update(stdout="", stderr="")
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):

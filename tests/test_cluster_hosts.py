@@ -11,21 +11,16 @@ import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from flakefleet.config import parse_stack_config
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
-from flakefleet.rollout import delivery_plans, rollout_waves
-from flakefleet.stackfile import read_stack_file
-from flakefleet.systems import evaluate_systems
-from tests.conftest import STANDIN_FLAKE, require
+from flakefleet.nixos import AGENT_TOKEN
+from flakefleet.rollout import rollout_waves
+from tests.conftest import require
+from tests.local_fleet import TOKENS, k3s_log, stack
 from tests.testhosts import prerequisites, run_as_deployer, running_fleet, start_host
 
-TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
 
 
@@ -34,25 +29,6 @@ def cluster(tmp_path_factory):
     require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
     with running_fleet(tmp_path_factory.mktemp("cluster"), ADDRESSES) as (fleet, hosts):
         yield fleet, hosts
-
-
-def stack(hosts, fleet, labels=None):
-    """The local stack, pointed at these test hosts (their addresses and generated host keys)."""
-    raw = read_stack_file("local")
-    pools = json.loads(raw["flakefleet:pools"])
-    for pool in pools:
-        for h in pool["hosts"]:
-            h.update(address=hosts[h["name"]].address, ssh_host_key=hosts[h["name"]].host_key)
-        if labels and pool["role"] == "worker":
-            pool["labels"] = labels
-    raw["flakefleet:pools"] = json.dumps(pools)
-    raw["flakefleet:delivery"] = json.dumps({**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": 5})
-    raw["flakefleet:signing_key"] = fleet.signing_secret
-    cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
-    inv = plan_inventory(cfg)
-    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
-    plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts})
-    return cfg, inv, systems, plans
 
 
 def run_waves(fleet, cfg, inv, plans):
@@ -66,11 +42,6 @@ def run_waves(fleet, cfg, inv, plans):
         if any(results[h.name].returncode != 0 for h in wave):
             break
     return results
-
-
-def k3s_log(host) -> list[str]:
-    path = host.path("/var/lib/flakefleet/standin-k3s.log")
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_cluster_forms_in_order(cluster):
@@ -148,35 +119,6 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
     assert cp.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
 
 
-def remove(fleet, plan):
-    return run_as_deployer(fleet, ["flakefleet.deliver", "--remove"], {PLAN_ENV: plan.to_json(), **TOKENS})
-
-
-def test_replaced_delivery_does_not_drain_the_host(cluster):
-    fleet, hosts = cluster
-    _, _, _, old_plans = stack(hosts, fleet, labels={"replaced": "old"})  # never delivered: superseded
-    calls = len(k3s_log(hosts["cp-0"]))
-    proc = remove(fleet, old_plans["worker-0"])
-    assert proc.returncode == 0, proc.stderr
-    assert "superseded by a newer delivery; nothing to remove" in proc.stdout
-    assert len(k3s_log(hosts["cp-0"])) == calls
-
-
-def test_removed_host_is_drained_then_its_node_deleted(cluster):
-    fleet, hosts = cluster
-    cfg, inv, systems, plans = stack(hosts, fleet)  # what worker-1 runs now
-    proc = remove(fleet, plans["worker-1"])
-    assert proc.returncode == 0, proc.stderr
-    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in proc.stdout
-    calls = [l.split(" kubectl ", 1)[1] for l in k3s_log(hosts["cp-0"]) if " kubectl " in l and "get nodes" not in l]
-    assert calls[-3:] == [
-        "cordon worker-1",
-        "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=5s",
-        "delete node worker-1 --ignore-not-found",
-    ]
-    assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
-
-
 def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
     from dataclasses import replace
 
@@ -208,12 +150,13 @@ def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
     assert all(r.returncode == 0 for r in run_waves(fleet, cfg, inv, plans).values())  # delivered (or up to date)
     wanted = {n: p.system for n, p in plans.items()}
     nodes = {n: {"address": p.address, "ssh_port": p.port, "ssh_user": p.user, "host_key": p.host_key,
-                 "system": p.system} for n, p in plans.items() if n in ("cp-0", "worker-0")}
+                 "pool": "cp" if n == "cp-0" else "workers", "wanted": p.system, "system": p.system}
+             for n, p in plans.items() if n in ("cp-0", "worker-0")}
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({"nodes": nodes}))
     first = drift(fleet, outputs)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert {r["host"]: r["status"] for r in json.loads(first.stdout)} == {"cp-0": "in sync", "worker-0": "in sync"}
+    assert {r["host"]: r["status"] for r in json.loads(first.stdout)["hosts"]} == {"cp-0": "in sync", "worker-0": "in sync"}
 
     # By hand, outside flakefleet: switch worker-0 to another system and generation.
     w = hosts["worker-0"]
@@ -231,7 +174,9 @@ def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
 
     second = drift(fleet, outputs)
     assert second.returncode == 2
-    rows = {r["host"]: r for r in json.loads(second.stdout)}
+    report = json.loads(second.stdout)
+    rows = {r["host"]: r for r in report["hosts"]}
+    assert report["pools"]["workers"]["off_wanted"] == {"worker-0": other_plans["worker-0"].system}
     assert rows["cp-0"]["status"] == "in sync"
     assert rows["worker-0"]["status"] == "drifted" and rows["worker-0"]["outside_flakefleet"] is True
     assert f"instead of {wanted['worker-0']}" in rows["worker-0"]["detail"]

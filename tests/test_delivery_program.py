@@ -7,7 +7,9 @@ import json
 import pulumi
 import pytest
 
-from flakefleet.deliver import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
+from components.delivery import CREATE, DELETE, UPDATE
+from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
+from flakefleet.nixos import files_hash
 from tests.conftest import require_tool
 from tests.harness import (
     SIGNING_KEY,
@@ -121,18 +123,23 @@ def test_joining_hosts_wait_for_the_api_load_balancer():
 def test_a_replaced_instance_is_delivered_again():
     run = run_stack("staging")
     for host, reg in commands(run).items():
-        assert reg.inputs["triggers"][3] == f"i-{abs(hash('ff-staging-' + host)) % 16**12:012x}"
+        # A new instance id is an update the runner delivers on (it changed what the host is).
+        assert reg.inputs["environment"][INSTANCE_ENV] == f"i-{abs(hash('ff-staging-' + host)) % 16**12:012x}"
 
 
 @pytest.mark.parametrize("stack", stack_names())
-def test_triggers_are_system_facts_and_host_key(stack):
+def test_no_triggers_every_change_is_an_update_the_runner_decides(stack):
+    """A replacement deletes the old Command, and a delivery Command's delete is its host's
+    removal: so nothing replaces it. create delivers; update delivers only when the system,
+    files, host key or instance changed (else records); delete drains a host leaving the stack."""
     run = run_stack(stack)
     for name, reg in commands(run).items():
-        system, facts_hash, host_key, *instance_id = reg.inputs["triggers"]
-        assert len(instance_id) == (1 if run.exports["nodes"][name]["instance_id"] else 0)
-        assert system == run.exports["nodes"][name]["system"]
-        assert len(facts_hash) == 64
-        assert host_key == plan(reg).host_key and host_key.startswith("ssh-ed25519 ")
+        assert "triggers" not in reg.inputs
+        assert (reg.inputs["create"], reg.inputs["update"], reg.inputs["delete"]) == (CREATE, UPDATE, DELETE)
+        assert plan(reg).system == run.exports["nodes"][name]["wanted"] == run.exports["nodes"][name]["system"]
+        assert plan(reg).host_key.startswith("ssh-ed25519 ")
+        assert (reg.inputs["environment"][INSTANCE_ENV] != "") == bool(run.exports["nodes"][name]["instance_id"])
+    assert all(p["off_wanted"] == {} for p in run.exports["pools"].values())
 
 
 def test_secrets_only_in_the_secret_environment():
@@ -169,13 +176,19 @@ def test_unchanged_config_gives_identical_delivery_inputs():
     assert first == second  # so the engine sees no change and runs no command
 
 
-def test_a_changed_pool_changes_only_its_hosts_triggers():
-    before = {n: r.inputs["triggers"] for n, r in commands(run_stack("staging")).items()}
+def delivered_inputs(reg) -> tuple:
+    """What reaches the host: the runner's update compares exactly these (flakefleet.deliver.needs_delivery)."""
+    p = plan(reg)
+    return p.system, files_hash(p.files), p.host_key, reg.inputs["environment"][INSTANCE_ENV]
+
+
+def test_a_changed_pool_changes_only_what_its_hosts_are_given():
+    before = {n: delivered_inputs(r) for n, r in commands(run_stack("staging")).items()}
     config = read_stack_file("staging")
     pools = json.loads(config["flakefleet:pools"])
     pools[1]["labels"] = {"tier": "batch"}
     config["flakefleet:pools"] = json.dumps(pools)
-    after = {n: r.inputs["triggers"] for n, r in commands(run_program(config, stack="staging")).items()}
+    after = {n: delivered_inputs(r) for n, r in commands(run_program(config, stack="staging")).items()}
     changed = {n for n in before if before[n] != after[n]}
     assert changed == {"workers-0", "workers-1", "workers-2"}
 
@@ -216,7 +229,7 @@ def test_signing_key_problems_stop_before_any_resource(signing_key, secret_keys,
 def test_hosts_trust_the_public_half_of_the_signing_key():
     run = run_stack("local")
     cp = commands(run)["cp-0"]
-    system = cp.inputs["triggers"][0]
+    system = plan(cp).system
     assert system == run.exports["systems"]["cp"]
     # The spec the system was evaluated from names the public key (never the secret one).
     from flakefleet.config import parse_stack_config

@@ -42,7 +42,11 @@ def test_preview_runs_tests_then_comments_previews_of_touched_stacks():
     jobs = wf["jobs"]
     assert any(".ci/run" in step.get("run", "") for step in jobs["test"]["steps"])
     preview = jobs["preview"]
-    assert set(preview["needs"]) == {"test", "stacks"}
+    assert set(preview["needs"]) == {"test", "flake-check", "stacks"}
+    check = jobs["flake-check"]["steps"]
+    nix = next(s for s in check if s.get("uses", "").startswith("cachix/install-nix-action@"))
+    assert "kvm" in nix["with"]["extra_nix_config"] and "nixos-test" in nix["with"]["extra_nix_config"]
+    assert check[-1]["run"].startswith("nix flake check ./nixos")  # the real nixpkgs pin, before any preview
     assert preview["environment"] == "${{ matrix.stack }}-preview"  # read-only roles, no approval gate
     action = next(s for s in preview["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
     assert action["with"]["command"] == "preview" and action["with"]["comment-on-pr"] is True

@@ -48,9 +48,11 @@ def test_exports_node_table_with_every_planned_host(run):
     nodes = run.exports["nodes"]
     assert nodes, "no nodes exported"
     for name, row in nodes.items():
-        assert set(row) == {"role", "pool", "address", "instance_id", "system", "ssh_port", "ssh_user", "host_key"}
+        assert set(row) == {"role", "pool", "address", "instance_id", "wanted", "system", "ssh_port", "ssh_user",
+                            "host_key"}
         assert row["role"] in ("control-plane", "worker")
-        assert row["system"] == run.exports["systems"][row["pool"]]
+        assert row["wanted"] == run.exports["systems"][row["pool"]]
+        assert row["system"] == row["wanted"]  # what the (mocked) delivery reported confirming
     by_instance = {r.inputs["privateIp"]: r for r in instances(run)}
     for row in nodes.values():
         if row["instance_id"] is not None:

@@ -217,3 +217,11 @@ def running_fleet(root: Path, addresses: dict[str, str]):
         yield fleet, {name: start_host(fleet, name, address) for name, address in addresses.items()}
     finally:
         fleet.stop()
+
+
+def run_command_as_deployer(fleet: TestFleet, command: str, env: dict[str, str], timeout: float = 180):
+    """A Command resource's command string, as pulumi-command runs it (`sh -c`, from the project
+    directory), with this fleet's deployer identity and signing key plus `env`."""
+    full = {**os.environ, "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+            "FLAKEFLEET_SIGNING_KEY": fleet.signing_secret, **env}
+    return subprocess.run(["sh", "-c", command], cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)

@@ -3,7 +3,9 @@
 # real k3s would read), writes a kubeconfig when a server starts, and answers the kubectl calls
 # flakefleet makes: `get nodes NAME... -o json` (Ready, unless the name is listed in
 # /etc/flakefleet/standin-notready; without names, the nodes listed in
-# /etc/flakefleet/standin-nodes), `cordon`, `drain`, `delete node`.
+# /etc/flakefleet/standin-nodes), `get node NAME --ignore-not-found -o name` (a node listed in
+# standin-nodes: the nodes registered with this server, as tests set them), `cordon`, `drain`,
+# `delete node` (which takes the name out of standin-nodes).
 set -eu
 log=/var/lib/flakefleet/standin-k3s.log
 dropin=/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml
@@ -62,6 +64,11 @@ KUBECONFIG
         sep=","
       done
       printf ']}\n'
+    elif [ "${1:-}" = get ] && [ "${2:-}" = node ]; then
+      if tr ' ' '\n' </etc/flakefleet/standin-nodes 2>/dev/null | grep -qx "$3"; then echo "node/$3"; fi
+    elif [ "${1:-}" = delete ] && [ "${2:-}" = node ] && [ -f /etc/flakefleet/standin-nodes ]; then
+      kept=$(tr ' ' '\n' </etc/flakefleet/standin-nodes | grep -vx "$3" | tr '\n' ' ' || true)
+      printf '%s\n' "$kept" >/etc/flakefleet/standin-nodes
     fi
     ;;
   *)

@@ -1,0 +1,113 @@
+"""Roll hosts back to their previous generation: the operator's `nixos-rebuild --rollback`.
+
+    python -m flakefleet rollback --stack S (--host H | --pool P) [--outputs outputs.json]
+
+Each host in turn (a pool one host at a time, stopping at the first failure) is switched to its
+previous generation's system with the same machinery as a delivery: a host-side dead-man switch
+armed before the switch, and confirmation over a new connection that the host is healthy and its
+Node Ready; otherwise the host goes back to where it was. The rollback is recorded on the host,
+so `flakefleet drift` reports it ("rolled back by `flakefleet rollback`").
+
+The stack's state still says the hosts run the stack's system, so a plain `pulumi up` changes
+nothing; the command prints the `pulumi up --replace` that delivers the stack's system again
+(safe: a replaced delivery never removes its host).
+
+Hosts are reached as delivery reaches them: addresses from the stack file, host keys from the
+stack file (bring-your-own hosts) or from `pulumi stack output --json` (EC2 hosts).
+Exit 0: all rolled back; 1: bad input; 3: a host could not be rolled back (it says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flakefleet.config import ConfigError, parse_stack_config
+from flakefleet.deliver import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
+from flakefleet.deliver import Delivery as Runner
+from flakefleet.inventory import Host, Inventory, plan_inventory
+from flakefleet.stackfile import STACKS, read_stack_file, stack_names
+
+PROJECT = "flakefleet"
+
+
+def delivery_urn(stack: str, cluster: str, host: str) -> str:
+    """The URN of a host's delivery Command (components/delivery.py names it `<cluster>-deliver-<host>`)."""
+    return f"urn:pulumi:{stack}::{PROJECT}::flakefleet:index:Delivery$command:local:Command::{cluster}-deliver-{host}"
+
+
+def host_keys(inv: Inventory, outputs: dict | None) -> dict[str, str]:
+    """Each host's pinned key: the stack file's, else the stack output `nodes[].host_key`."""
+    nodes = (outputs or {}).get("nodes", {})
+    return {h.name: h.ssh_host_key or nodes.get(h.name, {}).get("host_key", "") for h in inv.hosts}
+
+
+def rollback_plan(host: Host, keys: dict[str, str], inv: Inventory, health_timeout_s: float) -> DeliveryPlan:
+    """A plan for the runner: reach the host, confirm it healthy and its Node Ready via the control planes."""
+    via = tuple(Endpoint(cp.name, str(cp.address), cp.ssh_port, cp.ssh_user, keys[cp.name])
+                for cp in inv.control_planes if keys.get(cp.name))
+    return DeliveryPlan(
+        host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user, host_key=keys[host.name],
+        system="", drv="", health_timeout_s=health_timeout_s, boot_timeout_s=60, batch=(host.name,), ready_via=via,
+    )
+
+
+def select(inv: Inventory, host: str | None, pool: str | None) -> tuple[list[Host], str | None]:
+    """The hosts asked for, or a one-line problem."""
+    if host is not None:
+        chosen = [h for h in inv.hosts if h.name == host]
+        return chosen, None if chosen else f"no host {host!r} in the stack (have: {', '.join(h.name for h in inv.hosts)})"
+    chosen = inv.pool_hosts(pool)
+    pools = sorted({h.pool for h in inv.hosts})
+    return chosen, None if chosen else f"no pool {pool!r} with hosts in the stack (have: {', '.join(pools)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flakefleet rollback", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--host", help="one host")
+    which.add_argument("--pool", help="every host of a pool, one at a time")
+    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
+    parser.add_argument("--stacks-dir", type=Path, default=STACKS)
+    args = parser.parse_args(argv)
+    if args.stack not in stack_names(args.stacks_dir):
+        print(f"no stack {args.stack!r} in {args.stacks_dir}", file=sys.stderr)
+        return 1
+    raw = read_stack_file(args.stack, args.stacks_dir)
+    try:
+        cfg = parse_stack_config(raw, raw.get("aws:region"))
+    except ConfigError as err:
+        print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
+        return 1
+    inv = plan_inventory(cfg)
+    hosts, problem = select(inv, args.host, args.pool)
+    outputs = json.loads(args.outputs.read_text()) if args.outputs else None
+    keys = host_keys(inv, outputs)
+    unknown = [h.name for h in hosts if not keys[h.name]]
+    if problem or unknown:
+        print(problem or f"no pinned host key for {', '.join(unknown)}: pass --outputs (pulumi stack output --json)",
+              file=sys.stderr)
+        return 1
+    done = []
+    for host in hosts:
+        runner = Runner(rollback_plan(host, keys, inv, cfg.delivery.health_timeout_s), dict(os.environ))
+        try:
+            print(runner.roll_back_generation(), flush=True)
+            done.append(host.name)
+        except DeliveryFailed as err:
+            print(f"[{host.name}] {err}", file=sys.stderr, flush=True)
+            return ROLLED_BACK
+        finally:
+            runner.close()
+    replace = " ".join(f"--replace '{delivery_urn(args.stack, cfg.cluster.name, h)}'" for h in done)
+    print(f"\n`flakefleet drift` now reports {', '.join(done)} as rolled back. To deliver the stack's system again:\n"
+          f"  pulumi up --stack {args.stack} {replace}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The local stack on test hosts: its real config pointed at the hosts, and each host's delivery
+Command inputs exactly as the Delivery component registers them (shared by the host-tier tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.delivery import CREATE, DELETE, UPDATE
+from flakefleet.config import parse_stack_config
+from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, DeliveryPlan
+from flakefleet.inventory import plan_inventory
+from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from flakefleet.rollout import delivery_plans
+from flakefleet.stackfile import read_stack_file
+from flakefleet.systems import evaluate_systems
+from tests.conftest import STANDIN_FLAKE
+
+TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
+
+
+def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False):
+    """The local stack, pointed at these test hosts (their addresses and generated host keys).
+    `labels` go on the worker pool (a new system); `drop` removes hosts from it. `raw_only`: the
+    config as Pulumi passes it, instead of (config, inventory, systems, plans)."""
+    raw = read_stack_file("local")
+    pools = json.loads(raw["flakefleet:pools"])
+    for pool in pools:
+        pool["hosts"] = [h for h in pool["hosts"] if h["name"] not in drop]
+        for h in pool["hosts"]:
+            h.update(address=hosts[h["name"]].address, ssh_host_key=hosts[h["name"]].host_key)
+        if labels and pool["role"] == "worker":
+            pool["labels"] = labels
+    raw["flakefleet:pools"] = json.dumps(pools)
+    delivery = {**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": 5}
+    if max_parallel:
+        delivery["max_parallel"] = max_parallel
+    raw["flakefleet:delivery"] = json.dumps(delivery)
+    raw["flakefleet:signing_key"] = fleet.signing_secret
+    if raw_only:
+        return raw
+    cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
+    inv = plan_inventory(cfg)
+    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
+    plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts})
+    return cfg, inv, systems, plans
+
+
+def command_inputs(plan: DeliveryPlan, instance: str = "") -> dict:
+    """The inputs of a host's delivery Command (components/delivery.py); secrets as plain values."""
+    return {
+        "create": CREATE,
+        "update": UPDATE,
+        "delete": DELETE,
+        "environment": {PLAN_ENV: plan.to_json(), INSTANCE_ENV: instance, **TOKENS},
+        "triggers": None,
+    }
+
+
+def k3s_log(host) -> list[str]:
+    """What the stand-in k3s on a host was asked to do, one line each."""
+    path = host.path("/var/lib/flakefleet/standin-k3s.log")
+    return path.read_text().splitlines() if path.exists() else []
