@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-upstream bench reference configurations
+.PHONY: setup demo demo-down test test-upstream bench reference configurations
 
 setup: $(VENV)/.installed
 
@@ -12,9 +12,12 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# The main job: validate every stack and print its planned fleet (hosts, zones, addresses, API).
+# The main job: the local stack's fleet on test hosts (root), planned, delivered and shown.
 demo: setup
-	@for stack in local dev staging prod; do $(PY) -m flakefleet plan --stack $$stack || exit 1; echo; done
+	@$(PY) -m flakefleet plan --stack local && echo && $(PY) scripts/demo.py up
+
+demo-down: setup
+	@$(PY) scripts/demo.py down
 
 # Every test tier.
 test: setup

@@ -485,6 +485,10 @@ def _is_world(net: IPv4Network) -> bool:
     return net.prefixlen == 0
 
 
+# The public half of scripts/demo.py's test-only deploy key, whose private half anyone can derive.
+DEMO_DEPLOY_KEY_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIGr/rz51whyC4sjXBa3r/qVn4aXg9/UhhhPgsRXYfnUC"
+
+
 def _cross_checks(parsed: dict[str, Any], region: str | None, secrets_given: set[str] = frozenset()) -> list[str]:
     p = f"{NAMESPACE}:"
     problems: list[str] = []
@@ -657,6 +661,11 @@ def _cross_checks(parsed: dict[str, Any], region: str | None, secrets_given: set
     for k, key in enumerate(keys):
         if (why := host_key_problem(key)) is not None:
             problems.append(f"{p}delivery.authorized_keys[{k}]: {why}")
+        elif key.split()[1:2] == [DEMO_DEPLOY_KEY_BLOB] and not all(
+            pool.provider == "metal" and all(h.address.is_loopback for h in pool.hosts) for _, pool in valid_pools
+        ):
+            problems.append(f"{p}delivery.authorized_keys[{k}]: the demo's test-only deploy key (its private half is "
+                            "public, see scripts/demo.py) may only be authorized on loopback test hosts")
 
     for key in ("admin_cidrs", "api_cidrs"):
         for k, net in enumerate(getattr(network, key)):

@@ -596,7 +596,7 @@ class Delivery:
         state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
         previous = self.hostctl("previous").stdout.strip()
         if not previous:
-            raise DeliveryFailed(f"host {self.plan.host} has no earlier generation with another system; nothing to roll back to")
+            raise DeliveryFailed(f"host {self.plan.host} has no earlier confirmed system to roll back to")
         running = state.get("current", "")
         self.plan = replace(self.plan, system=previous)
         staged = self.ssh(["sh", "-s"], stdin=staging_script(self.token, HOSTCTL.read_text(), []))

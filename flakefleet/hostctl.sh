@@ -8,7 +8,7 @@
 #   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
 #   hostctl.sh claim OWNER                    record which delivery Command holds the host
-#   hostctl.sh previous                       the newest earlier generation's system (rollback target)
+#   hostctl.sh previous                       the newest confirmed system not running now (rollback target)
 #   hostctl.sh note-rollback FROM TO          record an operator's rollback (drift reports it)
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
 #   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
@@ -131,17 +131,22 @@ state)
   printf 'rolled_back=%s\n' "$(cat "$STATE/rolled-back" 2>/dev/null || true)"
   ;;
 previous)
-  # The newest generation older than the current one that runs another system.
-  current=$(readlink "$PROFILE" 2>/dev/null || true)
-  n=${current#system-}
-  n=${n%-link}
+  # The newest system flakefleet confirmed here that is not the running one (a failed
+  # generation is never a rollback target); without that history, the newest earlier generation.
   running=$(current_system)
   found=""
-  for g in $(ls "$(dirname "$PROFILE")" | sed -n 's/^system-\([0-9][0-9]*\)-link$/\1/p' | sort -n); do
-    [ -n "$n" ] && [ "$g" -lt "$n" ] || continue
-    target=$(readlink -f "$PROFILE-$g-link")
-    [ "$target" = "$running" ] || found=$target
-  done
+  if [ -s "$STATE/confirmed" ]; then
+    found=$(grep -vxF "$running" "$STATE/confirmed" | tail -n 1 || true)
+  else
+    current=$(readlink "$PROFILE" 2>/dev/null || true)
+    n=${current#system-}
+    n=${n%-link}
+    for g in $(ls "$(dirname "$PROFILE")" | sed -n 's/^system-\([0-9][0-9]*\)-link$/\1/p' | sort -n); do
+      [ -n "$n" ] && [ "$g" -lt "$n" ] || continue
+      target=$(readlink -f "$PROFILE-$g-link")
+      [ "$target" = "$running" ] || found=$target
+    done
+  fi
   printf '%s\n' "$found"
   ;;
 note-rollback)
@@ -190,6 +195,7 @@ check | confirm)
   printf '%s\n' "$out" >"$APPLIED_SYSTEM"
   readlink "$PROFILE" >"$APPLIED_PROFILE"
   rm -f "$STATE/rolled-back"
+  printf '%s\n' "$out" >>"$STATE/confirmed"
   log "$token confirmed $out"
   ;;
 rollback)

@@ -2,8 +2,9 @@
 
     python -m flakefleet rollback --stack S (--host H | --pool P) [--outputs outputs.json]
 
-Each host in turn (a pool one host at a time, stopping at the first failure) is switched to its
-previous generation's system with the same machinery as a delivery: a host-side dead-man switch
+Each host in turn (a pool one host at a time, stopping at the first failure) is switched to the
+newest system flakefleet confirmed on it that is not the running one (a generation that failed
+and was rolled back is never the target; plain `nixos-rebuild --rollback` could pick it) with the same machinery as a delivery: a host-side dead-man switch
 armed before the switch, and confirmation over a new connection that the host is healthy and its
 Node Ready; otherwise the host goes back to where it was. The rollback is recorded on the host,
 so `flakefleet drift` reports it ("rolled back by `flakefleet rollback`").

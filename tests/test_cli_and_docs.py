@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -55,3 +56,31 @@ def test_nixos_configurations_file_is_current():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "nixos_configurations.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_local_stack_pins_the_demo_hosts_test_only_keys():
+    from flakefleet.config import DEMO_DEPLOY_KEY_BLOB
+    from flakefleet.stackfile import read_stack_file
+    from scripts.demo import DEPLOY_KEY_COMMENT, DEPLOY_KEY_NAME, demo_public_key
+
+    raw = read_stack_file("local")
+    pins = {h["name"]: h["ssh_host_key"] for p in json.loads(raw["flakefleet:pools"]) for h in p["hosts"]}
+    assert pins == {name: demo_public_key(name) for name in ("cp-0", "worker-0", "worker-1")}
+    assert json.loads(raw["flakefleet:delivery"])["authorized_keys"] == [demo_public_key(DEPLOY_KEY_NAME, DEPLOY_KEY_COMMENT)]
+    assert demo_public_key(DEPLOY_KEY_NAME).split()[1] == DEMO_DEPLOY_KEY_BLOB
+
+
+def test_the_demo_deploy_key_is_refused_beyond_loopback_hosts():
+    from flakefleet.config import ConfigError, parse_stack_config
+    from flakefleet.stackfile import read_stack_file
+
+    local = read_stack_file("local")
+    dev = read_stack_file("dev")
+    dev["flakefleet:delivery"] = local["flakefleet:delivery"]
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config(dev, dev.get("aws:region"))
+    assert err.value.problems == [
+        "flakefleet:delivery.authorized_keys[0]: the demo's test-only deploy key (its private half is public, see "
+        "scripts/demo.py) may only be authorized on loopback test hosts"
+    ]
+    parse_stack_config(local)  # the local stack's loopback hosts may use it

@@ -1,0 +1,326 @@
+"""The main job, on this machine: the local stack's fleet brought up on test hosts.
+
+    python scripts/demo.py up      # start the local fleet and bring it up (make demo)
+    python scripts/demo.py down    # stop its hosts and remove their state (make demo-down)
+
+The local stack (stacks/Pulumi.local.yaml) names three bring-your-own hosts on 127.0.0.11-13.
+`up` starts them as test hosts (tests/testhosts.py: an sshd per address in its own mount
+namespace with its own /nix), with host keys that match what the stack pins, and delivers the
+offline stand-in systems (tests/standin) to them: with the Pulumi CLI and its command and random
+plugins on PATH through `pulumi up --stack local` (file backend and passphrase under .demo/, no
+login, no network); without them through the same per-host plans, in the same waves, with the
+same runner, as a rollout without Pulumi state. Then it shows each host's generation and system,
+the cluster's nodes, and what to try next. Needs root (mount namespaces).
+
+TEST-ONLY KEYS: the demo hosts' SSH host keys and the demo deploy key are derived from the public
+seeds below, so anyone can compute their private halves. They exist only for loopback test hosts
+and must never be authorized anywhere else (the config refuses the demo deploy key outside
+loopback hosts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+DEMO = ROOT / ".demo"
+STACK = "local"
+SEED = "flakefleet demo, test-only, never trust this key: {name}"
+DEPLOY_KEY_NAME = "deploy"
+DEPLOY_KEY_COMMENT = "flakefleet-demo-deploy-test-only"
+
+
+# ----------------------------------------------------------------------------- test-only keys
+
+
+def demo_private_key(name: str) -> Ed25519PrivateKey:
+    """The demo key called `name`: ed25519 from a public seed (test-only by construction)."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(SEED.format(name=name).encode()).digest())
+
+
+def demo_public_key(name: str, comment: str = "") -> str:
+    """`ssh-ed25519 AAAA...` (plus comment) of the demo key `name`."""
+    public = demo_private_key(name).public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                               serialization.PublicFormat.OpenSSH).decode()
+    return f"{public} {comment}".strip()
+
+
+def write_demo_keypair(path: Path, name: str, comment: str) -> None:
+    """The OpenSSH private key file at `path` (0600) and its `.pub`, as ssh-keygen would write them."""
+    private = demo_private_key(name).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(private)
+    path.chmod(0o600)
+    path.with_suffix(".pub").write_text(demo_public_key(name, comment) + "\n")
+
+
+# ----------------------------------------------------------------------------- the local fleet
+
+
+def local_stack():
+    """The local stack's config and inventory (the committed stack file, unchanged)."""
+    from flakefleet.config import parse_stack_config
+    from flakefleet.inventory import plan_inventory
+    from flakefleet.stackfile import read_stack_file
+
+    raw = read_stack_file(STACK)
+    cfg = parse_stack_config(raw)
+    return raw, cfg, plan_inventory(cfg)
+
+
+def pid_alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_hosts(fleet, inv) -> dict:
+    """Start each host of the stack (or find it running from an earlier `make demo`)."""
+    from tests.testhosts import TestHost, keypair, port_open, start_host
+
+    hosts = {}
+    for host in inv.hosts:
+        root = fleet.root / host.name
+        if pid_alive(root / "sshd.pid") and port_open(str(host.address), host.ssh_port):
+            hosts[host.name] = TestHost(host.name, str(host.address), host.ssh_port, root,
+                                        keypair(root.parent / f"{host.name}_host_key", host.name))
+            continue
+        key = fleet.root / f"{host.name}_host_key"
+        write_demo_keypair(key, host.name, host.name)
+        hosts[host.name] = start_host(fleet, host.name, str(host.address), host.ssh_port, host_key_file=key)
+        if hosts[host.name].host_key.split()[:2] != host.ssh_host_key.split()[:2]:
+            raise SystemExit(f"demo: {host.name}'s key does not match the stack's pin; run `make demo-down`")
+    return hosts
+
+
+def demo_fleet():
+    """The demo's deployer: the test-only deploy key the stack authorizes, a Nix signing key of
+    this machine's own (generated once, git-ignored), under .demo/."""
+    from tests.testhosts import make_fleet
+
+    write_demo_keypair(DEMO / "deploy_ed25519", DEPLOY_KEY_NAME, DEPLOY_KEY_COMMENT)
+    return make_fleet(DEMO)
+
+
+def demo_tokens() -> dict[str, str]:
+    """k3s tokens for the no-Pulumi rollout (Pulumi makes its own with pulumi-random), kept 0600."""
+    from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN
+
+    path = DEMO / "tokens.json"
+    if not path.exists():
+        path.write_text(json.dumps({SERVER_TOKEN[1]: secrets.token_hex(24), AGENT_TOKEN[1]: secrets.token_hex(24)}))
+        path.chmod(0o600)
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- bringing it up
+
+
+def stream(command: list[str] | str, env: dict[str, str], prefix: str = "") -> subprocess.CompletedProcess:
+    """Run, printing every line as it comes (prefixed), and return what it printed."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, shell=isinstance(command, str), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[str] = []
+    err: list[str] = []
+
+    def pump(pipe, sink):
+        for line in pipe:
+            sink.append(line)
+            if not line.startswith("{"):  # the runner's JSON report is for Pulumi, not for people
+                print(f"{prefix}{line}", end="", flush=True)
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, out)), threading.Thread(target=pump, args=(proc.stderr, err))]
+    for t in threads:
+        t.start()
+    proc.wait()
+    for t in threads:
+        t.join()
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(out), "".join(err))
+
+
+def pulumi_tools() -> list[str]:
+    """What is missing for the real engine: the CLI, the Python language host, the plugins."""
+    needed = ["pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random"]
+    return [t for t in needed if shutil.which(t) is None]
+
+
+def deployer_env(fleet) -> dict[str, str]:
+    from tests.conftest import OFFLINE_NIX_CONFIG, STANDIN_FLAKE
+
+    return {
+        **os.environ,
+        "FLAKEFLEET_FLAKE": STANDIN_FLAKE,
+        "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key),
+        "NIX_CONFIG": "\n".join(filter(None, [os.environ.get("NIX_CONFIG"), OFFLINE_NIX_CONFIG])),
+        "FLAKEFLEET_CACHE_DIR": str(DEMO / "systems-cache"),
+    }
+
+
+def with_pulumi(fleet, env: dict[str, str]) -> dict | None:
+    """`pulumi up --stack local` on a file backend under .demo/; returns the stack outputs."""
+    import yaml
+
+    env = {**env, "PULUMI_BACKEND_URL": f"file://{DEMO / 'pulumi-state'}", "PULUMI_CONFIG_PASSPHRASE": "flakefleet-demo",
+           "PULUMI_SKIP_UPDATE_CHECK": "1", "PULUMI_HOME": str(DEMO / "pulumi-home")}
+    (DEMO / "pulumi-state").mkdir(exist_ok=True)
+    config_file = DEMO / "Pulumi.local.yaml"
+    if not config_file.exists():
+        shutil.copy(ROOT / "stacks" / "Pulumi.local.yaml", config_file)
+    cfgflag = ["--stack", STACK, "--config-file", str(config_file)]
+    if subprocess.run(["pulumi", "stack", "select", "--create", STACK], cwd=ROOT, env=env,
+                      capture_output=True).returncode != 0:
+        return None
+    if "flakefleet:signing_key" not in (yaml.safe_load(config_file.read_text()).get("config") or {}):
+        subprocess.run(["pulumi", "config", "set", "--secret", "flakefleet:signing_key", fleet.signing_secret, *cfgflag],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+    if stream(["pulumi", "up", "--yes", "--skip-preview", *cfgflag], env).returncode != 0:
+        raise SystemExit("demo: pulumi up failed (its output is above)")
+    out = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", STACK], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
+    """The same per-host plans, waves and runner as the Delivery component, with the Command
+    lifecycle of tests/lifecycle.py (state kept in .demo/commands.json), no Pulumi state."""
+    from flakefleet.config import parse_stack_config
+    from flakefleet.inventory import plan_inventory
+    from flakefleet.nixos import host_system, system_specs
+    from flakefleet.rollout import delivery_plans, rollout_waves
+    from flakefleet.systems import evaluate_systems, resolve_flake
+    from tests.lifecycle import LocalCommand
+    from tests.local_fleet import command_inputs
+
+    raw, _, _ = local_stack()
+    cfg = parse_stack_config({**raw, "flakefleet:signing_key": fleet.signing_secret}, None, {"flakefleet:signing_key"})
+    inv = plan_inventory(cfg)
+    os.environ.update({k: env[k] for k in ("FLAKEFLEET_FLAKE", "NIX_CONFIG", "FLAKEFLEET_CACHE_DIR")})
+    systems, _ = evaluate_systems(resolve_flake(None), system_specs(cfg, inv))
+    plans = delivery_plans(cfg, inv, systems, {h.name: h.ssh_host_key for h in inv.hosts})
+    tokens = demo_tokens()
+    state_file = DEMO / "commands.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+
+    def run(command: str, extra: dict[str, str]):
+        return stream(command, {**env, "FLAKEFLEET_SIGNING_KEY": fleet.signing_secret, **extra})
+
+    commands = {h.name: LocalCommand(run, **state.get(h.name, {})) for h in inv.hosts}
+    for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
+        print(f"--- wave {number}: {', '.join(h.name for h in wave)}")
+        results = {}
+        workers = [threading.Thread(target=lambda h=h: results.update(
+            {h.name: commands[h.name].up({**command_inputs(plans[h.name]), "environment": {
+                **command_inputs(plans[h.name])["environment"], **tokens}})})) for h in wave]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        for h in wave:
+            if not results[h.name]:
+                print(f"[{h.name}] unchanged: no command")
+        state.update({n: {"inputs": c.inputs, "stdout": c.stdout} for n, c in commands.items() if c.inputs})
+        state_file.write_text(json.dumps(state))
+        state_file.chmod(0o600)
+        if any(s.proc.returncode != 0 for h in wave for s in results[h.name]):
+            raise SystemExit(f"demo: wave {number} failed; the rollout stopped (messages above)")
+    wanted = {h.name: systems[host_system(cfg, h)].out for h in inv.hosts}
+    nodes = {h.name: {"role": h.role, "pool": h.pool, "address": str(h.address), "ssh_port": h.ssh_port,
+                      "ssh_user": h.ssh_user, "host_key": h.ssh_host_key, "wanted": wanted[h.name],
+                      "system": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("system")}
+             for h in inv.hosts}
+    return {"nodes": nodes, "api_endpoint": inv.api_endpoint}
+
+
+def show(fleet, env: dict[str, str], outputs: dict, hosts, took: float) -> None:
+    """Each host's generation and system, the cluster's nodes, and what to try next."""
+    outputs_file = DEMO / "outputs.json"
+    outputs_file.write_text(json.dumps(outputs, indent=2))
+    print("\n=== the fleet")
+    for name, host in hosts.items():
+        gens = host.generations()
+        print(f"{name:9} generation {gens[-1].split('-')[1] if gens else '-':>3}  {host.current_system() or '-'}")
+    print("\n=== drift (python -m flakefleet drift --outputs .demo/outputs.json)")
+    stream([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file)], env)
+    print("\n=== nodes, as the first control plane's k3s reports them (asked over pinned SSH, as the readiness gate "
+          "does; the stand-in k3s has no API server to point the exported kubeconfig at)")
+    cp = outputs["nodes"]["cp-0"]
+    from flakefleet.deliver import pinned_ssh, ready_nodes
+
+    with pinned_ssh(cp["address"], cp["ssh_port"], cp["ssh_user"], cp["host_key"], env["FLAKEFLEET_SSH_IDENTITY"]) as ssh:
+        res = subprocess.run([*ssh, "/run/current-system/sw/bin/k3s", "kubectl", "get", "nodes", *outputs["nodes"],
+                              "-o", "json"], capture_output=True, text=True, timeout=60)
+    ready = ready_nodes(res.stdout) if res.returncode == 0 else set()
+    for name in outputs["nodes"]:
+        print(f"{name:9} {'Ready' if name in ready else 'NotReady'}")
+    if outputs.get("kubeconfig"):
+        server = next((line.split()[-1] for line in outputs["kubeconfig"].splitlines() if "server:" in line), "?")
+        print(f"kubeconfig output: context {outputs['kubeconfig'].split('current-context:')[-1].split()[0]}, server {server}")
+    print(f"\nAPI endpoint {outputs.get('api_endpoint')}; outputs in .demo/outputs.json. Up in {took:.0f} s.")
+    print("""
+Next:
+  - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
+    only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
+  - FLAKEFLEET_SSH_IDENTITY=.demo/deploy_ed25519 .venv/bin/python -m flakefleet drift --outputs .demo/outputs.json
+  - after such a change, put a host back on its previous system, through the same confirm and dead-man path:
+    FLAKEFLEET_SSH_IDENTITY=.demo/deploy_ed25519 .venv/bin/python -m flakefleet rollback --stack local --host worker-0
+  - make demo-down    # stop the hosts, remove .demo/""")
+
+
+def up() -> int:
+    from tests.testhosts import prerequisites
+
+    missing = prerequisites()
+    if missing:
+        print(f"demo: the local fleet needs {', '.join(missing)} (test hosts are sshds in their own mount namespaces); "
+              "run `make demo` as root on a machine with Nix and OpenSSH", file=sys.stderr)
+        return 1
+    start = time.monotonic()
+    _, _, inv = local_stack()
+    fleet = demo_fleet()
+    hosts = start_hosts(fleet, inv)
+    print(f"demo: hosts up: {', '.join(f'{h.name} {h.address}:{h.port}' for h in hosts.values())}")
+    env = deployer_env(fleet)
+    missing = pulumi_tools()
+    outputs = None
+    if not missing:
+        outputs = with_pulumi(fleet, env)
+    if outputs is None:
+        print(f"demo: no Pulumi engine here ({', '.join(missing) or 'pulumi stack select failed'} not on PATH); "
+              "see docs/operations.md for the CLI and plugins. Delivering the same per-host plans in the same waves "
+              "with the same runner: a rollout WITHOUT Pulumi state.")
+        outputs = without_pulumi(fleet, env, hosts)
+    show(fleet, env, outputs, hosts, time.monotonic() - start)
+    return 0
+
+
+def down() -> int:
+    stopped = []
+    for pidfile in DEMO.glob("*/sshd.pid"):
+        if pid_alive(pidfile):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            stopped.append(pidfile.parent.name)
+    shutil.rmtree(DEMO, ignore_errors=True)
+    print(f"demo: stopped {', '.join(sorted(stopped)) or 'no hosts'}; removed .demo/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit({"up": up, "down": down}.get(sys.argv[1] if len(sys.argv) > 1 else "up", lambda: 2)())
