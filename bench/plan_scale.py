@@ -36,7 +36,7 @@ def fleet_config(hosts: int) -> dict[str, str]:
     ]
     return {
         "aws:region": "eu-west-1",
-        "flakefleet:cluster": json.dumps({"name": "bench"}),
+        "flakefleet:cluster": json.dumps({"name": "bench", "pod_cidr": "10.64.0.0/14"}),  # 1,024 nodes
         "flakefleet:network": json.dumps({"az_count": 3, "admin_cidrs": ["10.200.0.0/16"]}),
         "flakefleet:pools": json.dumps(pools),
         "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY_KEY]}),

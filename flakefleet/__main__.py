@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from flakefleet.config import ConfigError, parse_stack_config
-from flakefleet.inventory import Inventory, plan_inventory
-from flakefleet.stackfile import STACKS, read_stack_file, stack_names
+from flakefleet.config import ConfigError
+from flakefleet.inventory import Inventory
+from flakefleet.stackfile import STACKS, load_stack, stack_names
 
 
 def render_plan(stack: str, inv: Inventory) -> str:
@@ -53,12 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")
     args = parser.parse_args(argv)
 
-    if args.stack not in stack_names(args.stacks_dir):
-        print(f"no stack {args.stack!r} in {args.stacks_dir} (have: {', '.join(stack_names(args.stacks_dir))})", file=sys.stderr)
-        return 2
-    raw = read_stack_file(args.stack, args.stacks_dir)
     try:
-        inv = plan_inventory(parse_stack_config(raw, raw.get("aws:region")))
+        _, inv = load_stack(args.stack, args.stacks_dir)
     except ConfigError as err:
         print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ accounts whose zone set differs.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -75,3 +77,22 @@ def instance_shape(instance_type: str) -> InstanceShape | None:
         return None
     aarch64 = m["series"] == "a" or "g" in m["attrs"].split("-")[0]
     return InstanceShape(arch="aarch64" if aarch64 else "x86_64", metal=m["size"].startswith("metal"))
+
+
+@functools.lru_cache(maxsize=1)
+def ec2_instance_types() -> frozenset[str]:
+    """Every instance type EC2's API accepts: the `InstanceType` enum of the EC2 service model
+    botocore ships (so it follows the pinned boto3; about a second to load, once per process)."""
+    import botocore.session
+
+    return frozenset(botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType").enum)
+
+
+def instance_type_problem(instance_type: str) -> str | None:
+    """Why `instance_type` is not an EC2 instance type, with a near miss when there is one, or None."""
+    known = ec2_instance_types()
+    if instance_type in known:
+        return None
+    close = difflib.get_close_matches(instance_type, known, n=3, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else " (botocore's EC2 model lists every type)"
+    return f"{instance_type!r} is not an EC2 instance type{hint}"

@@ -720,44 +720,29 @@ class Delivery:
 
 
 def main() -> int:
+    """`deliver` (create), `deliver --update` (update), `deliver --remove` (delete): one host's plan."""
     plan_text = os.environ.get(PLAN_ENV)
     if not plan_text:
         print(f"{PLAN_ENV} is not set", file=sys.stderr)
         return FAILED
     plan = DeliveryPlan.from_json(plan_text)
     delivery = Delivery(plan, dict(os.environ))
-    if sys.argv[1:] == ["--update"]:
-        try:
-            report = delivery.update()
-        except DeliveryFailed as err:
-            print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
-            return err.code
-        finally:
-            delivery.close()
-        if report is None:
-            # Nothing for the host: the stdout Pulumi keeps stays the last delivery's report.
-            print(f"[{plan.host}] only bookkeeping changed (e.g. its batch); no command on the host", file=sys.stderr)
-            print(os.environ.get(PREVIOUS_STDOUT_ENV, "").strip(), flush=True)
-            return OK
-        print(json.dumps(asdict(report)), flush=True)
-        return OK
-    if sys.argv[1:] == ["--remove"]:
-        try:
-            print(f"[{plan.host}] {delivery.remove()}", flush=True)
-            return OK
-        except DeliveryFailed as err:
-            print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
-            return err.code
-        finally:
-            delivery.close()
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    action = {"--update": delivery.update, "--remove": delivery.remove}.get(mode, delivery.deliver)
     try:
-        report = delivery.deliver()
+        result = action()
     except DeliveryFailed as err:
         print(f"[{plan.host}] {err}", file=sys.stderr, flush=True)
         return err.code
     finally:
         delivery.close()
-    print(json.dumps(asdict(report)), flush=True)
+    if isinstance(result, str):  # a removal says what it did
+        print(f"[{plan.host}] {result}", flush=True)
+    elif result is None:  # an update with nothing for the host: Pulumi keeps the last delivery's report
+        print(f"[{plan.host}] only bookkeeping changed (e.g. its batch); no command on the host", file=sys.stderr)
+        print(os.environ.get(PREVIOUS_STDOUT_ENV, "").strip(), flush=True)
+    else:
+        print(json.dumps(asdict(result)), flush=True)
     return OK
 
 

@@ -26,11 +26,11 @@ import os
 import sys
 from pathlib import Path
 
-from flakefleet.config import ConfigError, parse_stack_config
+from flakefleet.config import ConfigError
 from flakefleet.deliver import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
 from flakefleet.deliver import Delivery as Runner
-from flakefleet.inventory import Host, Inventory, plan_inventory
-from flakefleet.stackfile import STACKS, read_stack_file, stack_names
+from flakefleet.inventory import Host, Inventory
+from flakefleet.stackfile import STACKS, load_stack
 
 PROJECT = "flakefleet"
 
@@ -75,16 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
     parser.add_argument("--stacks-dir", type=Path, default=STACKS)
     args = parser.parse_args(argv)
-    if args.stack not in stack_names(args.stacks_dir):
-        print(f"no stack {args.stack!r} in {args.stacks_dir}", file=sys.stderr)
-        return 1
-    raw = read_stack_file(args.stack, args.stacks_dir)
     try:
-        cfg = parse_stack_config(raw, raw.get("aws:region"))
+        cfg, inv = load_stack(args.stack, args.stacks_dir)
     except ConfigError as err:
         print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
         return 1
-    inv = plan_inventory(cfg)
     hosts, problem = select(inv, args.host, args.pool)
     outputs = json.loads(args.outputs.read_text()) if args.outputs else None
     keys = host_keys(inv, outputs)

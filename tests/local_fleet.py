@@ -4,6 +4,7 @@ Command inputs exactly as the Delivery component registers them (shared by the h
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.delivery import CREATE, DELETE, UPDATE
@@ -14,7 +15,8 @@ from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
 from flakefleet.rollout import delivery_plans
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
-from tests.conftest import STANDIN_FLAKE
+from tests.conftest import STANDIN_FLAKE, require
+from tests.testhosts import prerequisites, running_fleet
 
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 
@@ -61,3 +63,11 @@ def k3s_log(host) -> list[str]:
     """What the stand-in k3s on a host was asked to do, one line each."""
     path = host.path("/var/lib/flakefleet/standin-k3s.log")
     return path.read_text().splitlines() if path.exists() else []
+
+
+@contextmanager
+def local_fleet(root: Path, addresses: dict[str, str]):
+    """Test hosts for a module's tests (skip locally, fail in CI without root, sshd, nix)."""
+    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
+    with running_fleet(root, addresses) as (fleet, hosts):
+        yield fleet, hosts

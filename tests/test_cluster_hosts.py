@@ -17,18 +17,27 @@ import pytest
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
 from flakefleet.nixos import AGENT_TOKEN
 from flakefleet.rollout import rollout_waves
-from tests.conftest import require
-from tests.local_fleet import TOKENS, k3s_log, stack
-from tests.testhosts import prerequisites, run_as_deployer, running_fleet, start_host
+from tests.local_fleet import TOKENS, k3s_log, local_fleet, stack
+from tests.testhosts import run_as_deployer, start_host
 
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    with running_fleet(tmp_path_factory.mktemp("cluster"), ADDRESSES) as (fleet, hosts):
+    with local_fleet(tmp_path_factory.mktemp("cluster"), ADDRESSES) as (fleet, hosts):
         yield fleet, hosts
+
+
+@pytest.fixture
+def formed(cluster):
+    """The cluster formed on the stack's own system (a no-op when it already is): any test order."""
+    fleet, hosts = cluster
+    hosts["cp-0"].path("/etc/flakefleet/standin-notready").unlink(missing_ok=True)
+    cfg, inv, _, plans = stack(hosts, fleet)
+    results = run_waves(fleet, cfg, inv, plans)
+    assert all(r.returncode == 0 for r in results.values()), {n: r.stderr for n, r in results.items()}
+    return fleet, hosts
 
 
 def run_waves(fleet, cfg, inv, plans):
@@ -64,8 +73,8 @@ def test_cluster_forms_in_order(cluster):
         assert f'"node-ip": "{ADDRESSES[w]}"' in start and "cluster-init" not in start
 
 
-def test_facts_and_tokens_on_each_host(cluster):
-    fleet, hosts = cluster
+def test_facts_and_tokens_on_each_host(formed):
+    fleet, hosts = formed
     for name, host in hosts.items():
         facts = json.loads(host.path("/etc/flakefleet/host.json").read_text())
         assert (facts["name"], facts["address"], facts["init"]) == (name, ADDRESSES[name], name == "cp-0")
@@ -77,15 +86,15 @@ def test_facts_and_tokens_on_each_host(cluster):
         assert (secrets / "k3s-agent-token").read_text() == TOKENS[AGENT_TOKEN[1]]
 
 
-def test_worker_batch_readiness_was_asked_on_the_control_plane(cluster):
-    fleet, hosts = cluster
+def test_worker_batch_readiness_was_asked_on_the_control_plane(formed):
+    fleet, hosts = formed
     queries = [l for l in k3s_log(hosts["cp-0"]) if " kubectl get nodes " in l]
     assert any("get nodes worker-0 worker-1 --ignore-not-found -o json" in q for q in queries)
     assert any("get nodes cp-0 --ignore-not-found -o json" in q for q in queries)
 
 
-def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(cluster):
-    fleet, hosts = cluster
+def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(formed):
+    fleet, hosts = formed
     before = {n: h.current_system() for n, h in hosts.items()}
     cfg, inv, systems, plans = stack(hosts, fleet, labels={"rollout": "2"})
     hosts["cp-0"].path("/etc/flakefleet/standin-notready").write_text("worker-1\n")
@@ -100,13 +109,13 @@ def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(cluster)
         assert hosts[w].current_system() == before[w]
 
 
-def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(cluster):
+def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(formed):
     import yaml
 
     from flakefleet.kubeconfig import PLAN_ENV as KUBECONFIG_ENV
     from flakefleet.kubeconfig import ca_certificate
 
-    fleet, hosts = cluster
+    fleet, hosts = formed
     cp = hosts["cp-0"]
     plan = {"cluster": "ff-local", "api_endpoint": f"https://{cp.address}:6443",
             "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root", "host_key": cp.host_key}}
@@ -119,12 +128,12 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
     assert cp.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_replaced_first_control_plane_joins_the_running_cluster(cluster):
+def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
     from dataclasses import replace
 
     from flakefleet.deliver import Endpoint
 
-    fleet, hosts = cluster
+    fleet, hosts = formed
     cfg, inv, systems, plans = stack(hosts, fleet)
     fresh = start_host(fleet, "cp-0-new", "127.0.0.44")  # an empty machine taking cp-0's place
     running = hosts["cp-0"]

@@ -43,9 +43,10 @@ def systems(tmp_path_factory):
     return evaluated
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, systems):
-    with running_fleet(tmp_path_factory.mktemp("fleet"), {f"h{i}": f"127.0.0.{31 + i}" for i in range(4)}) as (fleet, _):
+@pytest.fixture
+def fleet(tmp_path, systems):
+    """Four fresh hosts for each test: every test sets up the state it needs (any order, alone)."""
+    with running_fleet(tmp_path / "fleet", {f"h{i}": f"127.0.0.{31 + i}" for i in range(4)}) as (fleet, _):
         yield fleet
 
 
@@ -81,6 +82,13 @@ def deliver_all(fleet, hosts, system):
         return list(pool.map(lambda h: deliver(fleet, plan_for(fleet, h, system)), hosts))
 
 
+def given_delivered(fleet, hosts, *systems_in_order):
+    """Set up: each host switched to these systems in turn (one generation each)."""
+    for system in systems_in_order:
+        for proc in deliver_all(fleet, hosts, system):
+            assert proc.returncode == 0, proc.stderr
+
+
 def test_deliver_to_four_hosts(fleet, systems):
     results = deliver_all(fleet, fleet.hosts, systems["v1"])
     for host, proc in zip(fleet.hosts, results):
@@ -93,6 +101,7 @@ def test_deliver_to_four_hosts(fleet, systems):
 
 
 def test_unchanged_redelivery_copies_nothing_and_does_not_activate(fleet, systems):
+    given_delivered(fleet, fleet.hosts, systems["v1"])
     before = [h.generations() for h in fleet.hosts]
     for proc in deliver_all(fleet, fleet.hosts, systems["v1"]):
         assert proc.returncode == 0, proc.stderr
@@ -102,6 +111,7 @@ def test_unchanged_redelivery_copies_nothing_and_does_not_activate(fleet, system
 
 def test_changed_system_activates_a_new_generation(fleet, systems):
     host = fleet.hosts[0]
+    given_delivered(fleet, [host], systems["v1"])
     proc = deliver(fleet, plan_for(fleet, host, systems["v2"]))
     assert proc.returncode == 0, proc.stderr
     assert host.current_system() == systems["v2"].out
@@ -111,7 +121,7 @@ def test_changed_system_activates_a_new_generation(fleet, systems):
 
 def test_failing_activation_rolls_back_and_exits_non_zero(fleet, systems):
     host = fleet.hosts[1]
-    assert deliver(fleet, plan_for(fleet, host, systems["v2"])).returncode == 0
+    given_delivered(fleet, [host], systems["v1"], systems["v2"])
     host.set_fault("fail", systems["v3"].out)
     try:
         proc = deliver(fleet, plan_for(fleet, host, systems["v3"]))
@@ -127,6 +137,7 @@ def test_failing_activation_rolls_back_and_exits_non_zero(fleet, systems):
 def test_unreachable_host_fails_after_bounded_retries_and_others_are_untouched(fleet, systems):
     down = TestHost("down", "127.0.0.39", 2222, fleet.root / "down", fleet.hosts[0].host_key)
     others = fleet.hosts[2:]
+    given_delivered(fleet, others, systems["v1"])
     before = [(h.current_system(), h.generations()) for h in others]
     with ThreadPoolExecutor(3) as pool:
         dead = pool.submit(deliver, fleet, plan_for(fleet, down, systems["v2"], boot_timeout_s=3))
@@ -141,6 +152,7 @@ def test_unreachable_host_fails_after_bounded_retries_and_others_are_untouched(f
 
 def test_wrong_host_key_is_refused(fleet, systems):
     host = fleet.hosts[2]
+    given_delivered(fleet, [host], systems["v1"])
     impostor_key = fleet.hosts[3].host_key
     proc = deliver(fleet, plan_for(fleet, host, systems["v2"], host_key=impostor_key, boot_timeout_s=2))
     assert proc.returncode == UNREACHABLE
@@ -211,6 +223,7 @@ def test_identity_can_come_from_the_deployers_environment(fleet, systems):
 
 def test_changed_facts_are_applied_without_a_new_system(fleet, systems):
     host = fleet.hosts[0]
+    given_delivered(fleet, [host], systems["v1"])
     plan = plan_for(fleet, host, systems["v1"])
     files = (FileSpec("/etc/flakefleet/host.json", "0600", content=json.dumps({"name": host.name, "v": 2})), *plan.files[1:])
     proc = deliver(fleet, DeliveryPlan(**{**plan.__dict__, "files": files}))
@@ -221,6 +234,7 @@ def test_changed_facts_are_applied_without_a_new_system(fleet, systems):
 
 def test_k3s_starts_with_the_roles_flags_and_the_hosts_drop_in(fleet, systems):
     host = fleet.hosts[0]
+    given_delivered(fleet, [host], systems["v1"])
     log = host.path("/var/lib/flakefleet/standin-k3s.log").read_text().splitlines()
     start = [line for line in log if " start " in line][-1]
     assert " start agent --server https://127.0.0.31:6443 --token-file /var/lib/flakefleet/secrets/k3s-agent-token" in start
@@ -230,6 +244,7 @@ def test_k3s_starts_with_the_roles_flags_and_the_hosts_drop_in(fleet, systems):
 
 def test_missing_token_fails_activation_like_the_k3s_unit_and_rolls_back(fleet, systems):
     host = fleet.hosts[3]
+    given_delivered(fleet, [host], systems["v1"])
     plan = plan_for(fleet, host, systems["v3"])
     without_token = DeliveryPlan(**{**plan.__dict__, "files": plan.files[:2]})
     host.path("/var/lib/flakefleet/secrets/k3s-agent-token").unlink()

@@ -20,7 +20,8 @@ DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn
 
 def build(pools: list[dict], az_count: int, vpc: str = "10.0.0.0/16"):
     raw = {
-        "flakefleet:cluster": json.dumps({"name": "prop"}),
+        # A /14 pod network: room for 1,024 nodes at k3s' /24 each (the large-pool cases).
+        "flakefleet:cluster": json.dumps({"name": "prop", "pod_cidr": "10.64.0.0/14"}),
         "flakefleet:network": json.dumps({"vpc_cidr": vpc, "az_count": az_count}),
         "flakefleet:pools": json.dumps(pools),
         "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY]}),

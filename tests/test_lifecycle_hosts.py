@@ -16,18 +16,16 @@ import pytest
 from flakefleet.deliver import ROLLED_BACK
 from flakefleet.drift import split_pools
 from flakefleet.rollout import rollout_waves
-from tests.conftest import require
 from tests.lifecycle import LocalCommand
-from tests.local_fleet import command_inputs, k3s_log, stack
-from tests.testhosts import prerequisites, run_command_as_deployer, running_fleet, start_host
+from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack
+from tests.testhosts import run_command_as_deployer, start_host
 
 ADDRESSES = {"cp-0": "127.0.0.51", "worker-0": "127.0.0.52", "worker-1": "127.0.0.53"}
 
 
 @pytest.fixture(scope="module")
 def fleet_hosts(tmp_path_factory):
-    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    with running_fleet(tmp_path_factory.mktemp("lifecycle"), ADDRESSES) as (fleet, hosts):
+    with local_fleet(tmp_path_factory.mktemp("lifecycle"), ADDRESSES) as (fleet, hosts):
         yield fleet, hosts
 
 

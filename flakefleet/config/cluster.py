@@ -1,0 +1,80 @@
+"""`flakefleet:cluster`: the Kubernetes cluster as a whole, its networks and its API address."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import Field
+
+from flakefleet.config.base import DNS_LABEL, NAMESPACE, Model
+
+if TYPE_CHECKING:
+    from flakefleet.config.stack import Parsed
+
+# k3s gives every node one /24 of the pod network (kube-controller-manager node-cidr-mask-size).
+NODE_CIDR_PREFIX = 24
+
+
+class ClusterConfig(Model):
+    """`flakefleet:cluster` — the Kubernetes cluster as a whole."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=24)] = Field(
+        description="Cluster name: prefix of AWS resource names and the S3 snapshot folder. "
+        "Lowercase DNS label, at most 24 characters. Required."
+    )
+    pod_cidr: IPv4Network = Field(
+        IPv4Network("10.42.0.0/16"),
+        description="Pod network (k3s `--cluster-cidr`), one /24 per node: it must hold the fleet. Default `10.42.0.0/16`.",
+    )
+    service_cidr: IPv4Network = Field(
+        IPv4Network("10.43.0.0/16"), description="Service network (k3s `--service-cidr`). Default `10.43.0.0/16`."
+    )
+    k3s_channel: Annotated[str, Field(pattern=r"^(stable|1\.\d{2})$")] = Field(
+        "stable",
+        description="k3s release line from the pinned nixpkgs: `stable` is nixpkgs' `k3s`, `1.NN` is `k3s_1_NN`. "
+        "Default `stable`.",
+    )
+    nixos_release: Annotated[str, Field(pattern=r"^\d{2}\.\d{2}$")] = Field(
+        "25.11",
+        description="NixOS release of the boot AMI (`nixos/<release>*` by owner 427812963091); delivery then "
+        "switches each host to the flake's closure. Default `25.11`.",
+    )
+    api_address: IPv4Address | None = Field(
+        None,
+        description="Bring-your-own fleets: a virtual address in front of the control planes. Default: none "
+        "(the first control plane's address; on AWS the API load balancer).",
+    )
+
+
+def check(stack: Parsed) -> list[str]:
+    """CIDRs that overlap, hosts inside them, a pod network too small for the fleet, an API address on AWS."""
+    cluster = stack.cluster
+    if cluster is None:
+        return []
+    p = f"{NAMESPACE}:"
+    problems: list[str] = []
+    nets = [("cluster.pod_cidr", cluster.pod_cidr), ("cluster.service_cidr", cluster.service_cidr)]
+    if stack.uses_ec2:
+        nets.insert(0, ("network.vpc_cidr", stack.network.vpc_cidr))
+    for a in range(len(nets)):
+        for b in range(a + 1, len(nets)):
+            if nets[a][1].overlaps(nets[b][1]):
+                problems.append(f"{p}{nets[b][0]}: {nets[b][1]} overlaps {nets[a][0]} {nets[a][1]}")
+    for i, pool in stack.valid_pools:
+        for j, host in stack.indexed(f"pools[{i}].hosts", pool.hosts) if pool.provider == "metal" else []:
+            for key, net in nets:
+                if host.address in net:
+                    problems.append(f"{p}pools[{i}].hosts[{j}].address: {host.address} lies inside {key} {net}")
+    if stack.pools_complete:
+        nodes = sum(pool.size for _, pool in stack.valid_pools)
+        room = 2 ** max(0, NODE_CIDR_PREFIX - cluster.pod_cidr.prefixlen)
+        if cluster.pod_cidr.prefixlen > NODE_CIDR_PREFIX or nodes > room:
+            problems.append(
+                f"{p}cluster.pod_cidr: {cluster.pod_cidr} holds {room if cluster.pod_cidr.prefixlen <= NODE_CIDR_PREFIX else 0} "
+                f"nodes at k3s' /24 per node, but the stack has {nodes} hosts; use a shorter prefix "
+                f"(e.g. /{max(8, NODE_CIDR_PREFIX - max(nodes - 1, 1).bit_length())})"
+            )
+    if cluster.api_address is not None and stack.uses_ec2:
+        problems.append(f"{p}cluster.api_address: only for bring-your-own fleets; on AWS the API load balancer is the address")
+    return problems

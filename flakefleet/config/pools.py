@@ -1,0 +1,220 @@
+"""`flakefleet:pools`: hosts that share a role, a shape and one NixOS closure.
+
+Rules that depend on a field the user got wrong are skipped (the field's own problem is
+reported): a pool whose `provider` is invalid is neither asked for EC2 fields nor metal hosts,
+and a pool that lost hosts to their own problems does not count towards the control planes.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+from flakefleet.aws_catalog import instance_shape, instance_type_problem
+from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role
+from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
+
+if TYPE_CHECKING:
+    from flakefleet.config.stack import Parsed
+
+MAX_HOST_NAME = 63  # a DNS label: host and Kubernetes node name
+
+
+class Taint(Model):
+    """A Kubernetes node taint."""
+
+    key: Annotated[str, Field(min_length=1, max_length=253)] = Field(description="Taint key. Required.")
+    value: Annotated[str, Field(max_length=63)] = Field("", description="Taint value. Default empty.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(description="Taint effect. Required.")
+
+    def render(self) -> str:
+        """The `key=value:Effect` form k3s' `--node-taint` takes."""
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+class RootVolume(Model):
+    """The EC2 root volume: always encrypted gp3."""
+
+    size_gib: Annotated[int, Field(ge=16, le=16384)] = Field(50, description="Size in GiB, 16-16384. Default 50.")
+    iops: Annotated[int, Field(ge=3000, le=16000)] | None = Field(None, description="gp3 IOPS. Default: AWS baseline (3000).")
+    throughput_mibps: Annotated[int, Field(ge=125, le=1000)] | None = Field(
+        None, description="gp3 throughput in MiB/s. Default: AWS baseline (125)."
+    )
+
+
+class MetalHost(Model):
+    """A bring-your-own host, reached over SSH at `address`."""
+
+    name: DnsLabel = Field(description="Host and Kubernetes node name. Required.")
+    address: IPv4Address = Field(
+        description="Address delivery connects to and the node advertises: a unicast address (loopback only when "
+        "every host of the stack is a loopback test host). Required."
+    )
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port. Default 22.")
+    ssh_user: str | None = Field(None, description="SSH user. Default: `delivery.ssh_user`.")
+    ssh_host_key: str | None = Field(
+        None,
+        description="The host's SSH public ed25519 host key (`ssh-ed25519 AAAA...`, the only host key our NixOS "
+        "config serves), pinned before the first connection. Required.",
+    )
+
+
+class PoolConfig(Model):
+    """One entry of `flakefleet:pools` — hosts that share a role, a shape and one NixOS closure."""
+
+    name: DnsLabel = Field(description="Pool name, unique in the stack. Required.")
+    role: Role = Field(description="`control-plane` (k3s server) or `worker` (k3s agent). Required.")
+    provider: Literal["ec2", "metal"] = Field(
+        "ec2", description="`ec2` (instances this stack creates) or `metal` (bring-your-own hosts). Default `ec2`."
+    )
+    instance_type: str | None = Field(
+        None, description="EC2 instance type, one EC2's API knows. Required for `ec2`, refused for `metal`."
+    )
+    bare_metal: bool = Field(
+        False, description="EC2 only: the pool runs `*.metal` instance types (they boot in 10+ minutes). Default `false`."
+    )
+    count: Annotated[int, Field(ge=0, le=5000)] | None = Field(
+        None, description="EC2 only: number of hosts, spread round-robin over the zones. Required for `ec2`."
+    )
+    arch: Arch = Field("x86_64", description="CPU architecture; must match the instance type. Default `x86_64`.")
+    ami: Annotated[str, Field(pattern=r"^ami-[0-9a-f]{8,17}$")] | None = Field(
+        None, description="EC2 only: explicit boot AMI. Default: the newest official NixOS AMI of `cluster.nixos_release`."
+    )
+    root_volume: RootVolume = Field(default_factory=RootVolume, description="EC2 root volume. Default: 50 GiB gp3.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels. Default: none.")
+    taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints. Default: none.")
+    hosts: list[MetalHost] = Field(default_factory=list, description="`metal` only: the hosts. Required for `metal`.")
+    per_host_closures: bool = Field(
+        False,
+        description="Build one closure per host with its facts baked in, instead of one per pool with facts "
+        "read at runtime. Costs an evaluation and a build per host. Default `false`.",
+    )
+    ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
+        None,
+        description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "
+        "from the pool name, so adding or reordering pools leaves addresses alone; pin it in long-lived stacks.",
+    )
+
+    @property
+    def size(self) -> int:
+        """Number of hosts in the pool."""
+        return len(self.hosts) if self.provider == "metal" else (self.count or 0)
+
+
+def _ec2_pool(at: str, pool: PoolConfig) -> list[str]:
+    problems = []
+    if pool.hosts:
+        problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
+    if pool.count is None:
+        problems.append(f"{at}.count: required for provider ec2")
+    elif pool.count and len(f"{pool.name}-{pool.count - 1}") > MAX_HOST_NAME:
+        problems.append(f"{at}.name: host names {pool.name}-N would be longer than {MAX_HOST_NAME} characters; "
+                        "shorten the pool name")
+    if pool.instance_type is None:
+        problems.append(f"{at}.instance_type: required for provider ec2")
+        return problems
+    if (why := instance_type_problem(pool.instance_type)) is not None:
+        return [*problems, f"{at}.instance_type: {why}"]
+    shape = instance_shape(pool.instance_type)
+    if shape is None:
+        return problems
+    if shape.arch != pool.arch:
+        problems.append(f"{at}.instance_type: {pool.instance_type} is {shape.arch} but the pool's arch is {pool.arch}")
+    if shape.metal and not pool.bare_metal:
+        problems.append(f"{at}.instance_type: {pool.instance_type} is bare metal; set bare_metal: true on the pool "
+                        "(delivery then waits for its long boot)")
+    if pool.bare_metal and not shape.metal:
+        problems.append(f"{at}.bare_metal: true but {pool.instance_type} is virtual; use a *.metal type")
+    return problems
+
+
+def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
+    at = f"{NAMESPACE}:pools[{i}]"
+    problems = []
+    for field in ("instance_type", "ami", "count", "ip_block"):
+        if getattr(pool, field) is not None:
+            problems.append(f"{at}.{field}: only for provider ec2; a metal pool is its list of hosts")
+    if pool.bare_metal:
+        problems.append(f"{at}.bare_metal: only for provider ec2; metal hosts are bare metal already")
+    if not pool.hosts and stack.known(f"pools[{i}].hosts"):
+        problems.append(f"{at}.hosts: required for provider metal (name, address, ssh_host_key of each host)")
+    for j, host in stack.indexed(f"pools[{i}].hosts", pool.hosts):
+        if (why := host_address_problem(host.address, stack.loopback_fleet)) is not None:
+            problems.append(f"{at}.hosts[{j}].address: {why}")
+        if host.ssh_host_key is None:
+            problems.append(f"{at}.hosts[{j}].ssh_host_key: required; host keys are pinned before the first connection "
+                            "(read it from the host's /etc/ssh/ssh_host_ed25519_key.pub)")
+        elif (why := host_key_problem(host.ssh_host_key)) is not None:
+            problems.append(f"{at}.hosts[{j}].ssh_host_key: {why}")
+    return problems
+
+
+def _one_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
+    at = f"{NAMESPACE}:pools[{i}]"
+    problems = []
+    if stack.known(f"pools[{i}].provider"):
+        if pool.provider == "ec2":
+            problems += _ec2_pool(at, pool)
+        else:
+            problems += _metal_pool(stack, i, pool)
+    for key, value in pool.labels.items():
+        if (why := label_problem(key, value)) is not None:
+            problems.append(f"{at}.labels.{key}: {why}")
+    for j, taint in stack.indexed(f"pools[{i}].taints", pool.taints):
+        if (why := label_problem(taint.key, taint.value, kubelet_label=False)) is not None:
+            problems.append(f"{at}.taints[{j}]: {why.replace('label', 'taint')}")
+    return problems
+
+
+def _unique(stack: Parsed) -> list[str]:
+    p = f"{NAMESPACE}:"
+    problems = []
+    seen_pools: dict[str, int] = {}
+    for i, pool in stack.valid_pools:
+        if pool.name in seen_pools:
+            problems.append(f"{p}pools[{i}].name: duplicate pool name {pool.name!r} (also pools[{seen_pools[pool.name]}])")
+        seen_pools.setdefault(pool.name, i)
+    seen_hosts: dict[str, str] = {}
+    seen_addresses: dict[IPv4Address, str] = {}
+    for i, pool in stack.valid_pools:
+        hosts = stack.indexed(f"pools[{i}].hosts", pool.hosts) if pool.provider == "metal" else []
+        if pool.provider == "metal":
+            named = [(f"pools[{i}].hosts[{j}].name", h.name) for j, h in hosts]
+        else:
+            named = [(f"pools[{i}].count", f"{pool.name}-{k}") for k in range(pool.count or 0)]
+        for where, name in named:
+            if name in seen_hosts and seen_hosts[name] != where:
+                problems.append(f"{p}{where}: duplicate host name {name!r} (also {seen_hosts[name]})")
+            seen_hosts.setdefault(name, where)
+        for j, host in hosts:
+            where = f"pools[{i}].hosts[{j}].address"
+            if host.address in seen_addresses:
+                problems.append(f"{p}{where}: duplicate address {host.address} (also {seen_addresses[host.address]})")
+            seen_addresses.setdefault(host.address, where)
+    return problems
+
+
+def _control_planes(stack: Parsed) -> list[str]:
+    """etcd quorum needs an odd number of control planes, all on one provider (when the pools are known)."""
+    p = f"{NAMESPACE}:"
+    control = [(i, pool) for i, pool in stack.valid_pools if pool.role == "control-plane"]
+    if not stack.pools_complete or not stack.given("pools"):
+        return []
+    problems = []
+    total = sum(pool.size for _, pool in control)
+    where = f"pools[{control[0][0]}].count" if len(control) == 1 and control[0][1].provider == "ec2" else "pools"
+    if total == 0:
+        problems.append(f"{p}{where}: no control-plane host; a cluster needs 1, 3 or 5 control planes")
+    elif total % 2 == 0:
+        problems.append(f"{p}{where}: {total} control planes; embedded etcd needs an odd number (1, 3, 5) to keep quorum")
+    if len({pool.provider for _, pool in control}) > 1:
+        problems.append(f"{p}pools: control-plane pools mix ec2 and metal; keep all control planes on one provider")
+    return problems
+
+
+def check(stack: Parsed) -> list[str]:
+    """Each pool alone, then names and addresses across pools, then the control planes."""
+    problems = [line for i, pool in stack.valid_pools for line in _one_pool(stack, i, pool)]
+    return problems + _unique(stack) + _control_planes(stack)

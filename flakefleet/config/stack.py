@@ -1,0 +1,260 @@
+"""A whole stack: every `flakefleet:*` key validated on its own, then the rules between keys.
+
+`parse_stack_config` turns the raw config of a stack into a `StackConfig`, or raises
+`ConfigError` listing every problem at once, one line each, named by its key path
+(`flakefleet:pools[1].count: ...`). Each key's model and rules live in the module of that key
+(cluster, network, pools, storage, delivery, dr); this module only orchestrates.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+
+from flakefleet.aws_catalog import region_zones
+from flakefleet.config import cluster, delivery, dr, network, pools, storage
+from flakefleet.config.base import NAMESPACE, ConfigError, Model, did_you_mean, validate
+from flakefleet.config.cluster import ClusterConfig
+from flakefleet.config.delivery import DeliveryConfig
+from flakefleet.config.dr import DrConfig
+from flakefleet.config.network import NetworkConfig
+from flakefleet.config.pools import PoolConfig
+from flakefleet.config.storage import StorageConfig
+
+
+class StackConfig(Model):
+    """A whole validated stack."""
+
+    cluster: ClusterConfig
+    network: NetworkConfig = NetworkConfig()
+    pools: list[PoolConfig]
+    storage: StorageConfig = StorageConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    dr: DrConfig = DrConfig()
+    region: str | None = None
+    signing_key: str | None = Field(None, repr=False)  # `flakefleet:signing_key`, a Pulumi secret
+    server_token: str | None = Field(None, repr=False)  # `flakefleet:server_token`, a Pulumi secret (rebuilds)
+
+    @property
+    def signing_public_key(self) -> str | None:
+        """The public half of the Nix signing key (`name:base64`), which every host trusts."""
+        if self.signing_key is None:
+            return None
+        name, _, secret = self.signing_key.partition(":")
+        return f"{name}:{base64.b64encode(base64.b64decode(secret)[32:]).decode()}"
+
+    @property
+    def uses_ec2(self) -> bool:
+        """Whether any pool runs on EC2 (and so a VPC is needed)."""
+        return any(p.provider == "ec2" for p in self.pools)
+
+    @property
+    def uses_aws(self) -> bool:
+        """Whether the stack creates any AWS resource."""
+        return self.uses_ec2 or self.storage.enabled
+
+    @property
+    def zones(self) -> list[str]:
+        """Zones hosts are spread over, in order."""
+        names = self.network.availability_zones or region_zones(self.region or "") or []
+        count = self.network.az_count or (len(self.network.availability_zones or []) or 1)
+        return names[:count]
+
+
+STACK_KEYS: dict[str, type[Model] | None] = {
+    "cluster": ClusterConfig,
+    "network": NetworkConfig,
+    "pools": None,  # a list of PoolConfig
+    "storage": StorageConfig,
+    "delivery": DeliveryConfig,
+    "dr": DrConfig,
+    "signing_key": None,  # a Nix secret key, `name:base64` (a Pulumi secret)
+    "server_token": None,  # the original cluster's k3s server token, for a rebuild (a Pulumi secret)
+}
+SECRET_STRING_KEYS = ("signing_key", "server_token")
+REQUIRED_KEYS = ("cluster", "pools")
+RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check)
+SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
+SIGNING_KEY_HOWTO = "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
+
+
+@dataclass
+class Parsed:
+    """What validation kept of each key (partial where a field was bad), and what it dropped."""
+
+    models: dict[str, Any]
+    pools: list[PoolConfig | None]
+    dropped: set[str]
+    region: str | None
+    secrets_given: set[str]
+    present: set[str] = field(default_factory=set)
+
+    def given(self, key: str) -> bool:
+        """Whether the stack file sets `key` at all."""
+        return key in self.present
+
+    def known(self, path: str) -> bool:
+        """Whether nothing at or under `path` (or above it) was dropped as invalid."""
+        return not any(d == path or d.startswith((path + ".", path + "[")) or path.startswith((d + ".", d + "["))
+                       for d in self.dropped)
+
+    def indexed(self, path: str, items: list) -> list[tuple[int, Any]]:
+        """`items` with their indices in the stack file: items dropped as invalid leave gaps."""
+        gone = {int(m.group(1)) for d in self.dropped if (m := re.fullmatch(re.escape(path) + r"\[(\d+)\]", d))}
+        indices = (j for j in range(len(items) + len(gone)) if j not in gone)
+        return list(zip(indices, items))
+
+    @property
+    def cluster(self) -> ClusterConfig | None:
+        return self.models.get("cluster")
+
+    @property
+    def network(self) -> NetworkConfig:
+        return self.models.get("network") or NetworkConfig()
+
+    @property
+    def storage(self) -> StorageConfig:
+        return self.models.get("storage") or StorageConfig()
+
+    @property
+    def delivery(self) -> DeliveryConfig | None:
+        return self.models.get("delivery")
+
+    @property
+    def dr(self) -> DrConfig:
+        return self.models.get("dr") or DrConfig()
+
+    @property
+    def valid_pools(self) -> list[tuple[int, PoolConfig]]:
+        return [(i, pool) for i, pool in enumerate(self.pools) if pool is not None]
+
+    @property
+    def pools_complete(self) -> bool:
+        """Whether every pool's provider, role and hosts (or count) are known: what counting needs."""
+        return all(pool is not None and all(self.known(f"pools[{i}].{f}") for f in ("provider", "role", "count", "hosts"))
+                   for i, pool in enumerate(self.pools))
+
+    @property
+    def uses_ec2(self) -> bool | None:
+        """True when a pool is known to run on EC2, None when a pool's provider is unknown, else False."""
+        if any(pool.provider == "ec2" and self.known(f"pools[{i}].provider") for i, pool in self.valid_pools):
+            return True
+        unknown = any(pool is None or not self.known(f"pools[{i}].provider") for i, pool in enumerate(self.pools))
+        return None if unknown else False
+
+    @property
+    def loopback_fleet(self) -> bool:
+        """Whether every host is a bring-your-own host on a loopback address (a test fleet)."""
+        return self.uses_ec2 is False and all(h.address.is_loopback for _, pool in self.valid_pools for h in pool.hosts)
+
+
+def _decode(value: Any) -> Any:
+    # Pulumi hands structured config to programs as JSON text.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether `a` is one insertion, deletion, substitution or adjacent swap away from `b`."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [k for k in range(len(a)) if a[k] != b[k]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:k] + long_[k + 1:] == short for k in range(len(long_)))
+
+
+def _read_keys(raw: Mapping[str, Any], secret_keys: set[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """The stack's own keys, decoded; problems with key names, namespaces and secrets."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for full_key in sorted(raw):
+        ns, sep, key = full_key.partition(":")
+        if ns != NAMESPACE:
+            if sep and (ns.lower() == NAMESPACE or _one_edit(ns.lower(), NAMESPACE)):
+                problems.append(f"{full_key}: namespace {ns!r} is not {NAMESPACE!r}, so this key would be ignored; "
+                                f"did you mean {NAMESPACE}:{key}?")
+            continue
+        if key not in STACK_KEYS:
+            problems.append(f"{full_key}: unknown stack key{did_you_mean(key, STACK_KEYS)} (known: {', '.join(STACK_KEYS)})")
+            continue
+        values[key] = raw[full_key] if key in SECRET_STRING_KEYS else _decode(raw[full_key])
+    if values.get("server_token") is not None and secret_keys is not None and f"{NAMESPACE}:server_token" not in secret_keys:
+        problems.append(f"{NAMESPACE}:server_token: must be a Pulumi secret, not plain config: "
+                        f"pulumi config set --secret {NAMESPACE}:server_token ...")
+    if secret_keys is not None:
+        at, signing_key = f"{NAMESPACE}:signing_key", values.get("signing_key")
+        if signing_key is None:
+            problems.append(f"{at}: required; hosts accept only signed systems. Create it: {SIGNING_KEY_HOWTO}")
+        elif not isinstance(signing_key, str) or not SIGNING_KEY.match(signing_key.strip()):
+            problems.append(f"{at}: not a Nix secret key (name:base64 of 64 bytes, from nix key generate-secret)")
+        elif at not in secret_keys:
+            problems.append(f"{at}: must be a Pulumi secret, not plain config: pulumi config set --secret {at} ...")
+    problems += [f"{NAMESPACE}:{key}: required" for key in REQUIRED_KEYS if key not in values]
+    return values, problems
+
+
+def _validate_keys(values: dict[str, Any], parsed: Parsed) -> list[str]:
+    """Each key alone; a key with errors keeps what is valid around them (see base.validate)."""
+    problems: list[str] = []
+    for key, value in values.items():
+        if key in SECRET_STRING_KEYS:
+            continue
+        if key == "pools":
+            if not isinstance(value, list):
+                problems.append(f"{NAMESPACE}:pools: must be a list of pools")
+                parsed.dropped.add("pools")
+                continue
+            for i, item in enumerate(value):
+                pool, errors, gone = validate(PoolConfig, item, f"pools[{i}]")
+                problems += errors
+                parsed.dropped |= gone
+                parsed.pools.append(pool)
+            continue
+        model, errors, gone = validate(STACK_KEYS[key], value, key)
+        problems += errors
+        parsed.dropped |= gone
+        if model is not None:
+            parsed.models[key] = model
+    return problems
+
+
+def parse_stack_config(
+    raw: Mapping[str, Any], region: str | None = None, secret_keys: set[str] | None = None
+) -> StackConfig:
+    """Validate the `flakefleet:*` entries of a stack's config (key -> JSON text or value).
+
+    `secret_keys` are the config keys Pulumi holds as secrets; when given (the program), the
+    signing key is required and must be one of them. Without it (offline planning) secrets
+    are not needed. Raises ConfigError with every problem found, one line each.
+    """
+    values, problems = _read_keys(raw, secret_keys)
+    secrets_given = {k for k in SECRET_STRING_KEYS if values.get(k) is not None}
+    parsed = Parsed({}, [], set(), region, secrets_given, set(values))
+    problems += _validate_keys(values, parsed)
+    # A field already reported as invalid was dropped; the rules do not report it again.
+    reported = {line.split(": ", 1)[0] for line in problems}
+    problems += [line for rule in RULES for line in rule(parsed) if line.split(": ", 1)[0] not in reported]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    signing_key, server_token = values.get("signing_key"), values.get("server_token")
+    return StackConfig(
+        **parsed.models,
+        pools=parsed.pools,
+        region=region,
+        signing_key=signing_key.strip() if isinstance(signing_key, str) else None,
+        server_token=server_token.strip() if isinstance(server_token, str) else None,
+    )
+
