@@ -90,9 +90,10 @@ def all_specs(per_host: bool) -> dict[str, dict]:
     return specs
 
 
-def evaluate_pools(lib: str, flake: Path, specs: dict[str, dict] | None, tmp_path: Path) -> subprocess.CompletedProcess:
+def evaluate_pools(lib: str, flake: Path, specs: dict[str, dict] | None, tmp_path: Path,
+                   extra: str = "") -> subprocess.CompletedProcess:
     """eval-pools.nix over `specs`, or over the flake's own nixosConfigurations when None."""
-    specs_arg = ""
+    specs_arg = extra
     if specs is not None:
         specs_file = tmp_path / "specs.json"
         specs_file.write_text(json.dumps(specs))
@@ -143,6 +144,18 @@ def test_flake_nixos_configurations_are_every_stack_pool_and_evaluate(lib, tmp_p
     result = json.loads(out.stdout)
     assert sorted(result) == sorted(all_specs(per_host=False))
     assert result["staging-cp"]["role"] == "server" and result["staging-workers"]["role"] == "agent"
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_the_vm_tests_nodes_evaluate_with_what_the_test_framework_adds(lib, tmp_path):
+    """`nix flake check`'s k3s-cluster nodes: our role modules plus the framework's mkDefault node
+    name (which conflicted with host-facts.nix's mkDefault "" until the node module overrode it)."""
+    out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path, extra="vmNodes = true;")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {n: (r["role"], r["hostName"]) for n, r in result.items()} == {
+        "cp0": ("server", "cp0"), "worker0": ("agent", "worker0")}
+    assert all(r["nodeName"] is None for r in result.values())  # shared closures: names come from the facts
 
 
 ORIGINAL_PER_HOST = """{ config, lib, ... }:

@@ -8,67 +8,14 @@
 { pkgs, self }:
 let
   ff = self.lib;
-  # The test driver gives the N-th node (by name) 192.168.1.N on eth1.
-  hosts = {
-    cp0 = {
-      address = "192.168.1.1";
-      role = "control-plane";
-      pool = "cp";
-    };
-    worker0 = {
-      address = "192.168.1.2";
-      role = "worker";
-      pool = "workers";
-    };
+  cluster = import ./k3s-cluster-nodes.nix {
+    inherit self;
+    inherit (pkgs.stdenv.hostPlatform) system;
   };
-  apiEndpoint = "https://${hosts.cp0.address}:6443";
-  # The pool spec (flakefleet/nixos.py:pool_spec) of each node's pool.
-  spec = host: {
-    schema = 1;
-    cluster = "vmtest";
-    inherit (host) pool role;
-    hardware = "metal";
-    system = pkgs.stdenv.hostPlatform.system;
-    api_endpoint = apiEndpoint;
-    tls_sans = if host.role == "control-plane" then [ hosts.cp0.address ] else [ ];
-    pod_cidr = "10.42.0.0/16";
-    service_cidr = "10.43.0.0/16";
-    k3s_channel = "stable";
-    labels."flakefleet.io/pool" = host.pool;
-    taints = [ ];
-    authorized_keys = [ ];
-    trusted_public_keys = [ ];
-    host = null;
-  };
-  # The host facts (flakefleet/nixos.py:host_facts): cp0 initializes the cluster.
-  facts = name: host: {
-    schema = 1;
-    cluster = "vmtest";
-    inherit name;
-    inherit (host) pool role address;
-    api_endpoint = apiEndpoint;
-    init = name == "cp0";
-    server = null;
-  };
-  factsFile = name: pkgs.writeText "${name}-host.json" (builtins.toJSON (facts name hosts.${name}));
+  inherit (cluster) facts;
+  factsFile = name: pkgs.writeText "${name}-host.json" (builtins.toJSON (facts name));
   # JSON is YAML: the drop-in k3s reads, as delivery writes it.
-  dropInFile = name: pkgs.writeText "${name}-k3s.yaml" (builtins.toJSON (ff.k3sHostConfig (facts name hosts.${name})));
-  node =
-    name: host:
-    { lib, ... }:
-    {
-      imports = ff.roleModules (spec host);
-      virtualisation.memorySize = 2048;
-      virtualisation.diskSize = 4096;
-      # Nothing from the internet in a VM test: only the API server, controller and kubelet.
-      services.k3s.disable = [
-        "coredns"
-        "local-storage"
-        "metrics-server"
-        "servicelb"
-        "traefik"
-      ];
-    };
+  dropInFile = name: pkgs.writeText "${name}-k3s.yaml" (builtins.toJSON (ff.k3sHostConfig (facts name)));
   stage = name: tokens: ''
     ${name}.wait_for_unit("multi-user.target")
     ${name}.fail("systemctl is-active k3s")  # asserted files missing: k3s waits for delivery
@@ -92,7 +39,7 @@ let
 in
 pkgs.testers.runNixOSTest {
   name = "flakefleet-k3s-cluster";
-  nodes = builtins.mapAttrs node hosts;
+  inherit (cluster) nodes;
   testScript = ''
     start_all()
     ${stage "cp0" [

@@ -5,11 +5,14 @@
 #
 # nix-instantiate --eval --strict --json tests/nixlib/eval-pools.nix \
 #   --arg lib 'import tests/nixlib/lib.nix' --arg flake ./nixos --argstr specsFile specs.json
-# Without specsFile it evaluates the flake's own `nixosConfigurations` instead.
+# Without specsFile it evaluates the flake's own `nixosConfigurations` instead; with
+# vmNodes = true the nodes of the flake's VM test (nixos/tests/k3s-cluster-nodes.nix), with
+# what nixpkgs' test framework adds to each node.
 {
   lib,
   flake,
   specsFile ? null,
+  vmNodes ? false,
 }:
 let
   # Stand-ins for the packages our modules name: nothing is built, only evaluated.
@@ -34,26 +37,49 @@ let
         "hostname"
       ]
   );
+  nixosSystem =
+    { modules, ... }:
+    lib.evalModules {
+      modules = modules ++ [ ./nixpkgs-options.nix ];
+      specialArgs = {
+        inherit pkgs;
+        modulesPath = toString ./modules;
+      };
+    };
   nixpkgs = {
     lib = lib // {
-      nixosSystem =
-        { modules, ... }:
-        lib.evalModules {
-          modules = modules ++ [ ./nixpkgs-options.nix ];
-          specialArgs = {
-            inherit pkgs;
-            modulesPath = toString ./modules;
-          };
-        };
+      inherit nixosSystem;
     };
     legacyPackages = { };
+  };
+  # What nixpkgs' test framework adds to every node (nixos/lib/testing/network.nix names it with
+  # mkDefault; virtualisation/qemu-vm.nix declares the VM's size).
+  testFramework =
+    name:
+    { lib, ... }:
+    {
+      options.virtualisation = {
+        memorySize = lib.mkOption { type = lib.types.int; };
+        diskSize = lib.mkOption { type = lib.types.int; };
+      };
+      config = {
+        networking.hostName = lib.mkDefault name;
+        # The framework hands each node its nixpkgs (node.pkgs), whose platform this is.
+        nixpkgs.hostPlatform = "x86_64-linux";
+      };
+    };
+  vmTest = import (flake + "/tests/k3s-cluster-nodes.nix") {
+    self = outputs;
+    system = "x86_64-linux";
   };
   outputs = (import (flake + "/flake.nix")).outputs {
     self = outputs;
     inherit nixpkgs;
   };
   systems =
-    if specsFile == null then
+    if vmNodes then
+      builtins.mapAttrs (name: node: nixosSystem { modules = [ node (testFramework name) ]; }) vmTest.nodes
+    else if specsFile == null then
       outputs.nixosConfigurations
     else
       builtins.mapAttrs (_: outputs.lib.poolSystem) (builtins.fromJSON (builtins.readFile specsFile));
