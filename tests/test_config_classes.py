@@ -295,3 +295,33 @@ def test_a_near_miss_namespace_is_named_not_ignored(key, expected):
 @pytest.mark.parametrize("key", ["aws:region", "pulumi:tags", "kubernetes:context", "fleet:x"])
 def test_other_namespaces_are_left_alone(key):
     assert found(base(), region=REGION, raw_extra={key: json.dumps("x")}) == []
+
+
+# ----------------------------------------------------------------------------- through the program
+
+
+def test_the_program_reports_every_class_at_once_before_any_resource():
+    """What `pulumi up` prints for a stack with problems of several classes: the same lines as
+    `plan`, one each, no traceback, and nothing registered."""
+    import pulumi
+
+    from tests.harness import FleetMocks, RecordingMonitor, run_program
+
+    cfg = metal_stack(host("w-0", "192.168.50.300", KEY), host("w-1", "224.0.0.1"))
+    cfg["pools"][1]["labels"] = {"kubernetes.io/role": "worker"}
+    config = {f"flakefleet:{k}": json.dumps(v) for k, v in cfg.items()}
+    config["flakefleets:dr"] = json.dumps({})
+    monitor = RecordingMonitor(FleetMocks())
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(config, stack="local", monitor=monitor)
+    lines = str(err.value).splitlines()
+    assert lines == [
+        "invalid configuration for stack local:",
+        "  flakefleets:dr: namespace 'flakefleets' is not 'flakefleet', so this key would be ignored; did you mean "
+        "flakefleet:dr?",
+        "  flakefleet:pools[1].hosts[0].address: Input is not a valid IPv4 address",
+        "  flakefleet:pools[1].hosts[1].address: 224.0.0.1 is a multicast address, not a host",
+        "  flakefleet:pools[1].labels.kubernetes.io/role: kubelets may set only their own labels under kubernetes.io/ "
+        "and k8s.io/ (e.g. topology.kubernetes.io/zone, node.kubernetes.io/*); use node.kubernetes.io/ or your own prefix",
+    ]
+    assert monitor.records == []
