@@ -22,7 +22,7 @@ from components.cluster import (
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import load_stack, node_table, plan_restore, plan_systems
+from components.settings import announce_reboots, load_stack, node_table, plan_restore, plan_systems
 from components.storage import Storage, StorageArgs
 from flakefleet.drift import split_pools
 from flakefleet.nixos import host_system
@@ -34,6 +34,9 @@ tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_s
 # NixOS: one system per pool from the locked flake, evaluated now so the preview shows which
 # pools change (cached on disk: an unchanged preview evaluates nothing).
 systems = plan_systems(cfg, inventory)
+
+# Reboots: pools whose kernel, initrd, modules or kernel parameters change, named in the preview.
+announce_reboots(cfg, inventory, systems)
 
 # Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
 restore = plan_restore(cfg)
@@ -138,10 +141,14 @@ if restore:
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
-nodes = node_table(inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys, wanted)
+nodes = node_table(
+    inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys, wanted,
+    delivery.reboot_pending,
+)
 pulumi.export("nodes", nodes)
 pulumi.export("pools", pulumi.Output.from_input(nodes).apply(split_pools))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
+pulumi.export("boot", {name: system.boot for name, system in systems.items()})  # what the next preview compares
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export("drift", delivery.found)  # what each host's last delivery found; live: python -m flakefleet drift

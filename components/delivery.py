@@ -84,11 +84,13 @@ class Delivery(pulumi.ComponentResource):
     """Host name -> the system it runs, known once its delivery has confirmed it healthy."""
     found: dict[str, pulumi.Output[dict]]
     """Host name -> what its last delivery found there before acting (running system, changed outside flakefleet)."""
+    reboot_pending: dict[str, pulumi.Output[bool]]
+    """Host name -> whether it runs a system whose kernel it has not booted yet (`reboot: never`)."""
 
     def __init__(self, name: str, args: DeliveryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Delivery", name, None, opts)
         cfg, inv = args.config, args.inventory
-        self.commands, self.delivered, self.found = {}, {}, {}
+        self.commands, self.delivered, self.found, self.reboot_pending = {}, {}, {}, {}
         self.host_keys = keys = {
             h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts
         }
@@ -137,6 +139,7 @@ class Delivery(pulumi.ComponentResource):
                 self.commands[host.name] = cmd
                 self.delivered[host.name] = cmd.stdout.apply(system_in_report)
                 self.found[host.name] = cmd.stdout.apply(found_in_report)
+                self.reboot_pending[host.name] = cmd.stdout.apply(lambda s: bool(runner_report(s).get("reboot_pending")))
                 current.append(cmd)
             # The next wave starts only when this one is healthy: it waits for this gate, which
             # waits for every host of the wave and runs nothing. One edge into the rollout chain

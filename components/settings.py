@@ -11,7 +11,7 @@ from flakefleet import configurations, dr
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
 from flakefleet.inventory import Inventory, plan_inventory
 from flakefleet.nixos import system_specs
-from flakefleet.rollout import RestorePoint
+from flakefleet.rollout import RestorePoint, reboot_notes
 from flakefleet.systems import EvaluationError, System, evaluate_systems, resolve_flake
 
 
@@ -50,6 +50,14 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     return systems
 
 
+def announce_reboots(cfg: StackConfig, inventory: Inventory, systems: dict[str, System]) -> None:
+    """Preview diagnostics, one per pool whose boot files change against the last update (read
+    from this stack's own `boot` output): which hosts reboot, in which waves."""
+    me = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+    me.get_output("boot").apply(lambda previous: [pulumi.log.info(line) for line in
+                                                  reboot_notes(cfg, inventory, systems, previous)])
+
+
 def plan_restore(cfg: StackConfig) -> RestorePoint | None:
     """A rebuild's snapshot, picked now (boto3) so the preview names it; problems stop the program."""
     dr_cfg = cfg.dr
@@ -72,10 +80,12 @@ def node_table(
     delivered: dict[str, pulumi.Output[str]],
     host_keys: dict[str, pulumi.Output[str]],
     wanted: dict[str, str],
+    reboot_pending: dict[str, pulumi.Output[bool]],
 ) -> dict[str, dict]:
     """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
-    the system the stack wants on it, the system its last delivery confirmed there, and how to
-    reach it over pinned SSH (port, user, host key: what `flakefleet drift` needs)."""
+    the system the stack wants on it, the system its last delivery confirmed there, whether it
+    still boots an older kernel (`reboot: never`), and how to reach it over pinned SSH (port,
+    user, host key: what `flakefleet drift` needs)."""
     return {
         h.name: {
             "role": h.role,
@@ -84,6 +94,7 @@ def node_table(
             "instance_id": instance_ids.get(h.name),
             "wanted": wanted[h.name],
             "system": delivered[h.name],
+            "reboot_pending": reboot_pending[h.name],
             "ssh_port": h.ssh_port,
             "ssh_user": h.ssh_user,
             "host_key": host_keys[h.name],

@@ -1,6 +1,7 @@
 """flakefleet's offline command line.
 
     python -m flakefleet plan --stack dev                  # validate a stack file and print its inventory
+    python -m flakefleet plan --stack dev --outputs o.json # ... and which hosts reboot (evaluates, needs Nix)
     python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
     python -m flakefleet dr list --bucket B --cluster C    # etcd snapshots; also verify, pick
     python -m flakefleet rollback --stack S --host H       # back to the previous generation (or --pool P)
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,17 +50,35 @@ def main(argv: list[str] | None = None) -> int:
     plan = sub.add_parser("plan", help="validate a stack file and print every host's planned address")
     plan.add_argument("--stack", required=True, help=f"one of: {', '.join(stack_names())}")
     plan.add_argument("--stacks-dir", type=Path, default=STACKS, help="where the Pulumi.<stack>.yaml files are")
+    plan.add_argument("--outputs", type=Path, help="`pulumi stack output --json` of the stack: evaluate every "
+                      "pool's system (needs Nix) and say which hosts reboot for it")
     sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.drift -h)")
     sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.dr -h)")
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")
     args = parser.parse_args(argv)
 
     try:
-        _, inv = load_stack(args.stack, args.stacks_dir)
+        cfg, inv = load_stack(args.stack, args.stacks_dir)
     except ConfigError as err:
         print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
         return 2
     print(render_plan(args.stack, inv))
+    return reboots(cfg, inv, args.outputs) if args.outputs else 0
+
+
+def reboots(cfg, inv: Inventory, outputs: Path) -> int:
+    """Which hosts reboot for the systems the stack evaluates to, against the last update's `boot`."""
+    from flakefleet.nixos import system_specs
+    from flakefleet.rollout import reboot_notes
+    from flakefleet.systems import EvaluationError, evaluate_systems, resolve_flake
+
+    try:
+        systems, _ = evaluate_systems(resolve_flake(cfg.delivery.flake), system_specs(cfg, inv))
+    except EvaluationError as err:
+        print("cannot evaluate the systems:", *err.problems, sep="\n  ", file=sys.stderr)
+        return 2
+    notes = reboot_notes(cfg, inv, systems, json.loads(outputs.read_text()).get("boot"))
+    print("reboots:", *(notes or ["none: no pool's kernel, initrd, modules or kernel parameters change"]), sep="\n  ")
     return 0
 
 

@@ -106,6 +106,10 @@ class DeliveryPlan:
     # arguments (a --cluster-reset); the other control planes wipe their etcd data instead.
     restore_id: str | None = None
     restore_args: tuple[str, ...] = ()
+    # A system whose boot files differ from the booted ones: `auto` reboots into it (drained,
+    # boot-loader one-shot, confirmed), `always` reboots whatever changed, `never` switches live
+    # and reports the reboot as pending (flakefleet/reboot.py).
+    reboot: str = "auto"
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -308,6 +312,8 @@ class Report:
     # This Command's claim on the host: a delete whose owner no longer holds the host was
     # replaced by a newer delivery (any replacement: forced, trigger, instance) and removes nothing.
     owner: str = ""
+    # The system's boot files differ from the booted ones and `reboot: never` kept it live.
+    reboot_pending: bool = False
 
 
 def previous_report(env: dict[str, str]) -> dict:
@@ -551,6 +557,7 @@ class Delivery:
             raise DeliveryFailed(f"could not record this delivery on {self.plan.host}; nothing was changed")
         if not state.get("applied") and not state.get("owner"):
             self.forget_stale_node()
+        self.fell_back(state)
         planned = self.file_contents()
         self.report.digest = files_digest(self.plan.system, planned)
         self.report.restored = self.plan.restore_id
@@ -569,6 +576,16 @@ class Delivery:
         self.timed("stage", start)
         if self.plan.restore_id:
             self.restore()
+        from flakefleet import reboot
+
+        why = reboot.reasons(self)
+        if why and self.plan.reboot != "never":
+            reboot.reboot_into(self, digest, why)
+            self.timed("total", total)
+            self.report.outcome = "rebooted"
+            self.say(f"rebooted into {self.plan.system} and confirmed healthy")
+            return self.report
+        self.report.reboot_pending = bool(why)
         start = time.monotonic()
         deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
         act = self.ssh([REMOTE_HOSTCTL, "activate", self.plan.system, self.token, str(deadman)],
@@ -585,7 +602,8 @@ class Delivery:
         self.confirm(digest)
         self.timed("total", total)
         self.report.outcome = "activated"
-        self.say(f"switched to {self.plan.system} and confirmed healthy")
+        pending = f"; reboot pending ({', '.join(why)} changed, reboot: never)" if why else ""
+        self.say(f"switched to {self.plan.system} and confirmed healthy{pending}")
         return self.report
 
     def roll_back_generation(self) -> str:
@@ -647,6 +665,19 @@ class Delivery:
                 self.say(f"the cluster already runs on {cp.host}: joining it instead of initializing one")
                 return joining
         return contents
+
+    def fell_back(self, state: dict[str, str]) -> None:
+        """A boot into a new generation that was never confirmed, and the host now runs another
+        system (it was reset and its boot loader fell back): put the profile, files and boot
+        default back to what it runs, say so, and stop; the next delivery tries again."""
+        token, _, system = state.get("unconfirmed_boot", "").partition(" ")
+        if not token or state.get("booted") == system:
+            return
+        res = self.hostctl("boot-rollback", token, "its boot was never confirmed", timeout=120)
+        outcome = res.stdout.strip().splitlines()[0] if res.stdout.strip() else "could not be put back"
+        self.report.found["fell_back_from"] = system
+        raise DeliveryFailed(f"host {self.plan.host} fell back on a reset after its boot into {system} was never "
+                             f"confirmed: {outcome}; the next `pulumi up` tries again", ROLLED_BACK)
 
     def forget_stale_node(self) -> None:
         """A fresh machine (nothing delivered on it yet) whose Node already exists took the place of
@@ -747,4 +778,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not this `__main__` copy: flakefleet.reboot imports
+    # flakefleet.deliver, and its DeliveryFailed must be the one main() catches.
+    from flakefleet import deliver
+
+    sys.exit(deliver.main())

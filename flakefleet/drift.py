@@ -35,6 +35,7 @@ class HostDrift:
     running: str
     outside_flakefleet: bool
     detail: str
+    reboot_pending: bool = False
 
 
 def split_pools(nodes: dict[str, dict], running: dict[str, str] | None = None) -> dict[str, dict]:
@@ -78,8 +79,12 @@ def classify(host: str, wanted: str, state: dict[str, str]) -> HostDrift:
     if state.get("rolled_back"):
         source, target, when = (state["rolled_back"].split() + ["", "", ""])[:3]
         problems.append(f"rolled back by `flakefleet rollback` at {when} (from {source})")
-    status = IN_SYNC if not problems else DRIFTED
-    return HostDrift(host, status, wanted, running, outside, "; ".join(problems))
+    status = DRIFTED if problems else IN_SYNC
+    # Runs the wanted system, but not yet its kernel: a note, not drift.
+    pending = state.get("reboot_pending", "").split()
+    if pending:
+        problems.append(f"reboot pending: {', '.join(pending)} changed since it booted")
+    return HostDrift(host, status, wanted, running, outside, "; ".join(problems), bool(pending))
 
 
 def check_host(name: str, node: dict, identity: str | None) -> HostDrift:

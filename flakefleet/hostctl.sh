@@ -10,6 +10,13 @@
 #   hostctl.sh claim OWNER                    record which delivery Command holds the host
 #   hostctl.sh previous                       the newest confirmed system not running now (rollback target)
 #   hostctl.sh note-rollback FROM TO          record an operator's rollback (drift reports it)
+#   hostctl.sh needs-reboot OUT               what of OUT's boot files differs from the booted system
+#   hostctl.sh boot-stage OUT TOKEN           install staged files, make OUT a new generation booted
+#                                             once (one-shot entry); the previous one stays the default
+#   hostctl.sh reboot TOKEN                   reboot now (TOKEN's /run marker is gone once it did)
+#   hostctl.sh check-boot TOKEN OUT           (after the reboot) booted OUT (- : any), and healthy?
+#   hostctl.sh confirm-boot TOKEN OUT DIGEST  make OUT's generation the boot default; record DIGEST
+#   hostctl.sh boot-rollback TOKEN REASON     previous generation the default again, files restored
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
 #   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
 #   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
@@ -95,6 +102,67 @@ restore_files() { # stage
   fi
 }
 
+reboot_parts() { # out: which of its boot files differ from the booted system's, one a line
+  [ -e /run/booted-system ] || return 0 # not booted from a NixOS system flakefleet can compare with
+  for part in kernel initrd kernel-modules; do
+    [ "$(readlink -f "$1/$part" 2>/dev/null)" = "$(readlink -f "/run/booted-system/$part" 2>/dev/null)" ] || echo "$part"
+  done
+  [ "$(cat "$1/kernel-params" 2>/dev/null)" = "$(cat /run/booted-system/kernel-params 2>/dev/null)" ] || echo kernel-params
+}
+
+generation_of() { # profile link name (system-N-link) -> N
+  n=${1#system-}
+  printf '%s\n' "${n%-link}"
+}
+
+# The boot loader: systemd-boot (bring-your-own metal) or GRUB (the NixOS EC2 image).
+# systemd-boot: `bootctl set-default` / `set-oneshot` on the generation's entry
+#   (nixos-generation-N.conf; the EFI variables win over loader.conf).
+# GRUB: the default entry is the system whose `switch-to-configuration boot` ran last (NixOS'
+#   install-grub writes "NixOS - Default" for it and every generation under "NixOS - All
+#   configurations"); `grub-reboot` sets next_entry, which NixOS' grub.cfg boots once.
+grub_entry() { # generation -> "submenu>entry" as grub-reboot takes it
+  entry=$(sed -n "s/^ *menuentry \"\(NixOS - Configuration $1 [^\"]*\)\".*/\1/p" /boot/grub/grub.cfg | head -n 1)
+  [ -n "$entry" ] || { echo "generation $1 has no GRUB entry" >&2; return 1; }
+  printf 'NixOS - All configurations>%s\n' "$entry"
+}
+
+bootloader() { # default|oneshot GENERATION
+  bootctl=$(command -v bootctl || echo /run/current-system/sw/bin/bootctl)
+  if [ -d /boot/loader/entries ] && [ -x "$bootctl" ]; then
+    "$bootctl" "set-$1" "nixos-generation-$2.conf"
+  elif [ -f /boot/grub/grub.cfg ]; then
+    if [ "$1" = default ]; then
+      "$(readlink -f "$PROFILE-$2-link")/bin/switch-to-configuration" boot
+    else
+      entry=$(grub_entry "$2") || return 1
+      grub-reboot "$entry"
+    fi
+  else
+    echo "no boot loader flakefleet knows (systemd-boot's entries or GRUB's grub.cfg)" >&2
+    return 1
+  fi
+}
+
+record_confirmed() { # out digest: what a drift check compares with
+  mkdir -p "$STATE"
+  printf '%s\n' "$2" >"$APPLIED"
+  printf '%s\n' "$1" >"$APPLIED_SYSTEM"
+  readlink "$PROFILE" >"$APPLIED_PROFILE"
+  rm -f "$STATE/rolled-back"
+  printf '%s\n' "$1" >>"$STATE/confirmed"
+}
+
+reboot_now() { # token: the token's /run directory is the marker a finished reboot wipes
+  mkdir -p "$RUN/$1"
+  : >"$RUN/$1/rebooting"
+  if has_systemd; then
+    systemd-run --quiet --collect --on-active=2 --timer-property=AccuracySec=100ms systemctl reboot
+  else
+    : >"$RUN/reboot-requested" # test hosts: the tests' reboot emulation acts on it
+  fi
+}
+
 do_rollback() { # token reason
   stage=$RUN/$1
   restore_files "$stage"
@@ -129,6 +197,13 @@ state)
   printf 'restored=%s\n' "$(cat "$STATE/restored" 2>/dev/null || true)"
   printf 'owner=%s\n' "$(cat "$STATE/owner" 2>/dev/null || true)"
   printf 'rolled_back=%s\n' "$(cat "$STATE/rolled-back" 2>/dev/null || true)"
+  printf 'booted=%s\n' "$(readlink -f /run/booted-system 2>/dev/null || true)"
+  running=$(current_system)
+  printf 'reboot_pending=%s\n' "$(if [ -n "$running" ]; then reboot_parts "$running" | tr '\n' ' '; fi)"
+  # A boot of a new generation that was never confirmed (the host was reset, or the deployer lost).
+  for keep in "$STATE"/boot-*; do
+    if [ -d "$keep" ]; then printf 'unconfirmed_boot=%s %s\n' "${keep##*/boot-}" "$(cat "$keep/system" 2>/dev/null)"; fi
+  done
   ;;
 previous)
   # The newest system flakefleet confirmed here that is not the running one (a failed
@@ -189,13 +264,12 @@ check | confirm)
   mkdir "$stage/decided" 2>/dev/null || { echo "$(cat "$stage/outcome" 2>/dev/null || echo decided)" >&2; exit 2; }
   disarm_deadman "$token"
   echo confirmed >"$stage/outcome"
-  mkdir -p "$STATE"
-  printf '%s\n' "$digest" >"$APPLIED"
   # What flakefleet put here: a drift check compares the running system and profile with these.
-  printf '%s\n' "$out" >"$APPLIED_SYSTEM"
-  readlink "$PROFILE" >"$APPLIED_PROFILE"
-  rm -f "$STATE/rolled-back"
-  printf '%s\n' "$out" >>"$STATE/confirmed"
+  record_confirmed "$out" "$digest"
+  # A live switch also makes the new generation the boot default (GRUB keeps a saved one).
+  if [ -f /boot/grub/grub.cfg ] || [ -d /boot/loader/entries ]; then
+    bootloader default "$(generation_of "$(readlink "$PROFILE")")" 2>/dev/null || true
+  fi
   log "$token confirmed $out"
   ;;
 rollback)
@@ -242,6 +316,72 @@ restore | wipe-etcd)
   fi
   echo "$what"
   ;;
+needs-reboot)
+  reboot_parts "$1"
+  ;;
+boot-stage)
+  out=$1 token=$2
+  stage=$RUN/$token
+  keep=$STATE/boot-$token # survives the reboot, unlike /run
+  [ -d "$stage/files" ] || { echo "nothing staged for $token" >&2; exit 1; }
+  mkdir -p "$keep"
+  readlink "$PROFILE" >"$keep/prev" 2>/dev/null || : >"$keep/prev"
+  install_files "$stage"
+  cp -a "$stage/backup" "$keep/" 2>/dev/null || true
+  cp "$stage/created" "$keep/" 2>/dev/null || true
+  nix-env -p "$PROFILE" --set "$out"
+  "$out/bin/switch-to-configuration" boot
+  new=$(generation_of "$(readlink "$PROFILE")")
+  prev=$(generation_of "$(cat "$keep/prev")")
+  printf '%s\n' "$new" >"$keep/generation"
+  printf '%s\n' "$out" >"$keep/system"
+  # Boot the new generation once: a hang or a failed boot falls back to the previous one on
+  # the next reset. It becomes the default only when confirmed (confirm-boot).
+  if [ -n "$prev" ]; then bootloader default "$prev"; fi
+  bootloader oneshot "$new"
+  log "$token boot-staged $out: generation $new boots once, generation ${prev:-none} stays the default"
+  ;;
+reboot)
+  log "$1 rebooting"
+  reboot_now "$1"
+  ;;
+check-boot)
+  token=$1 out=$2
+  [ -d "$RUN/$token" ] && { echo "not rebooted yet" >&2; exit 3; }
+  booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+  [ "$out" = - ] || [ "$booted" = "$out" ] || { echo "booted ${booted:-nothing}, not $out" >&2; exit 2; }
+  if has_systemd; then
+    health=$(systemctl is-system-running 2>/dev/null || true)
+    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+  fi
+  ;;
+confirm-boot)
+  token=$1 out=$2 digest=$3
+  keep=$STATE/boot-$token
+  bootloader default "$(cat "$keep/generation")"
+  record_confirmed "$out" "$digest"
+  rm -rf "$keep"
+  log "$token confirmed $out after rebooting into it"
+  ;;
+boot-rollback)
+  token=$1 reason=$2
+  keep=$STATE/boot-$token
+  restore_files "$keep"
+  prev=$(generation_of "$(cat "$keep/prev")")
+  if [ -n "$prev" ]; then
+    nix-env -p "$PROFILE" --switch-generation "$prev" >/dev/null 2>&1
+    "$(readlink -f "$PROFILE")/bin/switch-to-configuration" boot
+    bootloader default "$prev"
+  fi
+  outcome="rolled back at the boot loader to generation ${prev:-none} ($(readlink -f "$PROFILE")): $reason"
+  rm -rf "$keep"
+  log "$token $outcome"
+  printf '%s\n' "$outcome"
+  # Already running the previous generation (it fell back by itself): no second reboot.
+  if [ "$(readlink -f /run/booted-system 2>/dev/null)" != "$(readlink -f "$PROFILE")" ]; then
+    reboot_now "$token-rollback"
+  fi
+  ;;
 retire)
   if has_systemd; then
     systemctl stop k3s.service
@@ -249,7 +389,7 @@ retire)
   log "retired: removed from the cluster, k3s stopped"
   ;;
 *)
-  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|retire ..." >&2
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|retire ..." >&2
   exit 64
   ;;
 esac

@@ -79,6 +79,7 @@ def host_plan(
         files=host_files(cfg, inv, host, snapshot_bucket),
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
+        reboot=pool.reboot,
         substitute_on_destination=cfg.delivery.substitute_on_destination,
         batch=tuple(h.name for h in wave),
         ready_via=delivered_cps,
@@ -102,3 +103,26 @@ def delivery_plans(
         for wave in rollout_waves(inv, cfg.delivery.max_parallel)
         for host in wave
     }
+
+
+BOOT_PARTS = ("kernel", "initrd", "modules", "params")
+
+
+def reboot_notes(cfg: StackConfig, inv: Inventory, systems: Mapping[str, System], previous: Mapping | None) -> list[str]:
+    """One line per system whose boot files differ from the last update's (`previous`, the stack
+    output `boot`): which hosts will reboot into it (or keep a pending reboot), in which waves."""
+    if not previous:
+        return []
+    waves = {h.name: n for n, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)) for h in wave}
+    lines = []
+    for key, system in sorted(systems.items()):
+        before = previous.get(key)
+        if not before or not system.boot or dict(before) == system.boot:
+            continue
+        parts = [p for p in BOOT_PARTS if before.get(p) != system.boot.get(p)]
+        hosts = [h for h in inv.hosts if host_system(cfg, h) == key]
+        mode = next(p.reboot for p in cfg.pools if p.name == hosts[0].pool) if hosts else "auto"
+        verb = "keep running the old kernel: reboot pending (reboot: never)" if mode == "never" else "reboot"
+        who = ", ".join(f"{h.name} (wave {waves[h.name]})" for h in hosts)
+        lines.append(f"pool {key}: {', '.join(parts)} change; {who} {verb}")
+    return lines

@@ -33,6 +33,8 @@ class System:
 
     drv: str
     out: str
+    boot: dict | None = None
+    """The boot files (kernel, initrd, modules, params) a host reboots for when they change."""
 
 
 class EvaluationError(Exception):
@@ -99,7 +101,8 @@ def flake_fingerprint(flake: Path) -> str:
 
 def cache_key(fingerprint: str, spec: dict) -> str:
     """Cache key of one system: flake files plus spec."""
-    return hashlib.sha256(json.dumps([fingerprint, spec], sort_keys=True).encode()).hexdigest()
+    # 2: entries carry the boot files too.
+    return hashlib.sha256(json.dumps([2, fingerprint, spec], sort_keys=True).encode()).hexdigest()
 
 
 def eval_argv(flake: Path, specs_file: Path) -> list[str]:
@@ -108,7 +111,9 @@ def eval_argv(flake: Path, specs_file: Path) -> list[str]:
         f"let flake = builtins.getFlake {json.dumps('path:' + str(flake))}; "
         f"specs = builtins.fromJSON (builtins.readFile {json.dumps(str(specs_file))}); "
         "in builtins.mapAttrs (_: spec: let t = flake.lib.toplevel spec; "
-        "in { drv = t.drvPath; out = t.outPath; }) specs"
+        "in { drv = t.drvPath; out = t.outPath; "
+        "boot = if flake.lib ? boot then builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) "
+        "(flake.lib.boot spec) else null; }) specs"
     )
     # --impure: getFlake of a local path, and reading the spec file, are outside pure evaluation.
     return ["nix", *NIX_FEATURES, "eval", "--json", "--impure", "--expr", expr]

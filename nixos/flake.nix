@@ -68,6 +68,20 @@
         poolSystem = spec: nixpkgs.lib.nixosSystem { modules = self.lib.modulesFor spec; };
 
         toplevel = spec: (self.lib.poolSystem spec).config.system.build.toplevel;
+
+        # What a host must reboot for when it changes: the store paths of the toplevel's `kernel`,
+        # `initrd` and `kernel-modules` links and its `kernel-params` (evaluated, not built).
+        boot =
+          spec:
+          let
+            c = (self.lib.poolSystem spec).config;
+          in
+          {
+            kernel = "${c.boot.kernelPackages.kernel}/${c.system.boot.loader.kernelFile}";
+            initrd = "${c.system.build.initialRamdisk}/${c.system.boot.loader.initrdFile}";
+            modules = "${c.system.modulesTree}";
+            params = toString c.boot.kernelParams;
+          };
       };
 
       # Every system of every stack, from the specs flakefleet writes (configurations.json,

@@ -76,8 +76,10 @@ class ProgramRun:
 class FleetMocks(pulumi.runtime.Mocks):
     """Echo inputs, and supply the computed outputs AWS would return. Invokes are kept in `calls`."""
 
-    def __init__(self):
+    def __init__(self, previous_outputs: dict | None = None):
         self.calls: list[tuple[str, dict]] = []
+        # What the stack's last update exported: the program reads it through a StackReference.
+        self.previous_outputs = previous_outputs or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         out = dict(args.inputs)
@@ -109,6 +111,8 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(stdout=json.dumps(asdict(report)), stderr="")
         elif t == "command:local:Command":
             out.update(stdout="", stderr="")
+        elif t == "pulumi:pulumi:StackReference":
+            out.update(outputs=self.previous_outputs, secretOutputNames=[])
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):

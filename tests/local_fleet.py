@@ -21,10 +21,12 @@ from tests.testhosts import prerequisites, running_fleet
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 
 
-def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False):
+def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False, spec_extra=None, reboot=None):
     """The local stack, pointed at these test hosts (their addresses and generated host keys).
-    `labels` go on the worker pool (a new system); `drop` removes hosts from it. `raw_only`: the
-    config as Pulumi passes it, instead of (config, inventory, systems, plans)."""
+    `labels` go on the worker pool (a new system); `drop` removes hosts from it; `spec_extra`
+    goes into every pool's spec (e.g. the stand-in's `standin_kernel`); `reboot` sets every
+    pool's reboot mode. `raw_only`: the config as Pulumi passes it, instead of (config,
+    inventory, systems, plans)."""
     raw = read_stack_file("local")
     pools = json.loads(raw["flakefleet:pools"])
     for pool in pools:
@@ -33,6 +35,8 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False)
             h.update(address=hosts[h["name"]].address, ssh_host_key=hosts[h["name"]].host_key)
         if labels and pool["role"] == "worker":
             pool["labels"] = labels
+        if reboot:
+            pool["reboot"] = reboot
     raw["flakefleet:pools"] = json.dumps(pools)
     delivery = {**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": 5}
     if max_parallel:
@@ -43,7 +47,8 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False)
         return raw
     cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
     inv = plan_inventory(cfg)
-    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
+    specs = {key: {**spec, **(spec_extra or {})} for key, spec in system_specs(cfg, inv).items()}
+    systems, _ = evaluate_systems(Path(STANDIN_FLAKE), specs)
     plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts})
     return cfg, inv, systems, plans
 

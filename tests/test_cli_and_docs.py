@@ -84,3 +84,15 @@ def test_the_demo_deploy_key_is_refused_beyond_loopback_hosts():
         "scripts/demo.py) may only be authorized on loopback test hosts"
     ]
     parse_stack_config(local)  # the local stack's loopback hosts may use it
+
+
+def test_plan_with_outputs_names_the_hosts_that_reboot(tmp_path, capsys):
+    from tests.conftest import require_tool
+
+    require_tool("nix")
+    # The last update booted another kernel for pool cp (the other boot files unknown: all differ).
+    boot = {"cp": {"kernel": "/nix/store/x-standin-linux-6.11.9/bzImage"}}
+    (tmp_path / "outputs.json").write_text(json.dumps({"boot": boot}))
+    assert main(["plan", "--stack", "local", "--outputs", str(tmp_path / "outputs.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[out.index("reboots:") + 1:] == ["  pool cp: kernel, initrd, modules, params change; cp-0 (wave 0) reboot"]

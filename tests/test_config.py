@@ -204,6 +204,8 @@ BAD = [
      "flakefleet:delivery.max_parallel: Input should be greater than or equal to 1"),
     ("retention-zero", mutate(storage={"snapshot_noncurrent_days": 0}),
      "flakefleet:storage.snapshot_noncurrent_days: Input should be greater than or equal to 1"),
+    ("bad-reboot-mode", mutate(pools__1__reboot="sometimes"),
+     "flakefleet:pools[1].reboot: Input should be 'auto', 'always' or 'never'"),
     ("root-volume-tiny", mutate(pools__1__root_volume={"size_gib": 4}),
      "flakefleet:pools[1].root_volume.size_gib: Input should be greater than or equal to 16"),
 ]

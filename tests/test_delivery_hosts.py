@@ -94,7 +94,7 @@ def test_deliver_to_four_hosts(fleet, systems):
     for host, proc in zip(fleet.hosts, results):
         assert proc.returncode == 0, proc.stderr
         assert report(proc)["outcome"] == "activated"
-        assert report(proc)["paths_copied"] == 1
+        assert report(proc)["paths_copied"] == 2  # the system and its kernel (its own store path)
         assert host.current_system() == systems["v1"].out
         assert Path(systems["v1"].out).name in host.store_paths()  # really crossed into the host's store
         assert host.generations() == ["system-1-link"]

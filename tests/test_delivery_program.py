@@ -329,3 +329,24 @@ def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
     deps = set(commands(run)["workers-2"].dependencies)
     assert {keys["workers-2"], keys["cp-0"], keys["cp-1"], keys["cp-2"]} <= deps
     assert keys["workers-0"] not in deps and keys["workers-1"] not in deps
+
+
+def test_preview_names_the_hosts_that_reboot_for_a_new_kernel():
+    """The program reads its own last `boot` output (a StackReference to itself, as on the real
+    engine) and logs one line per pool whose boot files change, naming hosts and waves."""
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    first = run_stack("local")
+    previous = {key: {**boot, "kernel": boot["kernel"].replace("6.12.0", "6.11.9")} for key, boot in first.exports["boot"].items()}
+    logged: list[str] = []
+    original = pulumi.log.info
+    pulumi.log.info = lambda message, *a, **k: logged.append(message)
+    try:
+        run_program(read_stack_file("local"), stack="local", preview=True,
+                    monitor=RecordingMonitor(FleetMocks(previous_outputs={"boot": previous})))
+    finally:
+        pulumi.log.info = original
+    notes = [m for m in logged if m.startswith("pool ")]
+    assert notes == ["pool cp: kernel change; cp-0 (wave 0) reboot",
+                     "pool workers: kernel change; worker-0 (wave 1), worker-1 (wave 1) reboot"]
+    assert first.exports["boot"]["workers"]["kernel"].endswith("-standin-linux-6.12.0/bzImage")

@@ -48,8 +48,9 @@ def test_exports_node_table_with_every_planned_host(run):
     nodes = run.exports["nodes"]
     assert nodes, "no nodes exported"
     for name, row in nodes.items():
-        assert set(row) == {"role", "pool", "address", "instance_id", "wanted", "system", "ssh_port", "ssh_user",
-                            "host_key"}
+        assert set(row) == {"role", "pool", "address", "instance_id", "wanted", "system", "reboot_pending",
+                            "ssh_port", "ssh_user", "host_key"}
+        assert row["reboot_pending"] is False
         assert row["role"] in ("control-plane", "worker")
         assert row["wanted"] == run.exports["systems"][row["pool"]]
         assert row["system"] == row["wanted"]  # what the (mocked) delivery reported confirming

@@ -27,6 +27,10 @@ PRIVATE_DIRS = {
     "etc-rancher": "/etc/rancher",
     "var-lib-flakefleet": "/var/lib/flakefleet",
     "var-lib-rancher": "/var/lib/rancher",
+    "boot": "/boot",
+    # The host's own /root: sessions do not run this machine's shell set-up (pyenv's rehash takes
+    # a lock shared by every host; an emulated power-off that kills it mid-way left it held).
+    "root": "/root",
 }
 
 
@@ -179,23 +183,34 @@ def start_host(fleet: TestFleet, name: str, address: str, port: int = 2222, host
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPidFile {root / 'sshd.pid'}\n"
         f"SetEnv NIX_CONF_DIR={conf_dir}\n"
     )
+    host = TestHost(name, address, port, root, host_key)
+    launch(host)
+    fleet.hosts.append(host)
+    return host
+
+
+def in_namespace(root: Path, command: str) -> list[str]:
+    """argv running `command` (sh) in a new mount namespace with the host's private directories."""
     mounts = " && ".join(f"mount --bind {root / local} {mount}" for local, mount in PRIVATE_DIRS.items())
-    proc = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"{mounts} && exec {SSHD} -D -f {config} -E {root / 'sshd.log'}"],
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && {command}"]
+
+
+def launch(host: TestHost) -> None:
+    """Start the host's sshd (its config under its root); returns when it accepts connections."""
+    root = host.root
+    host.proc = subprocess.Popen(
+        in_namespace(root, f"exec {SSHD} -D -f {root / 'sshd_config'} -E {root / 'sshd.log'}"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    host = TestHost(name, address, port, root, host_key, proc)
+    proc = host.proc
     try:
-        poll(lambda: port_open(address, port) or proc.poll() is not None, 10, f"sshd of {name}")
+        poll(lambda: port_open(host.address, host.port) or proc.poll() is not None, 10, f"sshd of {host.name}")
     except TimeoutError:
         host.stop()
         raise
     if proc.poll() is not None:
         log = root / "sshd.log"
-        raise RuntimeError(f"sshd of {name} exited: {proc.stderr.read().decode()} {log.read_text() if log.exists() else ''}")
-    fleet.hosts.append(host)
-    return host
+        raise RuntimeError(f"sshd of {host.name} exited: {proc.stderr.read().decode()} {log.read_text() if log.exists() else ''}")
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -91,6 +91,13 @@ class PoolConfig(Model):
         description="Build one closure per host with its facts baked in, instead of one per pool with facts "
         "read at runtime. Costs an evaluation and a build per host. Default `false`.",
     )
+    reboot: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="A new system whose kernel, initrd, kernel modules or kernel parameters differ from the booted "
+        "ones: `auto` drains the host and reboots into it (booted once, made the default only when confirmed "
+        "healthy), `always` reboots on every new system, `never` switches live and reports the reboot as pending. "
+        "Default `auto`.",
+    )
     ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
         None,
         description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "

@@ -49,8 +49,34 @@
         spec:
         (if spec.host == null then [ "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml" ] else [ ])
         ++ [ "${secrets}/${if spec.role == "control-plane" then "k3s-server-token" else "k3s-agent-token"}" ];
+      # The kernel as its own store path, as in NixOS: systems that share a kernel version share
+      # the path, so `kernel`, `initrd` and `kernel-modules` of two systems compare as they do
+      # on real hosts (what delivery reads to decide on a reboot).
+      kernel =
+        spec:
+        let
+          version = spec.standin_kernel or "6.12.0";
+        in
+        derivation {
+          name = "standin-linux-${version}";
+          system = spec.system;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          args = [
+            "-c"
+            "mkdir -p $out/lib/modules/${version} && printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
+          ];
+        };
     in
     {
+      # As nixos/flake.nix: the boot files of a system, for the reboot decision at plan time.
+      lib.boot = spec: {
+        kernel = "${kernel spec}/bzImage";
+        initrd = "${kernel spec}/initrd";
+        modules = "${kernel spec}/lib/modules";
+        params = "loglevel=4" + (if spec ? standin_kernel_params then " " + spec.standin_kernel_params else "");
+      };
+
       lib.toplevel =
         spec:
         assert spec.schema == 1;
@@ -63,6 +89,9 @@
           # The whole spec is an input: any change to it is a new system, as with the real flake.
           specJson = builtins.toJSON spec;
           switchScript = builtins.readFile ./switch-to-configuration.sh;
+          bootctlScript = builtins.readFile ./bootctl.sh;
+          kernel = kernel spec;
+          kernelParams = "loglevel=4" + (if spec ? standin_kernel_params then " " + spec.standin_kernel_params else "");
           k3sScript = builtins.readFile ./k3s.sh;
           k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
           k3sRequired = builtins.concatStringsSep " " (required spec);
@@ -80,6 +109,12 @@
               mkdir -p $out/sw/bin
               printf '%s' "$k3sScript" > $out/sw/bin/k3s
               chmod +x $out/sw/bin/k3s
+              printf '%s' "$bootctlScript" > $out/sw/bin/bootctl
+              chmod +x $out/sw/bin/bootctl
+              ln -s $kernel/bzImage $out/kernel
+              ln -s $kernel/initrd $out/initrd
+              ln -s $kernel/lib/modules $out/kernel-modules
+              printf '%s' "$kernelParams" > $out/kernel-params
               printf '%s\n' "$k3sArgs" > $out/k3s-args
               printf '%s\n' "$k3sRequired" > $out/k3s-required
               if [ "$payloadKib" -gt 0 ]; then

@@ -1,6 +1,11 @@
 #!/bin/sh
 # Stand-in for NixOS' switch-to-configuration: `switch`, `test`, `boot`, `dry-activate`.
 # `switch` and `test` make this system the running one (/run/current-system), as NixOS does.
+# `boot` installs the boot loader entries, one per generation of the system profile, and makes
+# the profile's current generation the default, as NixOS' systemd-boot installer does (the
+# stand-in boot loader lives in /boot/loader: entries/, loader.conf's `default`, and `oneshot`;
+# sw/bin/bootctl sets them). `standin-boot` is what systemd does at boot (start k3s); only the
+# tests' reboot emulation calls it.
 #
 # Faults for tests, per system, from /etc/flakefleet/standin-fault (lines "<fault> <out path>"):
 #   fail  switch, then exit 4 as NixOS does when some units failed to start
@@ -13,20 +18,42 @@ fault=""
 if [ -f /etc/flakefleet/standin-fault ]; then
   fault="$(awk -v s="$self" '$2 == s { print $1 }' /etc/flakefleet/standin-fault)"
 fi
+install_boot_entries() {
+    profiles=/nix/var/nix/profiles
+    mkdir -p /boot/loader/entries
+    rm -f /boot/loader/entries/nixos-generation-*.conf
+    for link in "$profiles"/system-*-link; do
+      [ -e "$link" ] || continue
+      n=${link##*/system-}
+      n=${n%-link}
+      printf 'title NixOS generation %s\nsystem %s\n' "$n" "$(readlink -f "$link")" >"/boot/loader/entries/nixos-generation-$n.conf"
+    done
+    current=$(readlink "$profiles/system")
+    current=${current#system-}
+    printf 'default nixos-generation-%s.conf\n' "${current%-link}" >/boot/loader/loader.conf
+}
 case "$action" in
   switch|test)
     ln -sfn "$self" /run/current-system
+    # As NixOS does, `switch` also installs the boot entries (the new generation the default).
+    [ "$action" = test ] || install_boot_entries
     ;;
-  boot|dry-activate)
+  dry-activate)
     exit 0
     ;;
+  boot)
+    install_boot_entries
+    exit 0
+    ;;
+  standin-boot)
+    ;;
   *)
-    echo "usage: switch-to-configuration switch|boot|test|dry-activate" >&2
+    echo "usage: switch-to-configuration switch|boot|test|dry-activate|standin-boot" >&2
     exit 1
     ;;
 esac
 # Start k3s as systemd would: its unit asserts the host's facts and token exist first.
-if [ "$action" = switch ] || [ "$action" = test ]; then
+if [ "$action" = switch ] || [ "$action" = test ] || [ "$action" = standin-boot ]; then
   for required in $(cat "$self/k3s-required"); do
     if [ ! -e "$required" ]; then
       echo "warning: the following units failed: k3s.service (assertion failed: $required)" >&2
@@ -36,6 +63,7 @@ if [ "$action" = switch ] || [ "$action" = test ]; then
   # shellcheck disable=SC2046 # the arguments are words by construction
   "$self/sw/bin/k3s" $(cat "$self/k3s-args")
 fi
+[ "$action" = standin-boot ] && exit 0
 case "$fault" in
   fail)
     echo "warning: the following units failed: standin-fault.service" >&2
