@@ -14,9 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from flakefleet.config import ConfigError
 from flakefleet.inventory import Inventory
-from flakefleet.stackfile import STACKS, load_stack, stack_names
+from flakefleet.stackfile import STACKS, load_stack_or_report, stack_names
 
 
 def render_plan(stack: str, inv: Inventory) -> str:
@@ -57,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")
     args = parser.parse_args(argv)
 
-    try:
-        cfg, inv = load_stack(args.stack, args.stacks_dir)
-    except ConfigError as err:
-        print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
+    if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
         return 2
+    cfg, inv = loaded
     print(render_plan(args.stack, inv))
     return reboots(cfg, inv, args.outputs) if args.outputs else 0
 

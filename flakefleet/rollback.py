@@ -26,11 +26,10 @@ import os
 import sys
 from pathlib import Path
 
-from flakefleet.config import ConfigError
 from flakefleet.deliver import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
 from flakefleet.deliver import Delivery as Runner
 from flakefleet.inventory import Host, Inventory
-from flakefleet.stackfile import STACKS, load_stack
+from flakefleet.stackfile import STACKS, load_stack_or_report
 
 PROJECT = "flakefleet"
 
@@ -75,11 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
     parser.add_argument("--stacks-dir", type=Path, default=STACKS)
     args = parser.parse_args(argv)
-    try:
-        cfg, inv = load_stack(args.stack, args.stacks_dir)
-    except ConfigError as err:
-        print(f"invalid configuration for stack {args.stack}:", *err.problems, sep="\n  ", file=sys.stderr)
+    if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
         return 1
+    cfg, inv = loaded
     hosts, problem = select(inv, args.host, args.pool)
     outputs = json.loads(args.outputs.read_text()) if args.outputs else None
     keys = host_keys(inv, outputs)

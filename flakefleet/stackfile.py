@@ -9,6 +9,7 @@ the text the user wrote rather than becoming a timestamp.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,16 @@ def load_stack(stack: str, stacks_dir: Path = STACKS):
     raw = read_stack_file(stack, stacks_dir)
     cfg = parse_stack_config(raw, raw.get("aws:region"))
     return cfg, plan_inventory(cfg)
+
+
+def load_stack_or_report(stack: str, stacks_dir: Path = STACKS):
+    """load_stack for the command line: (config, inventory), or None after printing the stack's
+    problems on stderr, one a line."""
+    try:
+        return load_stack(stack, stacks_dir)
+    except ConfigError as err:
+        print(f"invalid configuration for stack {stack}:", *err.problems, sep="\n  ", file=sys.stderr)
+        return None
 
 
 def stack_names(stacks_dir: Path = STACKS) -> list[str]:
