@@ -26,7 +26,7 @@ from flakefleet.config import parse_stack_config  # noqa: E402
 from flakefleet.deliver import PLAN_ENV  # noqa: E402
 from flakefleet.inventory import plan_inventory  # noqa: E402
 from flakefleet.nixos import system_specs  # noqa: E402
-from flakefleet.rollout import delivery_plans, rollout_waves  # noqa: E402
+from flakefleet.rollout import delivery_plans, waves  # noqa: E402
 from flakefleet.stackfile import read_stack_file  # noqa: E402
 from flakefleet.systems import evaluate_systems  # noqa: E402
 from tests.conftest import OFFLINE_NIX_CONFIG, STANDIN_FLAKE  # noqa: E402
@@ -57,18 +57,18 @@ def plans_for(fleet, hosts, kernel: str):
 
 
 def roll(fleet, cfg, inv, plans):
-    rows, waves = {}, []
-    for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
+    rows, walls = {}, []
+    for number, wave in enumerate(waves(cfg, inv)):
         start = time.perf_counter()
         with ThreadPoolExecutor(len(wave)) as pool:
             done = dict(pool.map(lambda h: (h.name, run_as_deployer(
                 fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[h.name].to_json(), **TOKENS}, timeout=600)), wave))
-        waves.append((number, [h.name for h in wave], time.perf_counter() - start))
+        walls.append((number, [h.name for h in wave], time.perf_counter() - start))
         for name, proc in done.items():
             if proc.returncode != 0:
                 raise SystemExit(f"{name}: {proc.stderr}")
             rows[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return rows, waves
+    return rows, walls
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
         for host in hosts.values():
             (host.root / "run" / "booted-system").symlink_to(host.current_system())
         cfg, inv, plans = plans_for(fleet, hosts, "6.13.0")
-        rows, waves = roll(fleet, cfg, inv, plans)
+        rows, walls = roll(fleet, cfg, inv, plans)
     print(f"| host | outcome | drain | boot stage | reboot (emulated boot {BOOT_S:.0f} s) | confirm | total (s) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
@@ -90,9 +90,9 @@ def main() -> None:
         print(f"| {name} | {r['outcome']} | {t.get('drain', 0):.2f} | {t.get('boot-stage', 0):.2f} | "
               f"{t.get('reboot', 0):.2f} | {t.get('confirm', 0):.2f} | {t.get('total', 0):.2f} |")
     print("\n| wave | hosts | wall (s) |\n|---:|---|---:|")
-    for number, names, wall in waves:
+    for number, names, wall in walls:
         print(f"| {number} | {', '.join(names)} | {wall:.2f} |")
-    print(f"\nwhole rolling reboot: {sum(w for _, _, w in waves):.1f} s")
+    print(f"\nwhole rolling reboot: {sum(w for _, _, w in walls):.1f} s")
 
 
 if __name__ == "__main__":

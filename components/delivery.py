@@ -14,7 +14,7 @@ from flakefleet.config import StackConfig
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV
 from flakefleet.inventory import Inventory
 from flakefleet.nixos import host_system
-from flakefleet.rollout import RestorePoint, host_plan, rollout_waves
+from flakefleet.rollout import RestorePoint, host_plan, waves
 from flakefleet.systems import System
 
 RUNNER = "./scripts/flakefleet deliver"
@@ -98,7 +98,7 @@ class Delivery(pulumi.ComponentResource):
         # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
         control = [h.name for h in inv.control_planes]
         gate: pulumi.Resource | None = None
-        for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
+        for number, wave in enumerate(waves(cfg, inv)):
             waits = ([gate] if gate else []) + (list(args.api_ready) if number else [])
             current = []
             for host in wave:

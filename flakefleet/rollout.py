@@ -47,6 +47,11 @@ def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
     return waves
 
 
+def waves(cfg: StackConfig, inv: Inventory) -> list[tuple[Host, ...]]:
+    """The stack's rollout waves: workers batched by `delivery.max_unavailable` / `max_parallel`."""
+    return rollout_waves(inv, cfg.delivery.batch_size(len(inv.workers)))
+
+
 def host_plan(
     cfg: StackConfig,
     inv: Inventory,
@@ -100,7 +105,7 @@ def delivery_plans(
     """Every host's plan, in rollout order (see host_plan)."""
     return {
         host.name: host_plan(cfg, inv, host, wave, systems, host_keys, snapshot_bucket, restore)
-        for wave in rollout_waves(inv, cfg.delivery.max_parallel)
+        for wave in waves(cfg, inv)
         for host in wave
     }
 
@@ -113,7 +118,7 @@ def reboot_notes(cfg: StackConfig, inv: Inventory, systems: Mapping[str, System]
     output `boot`): which hosts will reboot into it (or keep a pending reboot), in which waves."""
     if not previous:
         return []
-    waves = {h.name: n for n, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)) for h in wave}
+    wave_of = {h.name: n for n, wave in enumerate(waves(cfg, inv)) for h in wave}
     lines = []
     for key, system in sorted(systems.items()):
         before = previous.get(key)
@@ -123,6 +128,6 @@ def reboot_notes(cfg: StackConfig, inv: Inventory, systems: Mapping[str, System]
         hosts = [h for h in inv.hosts if host_system(cfg, h) == key]
         mode = next(p.reboot for p in cfg.pools if p.name == hosts[0].pool) if hosts else "auto"
         verb = "keep running the old kernel: reboot pending (reboot: never)" if mode == "never" else "reboot"
-        who = ", ".join(f"{h.name} (wave {waves[h.name]})" for h in hosts)
+        who = ", ".join(f"{h.name} (wave {wave_of[h.name]})" for h in hosts)
         lines.append(f"pool {key}: {', '.join(parts)} change; {who} {verb}")
     return lines

@@ -204,7 +204,7 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     from flakefleet.config import parse_stack_config
     from flakefleet.inventory import plan_inventory
     from flakefleet.nixos import host_system, system_specs
-    from flakefleet.rollout import delivery_plans, rollout_waves
+    from flakefleet.rollout import delivery_plans, waves
     from flakefleet.systems import evaluate_systems, resolve_flake
     from tests.lifecycle import LocalCommand
     from tests.local_fleet import command_inputs
@@ -223,7 +223,7 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
         return stream(command, {**env, "FLAKEFLEET_SIGNING_KEY": fleet.signing_secret, **extra})
 
     commands = {h.name: LocalCommand(run, **state.get(h.name, {})) for h in inv.hosts}
-    for number, wave in enumerate(rollout_waves(inv, cfg.delivery.max_parallel)):
+    for number, wave in enumerate(waves(cfg, inv)):
         print(f"--- wave {number}: {', '.join(h.name for h in wave)}")
         results = {}
         workers = [threading.Thread(target=lambda h=h: results.update(

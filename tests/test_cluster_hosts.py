@@ -16,7 +16,7 @@ import pytest
 
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
 from flakefleet.nixos import AGENT_TOKEN
-from flakefleet.rollout import rollout_waves
+from flakefleet.rollout import waves
 from tests.local_fleet import TOKENS, k3s_log, local_fleet, stack
 from tests.testhosts import run_as_deployer, start_host
 
@@ -43,7 +43,7 @@ def formed(cluster):
 def run_waves(fleet, cfg, inv, plans):
     """Deliver wave after wave (hosts of a wave in parallel); stop after the first failing wave."""
     results = {}
-    for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+    for wave in waves(cfg, inv):
         def one(host):
             return host.name, run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         with ThreadPoolExecutor(len(wave)) as pool:

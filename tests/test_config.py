@@ -204,6 +204,12 @@ BAD = [
      "flakefleet:delivery.max_parallel: Input should be greater than or equal to 1"),
     ("retention-zero", mutate(storage={"snapshot_noncurrent_days": 0}),
      "flakefleet:storage.snapshot_noncurrent_days: Input should be greater than or equal to 1"),
+    ("max-unavailable-over-100", mutate(delivery={"authorized_keys": [DEPLOY], "max_unavailable": "150%"}),
+     "flakefleet:delivery.max_unavailable: '150%' is neither a count of workers (1 or more) nor a percentage from "
+     "1% to 100%"),
+    ("max-unavailable-zero", mutate(delivery={"authorized_keys": [DEPLOY], "max_unavailable": 0}),
+     "flakefleet:delivery.max_unavailable: 0 is neither a count of workers (1 or more) nor a percentage from 1% to "
+     "100%"),
     ("bad-reboot-mode", mutate(pools__1__reboot="sometimes"),
      "flakefleet:pools[1].reboot: Input should be 'auto', 'always' or 'never'"),
     ("root-volume-tiny", mutate(pools__1__root_volume={"size_gib": 4}),
@@ -324,3 +330,34 @@ def test_checked_in_stacks_are_valid(stack):
 )
 def test_host_key_check(key, ok):
     assert (host_key_problem(key) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("max_parallel", "max_unavailable", "workers", "batch"),
+    [
+        (10, None, 100, 10),  # max_parallel alone, as before
+        (10, 3, 100, 3),
+        (10, "10%", 1000, 10),  # 100, capped by the deployer's max_parallel
+        (256, "10%", 1000, 100),
+        (256, "25%", 7, 1),  # 1.75 rounds down to 1
+        (256, "10%", 5, 1),  # never 0
+        (256, "100%", 40, 40),
+    ],
+)
+def test_batches_by_count_or_percentage(max_parallel, max_unavailable, workers, batch):
+    from flakefleet.config import DeliveryConfig
+
+    delivery = DeliveryConfig(authorized_keys=[DEPLOY], max_parallel=max_parallel, max_unavailable=max_unavailable)
+    assert delivery.batch_size(workers) == batch
+
+
+def test_rollout_waves_follow_max_unavailable():
+    from flakefleet.rollout import waves
+
+    cfg = base()
+    cfg["pools"][1]["count"] = 8
+    cfg["delivery"] = {"authorized_keys": [DEPLOY], "max_unavailable": "50%"}
+    stack = parse(cfg)
+    inv = plan_inventory(stack)
+    sizes = [len(w) for w in waves(stack, inv)]
+    assert sizes == [1, 1, 1, 4, 4, 1]  # 3 control planes one by one, then 9 workers in halves (4, 4, 1)

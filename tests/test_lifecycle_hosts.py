@@ -15,7 +15,7 @@ import pytest
 
 from flakefleet.deliver import ROLLED_BACK
 from flakefleet.drift import split_pools
-from flakefleet.rollout import rollout_waves
+from flakefleet.rollout import waves
 from tests.lifecycle import LocalCommand
 from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack
 from tests.testhosts import run_command_as_deployer, start_host
@@ -32,7 +32,7 @@ def fleet_hosts(tmp_path_factory):
 def up(commands, inv, cfg, plans, instance=None, replace=()):
     """One `pulumi up`: each wave's Commands in parallel, the next wave only if this one succeeded."""
     steps = {}
-    for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+    for wave in waves(cfg, inv):
         def one(host):
             inputs = command_inputs(plans[host.name], (instance or {}).get(host.name, ""))
             return host.name, commands[host.name].up(inputs, replace=host.name in replace)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK
-from flakefleet.rollout import rollout_waves
+from flakefleet.rollout import waves
 from tests.local_fleet import TOKENS, k3s_log, local_fleet, stack
 from tests.reboots import Reboots, loader_default
 from tests.testhosts import run_as_deployer
@@ -35,7 +35,7 @@ def deliver(fleet, plan):
 
 def run_waves(fleet, inv, cfg, plans):
     results = {}
-    for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+    for wave in waves(cfg, inv):
         with ThreadPoolExecutor(len(wave)) as pool:
             results.update(pool.map(lambda h: (h.name, deliver(fleet, plans[h.name])), wave))
         if any(results[h.name].returncode != 0 for h in wave):

@@ -14,7 +14,7 @@ from flakefleet.deliver import PLAN_ENV
 from flakefleet.dr import PRUNE_PLAN_ENV
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
-from flakefleet.rollout import RestorePoint, delivery_plans, rollout_waves
+from flakefleet.rollout import RestorePoint, delivery_plans, waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
@@ -50,7 +50,7 @@ def rebuilt(tmp_path_factory):
         systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
         plans = delivery_plans(cfg, inv, systems, {n: h.host_key for n, h in hosts.items()}, restore=POINT)
         results = {}
-        for wave in rollout_waves(inv, cfg.delivery.max_parallel):
+        for wave in waves(cfg, inv):
             for host in wave:
                 results[host.name] = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         yield fleet, hosts, plans, results

@@ -55,7 +55,7 @@ _REWRITES = {"missing": "required"}
 def _problem(path: str, error: dict, model: type[Model]) -> str:
     # Drop the union/constraint tags pydantic adds for Optional[Annotated[...]] fields.
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-    message = _REWRITES.get(error["type"], error["msg"])
+    message = _REWRITES.get(error["type"], error["msg"].removeprefix("Value error, "))
     if error["type"] == "extra_forbidden":
         message = "unknown key" + did_you_mean(str(loc[-1]), model.model_fields)
     elif error["type"] == "string_pattern_mismatch" and error["ctx"].get("pattern") == DNS_LABEL:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flakefleet.config.base import NAMESPACE, Model
 from flakefleet.config.rules import ssh_key_problem
@@ -41,8 +43,31 @@ class DeliveryConfig(Model):
         False, description="Let hosts fetch paths from their own substituters instead of the deployer. Default `false`."
     )
     max_parallel: Annotated[int, Field(ge=1, le=256)] = Field(
-        10, description="Workers delivered at once, per batch. Default 10."
+        10, description="Workers delivered at once, per batch: the deployer's concurrency cap. Default 10."
     )
+    max_unavailable: int | str | None = Field(
+        None,
+        description="Workers a batch may take out at once, as a count or a percentage of the stack's workers "
+        "(`10%`, rounded down, at least 1), as Kubernetes rollouts' maxUnavailable; batches are the smaller of this "
+        "and `max_parallel`. Default: none (`max_parallel`).",
+    )
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _count_or_percentage(cls, value: int | str | None) -> int | str | None:
+        if value is None or (isinstance(value, int) and value >= 1) or (
+            isinstance(value, str) and re.fullmatch(r"(100|[1-9][0-9]?)%", value)
+        ):
+            return value
+        raise ValueError(f"{value!r} is neither a count of workers (1 or more) nor a percentage from 1% to 100%")
+
+    def batch_size(self, workers: int) -> int:
+        """Workers per batch for a fleet of `workers`."""
+        if self.max_unavailable is None:
+            return self.max_parallel
+        if isinstance(self.max_unavailable, int):
+            return min(self.max_parallel, self.max_unavailable)
+        return min(self.max_parallel, max(1, workers * int(self.max_unavailable[:-1]) // 100))
     health_timeout_s: Annotated[int, Field(ge=5, le=3600)] = Field(
         300, description="Seconds a host has to confirm health after switching. Default 300."
     )
