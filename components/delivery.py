@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import pulumi_command as command
 
 from components.machine import Machines
 from flakefleet.config import StackConfig
-from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV
+from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
 from flakefleet.inventory import Inventory
 from flakefleet.nixos import host_system
 from flakefleet.rollout import RestorePoint, host_plan, waves
@@ -53,24 +52,14 @@ class DeliveryArgs:
     """A rebuild's snapshot: restored by the first control plane before the others join."""
 
 
-def runner_report(stdout: str) -> dict:
-    """The runner's JSON report (its last stdout line); {} when absent."""
-    lines = (stdout or "").strip().splitlines()
-    try:
-        report = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        return {}
-    return report if isinstance(report, dict) else {}
-
-
 def found_in_report(stdout: str) -> dict:
     """What the last delivery found on the host before acting ({} when unknown)."""
-    return runner_report(stdout).get("found", {})
+    return report_in(stdout).get("found", {})
 
 
 def system_in_report(stdout: str) -> str | None:
     """The system the last delivery confirmed on the host (None when unknown)."""
-    return runner_report(stdout).get("system") or None
+    return report_in(stdout).get("system") or None
 
 
 class Delivery(pulumi.ComponentResource):
@@ -139,7 +128,7 @@ class Delivery(pulumi.ComponentResource):
                 self.commands[host.name] = cmd
                 self.delivered[host.name] = cmd.stdout.apply(system_in_report)
                 self.found[host.name] = cmd.stdout.apply(found_in_report)
-                self.reboot_pending[host.name] = cmd.stdout.apply(lambda s: bool(runner_report(s).get("reboot_pending")))
+                self.reboot_pending[host.name] = cmd.stdout.apply(lambda s: bool(report_in(s).get("reboot_pending")))
                 current.append(cmd)
             # The next wave starts only when this one is healthy: it waits for this gate, which
             # waits for every host of the wave and runs nothing. One edge into the rollout chain

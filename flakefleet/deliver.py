@@ -316,14 +316,24 @@ class Report:
     reboot_pending: bool = False
 
 
-def previous_report(env: dict[str, str]) -> dict:
-    """The report of this Command's last create or update, from pulumi-command ({} when none)."""
-    lines = (env.get(PREVIOUS_STDOUT_ENV) or "").strip().splitlines()
+def report_in(stdout: str | None) -> dict:
+    """The runner's JSON report in a Command's stdout (its last line); {} when absent."""
+    lines = (stdout or "").strip().splitlines()
     try:
         report = json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
         return {}
     return report if isinstance(report, dict) else {}
+
+
+def previous_report(env: dict[str, str]) -> dict:
+    """The report of this Command's last create or update, from pulumi-command ({} when none)."""
+    return report_in(env.get(PREVIOUS_STDOUT_ENV))
+
+
+def parse_state(text: str) -> dict[str, str]:
+    """`hostctl.sh state` output (key=value lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def needs_delivery(plan: DeliveryPlan, previous: dict, digest: str, instance: str) -> list[str]:
@@ -542,7 +552,7 @@ class Delivery:
         total = time.monotonic()
         self.build()
         self.wait_for_ssh()
-        state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        state = parse_state(self.hostctl("state").stdout)
         applied_profile = state.get("applied_profile", "")
         self.report.found = {
             "running": state.get("current", ""),
@@ -611,7 +621,7 @@ class Delivery:
         previous generation's system through the same dead-man switch and confirm over a new
         connection (its Node Ready), then record it so drift reports the host as rolled back."""
         self.wait_for_ssh()
-        state = dict(line.split("=", 1) for line in self.hostctl("state").stdout.splitlines() if "=" in line)
+        state = parse_state(self.hostctl("state").stdout)
         previous = self.hostctl("previous").stdout.strip()
         if not previous:
             raise DeliveryFailed(f"host {self.plan.host} has no earlier confirmed system to roll back to")
@@ -713,7 +723,7 @@ class Delivery:
         """Whether a newer delivery holds the host (this Command's delete belongs to a replacement)."""
         if state.returncode != 0:
             return False
-        host = dict(line.split("=", 1) for line in state.stdout.splitlines() if "=" in line)
+        host = parse_state(state.stdout)
         mine = self.previous.get("owner")
         if mine and host.get("owner"):
             return host["owner"] != mine

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flakefleet.deliver import HOSTCTL, IDENTITY_ENV, pinned_ssh
+from flakefleet.deliver import HOSTCTL, IDENTITY_ENV, parse_state, pinned_ssh
 
 IN_SYNC, DRIFTED, UNCHECKED = "in sync", "drifted", "unreachable"
 
@@ -56,11 +56,6 @@ def split_pools(nodes: dict[str, dict], running: dict[str, str] | None = None) -
         if now != wanted:
             entry["off_wanted"][host] = now or "unknown"
     return pools
-
-
-def parse_state(text: str) -> dict[str, str]:
-    """`hostctl.sh state` output as a dict."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def classify(host: str, wanted: str, state: dict[str, str]) -> HostDrift:

@@ -30,7 +30,6 @@ from flakefleet.deliver import K3S, REMOTE_HOSTCTL, ROLLED_BACK, DeliveryFailed,
 if TYPE_CHECKING:
     from flakefleet.deliver import Delivery
 
-REBOOT_MODES = ("auto", "always", "never")
 
 
 def reasons(d: Delivery) -> list[str]:
@@ -72,7 +71,9 @@ def uncordon(d: Delivery, via: Endpoint | None, deadline: float | None = None) -
     """Uncordon the node (retrying while its control plane's k3s comes back, when it is this host)."""
     if via is None:
         return
-    attempt = lambda: (d.ssh([K3S, "kubectl", "uncordon", d.plan.host], to=via, timeout=30).returncode == 0, "")  # noqa: E731
+    def attempt() -> tuple[bool, str]:
+        return d.ssh([K3S, "kubectl", "uncordon", d.plan.host], to=via, timeout=30).returncode == 0, ""
+
     done, _ = d.poll(attempt, deadline or time.monotonic() + d.plan.health_timeout_s)
     if not done:
         raise DeliveryFailed(f"host {d.plan.host} rebooted but could not be uncordoned through {via.host}", ROLLED_BACK)

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from flakefleet.config import ConfigError
+from flakefleet.config import ConfigError, parse_stack_config
+from flakefleet.inventory import plan_inventory
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
 
@@ -121,9 +122,6 @@ def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
 def load_stack(stack: str, stacks_dir: Path = STACKS):
     """A stack file read and validated: (config, inventory); ConfigError with every problem,
     an unknown stack included."""
-    from flakefleet.config import parse_stack_config
-    from flakefleet.inventory import plan_inventory
-
     if stack not in stack_names(stacks_dir):
         raise ConfigError([f"no stack {stack!r} in {stacks_dir} (have: {', '.join(stack_names(stacks_dir))})"])
     raw = read_stack_file(stack, stacks_dir)

@@ -227,8 +227,7 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
         print(f"--- wave {number}: {', '.join(h.name for h in wave)}")
         results = {}
         workers = [threading.Thread(target=lambda h=h: results.update(
-            {h.name: commands[h.name].up({**command_inputs(plans[h.name]), "environment": {
-                **command_inputs(plans[h.name])["environment"], **tokens}})})) for h in wave]
+            {h.name: commands[h.name].up(command_inputs(plans[h.name], secrets=tokens))})) for h in wave]
         for w in workers:
             w.start()
         for w in workers:

@@ -4,6 +4,7 @@ Command inputs exactly as the Delivery component registers them (shared by the h
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,11 +13,11 @@ from flakefleet.config import parse_stack_config
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, DeliveryPlan
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
-from flakefleet.rollout import delivery_plans
+from flakefleet.rollout import delivery_plans, waves
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import prerequisites, running_fleet
+from tests.testhosts import prerequisites, run_as_deployer, running_fleet
 
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 
@@ -53,15 +54,31 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False,
     return cfg, inv, systems, plans
 
 
-def command_inputs(plan: DeliveryPlan, instance: str = "") -> dict:
-    """The inputs of a host's delivery Command (components/delivery.py); secrets as plain values."""
+def command_inputs(plan: DeliveryPlan, instance: str = "", secrets: dict[str, str] | None = None) -> dict:
+    """The inputs of a host's delivery Command (components/delivery.py); secrets (default: the
+    tests' tokens) as plain values."""
     return {
         "create": CREATE,
         "update": UPDATE,
         "delete": DELETE,
-        "environment": {PLAN_ENV: plan.to_json(), INSTANCE_ENV: instance, **TOKENS},
+        "environment": {PLAN_ENV: plan.to_json(), INSTANCE_ENV: instance, **(TOKENS if secrets is None else secrets)},
         "triggers": None,
     }
+
+
+def run_waves(fleet, cfg, inv, plans, timeout: float = 300) -> dict:
+    """Each host's runner as its Command's create would run it, wave after wave (a wave's hosts in
+    parallel), stopping after the first wave with a failure: host -> completed process."""
+    results = {}
+    for wave in waves(cfg, inv):
+        def one(host):
+            env = {PLAN_ENV: plans[host.name].to_json(), **TOKENS}
+            return host.name, run_as_deployer(fleet, ["flakefleet.deliver"], env, timeout=timeout)
+        with ThreadPoolExecutor(len(wave)) as pool:
+            results.update(pool.map(one, wave))
+        if any(results[h.name].returncode != 0 for h in wave):
+            break
+    return results
 
 
 def k3s_log(host) -> list[str]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
 from flakefleet.nixos import AGENT_TOKEN
-from flakefleet.rollout import waves
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, stack
+from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
 from tests.testhosts import run_as_deployer, start_host
 
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
@@ -38,19 +36,6 @@ def formed(cluster):
     results = run_waves(fleet, cfg, inv, plans)
     assert all(r.returncode == 0 for r in results.values()), {n: r.stderr for n, r in results.items()}
     return fleet, hosts
-
-
-def run_waves(fleet, cfg, inv, plans):
-    """Deliver wave after wave (hosts of a wave in parallel); stop after the first failing wave."""
-    results = {}
-    for wave in waves(cfg, inv):
-        def one(host):
-            return host.name, run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
-        with ThreadPoolExecutor(len(wave)) as pool:
-            results.update(pool.map(one, wave))
-        if any(results[h.name].returncode != 0 for h in wave):
-            break
-    return results
 
 
 def test_cluster_forms_in_order(cluster):

@@ -8,14 +8,12 @@ the reboot; the emulation reboots the host into the entry its boot loader would 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 
 from flakefleet.deliver import PLAN_ENV, ROLLED_BACK
-from flakefleet.rollout import waves
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, stack
+from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
 from tests.reboots import Reboots, loader_default
 from tests.testhosts import run_as_deployer
 
@@ -33,16 +31,6 @@ def deliver(fleet, plan):
     return run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS}, timeout=300)
 
 
-def run_waves(fleet, inv, cfg, plans):
-    results = {}
-    for wave in waves(cfg, inv):
-        with ThreadPoolExecutor(len(wave)) as pool:
-            results.update(pool.map(lambda h: (h.name, deliver(fleet, plans[h.name])), wave))
-        if any(results[h.name].returncode != 0 for h in wave):
-            break
-    return results
-
-
 def report(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -54,7 +42,7 @@ def booted(fleet_hosts):
     reboots.hang.clear()
     hosts["cp-0"].path("/etc/flakefleet/standin-notready").unlink(missing_ok=True)
     cfg, inv, _, plans = stack(hosts, fleet, reboot="never")  # whatever ran before: back on the usual kernel
-    assert all(r.returncode == 0 for r in run_waves(fleet, inv, cfg, plans).values())
+    assert all(r.returncode == 0 for r in run_waves(fleet, cfg, inv, plans).values())
     hosts["cp-0"].path("/etc/flakefleet/standin-nodes").write_text(" ".join(ADDRESSES) + "\n")  # registered
     for host in hosts.values():  # as if each machine had booted this system
         link = host.root / "run" / "booted-system"
@@ -71,19 +59,23 @@ def changes(hosts, before: int) -> list[str]:
 def test_an_unchanged_kernel_switches_live(booted):
     fleet, hosts, reboots = booted
     cfg, inv, _, plans = stack(hosts, fleet, labels={"live": "yes"})
-    results = run_waves(fleet, inv, cfg, plans)
+    boots = {n: list(b) for n, b in reboots.booted.items()}
+    booted_from = {n: h.path("/run/booted-system").readlink() for n, h in hosts.items()}
+    results = run_waves(fleet, cfg, inv, plans)
     for name in ("worker-0", "worker-1"):
         assert results[name].returncode == 0, results[name].stderr
         assert report(results[name])["outcome"] == "activated"
+        assert "rebooting" not in results[name].stdout
         assert hosts[name].current_system() == plans[name].system
-    assert all(not booted for booted in reboots.booted.values()) or "rebooting" not in results["worker-0"].stdout
+    assert reboots.booted == boots  # no host rebooted
+    assert {n: h.path("/run/booted-system").readlink() for n, h in hosts.items()} == booted_from
 
 
 def test_a_new_kernel_drains_reboots_confirms_and_uncordons_wave_by_wave(booted):
     fleet, hosts, reboots = booted
     before = len(k3s_log(hosts["cp-0"]))
     cfg, inv, _, plans = stack(hosts, fleet, spec_extra=NEW_KERNEL)
-    results = run_waves(fleet, inv, cfg, plans)
+    results = run_waves(fleet, cfg, inv, plans)
     for name, host in hosts.items():
         assert results[name].returncode == 0, results[name].stderr
         assert report(results[name])["outcome"] == "rebooted"
@@ -104,7 +96,7 @@ def test_unhealthy_after_the_reboot_goes_back_at_the_boot_loader(booted):
     previous = {n: h.current_system() for n, h in hosts.items()}
     cfg, inv, _, plans = stack(hosts, fleet, spec_extra={"standin_kernel": "6.14.0"})
     hosts["cp-0"].path("/etc/flakefleet/standin-notready").write_text("worker-1\n")
-    results = run_waves(fleet, inv, cfg, plans)
+    results = run_waves(fleet, cfg, inv, plans)
     assert results["cp-0"].returncode == 0, results["cp-0"].stderr
     for name in ("worker-0", "worker-1"):  # the batch: neither is confirmed, both go back
         proc = results[name]
