@@ -19,7 +19,7 @@ from components.cluster import (
     StaleNodes,
     StaleNodesArgs,
 )
-from components.delivery import Delivery, DeliveryArgs
+from components.delivery import Delivery, DeliveryArgs, host_outputs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
 from components.settings import announce_reboots, load_stack, node_table, plan_restore, plan_systems
@@ -109,6 +109,7 @@ delivery = Delivery(
         restore=restore,
     ),
 )
+first_system = delivery.first.stdout.apply(lambda out: host_outputs(out, None)["system"])
 
 # Cluster: the admin kubeconfig from the first control plane, pointed at the API endpoint.
 first = inventory.control_planes[0]
@@ -119,8 +120,8 @@ kubeconfig = Kubeconfig(
         api_endpoint=inventory.api_endpoint,
         first_control_plane=first,
         host_key=delivery.host_keys[first.name],
-        system=delivery.delivered[first.name],
-        after=delivery.commands[first.name],
+        system=first_system,
+        after=delivery.first,
     ),
 )
 
@@ -133,7 +134,7 @@ if restore:
             host_key=delivery.host_keys[first.name],
             keep=tuple(h.name for h in inventory.hosts),
             restore_id=restore.id,
-            after=tuple(delivery.commands.values()),
+            after=delivery.last_wave,  # which waited for every wave before it
         ),
     )
 
@@ -141,17 +142,14 @@ if restore:
 pulumi.export("api_endpoint", inventory.api_endpoint)
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
-nodes = node_table(
-    inventory, machines.instance_ids if machines else {}, delivery.delivered, delivery.host_keys, wanted,
-    delivery.reboot_pending,
-)
+nodes = node_table(inventory, delivery.hosts, delivery.host_keys, wanted)
 pulumi.export("nodes", nodes)
-pulumi.export("pools", pulumi.Output.from_input(nodes).apply(split_pools))  # who is off its pool's system
+pulumi.export("pools", nodes.apply(split_pools))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("boot", {name: system.boot for name, system in systems.items()})  # what the next preview compares
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
-pulumi.export("drift", delivery.found)  # what each host's last delivery found; live: python -m flakefleet drift
+pulumi.export("drift", delivery.hosts.apply(lambda hosts: {h: out["found"] for h, out in hosts.items()}))  # what each host's last delivery found; live: python -m flakefleet drift
 pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",

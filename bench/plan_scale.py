@@ -5,7 +5,10 @@
 Each size runs in a fresh interpreter so peak memory is that size's own, against the offline
 stand-in flake. Prints a Markdown table: systems evaluated and the evaluation time with an
 empty cache and a warm one, resources registered, the program's wall time (warm cache), peak
-RSS, and time per resource (flat when registration grows linearly with hosts).
+RSS, time per resource (flat when registration grows linearly with hosts), and the floor: the
+same number of bare resources (no inputs, no dependencies) registered under the same mocks in a
+fresh interpreter, as Commands and as the program's own resource types, and the program's cost
+over each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pulumi
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "standin"
@@ -43,6 +48,37 @@ def fleet_config(hosts: int) -> dict[str, str]:
     }
 
 
+FLOOR_TYPES = {"tls:index/privateKey:PrivateKey": "key", "aws:ec2/instance:Instance": "instance"}
+
+
+def bare_floor(counts: dict[str, int]) -> float:
+    """Seconds to register bare resources (no inputs, no dependencies, no outputs used) under the
+    same mocks in a fresh interpreter: `counts` maps "key"/"instance"/"command" to how many."""
+    import pulumi_aws as aws
+    import pulumi_command as command
+    import pulumi_tls as tls
+    from pulumi.runtime.settings import SETTINGS
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    make = {
+        "key": lambda name: tls.PrivateKey(name, algorithm="ED25519"),  # its one required input
+        "instance": aws.ec2.Instance,
+        "command": command.local.Command,
+    }
+    monitor = RecordingMonitor(FleetMocks())
+    pulumi.runtime.set_mocks(monitor.mocks, project="flakefleet", stack="floor", preview=False, monitor=monitor)
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    start = time.perf_counter()
+    _sync_await(run_pulumi_func(lambda: [make[t](f"{t}-{i}") for t, n in counts.items() for i in range(n)]))
+    elapsed = time.perf_counter() - start
+    assert len(monitor.records) == sum(counts.values())
+    return elapsed
+
+
 def measure_one(hosts: int) -> dict:
     """Evaluate the fleet's systems with an empty cache and again warm, then run the program once."""
     from flakefleet.config import parse_stack_config
@@ -65,7 +101,9 @@ def measure_one(hosts: int) -> dict:
         run = run_program(config, stack="bench")
         wall = time.perf_counter() - start
     assert len(run.exports["nodes"]) == hosts
+    kinds = [FLOOR_TYPES.get(r.type, "command") for r in run.resources]
     return {
+        "floor_counts": {k: kinds.count(k) for k in ("key", "instance", "command")},
         "hosts": hosts,
         "resources": len(run.resources),
         "systems": len(run.exports["systems"]),
@@ -76,24 +114,42 @@ def measure_one(hosts: int) -> dict:
     }
 
 
+def fresh(*args: str) -> dict | float:
+    """One measurement in a fresh interpreter."""
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--one"]:
         print(json.dumps(measure_one(int(argv[1]))))
         return
+    if argv[:1] == ["--floor"]:
+        print(json.dumps(bare_floor(json.loads(argv[1]))))
+        return
     sizes = [int(a) for a in argv] or [10, 100, 1000]
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True, capture_output=True, text=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = fresh("--one", str(n))
+        # Two floors: as many bare Commands as the program registers, and the program's own
+        # resource types (host keys, instances, Commands: an aws Instance has ~80 outputs).
+        row["floor_s"] = fresh("--floor", json.dumps({"command": row["resources"]}))
+        row["type_floor_s"] = fresh("--floor", json.dumps(row["floor_counts"]))
+        rows.append(row)
     print("| hosts | systems | eval, cold cache (s) | eval, warm (s) | resources | program (s) | peak RSS (MiB) "
-          "| ms per resource | resources per host |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ms per resource | resources per host | bare Commands (s) | program / that | bare, same types (s) "
+          "| program / that |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['hosts']} | {r['systems']} | {r['eval_cold_s']:.3f} | {r['eval_warm_s']:.4f} | {r['resources']} | "
             f"{r['wall_s']:.2f} | {r['peak_rss_mib']:.0f} | {1000 * r['wall_s'] / r['resources']:.2f} | "
-            f"{r['resources'] / r['hosts']:.2f} |"
+            f"{r['resources'] / r['hosts']:.2f} | {r['floor_s']:.2f} | {r['wall_s'] / r['floor_s']:.2f} | "
+            f"{r['type_floor_s']:.2f} | {r['wall_s'] / r['type_floor_s']:.2f} |"
         )
+    per_resource = {r["hosts"]: r["wall_s"] / r["resources"] for r in rows}
+    if 100 in per_resource and 1000 in per_resource:
+        print(f"\nper-resource cost, 1000 hosts over 100 hosts: {per_resource[1000] / per_resource[100]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,9 @@ class StaleNodesArgs:
     """Node names of this stack's hosts."""
     restore_id: str
     """The restore this clean-up belongs to (it runs once per restore)."""
-    after: tuple[pulumi.Resource, ...]
-    """Every delivery: stale Nodes are deleted once all hosts have joined."""
+    after: pulumi.Input[list[pulumi.Resource]]
+    """The last wave of deliveries (which waited for every earlier one): stale Nodes are deleted
+    once all hosts have joined."""
 
 
 class StaleNodes(pulumi.ComponentResource):
@@ -138,7 +139,7 @@ class StaleNodes(pulumi.ComponentResource):
             create="./scripts/flakefleet dr prune",
             environment={PRUNE_PLAN_ENV: plan},
             triggers=[args.restore_id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.after),
         )
         self.deleted, self.command_id = prune.stdout, prune.id
         self.register_outputs({"deleted": self.deleted})

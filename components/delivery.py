@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
+from pulumi.resource import DependencyResource
 
 from components.machine import Machines
 from flakefleet.config import StackConfig
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
-from flakefleet.inventory import Inventory
+from flakefleet.inventory import Host, Inventory
 from flakefleet.nixos import host_system
 from flakefleet.rollout import RestorePoint, host_plan, waves
 from flakefleet.systems import System
@@ -50,91 +52,119 @@ class DeliveryArgs:
     """Bucket control planes write etcd snapshots to (their folder), or None for local snapshots only."""
     restore: RestorePoint | None = None
     """A rebuild's snapshot: restored by the first control plane before the others join."""
+    uploads: Sequence[pulumi.Resource] = ()
+    """The pools' cache uploads: the first wave waits for them."""
 
 
-def found_in_report(stdout: str) -> dict:
-    """What the last delivery found on the host before acting ({} when unknown)."""
-    return report_in(stdout).get("found", {})
+def host_outputs(stdout: str, instance_id: str | None) -> dict:
+    """What a host's last delivery report says, for the stack outputs: the system it confirmed
+    (None when unknown), what it found before acting, whether a reboot is pending."""
+    report = report_in(stdout)
+    return {
+        "system": report.get("system") or None,
+        "found": report.get("found", {}),
+        "reboot_pending": bool(report.get("reboot_pending")),
+        "instance_id": instance_id,
+    }
 
 
-def system_in_report(stdout: str) -> str | None:
-    """The system the last delivery confirmed on the host (None when unknown)."""
-    return report_in(stdout).get("system") or None
+def after_urns(urns: Sequence[str]) -> list[pulumi.Resource]:
+    """Dependencies on already-registered resources, by URN. The SDK checks every new edge for a
+    cycle by walking the dependency's whole history (pulumi/runtime/resource_cycle_breaker.py),
+    so an edge to the previous wave's Command made each registration cost the length of the
+    rollout so far; an edge to a `DependencyResource` (the SDK's own stand-in for a resource
+    known by URN, as remote components use) records the same dependency for the engine and
+    has no history to walk."""
+    return [DependencyResource(urn) for urn in urns]
 
 
 class Delivery(pulumi.ComponentResource):
     """Control planes one at a time (the cluster-initializing one first), then workers in batches."""
 
-    commands: dict[str, command.local.Command]
-    """Host name -> its delivery Command."""
+    first: command.local.Command
+    """The first control plane's delivery Command (the cluster's first server)."""
     host_keys: dict[str, pulumi.Output[str]]
     """Host name -> the SSH host key its delivery pinned."""
-    delivered: dict[str, pulumi.Output[str]]
-    """Host name -> the system it runs, known once its delivery has confirmed it healthy."""
-    found: dict[str, pulumi.Output[dict]]
-    """Host name -> what its last delivery found there before acting (running system, changed outside flakefleet)."""
-    reboot_pending: dict[str, pulumi.Output[bool]]
-    """Host name -> whether it runs a system whose kernel it has not booted yet (`reboot: never`)."""
+    hosts: pulumi.Output[dict[str, dict]]
+    """Host name -> what its last delivery reported (`host_outputs`), once every wave is registered."""
+    last_wave: pulumi.Output[list[pulumi.Resource]]
+    """The last wave's Commands: what waits for the whole rollout depends on these."""
 
     def __init__(self, name: str, args: DeliveryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Delivery", name, None, opts)
-        cfg, inv = args.config, args.inventory
-        self.commands, self.delivered, self.found, self.reboot_pending = {}, {}, {}, {}
-        self.host_keys = keys = {
-            h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key) for h in inv.hosts
+        self._name, self._args = name, args
+        self.host_keys = {
+            h.name: pulumi.Output.from_input(args.generated_host_keys.get(h.name) or h.ssh_host_key)
+            for h in args.inventory.hosts
         }
+        self._waves = waves(args.config, args.inventory)
+        # One secret Output each, shared by every host's environment (not one wrapper per host).
+        self._secrets = {
+            SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
+            **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
+        }
+        self._outputs: dict[str, pulumi.Output[dict]] = {}
+        # Wave 0 (the first control plane) now: the kubeconfig reads from it. Every later wave is
+        # registered only once the previous one is (in `up`: delivered and healthy): the SDK's
+        # wait for outstanding outputs scans all of them each time one resolves, so a fleet made
+        # all at once paid hosts x waves; made wave by wave it pays for one wave at a time.
+        first_wave = self._wave(0, list(args.uploads))
+        self.first = first_wave[0]
+        rest = asyncio.ensure_future(self._later_waves(first_wave))
+        self.last_wave = pulumi.Output.from_input(rest)
+        self.hosts = self.last_wave.apply(lambda _: pulumi.Output.all(**self._outputs))
+        self.register_outputs({"hosts": self.hosts})
+
+    async def _later_waves(self, previous: list[command.local.Command]) -> list[pulumi.Resource]:
+        """Each wave after the first, registered once the previous wave is; returns the last wave."""
+        for number in range(1, len(self._waves)):
+            urns = await asyncio.gather(*(cmd.urn.future() for cmd in previous))
+            previous = self._wave(number, after_urns(urns) + list(self._args.api_ready))
+        return previous
+
+    def _wave(self, number: int, waits: list[pulumi.Resource]) -> list[command.local.Command]:
+        """One wave's Commands, each after `waits` (the previous wave, the cache uploads)."""
+        return [self._host(host, self._waves[number], waits) for host in self._waves[number]]
+
+    def _host(self, host: Host, wave: tuple[Host, ...], waits: list[pulumi.Resource]) -> command.local.Command:
+        """One host's delivery Command (and, on EC2, its instance first)."""
+        args, cfg, inv = self._args, self._args.config, self._args.inventory
+        # An EC2 host's instance waits for the previous wave too, so a change that replaces or
+        # restarts instances reaches one control plane (one batch) at a time, each healthy first.
+        machine = args.machines.instance(host, waits) if host.provider == "ec2" else None
         # A plan needs its own host's key and the control planes' (readiness is asked there), never
         # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
-        control = [h.name for h in inv.control_planes]
-        gate: pulumi.Resource | None = None
-        for number, wave in enumerate(waves(cfg, inv)):
-            waits = ([gate] if gate else []) + (list(args.api_ready) if number else [])
-            current = []
-            for host in wave:
-                args.systems[host_system(cfg, host)]
-                keys[host.name]
-                # An EC2 host's machine waits for the previous wave too, so a change that replaces or
-                # restarts instances reaches one control plane (one batch) at a time, each healthy first.
-                machine = args.machines.machine(host, waits) if host.provider == "ec2" else None
-                instance = [machine.instance_id] if machine else []
-                needed = list(dict.fromkeys([host.name, *control]))
-                plan = pulumi.Output.all(args.snapshot_bucket, *(keys[n] for n in needed)).apply(
-                    lambda v, h=host, w=wave, names=needed: host_plan(
-                        cfg, inv, h, w, args.systems, dict(zip(names, v[1:])), v[0], args.restore
-                    )
-                )
-                cmd = command.local.Command(
-                    f"{name}-{host.name}",
-                    create=CREATE,
-                    update=UPDATE,
-                    delete=DELETE,
-                    environment={
-                        PLAN_ENV: plan.apply(lambda p: p.to_json()),
-                        # A replaced instance (same address, same key) gets its system again.
-                        INSTANCE_ENV: instance[0] if instance else "",
-                        SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
-                        **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
-                    },
-                    # No triggers: a replacement would delete the old Command, and its delete is the
-                    # host's removal. Every change is an update; the runner decides what reaches the host.
-                    logging=command.local.Logging.STDOUT_AND_STDERR,
-                    opts=pulumi.ResourceOptions(
-                        parent=self,
-                        # The machine waits for the previous wave already; one edge is enough.
-                        depends_on=[machine] if machine else waits,
-                        custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
-                    ),
-                )
-                self.commands[host.name] = cmd
-                self.delivered[host.name] = cmd.stdout.apply(system_in_report)
-                self.found[host.name] = cmd.stdout.apply(found_in_report)
-                self.reboot_pending[host.name] = cmd.stdout.apply(lambda s: bool(report_in(s).get("reboot_pending")))
-                current.append(cmd)
-            # The next wave starts only when this one is healthy: it waits for this gate, which
-            # waits for every host of the wave and runs nothing. One edge into the rollout chain
-            # instead of one per host of the wave: Pulumi's SDK walks a dependency's whole history
-            # for each edge (to rule out cycles), so wide edges made registration quadratic.
-            gate = command.local.Command(
-                f"{name}-wave-{number}", opts=pulumi.ResourceOptions(parent=self, depends_on=current)
-            )
-        self.register_outputs({"delivered": self.delivered, "found": self.found})
+        needed = list(dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]))
+        plan = pulumi.Output.all(args.snapshot_bucket, *(self.host_keys[n] for n in needed)).apply(
+            lambda v: host_plan(
+                cfg, inv, host, wave, args.systems, dict(zip(needed, v[1:])), v[0], args.restore
+            ).to_json()
+        )
+        cmd = command.local.Command(
+            f"{self._name}-{host.name}",
+            create=CREATE,
+            update=UPDATE,
+            delete=DELETE,
+            environment={
+                PLAN_ENV: plan,
+                # A replaced instance (same address, same key) gets its system again.
+                INSTANCE_ENV: machine.id if machine else "",
+                **self._secrets,
+            },
+            # No triggers: a replacement would delete the old Command, and its delete is the
+            # host's removal. Every change is an update; the runner decides what reaches the host.
+            logging=command.local.Logging.STDOUT_AND_STDERR,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The instance waits for the previous wave already; one edge is enough.
+                depends_on=[machine] if machine else waits,
+                custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
+            ),
+        )
+        instance_id = machine.id if machine else None
+        # pulumi-command marks every output secret when any input is (the signing key is), but the
+        # report carries nothing secret by construction (tested): the node table stays readable.
+        self._outputs[host.name] = pulumi.Output.unsecret(
+            pulumi.Output.all(cmd.stdout, instance_id).apply(lambda v: host_outputs(*v))
+        )
+        return cmd

@@ -17,6 +17,7 @@ from flakefleet.inventory import Host, Inventory
 
 NIXOS_AMI_OWNER = "427812963091"  # the NixOS project's AWS account, publisher of the official AMIs
 AMI_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
+MACHINE_TYPE = "flakefleet:index:Machine"  # the component instances once sat in
 
 
 def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None) -> pulumi.Output[str]:
@@ -32,75 +33,48 @@ def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None)
     ).id
 
 
-@dataclass(frozen=True)
-class MachineArgs:
-    """One EC2 host."""
-
-    host: Host
-    """The planned host: instance type, zone and fixed private address."""
-    ami: pulumi.Input[str]
-    """Boot image."""
-    subnet_id: pulumi.Input[str]
-    """The host's private subnet."""
-    security_group_id: pulumi.Input[str]
-    """The host role's security group."""
-    instance_profile: pulumi.Input[str]
-    """The host role's instance profile name."""
-    root_volume: RootVolume = RootVolume()
-    """Root volume size and performance."""
-    user_data: pulumi.Input[str] | None = None
-    """First-boot user data."""
-    after: tuple[pulumi.Resource, ...] = ()
-    """What the instance waits for (the previous rollout wave)."""
-    tags: Mapping[str, str] = field(default_factory=dict)
-    """Tags for the instance and its volumes."""
-
-
-class Machine(pulumi.ComponentResource):
-    """One EC2 instance that boots NixOS and waits for delivery."""
-
-    instance_id: pulumi.Output[str]
-    """The instance's id."""
-    private_ip: pulumi.Output[str]
-    """The instance's private address (equal to the planned one)."""
-
-    def __init__(self, name: str, args: MachineArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("flakefleet:index:Machine", name, None, opts)
-        host, volume = args.host, args.root_volume
-        instance = aws.ec2.Instance(
-            name,
-            ami=args.ami,
-            instance_type=host.instance_type,
-            subnet_id=args.subnet_id,
-            private_ip=str(host.address),
-            vpc_security_group_ids=[args.security_group_id],
-            iam_instance_profile=args.instance_profile,
-            # CIS AWS 5.6: session tokens only; hop limit 1 keeps pods from borrowing the node's role.
-            metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
-            root_block_device={
-                "encrypted": True,
-                "volume_type": "gp3",
-                "volume_size": volume.size_gib,
-                "iops": volume.iops,
-                "throughput": volume.throughput_mibps,
-                "delete_on_termination": True,
-                "tags": dict(args.tags),
-            },
-            user_data=args.user_data,
-            tags=dict(args.tags),
-            # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
-            # owns its system from then on. Neither may replace or restart a running node.
-            # A fixed private address cannot be held by two instances: replace by delete first.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=list(args.after),
-                ignore_changes=["ami", "user_data"],
-                delete_before_replace=True,
-            ),
-        )
-        self.instance_id = instance.id
-        self.private_ip = instance.private_ip
-        self.register_outputs({"instance_id": self.instance_id, "private_ip": self.private_ip})
+def instance(
+    name: str,
+    host: Host,
+    ami: pulumi.Input[str],
+    subnet_id: pulumi.Input[str],
+    security_group_id: pulumi.Input[str],
+    instance_profile: pulumi.Input[str],
+    root_volume: RootVolume,
+    user_data: pulumi.Input[str],
+    tags: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> aws.ec2.Instance:
+    """One EC2 host that boots NixOS and waits for delivery: one resource, no component around it
+    (a fleet registers three resources per host: host key, instance, delivery)."""
+    return aws.ec2.Instance(
+        name,
+        ami=ami,
+        instance_type=host.instance_type,
+        subnet_id=subnet_id,
+        private_ip=str(host.address),
+        vpc_security_group_ids=[security_group_id],
+        iam_instance_profile=instance_profile,
+        # CIS AWS 5.6: session tokens only; hop limit 1 keeps pods from borrowing the node's role.
+        metadata_options={"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1},
+        root_block_device={
+            "encrypted": True,
+            "volume_type": "gp3",
+            "volume_size": root_volume.size_gib,
+            "iops": root_volume.iops,
+            "throughput": root_volume.throughput_mibps,
+            "delete_on_termination": True,
+            "tags": dict(tags),
+        },
+        user_data=user_data,
+        tags=dict(tags),
+        # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
+        # owns its system from then on. Neither may replace or restart a running node.
+        # A fixed private address cannot be held by two instances: replace by delete first.
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(ignore_changes=["ami", "user_data"], delete_before_replace=True)
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -130,8 +104,8 @@ class MachinesArgs:
 
 
 class Machines(pulumi.ComponentResource):
-    """Instance profiles per role, boot AMIs, and per EC2 host an SSH host key; `machine()` makes the
-    host's `Machine` when the rollout reaches it."""
+    """Instance profiles per role, boot AMIs, and per EC2 host an SSH host key; `instance()` makes the
+    host's instance when the rollout reaches it."""
 
     instance_ids: dict[str, pulumi.Output[str]]
     """Host name -> instance id (filled as the rollout creates the machines)."""
@@ -176,29 +150,33 @@ class Machines(pulumi.ComponentResource):
             self.host_keys[host.name] = key.public_key_openssh.apply(lambda k: k.strip())
         self.register_outputs({"host_keys": self.host_keys, "role_arns": self.role_arns})
 
-    def machine(self, host: Host, depends_on: list[pulumi.Resource]) -> Machine:
-        """The host's machine, created by the rollout so that it waits for `depends_on` (the previous
+    def instance(self, host: Host, depends_on: pulumi.Input[list[pulumi.Resource]]) -> aws.ec2.Instance:
+        """The host's instance, made by the rollout so that it waits for `depends_on` (the previous
         wave, healthy): changes to instances then roll one control plane, one batch, at a time."""
         args, pools = self._args, self._pools
-        machine = Machine(
-            f"{self._name}-{host.name}",
-            MachineArgs(
-                host=host,
-                ami=self._amis[host.pool],
-                subnet_id=args.subnet_ids[host.zone],
-                security_group_id=args.security_group_ids[host.role],
-                instance_profile=self._profiles[host.role],
-                root_volume=pools[host.pool].root_volume,
-                user_data=pulumi.Output.secret(self._user_data[host.name]),
-                tags={
-                    **args.tags,
-                    "Name": f"{args.inventory.cluster}-{host.name}",
-                    "flakefleet:pool": host.pool,
-                    "flakefleet:role": host.role,
-                },
-                after=tuple(depends_on),
+        name = f"{self._name}-{host.name}"
+        made = instance(
+            name,
+            host,
+            ami=self._amis[host.pool],
+            subnet_id=args.subnet_ids[host.zone],
+            security_group_id=args.security_group_ids[host.role],
+            instance_profile=self._profiles[host.role],
+            root_volume=pools[host.pool].root_volume,
+            user_data=pulumi.Output.secret(self._user_data[host.name]),
+            tags={
+                **args.tags,
+                "Name": f"{args.inventory.cluster}-{host.name}",
+                "flakefleet:pool": host.pool,
+                "flakefleet:role": host.role,
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends_on,
+                # Earlier versions put each instance in a `Machine` component of the same name: the
+                # alias keeps existing instances (no replacement) now that the component is gone.
+                aliases=[pulumi.Alias(parent=pulumi.create_urn(name, MACHINE_TYPE, parent=self))],
             ),
-            pulumi.ResourceOptions(parent=self),
         )
-        self.instance_ids[host.name] = machine.instance_id
-        return machine
+        self.instance_ids[host.name] = made.id
+        return made

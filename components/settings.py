@@ -76,28 +76,32 @@ def plan_restore(cfg: StackConfig) -> RestorePoint | None:
 
 def node_table(
     inventory: Inventory,
-    instance_ids: dict[str, pulumi.Output[str]],
-    delivered: dict[str, pulumi.Output[str]],
+    delivered: pulumi.Output[dict[str, dict]],
     host_keys: dict[str, pulumi.Output[str]],
     wanted: dict[str, str],
-    reboot_pending: dict[str, pulumi.Output[bool]],
-) -> dict[str, dict]:
+) -> pulumi.Output[dict[str, dict]]:
     """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
     the system the stack wants on it, the system its last delivery confirmed there, whether it
     still boots an older kernel (`reboot: never`), and how to reach it over pinned SSH (port,
-    user, host key: what `flakefleet drift` needs)."""
-    return {
-        h.name: {
-            "role": h.role,
-            "pool": h.pool,
-            "address": str(h.address),
-            "instance_id": instance_ids.get(h.name),
-            "wanted": wanted[h.name],
-            "system": delivered[h.name],
-            "reboot_pending": reboot_pending[h.name],
-            "ssh_port": h.ssh_port,
-            "ssh_user": h.ssh_user,
-            "host_key": host_keys[h.name],
+    user, host key: what `flakefleet drift` needs). `delivered` is the rollout's `hosts`."""
+    names = [h.name for h in inventory.hosts]
+
+    def table(values: list) -> dict[str, dict]:
+        outs, keys = values[0], dict(zip(names, values[1:]))
+        return {
+            h.name: {
+                "role": h.role,
+                "pool": h.pool,
+                "address": str(h.address),
+                "instance_id": outs[h.name]["instance_id"],
+                "wanted": wanted[h.name],
+                "system": outs[h.name]["system"],
+                "reboot_pending": outs[h.name]["reboot_pending"],
+                "ssh_port": h.ssh_port,
+                "ssh_user": h.ssh_user,
+                "host_key": keys[h.name],
+            }
+            for h in inventory.hosts
         }
-        for h in inventory.hosts
-    }
+
+    return pulumi.Output.all(delivered, *(host_keys[n] for n in names)).apply(table)

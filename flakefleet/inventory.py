@@ -19,6 +19,8 @@ before any AWS call. Addressing rules (documented in README "Addresses"):
 
 from __future__ import annotations
 
+import functools
+
 import math
 import zlib
 from dataclasses import dataclass
@@ -76,12 +78,12 @@ class Inventory:
         """`https://<api address>:6443`, known at preview time."""
         return f"https://{self.api_address}:{API_PORT}"
 
-    @property
+    @functools.cached_property  # asked once per host by the rollout: O(hosts) each time was O(hosts²)
     def control_planes(self) -> tuple[Host, ...]:
         """Control-plane hosts; the first one initializes the cluster."""
         return tuple(h for h in self.hosts if h.role == "control-plane")
 
-    @property
+    @functools.cached_property
     def workers(self) -> tuple[Host, ...]:
         """Worker hosts."""
         return tuple(h for h in self.hosts if h.role == "worker")

@@ -156,10 +156,26 @@ class RecordingMonitor(pmocks.MockMonitor):
                         "replace_on_changes": list(request.replaceOnChanges),
                         "delete_before_replace": request.deleteBeforeReplace,
                         "additional_secret_outputs": list(request.additionalSecretOutputs),
+                        # Alias specs as the engine gets them: the old parent's URN, or a full URN.
+                        "aliases": [a.spec.parentUrn or a.urn for a in request.aliases],
                     },
                 )
             )
         return response
+
+
+def reaches(run: ProgramRun, start: str, target: str) -> bool:
+    """Whether the resource with URN `start` depends, directly or through others, on `target`."""
+    deps = {r.urn: r.dependencies for r in run.resources}
+    seen, todo = set(), [start]
+    while todo:
+        for d in deps.get(todo.pop(), []):
+            if d == target:
+                return True
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return False
 
 
 def run_program(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pulumi
+from collections import Counter
+
 import pytest
 
 from components.delivery import CREATE, DELETE, UPDATE
@@ -17,6 +19,7 @@ from tests.harness import (
     FleetMocks,
     ProgramRun,
     RecordingMonitor,
+    reaches,
     read_stack_file,
     run_program,
     run_stack,
@@ -50,20 +53,6 @@ def test_one_delivery_per_host(stack):
         assert reg.inputs["create"] == "./scripts/flakefleet deliver"  # relative: the same on every deployer
 
 
-def reaches(run: ProgramRun, start: str, target: str) -> bool:
-    """Whether the resource with URN `start` depends, directly or through others, on `target`."""
-    deps = {r.urn: r.dependencies for r in run.resources}
-    seen, todo = set(), [start]
-    while todo:
-        for d in deps.get(todo.pop(), []):
-            if d == target:
-                return True
-            if d not in seen:
-                seen.add(d)
-                todo.append(d)
-    return False
-
-
 def test_control_planes_one_at_a_time_then_worker_batches():
     run = run_stack("prod")  # 3 control planes, 9 workers, max_parallel 2
     urn = {name: reg.urn for name, reg in commands(run).items()}
@@ -79,17 +68,33 @@ def test_control_planes_one_at_a_time_then_worker_batches():
             assert not any(after(w, other) for other in wave if other != w)  # a batch runs in parallel
 
 
-def test_each_host_has_one_edge_into_the_rollout_chain():
-    """Hosts wait for the previous wave's gate, not for each of its hosts: the SDK walks a
-    dependency's whole history per edge, so wide edges made registration quadratic."""
-    run = run_stack("prod")
-    cmds = commands(run)
-    delivery_urns = {r.urn for r in cmds.values()}
-    for name, reg in cmds.items():
-        assert not delivery_urns & set(reg.dependencies), name
-    gates = [r for r in run.of_type(COMMAND) if "-wave-" in r.name]
-    assert len(gates) == 3 + 5  # one per control plane, one per batch of two workers
-    assert all("create" not in g.inputs for g in gates)  # a gate runs nothing
+def test_three_resources_per_ec2_host_and_none_per_wave():
+    """Per EC2 host: its host key, its instance, its delivery (a control plane behind the API load
+    balancer also its target attachment); per bring-your-own host only the delivery; nothing per
+    wave (the rollout order is plain dependencies between deliveries)."""
+    for stack in ("prod", "staging"):
+        run = run_stack(stack)
+        hosts = run.exports["nodes"]
+        per_host = Counter(
+            next((h for h in hosts if r.name.endswith(f"-{h}") or r.name.endswith(f"-{h}-host-key")), None)
+            for r in run.resources
+        )
+        per_host.pop(None)
+        for r in run.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment"):
+            per_host[r.name.rsplit("-api-", 1)[1]] -= 1
+        for host, count in per_host.items():
+            assert count == (3 if hosts[host]["instance_id"] else 1), (stack, host)
+        assert not [r for r in run.of_type(COMMAND) if "-wave-" in r.name]
+
+
+def test_no_component_around_an_instance_and_an_alias_to_the_old_one():
+    run = run_stack("staging")
+    assert not run.of_type("flakefleet:index:Machine")
+    for reg in run.of_type("aws:ec2/instance:Instance"):
+        assert reg.parent.endswith("flakefleet:index:Machines::ff-staging")  # under Machines, no component
+        # Existing stacks keep their instances: the old parent was a Machine component of that name.
+        old_parent = reg.parent.rsplit("::", 1)[0] + "$flakefleet:index:Machine::" + reg.name
+        assert reg.options["aliases"] == [old_parent], reg.name
 
 
 def instance(run: ProgramRun, host: str):
@@ -314,11 +319,14 @@ def test_drift_output_reports_what_each_delivery_found():
     assert run.exports["drift"] == {n: {"running": "", "outside_flakefleet": False} for n in run.exports["nodes"]}
 
 
-def test_found_in_report_tolerates_any_stdout():
-    from components.delivery import found_in_report
+def test_host_outputs_tolerate_any_stdout():
+    from components.delivery import host_outputs
 
-    assert found_in_report('[h] copied 0 paths\n{"found": {"running": "/nix/store/x"}}') == {"running": "/nix/store/x"}
-    assert found_in_report("") == {} and found_in_report("not json") == {}
+    out = host_outputs('[h] copied 0 paths\n{"found": {"running": "/nix/store/x"}, "system": "/nix/store/s"}', "i-1")
+    assert out == {"system": "/nix/store/s", "found": {"running": "/nix/store/x"}, "reboot_pending": False,
+                   "instance_id": "i-1"}
+    for junk in ("", "not json"):
+        assert host_outputs(junk, None) == {"system": None, "found": {}, "reboot_pending": False, "instance_id": None}
 
 
 def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
