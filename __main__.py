@@ -19,6 +19,7 @@ from components.cluster import (
     StaleNodes,
     StaleNodesArgs,
 )
+from components.cache import Publish, PublishArgs
 from components.delivery import Delivery, DeliveryArgs, host_outputs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
@@ -92,6 +93,14 @@ api_lb = (
 # Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
 tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs(server_token=cfg.server_token))
 
+# Binary cache: each pool's system built once (here, or on its builder) and uploaded once to the
+# signed cache the hosts substitute from, before the first wave.
+cache_bucket = cfg.delivery.cache.bucket or (storage.cache_bucket if storage else None)
+publish = Publish(
+    f"{cfg.cluster.name}-publish",
+    PublishArgs(cfg, inventory, systems, cache_bucket, pulumi.Output.secret(cfg.signing_key)),
+)
+
 # Rollout: each host's machine (EC2) and NixOS delivery over pinned SSH, control planes one at
 # a time, then workers in batches; each switch is confirmed healthy (its batch Ready) or rolled back.
 delivery = Delivery(
@@ -107,6 +116,8 @@ delivery = Delivery(
         api_ready=[api_lb] if api_lb else [],
         snapshot_bucket=storage.snapshot_bucket if storage and machines else None,
         restore=restore,
+        uploads=publish.steps,
+        cache_bucket=cache_bucket,
     ),
 )
 first_system = delivery.first.stdout.apply(lambda out: host_outputs(out, None)["system"])

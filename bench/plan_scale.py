@@ -36,7 +36,7 @@ def fleet_config(hosts: int) -> dict[str, str]:
     pools = [
         {"name": "cp", "role": "control-plane", "instance_type": "m7i.large", "count": 3, "ip_block": 1},
         {"name": "x86", "role": "worker", "instance_type": "m7i.xlarge", "count": workers - workers // 2, "ip_block": 2},
-        {"name": "arm", "role": "worker", "instance_type": "m7g.xlarge", "arch": "aarch64", "count": workers // 2,
+        {"name": "arm", "role": "worker", "instance_type": "m7g.xlarge", "arch": "aarch64", "build": "target", "count": workers // 2,
          "ip_block": 4},
     ]
     return {

@@ -53,7 +53,9 @@ class DeliveryArgs:
     restore: RestorePoint | None = None
     """A rebuild's snapshot: restored by the first control plane before the others join."""
     uploads: Sequence[pulumi.Resource] = ()
-    """The pools' cache uploads: the first wave waits for them."""
+    """The pools' publish steps (build once, upload once): the first wave waits for them."""
+    cache_bucket: pulumi.Input[str] | None = None
+    """The binary cache hosts substitute from (None: SSH copies from the deployer)."""
 
 
 def host_outputs(stdout: str, instance_id: str | None) -> dict:
@@ -135,9 +137,9 @@ class Delivery(pulumi.ComponentResource):
         # A plan needs its own host's key and the control planes' (readiness is asked there), never
         # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
         needed = list(dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]))
-        plan = pulumi.Output.all(args.snapshot_bucket, *(self.host_keys[n] for n in needed)).apply(
+        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, *(self.host_keys[n] for n in needed)).apply(
             lambda v: host_plan(
-                cfg, inv, host, wave, args.systems, dict(zip(needed, v[1:])), v[0], args.restore
+                cfg, inv, host, wave, args.systems, dict(zip(needed, v[2:])), v[0], args.restore, v[1]
             ).to_json()
         )
         cmd = command.local.Command(

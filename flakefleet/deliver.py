@@ -110,6 +110,11 @@ class DeliveryPlan:
     # boot-loader one-shot, confirmed), `always` reboots whatever changed, `never` switches live
     # and reports the reboot as pending (flakefleet/reboot.py).
     reboot: str = "auto"
+    # Where the system is built (`local`: the deployer, or the pool's builder before the first
+    # wave; `target`: the host itself) and where the host fetches it from (the stack's binary
+    # cache, then upstream caches; empty: `nix copy` from the deployer over SSH).
+    build: str = "local"
+    substituters: tuple[str, ...] = ()
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -119,6 +124,7 @@ class DeliveryPlan:
         raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
         raw["control_planes"] = tuple(Endpoint(**e) for e in raw.get("control_planes", ()))
         raw["restore_args"] = tuple(raw.get("restore_args", ()))
+        raw["substituters"] = tuple(raw.get("substituters", ()))
         return DeliveryPlan(**raw)
 
     def to_json(self) -> str:
@@ -154,11 +160,18 @@ def ssh_options(known_hosts: Path, port: int, identity_file: str | None, connect
 
 
 @contextmanager
-def pinned_ssh(address: str, port: int, user: str, host_key: str, identity: str | None):
-    """The argv prefix of an ssh to one host whose key is pinned (a known_hosts file for just this call)."""
+def pinned_known_hosts(address: str, port: int, host_key: str):
+    """A known_hosts file holding just this host's pinned key, for the duration of the block."""
     with tempfile.TemporaryDirectory(prefix="flakefleet-ssh-") as tmp:
         known = Path(tmp) / "known_hosts"
         known.write_text(known_hosts_line(address, port, host_key))
+        yield known
+
+
+@contextmanager
+def pinned_ssh(address: str, port: int, user: str, host_key: str, identity: str | None):
+    """The argv prefix of an ssh to one host whose key is pinned (a known_hosts file for just this call)."""
+    with pinned_known_hosts(address, port, host_key) as known:
         yield ["ssh", *ssh_options(known, port, identity), f"{user}@{address}", "--"]
 
 
@@ -405,7 +418,10 @@ class Delivery:
     # -- phases
 
     def build(self) -> None:
-        """Realise the system locally (a no-op when present) and sign it with the fleet's key."""
+        """Realise the system locally (a no-op when present) and sign it with the fleet's key;
+        nothing when the host builds it or fetches it from the cache (published and signed once)."""
+        if self.plan.build == "target" or self.plan.substituters:
+            return
         start = time.monotonic()
         res = subprocess.run(["nix-store", "--realise", self.plan.drv], capture_output=True, text=True)
         if res.returncode != 0 or res.stdout.strip().splitlines()[-1:] != [self.plan.system]:
@@ -446,37 +462,6 @@ class Delivery:
             f"in {time.monotonic() - start:.0f}s: {last}; nothing was changed on it",
             UNREACHABLE,
         )
-
-    def missing_paths(self) -> list[str]:
-        res = subprocess.run(["nix-store", "--query", "--requisites", self.plan.system], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise DeliveryFailed(f"cannot list the closure of {self.plan.system}: {res.stderr.strip()}")
-        closure = res.stdout.split()
-        check = self.ssh(["sh", "-c", "xargs nix-store --check-validity --print-invalid"], stdin="\n".join(closure))
-        if check.returncode != 0:
-            raise DeliveryFailed(f"cannot query the store of {self.plan.host}: {check.stderr.strip()}")
-        return check.stdout.split()
-
-    def copy(self) -> None:
-        start = time.monotonic()
-        missing = self.missing_paths()
-        if missing:
-            sizes = subprocess.run(["nix-store", "--query", "--size", *missing], capture_output=True, text=True)
-            self.report.bytes_copied = sum(int(s) for s in sizes.stdout.split()) if sizes.returncode == 0 else 0
-            env = {**self.env, "NIX_SSHOPTS": " ".join(ssh_options(self.known_hosts, self.plan.port, self.plan.identity_file))}
-            delays = backoff_delays()
-            for attempt in range(1, self.plan.copy_attempts + 1):
-                res = subprocess.run(nix_copy_argv(self.plan), env=env, capture_output=True, text=True)
-                if res.returncode == 0:
-                    break
-                if attempt == self.plan.copy_attempts:
-                    raise DeliveryFailed(f"copying {self.plan.system} failed {attempt} times; nothing was activated:\n"
-                                         f"{res.stderr.strip()[-2000:]}")
-                self.say(f"copy attempt {attempt} failed, retrying")
-                time.sleep(next(delays))
-        self.report.paths_copied = len(missing)
-        self.timed("copy", start)
-        self.say(f"copied {len(missing)} paths ({self.report.bytes_copied} bytes)")
 
     def rollback(self, reason: str) -> DeliveryFailed:
         res = self.ssh([REMOTE_HOSTCTL, "rollback", self.token, reason], timeout=self.plan.health_timeout_s + 60)
@@ -549,9 +534,29 @@ class Delivery:
         self.timed("confirm", start)
 
     def deliver(self) -> Report:
+        """The phases, in order; each raises DeliveryFailed with what was (not) changed."""
+        from flakefleet import transfer
+
         total = time.monotonic()
         self.build()
         self.wait_for_ssh()
+        state = self.inspect()
+        contents, digest = self.files_for(state)
+        restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
+        if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
+            self.report.outcome = "up to date"
+            self.say(f"already runs {self.plan.system} with these files; nothing to do")
+            return self.report
+        transfer.transfer(self)
+        self.stage(contents)
+        if self.plan.restore_id:
+            self.restore()
+        self.switch(digest)
+        self.timed("total", total)
+        return self.report
+
+    def inspect(self) -> dict[str, str]:
+        """What the host runs, whether it changed outside flakefleet; then claim it for this delivery."""
         state = parse_state(self.hostctl("state").stdout)
         applied_profile = state.get("applied_profile", "")
         self.report.found = {
@@ -568,34 +573,42 @@ class Delivery:
         if not state.get("applied") and not state.get("owner"):
             self.forget_stale_node()
         self.fell_back(state)
+        return state
+
+    def files_for(self, state: dict[str, str]) -> tuple[list[tuple[str, str, bytes]], str]:
+        """The host's files (joining an existing cluster where one runs) and their digest."""
         planned = self.file_contents()
         self.report.digest = files_digest(self.plan.system, planned)
         self.report.restored = self.plan.restore_id
         contents = self.existing_cluster_check(planned, state)
-        digest = files_digest(self.plan.system, contents)
-        restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
-        if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
-            self.report.outcome = "up to date"
-            self.say(f"already runs {self.plan.system} with these files; nothing to do")
-            return self.report
-        self.copy()
+        return contents, files_digest(self.plan.system, contents)
+
+    def stage(self, contents: list[tuple[str, str, bytes]]) -> None:
         start = time.monotonic()
         staged = self.ssh(["sh", "-s"], stdin=staging_script(self.token, HOSTCTL.read_text(), contents))
         if staged.returncode != 0:
             raise DeliveryFailed(f"staging files on {self.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
         self.timed("stage", start)
-        if self.plan.restore_id:
-            self.restore()
+
+    def switch(self, digest: str) -> None:
+        """Reboot into the system when its boot files changed (and `reboot` allows), else activate
+        it live; either way confirmed healthy or rolled back."""
         from flakefleet import reboot
 
         why = reboot.reasons(self)
         if why and self.plan.reboot != "never":
             reboot.reboot_into(self, digest, why)
-            self.timed("total", total)
             self.report.outcome = "rebooted"
             self.say(f"rebooted into {self.plan.system} and confirmed healthy")
-            return self.report
+            return
         self.report.reboot_pending = bool(why)
+        self.activate()
+        self.confirm(digest)
+        self.report.outcome = "activated"
+        pending = f"; reboot pending ({', '.join(why)} changed, reboot: never)" if why else ""
+        self.say(f"switched to {self.plan.system} and confirmed healthy{pending}")
+
+    def activate(self) -> None:
         start = time.monotonic()
         deadman = int(self.plan.health_timeout_s + self.plan.deadman_margin_s)
         act = self.ssh([REMOTE_HOSTCTL, "activate", self.plan.system, self.token, str(deadman)],
@@ -609,12 +622,6 @@ class Delivery:
             detail = act.stderr.strip().splitlines()[-1] if act.stderr.strip() else ""
             why = "some units failed to start (exit 4)" if act.returncode == 4 else f"exit {act.returncode}"
             raise self.rollback(f"activation of {self.plan.system} failed: {why}{': ' + detail if detail else ''}")
-        self.confirm(digest)
-        self.timed("total", total)
-        self.report.outcome = "activated"
-        pending = f"; reboot pending ({', '.join(why)} changed, reboot: never)" if why else ""
-        self.say(f"switched to {self.plan.system} and confirmed healthy{pending}")
-        return self.report
 
     def roll_back_generation(self) -> str:
         """The operator's `nixos-rebuild --rollback` for one host (`flakefleet rollback`): activate the

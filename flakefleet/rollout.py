@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flakefleet.config import StackConfig
+from flakefleet.build import Builder
+from flakefleet.cache import PublishPlan, substituter_url
 from flakefleet.deliver import DeliveryPlan, Endpoint
 from flakefleet.inventory import Host, Inventory
 from flakefleet.nixos import SERVER_TOKEN, host_files, host_system
@@ -52,6 +54,57 @@ def waves(cfg: StackConfig, inv: Inventory) -> list[tuple[Host, ...]]:
     return rollout_waves(inv, cfg.delivery.batch_size(len(inv.workers)))
 
 
+def our_cache(cfg: StackConfig, host: Host, cache_bucket: str | None) -> str | None:
+    """The stack's cache as `host` reads it: EC2 hosts from the bucket with their instance
+    profile, bring-your-own hosts through `delivery.cache.url`; None when it does not."""
+    cache = cfg.delivery.cache
+    if not (cache.enabled and cache_bucket):
+        return None
+    if host.provider == "ec2":
+        return substituter_url(cache_bucket, cache.region or cfg.region or "")
+    return cache.url
+
+
+def substituters(cfg: StackConfig, host: Host, cache_bucket: str | None) -> tuple[str, ...]:
+    """Where `host` fetches its system from: the stack's cache, then the upstream caches; empty
+    when the host gets an SSH copy from the deployer instead."""
+    cache = cfg.delivery.cache
+    if ours := our_cache(cfg, host, cache_bucket):
+        return (ours, *cache.upstreams)
+    return tuple(cache.upstreams) if build_mode(cfg, host.pool) == "target" else ()
+
+
+def build_mode(cfg: StackConfig, pool_name: str) -> str:
+    """`local`, `target`, or a builder's name, for one pool."""
+    pool = next(p for p in cfg.pools if p.name == pool_name)
+    return cfg.delivery.build_of(pool.build)
+
+
+def publish_plans(
+    cfg: StackConfig, inv: Inventory, systems: Mapping[str, System], cache_bucket: str | None
+) -> dict[str, PublishPlan]:
+    """System name -> its one publish before the first wave: systems some host substitutes
+    (uploaded once), or built on a named builder (built once); none for the rest."""
+    plans: dict[str, PublishPlan] = {}
+    for host in inv.hosts:
+        name, mode = host_system(cfg, host), build_mode(cfg, host.pool)
+        uploads = cache_bucket if our_cache(cfg, host, cache_bucket) else None
+        builder = cfg.delivery.builder(mode)
+        if mode == "target" or (uploads is None and builder is None) or name in plans:
+            continue
+        plans[name] = PublishPlan(
+            pool=name,
+            system=systems[name].out,
+            drv=systems[name].drv,
+            bucket=uploads,
+            region=cfg.delivery.cache.region or cfg.region or "",
+            upstreams=tuple(cfg.delivery.cache.upstreams),
+            builder=Builder(builder.name, str(builder.address), builder.port, builder.user, builder.host_key)
+            if builder else None,
+        )
+    return plans
+
+
 def host_plan(
     cfg: StackConfig,
     inv: Inventory,
@@ -61,6 +114,7 @@ def host_plan(
     host_keys: Mapping[str, str],
     snapshot_bucket: str | None = None,
     restore: RestorePoint | None = None,
+    cache_bucket: str | None = None,
 ) -> DeliveryPlan:
     """One host's plan; `host_keys` needs this host's key and the control planes' keys only.
 
@@ -91,6 +145,8 @@ def host_plan(
         control_planes=endpoints,
         restore_id=restore.id if restore and host.role == "control-plane" else None,
         restore_args=restore.k3s_args() if restore and host.name == control[0].name else (),
+        build="target" if build_mode(cfg, host.pool) == "target" else "local",
+        substituters=substituters(cfg, host, cache_bucket),
     )
 
 

@@ -2,20 +2,66 @@
 
 from __future__ import annotations
 
+import platform
 import re
-
-from typing import TYPE_CHECKING, Annotated
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from flakefleet.config.base import NAMESPACE, Model
-from flakefleet.config.rules import ssh_key_problem
+from flakefleet.config.rules import host_key_problem, ssh_key_problem
 
 if TYPE_CHECKING:
     from flakefleet.config.stack import Parsed
 
 # The public half of scripts/demo.py's test-only deploy key, whose private half anyone can derive.
 DEMO_DEPLOY_KEY_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIGr/rz51whyC4sjXBa3r/qVn4aXg9/UhhhPgsRXYfnUC"
+
+
+ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def deployer_arch() -> str:
+    """This deployer's CPU architecture, in the pools' terms (x86_64 / aarch64)."""
+    return ARCHES.get(platform.machine().lower(), platform.machine().lower())
+
+
+class BuilderConfig(Model):
+    """A build host, reached over SSH with a pinned key."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = Field(
+        description="Name pools use in `build:`. Must not be `local` or `target`."
+    )
+    address: IPv4Address = Field(description="Its address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port. Default 22.")
+    user: str = Field("root", description="SSH user (trusted by its Nix daemon). Default `root`.")
+    host_key: str = Field(description="Its SSH host key (`ssh-ed25519 AAAA…`), pinned: never trusted on first use.")
+    systems: list[Literal["x86_64", "aarch64"]] = Field(
+        default_factory=lambda: ["x86_64"], description="Architectures it builds natively. Default `[x86_64]`."
+    )
+
+
+class CacheConfig(Model):
+    """The signed binary cache each pool's system is uploaded to once, and hosts substitute from."""
+
+    enabled: bool = Field(
+        True, description="Upload each pool's system once and let hosts fetch it (EC2 hosts: from the stack's cache "
+        "bucket with their instance profile). `false`: every host gets its copy from the deployer. Default `true`."
+    )
+    bucket: str | None = Field(
+        None, description="Bucket to upload to. Default: the stack's own cache bucket (`storage`)."
+    )
+    region: str | None = Field(None, description="The bucket's region. Default: the stack's region.")
+    url: str | None = Field(
+        None, description="HTTP(S) URL serving the bucket's contents (a binary cache) that bring-your-own hosts "
+        "substitute from; without it they keep the SSH copy from the deployer."
+    )
+    upstreams: list[str] = Field(
+        default_factory=lambda: ["https://cache.nixos.org"],
+        description="Caches the hosts also substitute from: paths these hold are never uploaded. Default "
+        "`[https://cache.nixos.org]`.",
+    )
 
 
 class DeliveryConfig(Model):
@@ -71,6 +117,56 @@ class DeliveryConfig(Model):
     health_timeout_s: Annotated[int, Field(ge=5, le=3600)] = Field(
         300, description="Seconds a host has to confirm health after switching. Default 300."
     )
+    build: str = Field(
+        "local", description="Where pools' systems are built (a pool's own `build` overrides it): `local` (this "
+        "deployer), `target` (each host builds its own, substituting what the caches hold), or the name of one of "
+        "`builders`. Default `local`."
+    )
+    builders: list[BuilderConfig] = Field(default_factory=list, description="Build hosts pools may name in `build`.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="The binary cache (see its keys).")
+
+    def build_of(self, pool_build: str | None) -> str:
+        """A pool's effective build: its own, else the stack's."""
+        return pool_build or self.build
+
+    def builder(self, name: str) -> BuilderConfig | None:
+        return next((b for b in self.builders if b.name == name), None)
+
+
+def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
+    """Every pool's build names a way to build its architecture: this deployer's own, a target
+    build, or a builder that builds it natively."""
+    p = f"{NAMESPACE}:"
+    delivery = stack.delivery or DeliveryConfig()
+    if not stack.known("delivery.build") or not stack.known("delivery.builders"):
+        return []
+    arch = arch or deployer_arch()
+    problems = []
+    for b, builder in enumerate(delivery.builders):
+        if builder.name in ("local", "target"):
+            problems.append(f"{p}delivery.builders[{b}].name: `{builder.name}` is a build mode; name the builder otherwise")
+        if (why := host_key_problem(builder.host_key)) is not None:
+            problems.append(f"{p}delivery.builders[{b}].host_key: {why}")
+    names = [b.name for b in delivery.builders]
+    for i, pool in stack.indexed("pools", [q for q in stack.pools if q is not None]):
+        where = f"{p}pools[{i}].build" if pool.build else f"{p}delivery.build"
+        build = delivery.build_of(pool.build)
+        if build not in ("local", "target") and build not in names:
+            known = ", ".join(names) or "none defined"
+            problems.append(f"{where}: `{build}` is neither `local`, `target` nor a builder (delivery.builders: {known})")
+        elif build == "local" and pool.arch != arch:
+            problems.append(
+                f"{where}: pool {pool.name} is {pool.arch} and this deployer is {arch}, so it cannot build its system "
+                f"here: set `build: target` (the hosts build it), or `build: <builder>` with a {pool.arch} builder in "
+                f"delivery.builders, or deploy from a {pool.arch} machine"
+            )
+        elif (builder := delivery.builder(build)) is not None and pool.arch not in builder.systems:
+            problems.append(f"{where}: builder {build} builds {', '.join(builder.systems)}, not {pool.arch} (pool {pool.name})")
+    for u, url in enumerate([delivery.cache.url, *delivery.cache.upstreams]):
+        if url is not None and not url.startswith(("http://", "https://")):
+            key = "url" if u == 0 else f"upstreams[{u - 1}]"
+            problems.append(f"{p}delivery.cache.{key}: `{url}` is not an http(s) URL")
+    return problems
 
 
 def check(stack: Parsed) -> list[str]:

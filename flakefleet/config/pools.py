@@ -91,6 +91,10 @@ class PoolConfig(Model):
         description="Build one closure per host with its facts baked in, instead of one per pool with facts "
         "read at runtime. Costs an evaluation and a build per host. Default `false`.",
     )
+    build: str | None = Field(
+        None, description="Where this pool's system is built: `local`, `target` or a builder's name (see "
+        "`delivery.build`). Default: `delivery.build`."
+    )
     reboot: Literal["auto", "always", "never"] = Field(
         "auto",
         description="A new system whose kernel, initrd, kernel modules or kernel parameters differ from the booted "

@@ -79,7 +79,7 @@ STACK_KEYS: dict[str, type[Model] | None] = {
 }
 SECRET_STRING_KEYS = ("signing_key", "server_token")
 REQUIRED_KEYS = ("cluster", "pools")
-RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check)
+RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check, delivery.build_problems)
 SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
 SIGNING_KEY_HOWTO = "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
 

@@ -1,0 +1,225 @@
+"""Publish a pool's system to the stack's binary cache once; hosts then substitute from it.
+
+    scripts/flakefleet cache          # plan in $FLAKEFLEET_PUBLISH, key in $FLAKEFLEET_SIGNING_KEY
+
+The cache is an S3 bucket in the layout of a Nix binary cache (`nix-cache-info`, `<hash>.narinfo`,
+`nar/…`), signed with the fleet's key. Nix writes that layout (`nix copy --to file://…?secret-key=`,
+no NAR code of ours); boto3 uploads it, nar files first and each narinfo last, so a reader never
+sees a narinfo whose nar is missing. Paths the bucket already holds, or that an upstream cache
+(cache.nixos.org) holds, are not uploaded: hosts fetch those from there themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from flakefleet.build import BuildFailed, Builder, realise
+from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV
+from flakefleet.systems import default_cache_dir
+
+PUBLISH_ENV = "FLAKEFLEET_PUBLISH"
+CACHE_INFO = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
+QUERY_THREADS = 32
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """One pool's upload: what to build where, and which bucket it goes to."""
+
+    pool: str
+    system: str
+    drv: str
+    bucket: str | None  # None: build once (on the pool's builder) without uploading
+    region: str
+    upstreams: tuple[str, ...] = ()
+    builder: Builder | None = None
+
+    @staticmethod
+    def from_json(text: str) -> PublishPlan:
+        raw = json.loads(text)
+        raw["upstreams"] = tuple(raw.get("upstreams", ()))
+        raw["builder"] = Builder(**raw["builder"]) if raw.get("builder") else None
+        return PublishPlan(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class PublishReport:
+    """What one publish did (the Command's stdout: nothing secret)."""
+
+    pool: str
+    system: str
+    closure: int = 0
+    in_cache: int = 0
+    upstream: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def substituter_url(bucket: str, region: str) -> str:
+    """The S3 store URL hosts substitute from (with their instance profile's credentials)."""
+    return f"s3://{bucket}?region={region}"
+
+
+def hash_part(path: str) -> str:
+    """`/nix/store/<hash>-name` -> `<hash>`: a narinfo's key."""
+    return Path(path).name.split("-", 1)[0]
+
+
+def nar_url(narinfo: str) -> str:
+    """The `URL:` field of a narinfo (`nar/<filehash>.nar.zst`)."""
+    for line in narinfo.splitlines():
+        if line.startswith("URL: "):
+            return line[5:].strip()
+    raise ValueError("narinfo without URL")
+
+
+def held_by_bucket(client, bucket: str, paths: list[str]) -> set[str]:
+    """The paths whose narinfo the bucket holds (HEAD per path, in parallel)."""
+    import botocore.exceptions
+
+    def held(path: str) -> bool:
+        try:
+            client.head_object(Bucket=bucket, Key=f"{hash_part(path)}.narinfo")
+            return True
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    with ThreadPoolExecutor(QUERY_THREADS) as pool:
+        return {p for p, ok in zip(paths, pool.map(held, paths)) if ok}
+
+
+def held_upstream(upstreams: tuple[str, ...], paths: list[str], timeout: float = 5) -> tuple[set[str], list[str]]:
+    """The paths an upstream cache holds (HEAD <upstream>/<hash>.narinfo), and notes on upstreams
+    that could not be asked (their paths are then uploaded: never assume a path is held)."""
+    held: set[str] = set()
+    notes: list[str] = []
+    for upstream in upstreams:
+        todo = [p for p in paths if p not in held]
+        if not todo:
+            break
+
+        def ask(path: str) -> bool | None:
+            request = urllib.request.Request(f"{upstream.rstrip('/')}/{hash_part(path)}.narinfo", method="HEAD")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout):
+                    return True
+            except urllib.error.HTTPError as err:
+                return False if err.code == 404 else None
+            except (urllib.error.URLError, OSError):
+                return None
+
+        with ThreadPoolExecutor(QUERY_THREADS) as pool:
+            answers = list(pool.map(ask, todo))
+        held |= {p for p, ok in zip(todo, answers) if ok}
+        if any(a is None for a in answers):
+            notes.append(f"upstream {upstream} did not answer for some paths: they are uploaded")
+    return held, notes
+
+
+def closure_of(system: str) -> list[str]:
+    res = subprocess.run(["nix-store", "--query", "--requisites", system], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BuildFailed(f"cannot list the closure of {system}: {res.stderr.strip()}")
+    return res.stdout.split()
+
+
+def staging_dir(key: str) -> Path:
+    """Where Nix writes the cache layout before upload, kept between runs so that a path is
+    compressed and signed once (Nix skips what the directory holds); next to the systems cache,
+    one per signing key (a rotated key must not upload narinfos signed by the old one)."""
+    path = default_cache_dir().parent / "binary-cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def export_signed(system: str, key: str, staging: Path) -> None:
+    """Nix writes the binary-cache layout of the closure of `system` into `staging` (a binary
+    cache takes a path only with its references), signing each narinfo with `key` (a file only
+    this process can read, removed right after)."""
+    with tempfile.TemporaryDirectory(prefix="flakefleet-key-") as tmp:
+        key_file = Path(tmp) / "signing-key"
+        key_file.write_text(key)
+        key_file.chmod(0o600)
+        res = subprocess.run(
+            ["nix", *NIX_FEATURES, "copy", "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
+            capture_output=True, text=True,
+        )
+    if res.returncode != 0:
+        raise BuildFailed(f"writing the cache layout failed: {res.stderr.strip()[-2000:]}")
+
+
+def upload(client, bucket: str, staging: Path, paths: list[str]) -> int:
+    """Uploads each path's nar, then its narinfo; returns the bytes sent."""
+    sent = 0
+    try:
+        client.head_object(Bucket=bucket, Key="nix-cache-info")
+    except Exception:  # noqa: BLE001 - absent (or unreadable): write it, it is the same for every stack
+        client.put_object(Bucket=bucket, Key="nix-cache-info", Body=CACHE_INFO.encode(), ContentType="text/plain")
+    for path in paths:
+        narinfo = (staging / f"{hash_part(path)}.narinfo").read_text()
+        nar = staging / nar_url(narinfo)
+        client.upload_file(str(nar), bucket, nar_url(narinfo))
+        client.put_object(Bucket=bucket, Key=f"{hash_part(path)}.narinfo", Body=narinfo.encode(),
+                          ContentType="text/x-nix-narinfo")
+        sent += nar.stat().st_size + len(narinfo)
+    return sent
+
+
+def publish(plan: PublishPlan, key: str, client) -> PublishReport:
+    """Build (here or on the pool's builder), then upload what neither the bucket nor an upstream holds."""
+    report = PublishReport(plan.pool, plan.system)
+    realise(plan.drv, plan.system, plan.builder)
+    if plan.bucket is None:
+        return report
+    closure = closure_of(plan.system)
+    report.closure = len(closure)
+    in_cache = held_by_bucket(client, plan.bucket, closure)
+    upstream, report.notes = held_upstream(plan.upstreams, [p for p in closure if p not in in_cache])
+    todo = [p for p in closure if p not in in_cache and p not in upstream]
+    report.in_cache, report.upstream = len(in_cache), len(upstream)
+    if todo:
+        staging = staging_dir(key)
+        export_signed(plan.system, key, staging)
+        report.uploaded_bytes = upload(client, plan.bucket, staging, todo)
+    report.uploaded = len(todo)
+    return report
+
+
+def main() -> int:
+    import boto3
+
+    try:
+        plan = PublishPlan.from_json(os.environ[PUBLISH_ENV])
+        key = os.environ.get(SIGNING_KEY_ENV)
+        if not key:
+            raise BuildFailed(f"{SIGNING_KEY_ENV} is not set: hosts accept only signed systems")
+        if plan.builder and os.environ.get(IDENTITY_ENV):
+            plan = replace(plan, builder=replace(plan.builder, identity_file=os.environ[IDENTITY_ENV]))
+        report = publish(plan, key, boto3.client("s3", region_name=plan.region))
+    except BuildFailed as err:
+        print(f"publish: {err}", file=sys.stderr)
+        return 1
+    print(f"[{plan.pool}] {report.uploaded} of {report.closure} paths uploaded ({report.uploaded_bytes} bytes); "
+          f"{report.in_cache} already in the cache, {report.upstream} upstream", file=sys.stderr)
+    print(json.dumps(asdict(report), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

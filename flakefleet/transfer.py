@@ -1,0 +1,93 @@
+"""The transfer phase: the system reaches the host's store by one of three routes.
+
+- substitute: the host fetches it from the stack's binary cache (and upstream caches) itself,
+  checked against the keys it trusts; the deployer sends no store bytes;
+- build on target: the derivation goes over (kilobytes), the host realises it, substituting
+  what the caches hold;
+- copy: `nix copy` over pinned SSH from the deployer's store (bring-your-own hosts without a
+  cache URL), only the paths the host lacks, with retries.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+from flakefleet.build import BuildFailed, Builder, realise_argv, realise_remote
+from flakefleet.deliver import DeliveryFailed, backoff_delays, nix_copy_argv, ssh_options
+
+if TYPE_CHECKING:
+    from flakefleet.deliver import Delivery
+
+
+def transfer(run: Delivery) -> None:
+    """Whichever route the plan names; afterwards the host's store holds the system."""
+    start = time.monotonic()
+    if run.plan.build == "target":
+        build_on_target(run)
+    elif run.plan.substituters:
+        substitute(run)
+    else:
+        copy(run)
+    run.timed("copy", start)
+
+
+def substitute(run: Delivery) -> None:
+    plan = run.plan
+    missing = missing_paths(run)
+    if missing:
+        res = run.ssh(realise_argv(plan.system, plan.substituters), timeout=3600)
+        if res.returncode != 0 or res.stdout.strip().splitlines()[-1:] != [plan.system]:
+            raise DeliveryFailed(f"{plan.host} could not fetch {plan.system} from {', '.join(plan.substituters)}; "
+                                 f"nothing was activated:\n{res.stderr.strip()[-2000:]}")
+    run.report.paths_copied = 0  # none from the deployer
+    run.say(f"fetched {len(missing)} paths from the binary cache (0 bytes from the deployer)")
+
+
+def build_on_target(run: Delivery) -> None:
+    plan = run.plan
+    if not missing_paths(run):
+        run.say(f"{plan.system} is already in the host's store")
+        return
+    me = Builder(plan.host, plan.address, plan.port, plan.user, plan.host_key, plan.identity_file)
+    try:
+        realise_remote(plan.drv, plan.system, me, plan.substituters)
+    except BuildFailed as err:
+        raise DeliveryFailed(f"{err}; nothing was activated") from None
+    run.say(f"built {plan.system} on the host itself")
+
+
+def missing_paths(run: Delivery) -> list[str]:
+    """The system's closure paths the host lacks (asked on the host when the deployer has no
+    closure to list: a target build or a substitution asks for the system path alone)."""
+    plan = run.plan
+    res = subprocess.run(["nix-store", "--query", "--requisites", plan.system], capture_output=True, text=True)
+    closure = res.stdout.split() if res.returncode == 0 else [plan.system]
+    if res.returncode != 0 and not (plan.substituters or plan.build == "target"):
+        raise DeliveryFailed(f"cannot list the closure of {plan.system}: {res.stderr.strip()}")
+    check = run.ssh(["sh", "-c", "xargs nix-store --check-validity --print-invalid"], stdin="\n".join(closure))
+    if check.returncode != 0:
+        raise DeliveryFailed(f"cannot query the store of {plan.host}: {check.stderr.strip()}")
+    return check.stdout.split()
+
+
+def copy(run: Delivery) -> None:
+    plan = run.plan
+    missing = missing_paths(run)
+    if missing:
+        sizes = subprocess.run(["nix-store", "--query", "--size", *missing], capture_output=True, text=True)
+        run.report.bytes_copied = sum(int(s) for s in sizes.stdout.split()) if sizes.returncode == 0 else 0
+        env = {**run.env, "NIX_SSHOPTS": " ".join(ssh_options(run.known_hosts, plan.port, plan.identity_file))}
+        delays = backoff_delays()
+        for attempt in range(1, plan.copy_attempts + 1):
+            res = subprocess.run(nix_copy_argv(plan), env=env, capture_output=True, text=True)
+            if res.returncode == 0:
+                break
+            if attempt == plan.copy_attempts:
+                raise DeliveryFailed(f"copying {plan.system} failed {attempt} times; nothing was activated:\n"
+                                     f"{res.stderr.strip()[-2000:]}")
+            run.say(f"copy attempt {attempt} failed, retrying")
+            time.sleep(next(delays))
+    run.report.paths_copied = len(missing)
+    run.say(f"copied {len(missing)} paths ({run.report.bytes_copied} bytes)")
