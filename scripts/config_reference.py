@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flakefleet.config import (  # noqa: E402
+    BuilderConfig,
+    CacheConfig,
     ClusterConfig,
     DeliveryConfig,
     MetalHost,
@@ -39,6 +41,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("flakefleet:pools[].taints[]", Taint),
     ("flakefleet:storage", StorageConfig),
     ("flakefleet:delivery", DeliveryConfig),
+    ("flakefleet:delivery.builders[]", BuilderConfig),
+    ("flakefleet:delivery.cache", CacheConfig),
 ]
 
 

@@ -20,6 +20,7 @@ from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from flakefleet.cache import PUBLISH_ENV, PublishReport
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, Report
 from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
 
@@ -108,6 +109,11 @@ class FleetMocks(pulumi.runtime.Mocks):
             report = Report(plan["host"], outcome="activated", system=plan["system"], host_key=plan["host_key"],
                             instance=env.get(INSTANCE_ENV, ""), digest="0" * 64, owner=f"{args.name}-owner",
                             found={"running": "", "outside_flakefleet": False})
+            out.update(stdout=json.dumps(asdict(report)), stderr="")
+        elif t == "command:local:Command" and PUBLISH_ENV in (env := rpc.unwrap_rpc_secret(args.inputs.get("environment") or {})):
+            # What `flakefleet cache` prints last: its report of a first upload.
+            plan = json.loads(rpc.unwrap_rpc_secret(env[PUBLISH_ENV]))
+            report = PublishReport(plan["pool"], plan["system"], closure=3, uploaded=3, uploaded_bytes=12345)
             out.update(stdout=json.dumps(asdict(report)), stderr="")
         elif t == "command:local:Command":
             out.update(stdout="", stderr="")

@@ -325,3 +325,58 @@ def test_the_program_reports_every_class_at_once_before_any_resource():
         "and k8s.io/ (e.g. topology.kubernetes.io/zone, node.kubernetes.io/*); use node.kubernetes.io/ or your own prefix",
     ]
     assert monitor.records == []
+
+
+# ----------------------------------------------------------------------------- 7. where systems are built
+
+ARM = {"name": "arm", "role": "worker", "instance_type": "m7g.large", "arch": "aarch64", "count": 1}
+ARM_BUILDER = {"name": "graviton", "address": "10.9.0.5", "host_key": KEY, "systems": ["aarch64"]}
+
+
+def with_build(pool_extra: dict | None = None, **delivery) -> dict:
+    cfg = base()
+    cfg["pools"].append({**ARM, **(pool_extra or {})})
+    cfg["delivery"].update(delivery)
+    return cfg
+
+
+BUILDS = [
+    ("aarch64-on-x86-deployer", with_build(), [
+        "flakefleet:delivery.build: pool arm is aarch64 and this deployer is x86_64, so it cannot build its system "
+        "here: set `build: target` (the hosts build it), or `build: <builder>` with an aarch64 builder in "
+        "delivery.builders, or deploy from an aarch64 machine"]),
+    ("aarch64-pool-says-local", with_build({"build": "local"}), [
+        "flakefleet:pools[3].build: pool arm is aarch64 and this deployer is x86_64, so it cannot build its system "
+        "here: set `build: target` (the hosts build it), or `build: <builder>` with an aarch64 builder in "
+        "delivery.builders, or deploy from an aarch64 machine"]),
+    ("unknown-builder", with_build({"build": "gravitn"}, builders=[ARM_BUILDER]), [
+        "flakefleet:pools[3].build: `gravitn` is neither `local`, `target` nor a builder (delivery.builders: graviton)"]),
+    ("builder-of-the-wrong-arch", with_build({"build": "x86box"}, builders=[{**ARM_BUILDER, "name": "x86box",
+                                                                             "systems": ["x86_64"]}]), [
+        "flakefleet:pools[3].build: builder x86box builds x86_64, not aarch64 (pool arm)"]),
+    ("builder-named-like-a-mode", with_build({"build": "target"}, builders=[{**ARM_BUILDER, "name": "target"}]), [
+        "flakefleet:delivery.builders[0].name: `target` is a build mode; name the builder otherwise"]),
+    ("builder-key-not-ed25519", with_build({"build": "graviton"}, builders=[{**ARM_BUILDER, "host_key": RSA_4096}]), [
+        "flakefleet:delivery.builders[0].host_key: "]),
+    ("cache-url-not-http", with_build({"build": "target"}, cache={"url": "s3://bucket"}), [
+        "flakefleet:delivery.cache.url: `s3://bucket` is not an http(s) URL"]),
+    ("fine: target", with_build({"build": "target"}), []),
+    ("fine: stack-wide target", with_build(build="target"), []),
+    ("fine: aarch64 builder", with_build({"build": "graviton"}, builders=[ARM_BUILDER]), []),
+]
+
+
+@pytest.mark.parametrize(("cfg", "expected"), [c[1:] for c in BUILDS], ids=[c[0] for c in BUILDS])
+def test_every_pool_names_a_way_to_build_its_architecture(cfg, expected, monkeypatch):
+    monkeypatch.setattr("flakefleet.config.delivery.deployer_arch", lambda: "x86_64")
+    got = found(cfg, REGION)
+    assert len(got) == len(expected), got
+    for line, want in zip(got, expected):
+        assert line.startswith(want), line  # the key-type reason itself is tested with the keys above
+
+
+def test_an_aarch64_deployer_builds_aarch64_pools_itself(monkeypatch):
+    monkeypatch.setattr("flakefleet.config.delivery.deployer_arch", lambda: "aarch64")
+    problems = found(with_build(), REGION)
+    assert problems and all("pool arm" not in p for p in problems)  # now the x86_64 pools are the foreign ones
+    assert any("pool workers is x86_64 and this deployer is aarch64" in p for p in problems)

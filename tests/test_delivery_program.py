@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pulumi
-from collections import Counter
 
 import pytest
 
 from components.delivery import CREATE, DELETE, UPDATE
+from flakefleet.cache import PUBLISH_ENV
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
 from flakefleet.nixos import files_hash
 from tests.conftest import require_tool
@@ -19,6 +20,7 @@ from tests.harness import (
     FleetMocks,
     ProgramRun,
     RecordingMonitor,
+    Registration,
     reaches,
     read_stack_file,
     run_program,
@@ -358,3 +360,46 @@ def test_preview_names_the_hosts_that_reboot_for_a_new_kernel():
     assert notes == ["pool cp: kernel change; cp-0 (wave 0) reboot",
                      "pool workers: kernel change; worker-0 (wave 1), worker-1 (wave 1) reboot"]
     assert first.exports["boot"]["workers"]["kernel"].endswith("-standin-linux-6.12.0/bzImage")
+
+
+def publish_steps(run: ProgramRun) -> dict[str, Registration]:
+    return {json.loads(r.inputs["environment"][PUBLISH_ENV])["pool"]: r
+            for r in run.of_type(COMMAND) if PUBLISH_ENV in r.inputs.get("environment", {})}
+
+
+def test_each_pool_is_published_once_before_the_first_wave():
+    run = run_stack("staging")
+    steps = publish_steps(run)
+    pools = {n["pool"] for n in run.exports["nodes"].values()}
+    assert set(steps) == pools  # one per pool, not per host
+    bucket = run.exports["buckets"]["cache"]
+    for pool, step in steps.items():
+        plan = json.loads(step.inputs["environment"][PUBLISH_ENV])
+        assert plan["bucket"] == bucket and plan["builder"] is None and plan["upstreams"] == ["https://cache.nixos.org"]
+        assert "environment" in step.secret_inputs  # the signing key rides along as a secret
+        assert TEST_SIGNING_KEY.split(":")[1] not in step.inputs["environment"][PUBLISH_ENV]
+    first = commands(run)["cp-0"]
+    assert all(reaches(run, first.urn, step.urn) for step in steps.values())
+
+
+def test_ec2_hosts_substitute_from_the_stack_bucket_and_bring_your_own_hosts_get_copies():
+    staging = run_stack("staging")
+    bucket = staging.exports["buckets"]["cache"]
+    for name, reg in commands(staging).items():
+        plan = json.loads(reg.inputs["environment"][PLAN_ENV])
+        assert plan["substituters"] == [f"s3://{bucket}?region=eu-west-1", "https://cache.nixos.org"], name
+        assert plan["build"] == "local"
+    local = run_stack("local")  # loopback hosts, no cache URL: SSH copies, nothing published
+    assert not publish_steps(local)
+    assert all(json.loads(r.inputs["environment"][PLAN_ENV])["substituters"] == [] for r in commands(local).values())
+
+
+def test_an_aarch64_pool_built_on_target_is_not_published_and_its_hosts_build():
+    cfg = read_stack_file("staging")
+    pools = json.loads(cfg["flakefleet:pools"])
+    pools.append({"name": "arm", "role": "worker", "instance_type": "m7g.large", "arch": "aarch64", "count": 1,
+                  "ip_block": 6, "build": "target"})
+    run = run_program({**cfg, "flakefleet:pools": json.dumps(pools)}, stack="staging")
+    assert "arm" not in publish_steps(run)
+    plan = json.loads(commands(run)["arm-0"].inputs["environment"][PLAN_ENV])
+    assert plan["build"] == "target" and plan["substituters"][0].startswith("s3://")

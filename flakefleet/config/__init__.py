@@ -4,7 +4,7 @@ Everything callers need is importable from `flakefleet.config`."""
 
 from flakefleet.config.base import NAMESPACE, Arch, ConfigError, DnsLabel, Role, did_you_mean
 from flakefleet.config.cluster import ClusterConfig
-from flakefleet.config.delivery import DEMO_DEPLOY_KEY_BLOB, DeliveryConfig
+from flakefleet.config.delivery import DEMO_DEPLOY_KEY_BLOB, BuilderConfig, CacheConfig, DeliveryConfig
 from flakefleet.config.dr import DrConfig
 from flakefleet.config.network import NetworkConfig
 from flakefleet.config.pools import MetalHost, PoolConfig, RootVolume, Taint
@@ -14,7 +14,7 @@ from flakefleet.config.storage import StorageConfig
 
 __all__ = [
     "NAMESPACE", "Arch", "ConfigError", "DnsLabel", "Role", "did_you_mean", "ClusterConfig", "DEMO_DEPLOY_KEY_BLOB",
-    "DeliveryConfig", "DrConfig", "NetworkConfig", "MetalHost", "PoolConfig", "RootVolume", "Taint",
+    "BuilderConfig", "CacheConfig", "DeliveryConfig", "DrConfig", "NetworkConfig", "MetalHost", "PoolConfig", "RootVolume", "Taint",
     "host_key_problem", "kubelet_may_set", "label_problem", "ssh_key_problem", "STACK_KEYS", "StackConfig",
     "parse_stack_config", "StorageConfig",
 ]

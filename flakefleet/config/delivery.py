@@ -31,12 +31,12 @@ class BuilderConfig(Model):
     """A build host, reached over SSH with a pinned key."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = Field(
-        description="Name pools use in `build:`. Must not be `local` or `target`."
+        description="Name pools use in `build:`. Must not be `local` or `target`. Required."
     )
-    address: IPv4Address = Field(description="Its address.")
+    address: IPv4Address = Field(description="Its address. Required.")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port. Default 22.")
     user: str = Field("root", description="SSH user (trusted by its Nix daemon). Default `root`.")
-    host_key: str = Field(description="Its SSH host key (`ssh-ed25519 AAAA…`), pinned: never trusted on first use.")
+    host_key: str = Field(description="Its SSH host key (`ssh-ed25519 AAAA…`), pinned: never trusted on first use. Required.")
     systems: list[Literal["x86_64", "aarch64"]] = Field(
         default_factory=lambda: ["x86_64"], description="Architectures it builds natively. Default `[x86_64]`."
     )
@@ -55,7 +55,7 @@ class CacheConfig(Model):
     region: str | None = Field(None, description="The bucket's region. Default: the stack's region.")
     url: str | None = Field(
         None, description="HTTP(S) URL serving the bucket's contents (a binary cache) that bring-your-own hosts "
-        "substitute from; without it they keep the SSH copy from the deployer."
+        "substitute from; without it they keep the SSH copy from the deployer. Default: none."
     )
     upstreams: list[str] = Field(
         default_factory=lambda: ["https://cache.nixos.org"],
@@ -122,8 +122,8 @@ class DeliveryConfig(Model):
         "deployer), `target` (each host builds its own, substituting what the caches hold), or the name of one of "
         "`builders`. Default `local`."
     )
-    builders: list[BuilderConfig] = Field(default_factory=list, description="Build hosts pools may name in `build`.")
-    cache: CacheConfig = Field(default_factory=CacheConfig, description="The binary cache (see its keys).")
+    builders: list[BuilderConfig] = Field(default_factory=list, description="Build hosts pools may name in `build`. Default: none.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="The binary cache (its keys below). Default: enabled, uploading to the stack's cache bucket.")
 
     def build_of(self, pool_build: str | None) -> str:
         """A pool's effective build: its own, else the stack's."""
@@ -157,8 +157,8 @@ def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
         elif build == "local" and pool.arch != arch:
             problems.append(
                 f"{where}: pool {pool.name} is {pool.arch} and this deployer is {arch}, so it cannot build its system "
-                f"here: set `build: target` (the hosts build it), or `build: <builder>` with a {pool.arch} builder in "
-                f"delivery.builders, or deploy from a {pool.arch} machine"
+                f"here: set `build: target` (the hosts build it), or `build: <builder>` with an {pool.arch} builder in "
+                f"delivery.builders, or deploy from an {pool.arch} machine"
             )
         elif (builder := delivery.builder(build)) is not None and pool.arch not in builder.systems:
             problems.append(f"{where}: builder {build} builds {', '.join(builder.systems)}, not {pool.arch} (pool {pool.name})")
