@@ -115,11 +115,19 @@ def snapshot_config(cfg: StackConfig, bucket: str | None) -> dict:
     return config
 
 
-def host_files(cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None) -> tuple[FileSpec, ...]:
+CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix includes it
+
+
+def host_files(
+    cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None
+) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
-    environment), a server's snapshot settings and, for shared closures, its facts and k3s drop-in."""
+    environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
+    store URL, included by nixos/common/nix.nix) and, for shared closures, its facts and k3s drop-in."""
     tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
     secrets = tuple(FileSpec(path, "0600", secret_env=env) for path, env in tokens)
+    if cache:
+        secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n"), *secrets)
     if host.role == "control-plane":
         content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
         secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content), *secrets)

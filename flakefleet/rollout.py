@@ -135,7 +135,7 @@ def host_plan(
         host_key=host_keys[host.name],
         system=system.out,
         drv=system.drv,
-        files=host_files(cfg, inv, host, snapshot_bucket),
+        files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket)),
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
         reboot=pool.reboot,

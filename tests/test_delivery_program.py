@@ -389,9 +389,14 @@ def test_ec2_hosts_substitute_from_the_stack_bucket_and_bring_your_own_hosts_get
         plan = json.loads(reg.inputs["environment"][PLAN_ENV])
         assert plan["substituters"] == [f"s3://{bucket}?region=eu-west-1", "https://cache.nixos.org"], name
         assert plan["build"] == "local"
+        # Also in the host's nix.conf (through an include): later fetches, e.g. a rollback, find the cache.
+        conf = next(f for f in plan["files"] if f["path"] == "/etc/flakefleet/nix-cache.conf")
+        assert conf["content"] == f"extra-substituters = s3://{bucket}?region=eu-west-1\n"
     local = run_stack("local")  # loopback hosts, no cache URL: SSH copies, nothing published
     assert not publish_steps(local)
-    assert all(json.loads(r.inputs["environment"][PLAN_ENV])["substituters"] == [] for r in commands(local).values())
+    for reg in commands(local).values():
+        plan = json.loads(reg.inputs["environment"][PLAN_ENV])
+        assert plan["substituters"] == [] and all("nix-cache" not in f["path"] for f in plan["files"])
 
 
 def test_an_aarch64_pool_built_on_target_is_not_published_and_its_hosts_build():

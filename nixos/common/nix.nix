@@ -10,6 +10,12 @@
     require-sigs = true;
     trusted-public-keys = config.flakefleet.trustedPublicKeys;
   };
+  # The stack's binary cache. Its URL names an S3 bucket Pulumi creates at deploy time, after this
+  # system is evaluated, so delivery writes it next to the host's facts and nix.conf includes it;
+  # `!include` skips a missing file (hosts that get their systems over SSH have none).
+  nix.extraOptions = ''
+    !include /etc/flakefleet/nix-cache.conf
+  '';
   # Keep a month of generations: rollback needs the previous system to still be in the store.
   nix.gc = {
     automatic = lib.mkDefault true;

@@ -84,6 +84,7 @@ in
       options = optDefault types.singleLineStr "";
     };
     nix.optimise.automatic = bool;
+    nix.extraOptions = optDefault types.lines "";
 
     services.journald.extraConfig = optDefault types.lines "";
     boot.kernel.sysctl = optDefault (types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]))) { };
