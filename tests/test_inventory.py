@@ -42,7 +42,7 @@ def fleets(draw):
     for name in names:
         if name == "cp":
             continue
-        pools.append({"name": f"w{name}", "role": "worker", "instance_type": "c7g.large", "arch": "aarch64",
+        pools.append({"name": f"w{name}", "role": "worker", "instance_type": "c7g.large", "arch": "aarch64", "build": "target",
                       "count": draw(st.integers(0, 120))})
     return pools, draw(st.integers(1, 6)), draw(st.sampled_from(["10.0.0.0/16", "172.16.0.0/18", "10.8.0.0/20"]))
 
