@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from flakefleet.build import BuildFailed, Builder, realise
-from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV
+from flakefleet.build import BuildFailed, Builder, realise, ssh_env
+from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV, pinned_known_hosts, ssh_options
 from flakefleet.systems import default_cache_dir
 
 PUBLISH_ENV = "FLAKEFLEET_PUBLISH"
@@ -179,6 +179,51 @@ def upload(client, bucket: str, staging: Path, paths: list[str]) -> int:
                           ContentType="text/x-nix-narinfo")
         sent += nar.stat().st_size + len(narinfo)
     return sent
+
+
+def cache_has(url: str, path: str, timeout: float = 10) -> bool:
+    """Whether the cache at `url` (s3://bucket?region=… or http(s)://…) holds `path`'s narinfo."""
+    if url.startswith("s3://"):
+        import boto3
+
+        bucket, _, query = url[5:].partition("?")
+        region = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("region")
+        return bool(held_by_bucket(boto3.client("s3", region_name=region), bucket, [path]))
+    request = urllib.request.Request(f"{url.rstrip('/')}/{hash_part(path)}.narinfo", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def push_from(host: Builder, system: str, key: str, client, bucket: str) -> int:
+    """What `host` built goes into the cache, relayed once by this deployer (`nix copy` from the
+    host's store into the signed layout, then the upload of what the bucket lacks); returns
+    the bytes uploaded. --no-check-sigs: the host is pinned by key and built our derivation."""
+    with pinned_known_hosts(host.address, host.port, host.host_key) as known:
+        env = ssh_env(host, known)
+        ssh = ["ssh", *ssh_options(known, host.port, host.identity_file), f"{host.user}@{host.address}", "--"]
+        listed = subprocess.run([*ssh, f"nix-store --query --requisites {system}"], capture_output=True, text=True)
+        if listed.returncode != 0:
+            raise BuildFailed(f"cannot list the closure of {system} on {host.name}: {listed.stderr.strip()}")
+        closure = listed.stdout.split()
+        todo = [p for p in closure if p not in held_by_bucket(client, bucket, closure)]
+        if not todo:
+            return 0
+        staging = staging_dir(key)
+        with tempfile.TemporaryDirectory(prefix="flakefleet-key-") as tmp:
+            key_file = Path(tmp) / "signing-key"
+            key_file.write_text(key)
+            key_file.chmod(0o600)
+            res = subprocess.run(
+                ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", "--from", host.store,
+                 "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+    if res.returncode != 0:
+        raise BuildFailed(f"copying {system} from {host.name} into the cache failed: {res.stderr.strip()[-2000:]}")
+    return upload(client, bucket, staging, todo)
 
 
 def publish(plan: PublishPlan, key: str, client) -> PublishReport:

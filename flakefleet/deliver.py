@@ -115,6 +115,12 @@ class DeliveryPlan:
     # cache, then upstream caches; empty: `nix copy` from the deployer over SSH).
     build: str = "local"
     substituters: tuple[str, ...] = ()
+    # A pool on `target` with the stack's cache builds once: its first host builds and this
+    # runner pushes the result into the cache (`push`: bucket, region); the pool's other hosts
+    # wait up to `build_wait_s` for it to appear there (`await_build`), then substitute it.
+    push: dict | None = None
+    await_build: bool = False
+    build_wait_s: float = 3600
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -387,6 +393,12 @@ class Delivery:
 
     # -- helpers
 
+    def cache_client(self, region: str):
+        """The S3 client a push uses: the deployer's AWS credentials, as Pulumi's own."""
+        import boto3
+
+        return boto3.client("s3", region_name=region)
+
     def say(self, message: str) -> None:
         print(f"[{self.plan.host}] {message}", flush=True)
 
@@ -546,6 +558,7 @@ class Delivery:
         if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
             self.report.outcome = "up to date"
             self.say(f"already runs {self.plan.system} with these files; nothing to do")
+            transfer.share_pool_build(self)  # the pool's other hosts may be waiting for it in the cache
             return self.report
         transfer.transfer(self)
         self.stage(contents)

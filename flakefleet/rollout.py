@@ -80,6 +80,20 @@ def build_mode(cfg: StackConfig, pool_name: str) -> str:
     return cfg.delivery.build_of(pool.build)
 
 
+def target_build(cfg: StackConfig, inv: Inventory, host: Host, cache_bucket: str | None) -> dict:
+    """A host's part in its pool's build: `build` (`target` or `local`), and on `target` with the
+    stack's cache, the pool's first host pushes what it built (`push`) and the others wait for it
+    (`await_build`). Per-host closures differ by host: each builds its own, nothing to share."""
+    if build_mode(cfg, host.pool) != "target":
+        return {"build": "local"}
+    pool = next(p for p in cfg.pools if p.name == host.pool)
+    if not our_cache(cfg, host, cache_bucket) or pool.per_host_closures:
+        return {"build": "target"}
+    if inv.pool_hosts(host.pool)[0].name == host.name:
+        return {"build": "target", "push": {"bucket": cache_bucket, "region": cfg.delivery.cache.region or cfg.region}}
+    return {"build": "target", "await_build": True}
+
+
 def publish_plans(
     cfg: StackConfig, inv: Inventory, systems: Mapping[str, System], cache_bucket: str | None
 ) -> dict[str, PublishPlan]:
@@ -145,8 +159,8 @@ def host_plan(
         control_planes=endpoints,
         restore_id=restore.id if restore and host.role == "control-plane" else None,
         restore_args=restore.k3s_args() if restore and host.name == control[0].name else (),
-        build="target" if build_mode(cfg, host.pool) == "target" else "local",
         substituters=substituters(cfg, host, cache_bucket),
+        **target_build(cfg, inv, host, cache_bucket),
     )
 
 

@@ -3,7 +3,8 @@
 - substitute: the host fetches it from the stack's binary cache (and upstream caches) itself,
   checked against the keys it trusts; the deployer sends no store bytes;
 - build on target: the derivation goes over (kilobytes), the host realises it, substituting
-  what the caches hold;
+  what the caches hold; with the stack's cache, only a pool's first host builds and the runner
+  relays its result into the cache, the pool's other hosts wait for it there and substitute;
 - copy: `nix copy` over pinned SSH from the deployer's store (bring-your-own hosts without a
   cache URL), only the paths the host lacks, with retries.
 """
@@ -15,7 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 from flakefleet.build import BuildFailed, Builder, realise_argv, realise_remote
-from flakefleet.deliver import DeliveryFailed, backoff_delays, nix_copy_argv, ssh_options
+from flakefleet.cache import cache_has, push_from, substituter_url
+from flakefleet.deliver import SIGNING_KEY_ENV, DeliveryFailed, backoff_delays, nix_copy_argv, ssh_options
 
 if TYPE_CHECKING:
     from flakefleet.deliver import Delivery
@@ -24,8 +26,13 @@ if TYPE_CHECKING:
 def transfer(run: Delivery) -> None:
     """Whichever route the plan names; afterwards the host's store holds the system."""
     start = time.monotonic()
-    if run.plan.build == "target":
+    if run.plan.build == "target" and run.plan.await_build:
+        await_pool_build(run)
+        substitute(run)
+    elif run.plan.build == "target":
         build_on_target(run)
+        if run.plan.push:
+            push(run)
     elif run.plan.substituters:
         substitute(run)
     else:
@@ -56,6 +63,40 @@ def build_on_target(run: Delivery) -> None:
     except BuildFailed as err:
         raise DeliveryFailed(f"{err}; nothing was activated") from None
     run.say(f"built {plan.system} on the host itself")
+
+
+def await_pool_build(run: Delivery) -> None:
+    """The pool's first host builds its system once; wait (bounded) until the cache has it."""
+    plan, start = run.plan, time.monotonic()
+    for delay in backoff_delays(cap=15):
+        if cache_has(plan.substituters[0], plan.system):
+            run.say(f"{plan.system} is in the cache (built once for the pool)")
+            return
+        if time.monotonic() - start + delay > plan.build_wait_s:
+            break
+        time.sleep(delay)
+    raise DeliveryFailed(f"{plan.system} did not appear in {plan.substituters[0]} within {plan.build_wait_s:.0f}s "
+                         "(the pool's first host builds it); nothing was activated")
+
+
+def share_pool_build(run: Delivery) -> None:
+    """A pool's first host that already runs the system still makes sure the cache has it
+    (a cache enabled after the host was built): the pool's other hosts wait for it there."""
+    plan = run.plan
+    if plan.build == "target" and plan.push and not cache_has(substituter_url(**plan.push), plan.system):
+        push(run)
+
+
+def push(run: Delivery) -> None:
+    """Relay what this host built into the stack's cache, for the pool's other hosts."""
+    plan = run.plan
+    me = Builder(plan.host, plan.address, plan.port, plan.user, plan.host_key, plan.identity_file)
+    try:
+        sent = push_from(me, plan.system, run.env.get(SIGNING_KEY_ENV, ""), run.cache_client(plan.push["region"]),
+                         plan.push["bucket"])
+    except BuildFailed as err:
+        raise DeliveryFailed(f"{err}; nothing was activated") from None
+    run.say(f"pushed {plan.system} into the cache for the pool ({sent} bytes)")
 
 
 def missing_paths(run: Delivery) -> list[str]:

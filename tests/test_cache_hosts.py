@@ -14,10 +14,11 @@ import pytest
 
 from flakefleet.build import Builder, realise
 from flakefleet.cache import CACHE_INFO, PublishPlan, closure_of, hash_part, publish
+from flakefleet.deliver import Delivery
 from flakefleet.systems import evaluate_systems
 from tests.cachehosts import REGION, s3_bucket, served
 from tests.conftest import STANDIN_FLAKE, require
-from tests.test_delivery_hosts import deliver, plan_for, report, spec
+from tests.test_delivery_hosts import deliver, plan_for, report, runner_env, spec
 from tests.testhosts import make_fleet, prerequisites, running_fleet
 
 BUCKET = "fleet-cache"
@@ -159,3 +160,34 @@ def test_the_publish_runner_reports_json_and_fails_in_one_line(systems, bucket, 
     bad = publish_plan(systems["c1"], drv="/nix/store/00000000000000000000000000000000-missing.drv", bucket=None)
     proc = run_as_deployer(fleet, ["flakefleet.cache"], {"FLAKEFLEET_PUBLISH": bad.to_json()})
     assert proc.returncode == 1 and proc.stderr.startswith("publish: building") and "Traceback" not in proc.stderr
+
+
+def test_a_target_pool_builds_once_and_its_other_hosts_substitute(systems, fleet, bucket):
+    system = systems["c1"]
+    first, second = fleet.hosts[0], fleet.hosts[1]
+    # The pool's first host builds and its runner pushes the result (in this process: the moto bucket).
+    plan = plan_for(fleet, first, system, build="target", push={"bucket": BUCKET, "region": REGION})
+    run = Delivery(plan, runner_env(fleet, plan))
+    try:
+        assert run.deliver().outcome == "activated"
+    finally:
+        run.close()
+    assert Path(system.drv).name in first.store_paths()  # built there
+    assert f"{hash_part(system.out)}.narinfo" in keys_in(bucket)
+    with served(bucket, BUCKET, SERVER_ADDRESS) as cache:
+        proc = deliver(fleet, plan_for(fleet, second, system, build="target", await_build=True,
+                                       substituters=(cache.url,)))
+    assert proc.returncode == 0, proc.stderr
+    assert "built once for the pool" in proc.stdout and report(proc)["bytes_copied"] == 0
+    assert second.current_system() == system.out
+    assert Path(system.drv).name not in second.store_paths()  # substituted, not built again
+
+
+def test_a_host_waiting_for_its_pools_build_gives_up_within_its_bound(systems, fleet, bucket):
+    system = systems["c3"]  # never published
+    with served(bucket, BUCKET, SERVER_ADDRESS) as cache:
+        proc = deliver(fleet, plan_for(fleet, fleet.hosts[2], system, build="target", await_build=True,
+                                       substituters=(cache.url,), build_wait_s=2))
+    assert proc.returncode == 1
+    assert "did not appear in" in proc.stderr and "the pool's first host builds it" in proc.stderr
+    assert fleet.hosts[2].current_system() != system.out

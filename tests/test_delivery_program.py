@@ -402,9 +402,14 @@ def test_ec2_hosts_substitute_from_the_stack_bucket_and_bring_your_own_hosts_get
 def test_an_aarch64_pool_built_on_target_is_not_published_and_its_hosts_build():
     cfg = read_stack_file("staging")
     pools = json.loads(cfg["flakefleet:pools"])
-    pools.append({"name": "arm", "role": "worker", "instance_type": "m7g.large", "arch": "aarch64", "count": 1,
+    pools.append({"name": "arm", "role": "worker", "instance_type": "m7g.large", "arch": "aarch64", "count": 3,
                   "ip_block": 6, "build": "target"})
     run = run_program({**cfg, "flakefleet:pools": json.dumps(pools)}, stack="staging")
     assert "arm" not in publish_steps(run)
-    plan = json.loads(commands(run)["arm-0"].inputs["environment"][PLAN_ENV])
-    assert plan["build"] == "target" and plan["substituters"][0].startswith("s3://")
+    bucket = run.exports["buckets"]["cache"]
+    plans = {h: json.loads(commands(run)[h].inputs["environment"][PLAN_ENV]) for h in ("arm-0", "arm-1", "arm-2")}
+    assert all(p["build"] == "target" and p["substituters"][0] == f"s3://{bucket}?region=eu-west-1"
+               for p in plans.values())
+    # Built once for the pool: its first host builds and pushes, the others wait and substitute.
+    assert plans["arm-0"]["push"] == {"bucket": bucket, "region": "eu-west-1"} and not plans["arm-0"]["await_build"]
+    assert all(plans[h]["await_build"] and plans[h]["push"] is None for h in ("arm-1", "arm-2"))
