@@ -20,7 +20,7 @@ from components.cluster import (
     StaleNodesArgs,
 )
 from components.cache import Publish, PublishArgs
-from components.delivery import Delivery, DeliveryArgs, host_outputs
+from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
 from components.settings import announce_reboots, load_stack, node_table, plan_restore, plan_systems
@@ -120,7 +120,6 @@ delivery = Delivery(
         cache_bucket=cache_bucket,
     ),
 )
-first_system = delivery.first.stdout.apply(lambda out: host_outputs(out, None)["system"])
 
 # Cluster: the admin kubeconfig from the first control plane, pointed at the API endpoint.
 first = inventory.control_planes[0]
@@ -131,7 +130,7 @@ kubeconfig = Kubeconfig(
         api_endpoint=inventory.api_endpoint,
         first_control_plane=first,
         host_key=delivery.host_keys[first.name],
-        system=first_system,
+        system=delivery.first_system,
         after=delivery.first,
     ),
 )

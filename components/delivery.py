@@ -85,6 +85,8 @@ class Delivery(pulumi.ComponentResource):
 
     first: command.local.Command
     """The first control plane's delivery Command (the cluster's first server)."""
+    first_system: pulumi.Output[str | None]
+    """The system its last delivery confirmed there (None when unknown)."""
     host_keys: dict[str, pulumi.Output[str]]
     """Host name -> the SSH host key its delivery pinned."""
     hosts: pulumi.Output[dict[str, dict]]
@@ -112,6 +114,7 @@ class Delivery(pulumi.ComponentResource):
         # all at once paid hosts x waves; made wave by wave it pays for one wave at a time.
         first_wave = self._wave(0, list(args.uploads))
         self.first = first_wave[0]
+        self.first_system = self.first.stdout.apply(lambda out: host_outputs(out, None)["system"])
         rest = asyncio.ensure_future(self._later_waves(first_wave))
         self.last_wave = pulumi.Output.from_input(rest)
         self.hosts = self.last_wave.apply(lambda _: pulumi.Output.all(**self._outputs))
