@@ -14,7 +14,6 @@ from components.machine import Machines
 from flakefleet.config import StackConfig
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
 from flakefleet.inventory import Host, Inventory
-from flakefleet.nixos import host_system
 from flakefleet.rollout import RestorePoint, host_plan, waves
 from flakefleet.systems import System
 

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from flakefleet.build import BuildFailed, Builder, realise, ssh_env
-from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV, pinned_known_hosts, ssh_options
+from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV, pinned_known_hosts, secret_file, ssh_options
 from flakefleet.systems import default_cache_dir
 
 PUBLISH_ENV = "FLAKEFLEET_PUBLISH"
@@ -152,10 +151,7 @@ def export_signed(system: str, key: str, staging: Path) -> None:
     """Nix writes the binary-cache layout of the closure of `system` into `staging` (a binary
     cache takes a path only with its references), signing each narinfo with `key` (a file only
     this process can read, removed right after)."""
-    with tempfile.TemporaryDirectory(prefix="flakefleet-key-") as tmp:
-        key_file = Path(tmp) / "signing-key"
-        key_file.write_text(key)
-        key_file.chmod(0o600)
+    with secret_file(key) as key_file:
         res = subprocess.run(
             ["nix", *NIX_FEATURES, "copy", "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
             capture_output=True, text=True,
@@ -212,10 +208,7 @@ def push_from(host: Builder, system: str, key: str, client, bucket: str) -> int:
         if not todo:
             return 0
         staging = staging_dir(key)
-        with tempfile.TemporaryDirectory(prefix="flakefleet-key-") as tmp:
-            key_file = Path(tmp) / "signing-key"
-            key_file.write_text(key)
-            key_file.chmod(0o600)
+        with secret_file(key) as key_file:
             res = subprocess.run(
                 ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", "--from", host.store,
                  "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],

@@ -166,6 +166,16 @@ def ssh_options(known_hosts: Path, port: int, identity_file: str | None, connect
 
 
 @contextmanager
+def secret_file(content: str):
+    """`content` (the signing key) in a file only this process's user can read, for the block."""
+    with tempfile.TemporaryDirectory(prefix="flakefleet-key-") as tmp:
+        path = Path(tmp) / "key"
+        path.touch(0o600)
+        path.write_text(content)
+        yield path
+
+
+@contextmanager
 def pinned_known_hosts(address: str, port: int, host_key: str):
     """A known_hosts file holding just this host's pinned key, for the duration of the block."""
     with tempfile.TemporaryDirectory(prefix="flakefleet-ssh-") as tmp:
@@ -441,14 +451,9 @@ class Delivery:
         key = self.env.get(SIGNING_KEY_ENV)
         if not key:
             raise DeliveryFailed(f"{SIGNING_KEY_ENV} is not set: hosts accept only signed systems")
-        key_file = Path(self._tmp.name) / "signing-key"
-        key_file.write_text(key)
-        key_file.chmod(0o600)
-        try:
+        with secret_file(key) as key_file:
             res = subprocess.run(["nix", *NIX_FEATURES, "store", "sign", "--key-file", str(key_file), "--recursive", self.plan.system],
-                           capture_output=True, text=True)
-        finally:
-            key_file.unlink()
+                                 capture_output=True, text=True)
         if res.returncode != 0:
             raise DeliveryFailed(f"signing {self.plan.system} failed: {res.stderr.strip()[-1000:]}")
         self.timed("build", start)
