@@ -239,8 +239,15 @@ def publish(plan: PublishPlan, key: str, client) -> PublishReport:
     return report
 
 
-def main() -> int:
+def s3_client(region: str):
+    """The deployer's S3 client (its AWS credentials, as Pulumi's); the region only when known."""
     import boto3
+
+    return boto3.client("s3", region_name=region or None)
+
+
+def main() -> int:
+    import botocore.exceptions
 
     try:
         plan = PublishPlan.from_json(os.environ[PUBLISH_ENV])
@@ -249,9 +256,12 @@ def main() -> int:
             raise BuildFailed(f"{SIGNING_KEY_ENV} is not set: hosts accept only signed systems")
         if plan.builder and os.environ.get(IDENTITY_ENV):
             plan = replace(plan, builder=replace(plan.builder, identity_file=os.environ[IDENTITY_ENV]))
-        report = publish(plan, key, boto3.client("s3", region_name=plan.region))
+        report = publish(plan, key, s3_client(plan.region) if plan.bucket else None)
     except BuildFailed as err:
         print(f"publish: {err}", file=sys.stderr)
+        return 1
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        print(f"publish: the cache bucket {plan.bucket} could not be used: {err}", file=sys.stderr)
         return 1
     print(f"[{plan.pool}] {report.uploaded} of {report.closure} paths uploaded ({report.uploaded_bytes} bytes); "
           f"{report.in_cache} already in the cache, {report.upstream} upstream", file=sys.stderr)

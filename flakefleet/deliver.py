@@ -405,9 +405,9 @@ class Delivery:
 
     def cache_client(self, region: str):
         """The S3 client a push uses: the deployer's AWS credentials, as Pulumi's own."""
-        import boto3
+        from flakefleet.cache import s3_client
 
-        return boto3.client("s3", region_name=region)
+        return s3_client(region)
 
     def say(self, message: str) -> None:
         print(f"[{self.plan.host}] {message}", flush=True)

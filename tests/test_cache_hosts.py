@@ -153,7 +153,8 @@ def test_the_publish_runner_reports_json_and_fails_in_one_line(systems, bucket, 
     from tests.testhosts import run_as_deployer
 
     fleet = make_fleet(tmp_path / "keys")
-    plan = publish_plan(systems["c1"], bucket=None)  # build once, nothing to upload
+    # Build once, nothing to upload, and no AWS region (a bring-your-own stack): no S3 client at all.
+    plan = publish_plan(systems["c1"], bucket=None, region="")
     proc = run_as_deployer(fleet, ["flakefleet.cache"], {"FLAKEFLEET_PUBLISH": plan.to_json()})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["uploaded"] == 0
