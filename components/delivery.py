@@ -106,7 +106,7 @@ class Delivery(pulumi.ComponentResource):
             SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
             **{env: pulumi.Output.secret(v) for env, v in args.secret_environment.items()},
         }
-        self._outputs: dict[str, pulumi.Output[dict]] = {}
+        self._raw: dict[str, tuple[pulumi.Output[str], pulumi.Input[str] | None]] = {}  # stdout, instance id
         # Wave 0 (the first control plane) now: the kubeconfig reads from it. Every later wave is
         # registered only once the previous one is (in `up`: delivered and healthy): the SDK's
         # wait for outstanding outputs scans all of them each time one resolves, so a fleet made
@@ -116,8 +116,19 @@ class Delivery(pulumi.ComponentResource):
         self.first_system = self.first.stdout.apply(lambda out: host_outputs(out, None)["system"])
         rest = asyncio.ensure_future(self._later_waves(first_wave))
         self.last_wave = pulumi.Output.from_input(rest)
-        self.hosts = self.last_wave.apply(lambda _: pulumi.Output.all(**self._outputs))
+        # One Output over every host's report (not three per host: each Output costs the SDK's
+        # wait loop a look per step). pulumi-command marks every output secret when any input
+        # is (the signing key is), but the report carries nothing secret by construction
+        # (tested): the node table stays readable.
+        self.hosts = pulumi.Output.unsecret(self.last_wave.apply(lambda _: self._reports()))
         self.register_outputs({"hosts": self.hosts})
+
+    def _reports(self) -> pulumi.Output[dict[str, dict]]:
+        names = list(self._raw)
+        values = [v for name in names for v in self._raw[name]]
+        return pulumi.Output.all(*values).apply(
+            lambda v: {name: host_outputs(v[2 * i], v[2 * i + 1]) for i, name in enumerate(names)}
+        )
 
     async def _later_waves(self, previous: list[command.local.Command]) -> list[pulumi.Resource]:
         """Each wave after the first, registered once the previous wave is; returns the last wave."""
@@ -165,10 +176,5 @@ class Delivery(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
             ),
         )
-        instance_id = machine.id if machine else None
-        # pulumi-command marks every output secret when any input is (the signing key is), but the
-        # report carries nothing secret by construction (tested): the node table stays readable.
-        self._outputs[host.name] = pulumi.Output.unsecret(
-            pulumi.Output.all(cmd.stdout, instance_id).apply(lambda v: host_outputs(*v))
-        )
+        self._raw[host.name] = (cmd.stdout, machine.id if machine else None)
         return cmd
