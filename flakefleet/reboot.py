@@ -22,10 +22,19 @@ the one-shot; the default follows the system whose `switch-to-configuration boot
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
-from flakefleet.deliver import K3S, REMOTE_HOSTCTL, ROLLED_BACK, DeliveryFailed, Endpoint, drain_commands
+from flakefleet.deliver import (
+    K3S,
+    REMOTE_HOSTCTL,
+    ROLLED_BACK,
+    DeliveryFailed,
+    Endpoint,
+    backoff_delays,
+    drain_commands,
+)
 
 if TYPE_CHECKING:
     from flakefleet.deliver import Delivery
@@ -95,9 +104,40 @@ def wait_booted(d: Delivery, token: str, system: str, deadline: float) -> tuple[
         time.sleep(1)
 
 
+def never_connected(res: subprocess.CompletedProcess) -> bool:
+    """ssh could not open the connection at all (refused, timed out): the command never ran."""
+    return res.returncode == 255 and "connect to host" in res.stderr
+
+
+def over_ssh(d: Delivery, call, attempts: int = 5, delays=None) -> subprocess.CompletedProcess:
+    """`call` (a hostctl step), again while ssh cannot even connect: right after a boot, sshd can
+    still be restarting, and a refused connection is no answer. Only then: a connection lost
+    mid-command may have run it, and these steps are not repeated blindly."""
+    delays = delays if delays is not None else backoff_delays(cap=5)
+    for _ in range(attempts - 1):
+        res = call()
+        if not never_connected(res):
+            return res
+        d.say(f"ssh to {d.plan.host} failed ({res.stderr.strip().splitlines()[-1]}); trying again")
+        time.sleep(next(delays))
+    return call()
+
+
+def confirm_boot(d: Delivery, digest: str) -> subprocess.CompletedProcess:
+    """`confirm-boot`, retried while ssh cannot connect; before retrying, the host is checked again
+    to still run the new system, so a confirmation never lands on a host that booted something else."""
+    res = d.hostctl("confirm-boot", d.token, d.plan.system, digest, timeout=60)
+    if not never_connected(res):
+        return res
+    state, detail = wait_booted(d, d.token, d.plan.system, time.monotonic() + d.plan.boot_timeout_s)
+    if state != "booted":
+        return subprocess.CompletedProcess([], 2, "", detail)
+    return over_ssh(d, lambda: d.hostctl("confirm-boot", d.token, d.plan.system, digest, timeout=60))
+
+
 def rollback(d: Delivery, via: Endpoint | None, reason: str) -> DeliveryFailed:
     """Previous generation the boot default again, files restored, reboot into it, uncordon."""
-    res = d.hostctl("boot-rollback", d.token, reason, timeout=120)
+    res = over_ssh(d, lambda: d.hostctl("boot-rollback", d.token, reason, timeout=120))
     outcome = res.stdout.strip().splitlines()[0] if res.stdout.strip() else f"could not be rolled back ({reason})"
     state, detail = wait_booted(d, f"{d.token}-rollback", "-", time.monotonic() + d.plan.boot_timeout_s)
     if state != "booted":
@@ -139,7 +179,7 @@ def reboot_into(d: Delivery, digest: str, why: list[str]) -> None:
         ok, detail = d.poll(d.batch_ready, time.monotonic() + d.plan.health_timeout_s)
         if not ok:
             raise rollback(d, via, f"its batch was not Ready within {d.plan.health_timeout_s:.0f}s of the reboot: {detail}")
-    res = d.hostctl("confirm-boot", d.token, d.plan.system, digest, timeout=60)
+    res = confirm_boot(d, digest)
     if res.returncode != 0:
         raise rollback(d, via, f"the new generation could not be made the boot default: {res.stderr.strip()}")
     uncordon(d, via)

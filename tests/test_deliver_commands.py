@@ -180,3 +180,25 @@ def test_drift_classification(state, status, outside, detail):
 
     row = classify("h", "/nix/store/a", state)
     assert (row.status, row.outside_flakefleet, row.detail) == (status, outside, detail)
+
+
+def test_only_a_connection_that_never_opened_is_tried_again():
+    """After a boot, sshd may still be restarting: a refused connection never ran the step, so it
+    is asked again; a connection lost mid-command may have run it, so it is not."""
+    from subprocess import CompletedProcess
+    from types import SimpleNamespace
+
+    from flakefleet.reboot import over_ssh
+
+    refused = CompletedProcess([], 255, "", "ssh: connect to host 127.0.0.83 port 2222: Connection refused\n")
+    dropped = CompletedProcess([], 255, "", "Connection to 127.0.0.83 closed by remote host.\n")
+    done = CompletedProcess([], 0, "ok", "")
+    said: list[str] = []
+    d = SimpleNamespace(plan=SimpleNamespace(host="worker-1"), say=said.append)
+    for answers, expected, calls in [([refused, refused, done], done, 3), ([dropped, done], dropped, 1),
+                                     ([refused] * 5, refused, 5), ([done], done, 1)]:
+        asked = iter(answers)
+        seen = []
+        result = over_ssh(d, lambda: seen.append(1) or next(asked), attempts=5, delays=itertools.repeat(0))
+        assert result is expected and len(seen) == calls
+    assert said and "Connection refused" in said[0]
