@@ -46,11 +46,13 @@ class Publish(pulumi.ComponentResource):
         cfg, inv = args.config, args.inventory
         # Which systems publish depends only on config (a bucket is given or not), never on its name.
         names = sorted(publish_plans(cfg, inv, args.systems, "bucket" if args.cache_bucket is not None else None))
-        bucket = pulumi.Output.from_input(args.cache_bucket)
+        plans = pulumi.Output.from_input(args.cache_bucket).apply(
+            lambda b: {s: p.to_json() for s, p in publish_plans(cfg, inv, args.systems, b).items()}
+        )
         secret = pulumi.Output.secret(args.signing_key)
         self.steps = []
         for system in names:
-            plan = bucket.apply(lambda b, s=system: publish_plans(cfg, inv, args.systems, b)[s].to_json())
+            plan = plans.apply(lambda p, s=system: p[s])
             self.steps.append(
                 command.local.Command(
                     f"{name}-{system.replace('/', '-')}",

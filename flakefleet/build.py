@@ -13,7 +13,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
-from flakefleet.deliver import NIX_FEATURES, pinned_known_hosts, ssh_options
+from flakefleet.deliver import NIX_FEATURES, pinned_known_hosts, ssh_options, ssh_prefix
 
 NIX_SYSTEMS = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
 
@@ -43,6 +43,11 @@ def ssh_env(builder: Builder, known_hosts) -> dict[str, str]:
     return {**os.environ, "NIX_SSHOPTS": " ".join(ssh_options(known_hosts, builder.port, builder.identity_file))}
 
 
+def ssh_to(builder: Builder, known_hosts) -> list[str]:
+    """The argv prefix of an ssh to `builder` pinned to `known_hosts` (the remote command follows)."""
+    return ssh_prefix(known_hosts, builder.address, builder.port, builder.user, builder.identity_file)
+
+
 def realise_argv(drv: str, substituters: tuple[str, ...] = ()) -> list[str]:
     """`nix-store --realise` of one derivation, optionally with these substituters (root on the
     host is a trusted user, so the option applies; keys stay the host's own trusted ones)."""
@@ -65,8 +70,7 @@ def realise_remote(drv: str, out: str, builder: Builder, substituters: tuple[str
         if res.returncode != 0:
             raise BuildFailed(f"copying {drv} to {builder.name} failed:\n{res.stderr.strip()[-2000:]}")
         remote = " ".join(shlex.quote(w) for w in realise_argv(drv, substituters))
-        ssh = ["ssh", *ssh_options(known, builder.port, builder.identity_file), f"{builder.user}@{builder.address}"]
-        check_out(subprocess.run([*ssh, "--", remote], capture_output=True, text=True), drv, out, builder.name)
+        check_out(subprocess.run([*ssh_to(builder, known), remote], capture_output=True, text=True), drv, out, builder.name)
 
 
 def fetch_from(out: str, builder: Builder) -> None:

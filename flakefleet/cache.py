@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from flakefleet.build import BuildFailed, Builder, realise, ssh_env
-from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV, pinned_known_hosts, secret_file, ssh_options
+from flakefleet.build import BuildFailed, Builder, realise, ssh_env, ssh_to
+from flakefleet.deliver import IDENTITY_ENV, NIX_FEATURES, SIGNING_KEY_ENV, pinned_known_hosts, secret_file
 from flakefleet.systems import default_cache_dir
 
 PUBLISH_ENV = "FLAKEFLEET_PUBLISH"
@@ -103,6 +103,18 @@ def held_by_bucket(client, bucket: str, paths: list[str]) -> set[str]:
         return {p for p, ok in zip(paths, pool.map(held, paths)) if ok}
 
 
+def http_holds(url: str, path: str, timeout: float) -> bool | None:
+    """Whether the HTTP(S) cache at `url` holds `path` (HEAD its narinfo); None: no answer."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/{hash_part(path)}.narinfo", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError as err:
+        return False if err.code == 404 else None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
 def held_upstream(upstreams: tuple[str, ...], paths: list[str], timeout: float = 5) -> tuple[set[str], list[str]]:
     """The paths an upstream cache holds (HEAD <upstream>/<hash>.narinfo), and notes on upstreams
     that could not be asked (their paths are then uploaded: never assume a path is held)."""
@@ -112,19 +124,8 @@ def held_upstream(upstreams: tuple[str, ...], paths: list[str], timeout: float =
         todo = [p for p in paths if p not in held]
         if not todo:
             break
-
-        def ask(path: str) -> bool | None:
-            request = urllib.request.Request(f"{upstream.rstrip('/')}/{hash_part(path)}.narinfo", method="HEAD")
-            try:
-                with urllib.request.urlopen(request, timeout=timeout):
-                    return True
-            except urllib.error.HTTPError as err:
-                return False if err.code == 404 else None
-            except (urllib.error.URLError, OSError):
-                return None
-
         with ThreadPoolExecutor(QUERY_THREADS) as pool:
-            answers = list(pool.map(ask, todo))
+            answers = list(pool.map(lambda path, u=upstream: http_holds(u, path, timeout), todo))
         held |= {p for p, ok in zip(todo, answers) if ok}
         if any(a is None for a in answers):
             notes.append(f"upstream {upstream} did not answer for some paths: they are uploaded")
@@ -147,17 +148,20 @@ def staging_dir(key: str) -> Path:
     return path
 
 
-def export_signed(system: str, key: str, staging: Path) -> None:
+def export_signed(system: str, key: str, staging: Path, source: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> None:
     """Nix writes the binary-cache layout of the closure of `system` into `staging` (a binary
     cache takes a path only with its references), signing each narinfo with `key` (a file only
-    this process can read, removed right after)."""
+    this process can read, removed right after). `source`: `nix copy` options naming another
+    store to read from (default: this one)."""
     with secret_file(key) as key_file:
         res = subprocess.run(
-            ["nix", *NIX_FEATURES, "copy", "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
-            capture_output=True, text=True,
-        )
+            ["nix", *NIX_FEATURES, "copy", *(source or []),
+             "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
     if res.returncode != 0:
-        raise BuildFailed(f"writing the cache layout failed: {res.stderr.strip()[-2000:]}")
+        raise BuildFailed(f"writing the cache layout of {system} failed: {res.stderr.strip()[-2000:]}")
 
 
 def upload(client, bucket: str, staging: Path, paths: list[str]) -> int:
@@ -180,42 +184,30 @@ def upload(client, bucket: str, staging: Path, paths: list[str]) -> int:
 def cache_has(url: str, path: str, timeout: float = 10) -> bool:
     """Whether the cache at `url` (s3://bucket?region=… or http(s)://…) holds `path`'s narinfo."""
     if url.startswith("s3://"):
-        import boto3
-
         bucket, _, query = url[5:].partition("?")
-        region = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("region")
-        return bool(held_by_bucket(boto3.client("s3", region_name=region), bucket, [path]))
-    request = urllib.request.Request(f"{url.rstrip('/')}/{hash_part(path)}.narinfo", method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
+        region = dict(q.split("=", 1) for q in query.split("&") if "=" in q).get("region", "")
+        return bool(held_by_bucket(s3_client(region), bucket, [path]))
+    return bool(http_holds(url, path, timeout))
 
 
-def push_from(host: Builder, system: str, key: str, client, bucket: str) -> int:
+def push_from(host: Builder, system: str, key: str, client, bucket: str, upstreams: tuple[str, ...] = ()) -> int:
     """What `host` built goes into the cache, relayed once by this deployer (`nix copy` from the
-    host's store into the signed layout, then the upload of what the bucket lacks); returns
-    the bytes uploaded. --no-check-sigs: the host is pinned by key and built our derivation."""
+    host's store into the signed layout, then the upload of what neither the bucket nor an
+    upstream holds); returns the bytes uploaded. --no-check-sigs: the host is pinned by key and
+    built our derivation."""
     with pinned_known_hosts(host.address, host.port, host.host_key) as known:
-        env = ssh_env(host, known)
-        ssh = ["ssh", *ssh_options(known, host.port, host.identity_file), f"{host.user}@{host.address}", "--"]
-        listed = subprocess.run([*ssh, f"nix-store --query --requisites {system}"], capture_output=True, text=True)
+        listed = subprocess.run([*ssh_to(host, known), f"nix-store --query --requisites {system}"],
+                                capture_output=True, text=True)
         if listed.returncode != 0:
             raise BuildFailed(f"cannot list the closure of {system} on {host.name}: {listed.stderr.strip()}")
         closure = listed.stdout.split()
-        todo = [p for p in closure if p not in held_by_bucket(client, bucket, closure)]
+        in_cache = held_by_bucket(client, bucket, closure)
+        upstream, _ = held_upstream(upstreams, [p for p in closure if p not in in_cache])
+        todo = [p for p in closure if p not in in_cache and p not in upstream]
         if not todo:
             return 0
         staging = staging_dir(key)
-        with secret_file(key) as key_file:
-            res = subprocess.run(
-                ["nix", *NIX_FEATURES, "copy", "--no-check-sigs", "--from", host.store,
-                 "--to", f"file://{staging}?secret-key={key_file}&compression=zstd", system],
-                env=env, capture_output=True, text=True,
-            )  # fmt: skip
-    if res.returncode != 0:
-        raise BuildFailed(f"copying {system} from {host.name} into the cache failed: {res.stderr.strip()[-2000:]}")
+        export_signed(system, key, staging, ["--no-check-sigs", "--from", host.store], ssh_env(host, known))
     return upload(client, bucket, staging, todo)
 
 

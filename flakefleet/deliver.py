@@ -184,23 +184,23 @@ def pinned_known_hosts(address: str, port: int, host_key: str):
         yield known
 
 
+def ssh_prefix(known_hosts: Path, address: str, port: int, user: str, identity: str | None) -> list[str]:
+    """The argv prefix of an ssh to one host, checked against `known_hosts` (the remote command follows)."""
+    return ["ssh", *ssh_options(known_hosts, port, identity), f"{user}@{address}", "--"]
+
+
 @contextmanager
 def pinned_ssh(address: str, port: int, user: str, host_key: str, identity: str | None):
     """The argv prefix of an ssh to one host whose key is pinned (a known_hosts file for just this call)."""
     with pinned_known_hosts(address, port, host_key) as known:
-        yield ["ssh", *ssh_options(known, port, identity), f"{user}@{address}", "--"]
+        yield ssh_prefix(known, address, port, user, identity)
 
 
 def ssh_argv(plan: DeliveryPlan, known_hosts: Path, remote: list[str], to: Endpoint | None = None) -> list[str]:
     """ssh to the plan's host (or `to`) running `remote` (each word quoted for the remote shell)."""
     target = to or plan
-    return [
-        "ssh",
-        *ssh_options(known_hosts, target.port, plan.identity_file),
-        f"{target.user}@{target.address}",
-        "--",
-        " ".join(shlex.quote(w) for w in remote),
-    ]
+    return [*ssh_prefix(known_hosts, target.address, target.port, target.user, plan.identity_file),
+            " ".join(shlex.quote(w) for w in remote)]
 
 
 K3S = "/run/current-system/sw/bin/k3s"  # NixOS puts k3s there (environment.systemPackages)

@@ -57,7 +57,7 @@ def system_key(pool: str, host: str | None = None) -> str:
 
 def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | None = None) -> dict:
     """Everything a pool's closure is built from (the input of the flake's `lib.toplevel`)."""
-    pool = next(p for p in cfg.pools if p.name == pool_name)
+    pool = cfg.pool(pool_name)
     sans = [str(inv.api_address), *(str(a) for a in inv.api_lb_addresses)]
     return {
         "schema": SPEC_SCHEMA,
@@ -95,7 +95,7 @@ def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:
 
 def host_system(cfg: StackConfig, host: Host) -> str:
     """The key of the system a host runs."""
-    pool = next(p for p in cfg.pools if p.name == host.pool)
+    pool = cfg.pool(host.pool)
     return system_key(host.pool, host.name if pool.per_host_closures else None)
 
 
@@ -131,7 +131,7 @@ def host_files(
     if host.role == "control-plane":
         content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
         secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content), *secrets)
-    pool = next(p for p in cfg.pools if p.name == host.pool)
+    pool = cfg.pool(host.pool)
     if pool.per_host_closures:
         return secrets
     facts = host_facts(inv, host)

@@ -57,12 +57,9 @@ def waves(cfg: StackConfig, inv: Inventory) -> list[tuple[Host, ...]]:
 def our_cache(cfg: StackConfig, host: Host, cache_bucket: str | None) -> str | None:
     """The stack's cache as `host` reads it: EC2 hosts from the bucket with their instance
     profile, bring-your-own hosts through `delivery.cache.url`; None when it does not."""
-    cache = cfg.delivery.cache
-    if not (cache.enabled and cache_bucket):
+    if not (cfg.delivery.cache.enabled and cache_bucket):
         return None
-    if host.provider == "ec2":
-        return substituter_url(cache_bucket, cache.region or cfg.region or "")
-    return cache.url
+    return substituter_url(cache_bucket, cfg.cache_region) if host.provider == "ec2" else cfg.delivery.cache.url
 
 
 def substituters(cfg: StackConfig, host: Host, cache_bucket: str | None) -> tuple[str, ...]:
@@ -76,8 +73,7 @@ def substituters(cfg: StackConfig, host: Host, cache_bucket: str | None) -> tupl
 
 def build_mode(cfg: StackConfig, pool_name: str) -> str:
     """`local`, `target`, or a builder's name, for one pool."""
-    pool = next(p for p in cfg.pools if p.name == pool_name)
-    return cfg.delivery.build_of(pool.build)
+    return cfg.delivery.build_of(cfg.pool(pool_name).build)
 
 
 def target_build(cfg: StackConfig, inv: Inventory, host: Host, cache_bucket: str | None) -> dict:
@@ -86,11 +82,11 @@ def target_build(cfg: StackConfig, inv: Inventory, host: Host, cache_bucket: str
     (`await_build`). Per-host closures differ by host: each builds its own, nothing to share."""
     if build_mode(cfg, host.pool) != "target":
         return {"build": "local"}
-    pool = next(p for p in cfg.pools if p.name == host.pool)
+    pool = cfg.pool(host.pool)
     if not our_cache(cfg, host, cache_bucket) or pool.per_host_closures:
         return {"build": "target"}
     if inv.pool_hosts(host.pool)[0].name == host.name:
-        return {"build": "target", "push": {"bucket": cache_bucket, "region": cfg.delivery.cache.region or cfg.region}}
+        return {"build": "target", "push": {"bucket": cache_bucket, "region": cfg.cache_region}}
     return {"build": "target", "await_build": True}
 
 
@@ -111,7 +107,7 @@ def publish_plans(
             system=systems[name].out,
             drv=systems[name].drv,
             bucket=uploads,
-            region=cfg.delivery.cache.region or cfg.region or "",
+            region=cfg.cache_region,
             upstreams=tuple(cfg.delivery.cache.upstreams),
             builder=Builder(builder.name, str(builder.address), builder.port, builder.user, builder.host_key)
             if builder else None,
@@ -139,7 +135,7 @@ def host_plan(
     control = inv.control_planes
     endpoints = tuple(Endpoint(h.name, str(h.address), h.ssh_port, h.ssh_user, host_keys[h.name]) for h in control)
     delivered_cps = endpoints[: [h.name for h in control].index(host.name) + 1] if host.role == "control-plane" else endpoints
-    pool = next(p for p in cfg.pools if p.name == host.pool)
+    pool = cfg.pool(host.pool)
     system = systems[host_system(cfg, host)]
     return DeliveryPlan(
         host=host.name,

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from flakefleet.build import BuildFailed, Builder, realise_argv, realise_remote
-from flakefleet.cache import cache_has, push_from, substituter_url
+from flakefleet.cache import cache_has, closure_of, push_from, substituter_url
 from flakefleet.deliver import SIGNING_KEY_ENV, DeliveryFailed, backoff_delays, nix_copy_argv, ssh_options
 
 if TYPE_CHECKING:
@@ -57,9 +57,8 @@ def build_on_target(run: Delivery) -> None:
     if not missing_paths(run):
         run.say(f"{plan.system} is already in the host's store")
         return
-    me = Builder(plan.host, plan.address, plan.port, plan.user, plan.host_key, plan.identity_file)
     try:
-        realise_remote(plan.drv, plan.system, me, plan.substituters)
+        realise_remote(plan.drv, plan.system, the_host(run), plan.substituters)
     except BuildFailed as err:
         raise DeliveryFailed(f"{err}; nothing was activated") from None
     run.say(f"built {plan.system} on the host itself")
@@ -90,23 +89,30 @@ def share_pool_build(run: Delivery) -> None:
 def push(run: Delivery) -> None:
     """Relay what this host built into the stack's cache, for the pool's other hosts."""
     plan = run.plan
-    me = Builder(plan.host, plan.address, plan.port, plan.user, plan.host_key, plan.identity_file)
     try:
-        sent = push_from(me, plan.system, run.env.get(SIGNING_KEY_ENV, ""), run.cache_client(plan.push["region"]),
-                         plan.push["bucket"])
+        sent = push_from(the_host(run), plan.system, run.env.get(SIGNING_KEY_ENV, ""),
+                         run.cache_client(plan.push["region"]), plan.push["bucket"], plan.substituters[1:])
     except BuildFailed as err:
         raise DeliveryFailed(f"{err}; nothing was activated") from None
     run.say(f"pushed {plan.system} into the cache for the pool ({sent} bytes)")
+
+
+def the_host(run: Delivery) -> Builder:
+    """The host being delivered, as a build host (it builds, or its build is read back)."""
+    plan = run.plan
+    return Builder(plan.host, plan.address, plan.port, plan.user, plan.host_key, plan.identity_file)
 
 
 def missing_paths(run: Delivery) -> list[str]:
     """The system's closure paths the host lacks (asked on the host when the deployer has no
     closure to list: a target build or a substitution asks for the system path alone)."""
     plan = run.plan
-    res = subprocess.run(["nix-store", "--query", "--requisites", plan.system], capture_output=True, text=True)
-    closure = res.stdout.split() if res.returncode == 0 else [plan.system]
-    if res.returncode != 0 and not (plan.substituters or plan.build == "target"):
-        raise DeliveryFailed(f"cannot list the closure of {plan.system}: {res.stderr.strip()}")
+    try:
+        closure = closure_of(plan.system)
+    except BuildFailed as err:
+        if not (plan.substituters or plan.build == "target"):
+            raise DeliveryFailed(str(err)) from None
+        closure = [plan.system]
     check = run.ssh(["sh", "-c", "xargs nix-store --check-validity --print-invalid"], stdin="\n".join(closure))
     if check.returncode != 0:
         raise DeliveryFailed(f"cannot query the store of {plan.host}: {check.stderr.strip()}")

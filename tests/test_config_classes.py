@@ -380,3 +380,11 @@ def test_an_aarch64_deployer_builds_aarch64_pools_itself(monkeypatch):
     problems = found(with_build(), REGION)
     assert problems and all("pool arm" not in p for p in problems)  # now the x86_64 pools are the foreign ones
     assert any("pool workers is x86_64 and this deployer is aarch64" in p for p in problems)
+
+
+def test_a_bad_arch_or_build_is_not_also_a_build_problem(monkeypatch):
+    monkeypatch.setattr("flakefleet.config.delivery.deployer_arch", lambda: "x86_64")
+    for pool, field in [({"arch": "arm64"}, "arch"), ({"build": 7}, "build")]:
+        problems = found(with_build(pool), REGION)
+        assert any(p.startswith(f"flakefleet:pools[3].{field}:") for p in problems), problems
+        assert not any("this deployer" in p or "delivery.build" in p for p in problems), problems

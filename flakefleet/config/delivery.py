@@ -148,7 +148,9 @@ def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
         if (why := host_key_problem(builder.host_key)) is not None:
             problems.append(f"{p}delivery.builders[{b}].host_key: {why}")
     names = [b.name for b in delivery.builders]
-    for i, pool in stack.indexed("pools", [q for q in stack.pools if q is not None]):
+    for i, pool in stack.valid_pools:
+        if not (stack.known(f"pools[{i}].build") and stack.known(f"pools[{i}].arch")):
+            continue  # its own line says what is wrong there
         where = f"{p}pools[{i}].build" if pool.build else f"{p}delivery.build"
         build = delivery.build_of(pool.build)
         if build not in ("local", "target") and build not in names:

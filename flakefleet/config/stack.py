@@ -49,6 +49,15 @@ class StackConfig(Model):
         name, _, secret = self.signing_key.partition(":")
         return f"{name}:{base64.b64encode(base64.b64decode(secret)[32:]).decode()}"
 
+    def pool(self, name: str) -> PoolConfig:
+        """The pool called `name`."""
+        return next(p for p in self.pools if p.name == name)
+
+    @property
+    def cache_region(self) -> str:
+        """The binary cache bucket's region: its own, else the stack's ("" when neither is known)."""
+        return self.delivery.cache.region or self.region or ""
+
     @property
     def uses_ec2(self) -> bool:
         """Whether any pool runs on EC2 (and so a VPC is needed)."""
