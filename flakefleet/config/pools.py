@@ -114,7 +114,7 @@ class PoolConfig(Model):
         return len(self.hosts) if self.provider == "metal" else (self.count or 0)
 
 
-def _ec2_pool(at: str, pool: PoolConfig) -> list[str]:
+def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
     problems = []
     if pool.hosts:
         problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
@@ -131,7 +131,7 @@ def _ec2_pool(at: str, pool: PoolConfig) -> list[str]:
     shape = instance_shape(pool.instance_type)
     if shape is None:
         return problems
-    if shape.arch != pool.arch:
+    if arch_known and shape.arch != pool.arch:  # an invalid arch has its own line
         problems.append(f"{at}.instance_type: {pool.instance_type} is {shape.arch} but the pool's arch is {pool.arch}")
     if shape.metal and not pool.bare_metal:
         problems.append(f"{at}.instance_type: {pool.instance_type} is bare metal; set bare_metal: true on the pool "
@@ -167,7 +167,7 @@ def _one_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     problems = []
     if stack.known(f"pools[{i}].provider"):
         if pool.provider == "ec2":
-            problems += _ec2_pool(at, pool)
+            problems += _ec2_pool(at, pool, stack.known(f"pools[{i}].arch"))
         else:
             problems += _metal_pool(stack, i, pool)
     for key, value in pool.labels.items():
