@@ -23,7 +23,7 @@ from components.cache import Publish, PublishArgs
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import announce_reboots, load_stack, node_table, plan_restore, plan_systems
+from components.settings import announce_changes, load_stack, node_table, plan_restore, plan_systems
 from components.storage import Storage, StorageArgs
 from flakefleet.drift import split_pools
 from flakefleet.nixos import host_system
@@ -36,8 +36,9 @@ tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_s
 # pools change (cached on disk: an unchanged preview evaluates nothing).
 systems = plan_systems(cfg, inventory)
 
-# Reboots: pools whose kernel, initrd, modules or kernel parameters change, named in the preview.
-announce_reboots(cfg, inventory, systems)
+# What changes in each pool's system since the last update, one preview line per pool: packages,
+# services restarted, reboots (kernel, initrd, modules, parameters), hosts and their waves.
+manifests = announce_changes(cfg, inventory, systems)
 
 # Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
 restore = plan_restore(cfg)
@@ -157,6 +158,7 @@ pulumi.export("nodes", nodes)
 pulumi.export("pools", nodes.apply(split_pools))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("boot", {name: system.boot for name, system in systems.items()})  # what the next preview compares
+pulumi.export("system_manifests", {name: m.pack() for name, m in manifests.items()})  # ... packages and units too
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export("drift", delivery.hosts.apply(lambda hosts: {h: out["found"] for h, out in hosts.items()}))  # what each host's last delivery found; live: python -m flakefleet drift

@@ -11,8 +11,15 @@ from flakefleet import configurations, dr
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
 from flakefleet.inventory import Inventory, plan_inventory
 from flakefleet.nixos import system_specs
+from flakefleet.preview.compare import compare
+from flakefleet.preview.derivations import ShowError
+from flakefleet.preview.manifest import Manifest, manifests
+from flakefleet.preview.render import pool_text
+from flakefleet.preview.sides import deployed_side, stack_side
 from flakefleet.rollout import RestorePoint, reboot_notes
-from flakefleet.systems import EvaluationError, System, evaluate_systems, resolve_flake
+from flakefleet.systems import EvaluationError, System, default_cache_dir, evaluate_systems, resolve_flake
+
+DIAGNOSTIC_CAP = 10  # lines of packages or services per pool in a preview
 
 
 def load_stack() -> tuple[StackConfig, Inventory]:
@@ -50,12 +57,31 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     return systems
 
 
-def announce_reboots(cfg: StackConfig, inventory: Inventory, systems: dict[str, System]) -> None:
-    """Preview diagnostics, one per pool whose boot files change against the last update (read
-    from this stack's own `boot` output): which hosts reboot, in which waves."""
+def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, System]) -> dict[str, Manifest]:
+    """Preview diagnostics, one per pool that changes against the last update (this stack's own
+    outputs `system_manifests` and `nodes`, read through a StackReference): packages, services,
+    reboots, hosts and waves. Returns the systems' manifests (exported for the next preview).
+    Stacks last updated before manifests were exported get the reboot lines (`boot`) only."""
+    try:
+        mine = manifests(systems, default_cache_dir())
+    except ShowError as err:
+        pulumi.log.warn(f"cannot read the systems' derivations ({err}): the preview lists no package changes")
+        mine = {}
     me = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
-    me.get_output("boot").apply(lambda previous: [pulumi.log.info(line) for line in
-                                                  reboot_notes(cfg, inventory, systems, previous)])
+
+    def log(previous: list) -> None:
+        packed, nodes, boot = previous
+        before = deployed_side({"system_manifests": packed, "nodes": nodes}) if mine else None
+        if before is None:
+            lines = reboot_notes(cfg, inventory, systems, boot)
+        else:
+            changes = compare(before, stack_side(cfg, inventory, mine))
+            lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
+        for line in lines:
+            pulumi.log.info(line)
+
+    pulumi.Output.all(me.get_output("system_manifests"), me.get_output("nodes"), me.get_output("boot")).apply(log)
+    return mine
 
 
 def plan_restore(cfg: StackConfig) -> RestorePoint | None:

@@ -2,6 +2,7 @@
 
     python -m flakefleet plan --stack dev                  # validate a stack file and print its inventory
     python -m flakefleet plan --stack dev --outputs o.json # ... and which hosts reboot (evaluates, needs Nix)
+    python -m flakefleet diff --stack dev [--base REF]     # what a change does to each pool's system
     python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
     python -m flakefleet dr list --bucket B --cluster C    # etcd snapshots; also verify, pick
     python -m flakefleet rollback --stack S --host H       # back to the previous generation (or --pool P)
@@ -32,6 +33,10 @@ def render_plan(stack: str, inv: Inventory) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["diff"]:
+        from flakefleet.preview import cli
+
+        return cli.main(argv[1:])
     if argv[:1] == ["drift"]:
         from flakefleet import drift
 
@@ -51,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--stacks-dir", type=Path, default=STACKS, help="where the Pulumi.<stack>.yaml files are")
     plan.add_argument("--outputs", type=Path, help="`pulumi stack output --json` of the stack: evaluate every "
                       "pool's system (needs Nix) and say which hosts reboot for it")
+    sub.add_parser("diff", help="what a change does to each pool's NixOS system (see python -m flakefleet diff -h)")
     sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.drift -h)")
     sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.dr -h)")
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")

@@ -6,13 +6,13 @@ import json
 from collections import Counter
 
 import pulumi
-
 import pytest
 
 from components.delivery import CREATE, DELETE, UPDATE
 from flakefleet.cache import PUBLISH_ENV
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
 from flakefleet.nixos import files_hash
+from flakefleet.preview.manifest import Manifest
 from tests.conftest import require_tool
 from tests.harness import (
     SIGNING_KEY,
@@ -359,7 +359,48 @@ def test_preview_names_the_hosts_that_reboot_for_a_new_kernel():
     notes = [m for m in logged if m.startswith("pool ")]
     assert notes == ["pool cp: kernel change; cp-0 (wave 0) reboot",
                      "pool workers: kernel change; worker-0 (wave 1), worker-1 (wave 1) reboot"]
-    assert first.exports["boot"]["workers"]["kernel"].endswith("-standin-linux-6.12.0/bzImage")
+    assert first.exports["boot"]["workers"]["kernel"].endswith("-linux-6.12.0/bzImage")
+
+
+def preview_notes(previous: dict) -> list[str]:
+    """The `pool ...` diagnostics of a preview of the local stack after an update that exported `previous`."""
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    logged: list[str] = []
+    original = pulumi.log.info
+    pulumi.log.info = lambda message, *a, **k: logged.append(message)
+    try:
+        run_program(read_stack_file("local"), stack="local", preview=True,
+                    monitor=RecordingMonitor(FleetMocks(previous_outputs=previous)))
+    finally:
+        pulumi.log.info = original
+    return [m for m in logged if m.startswith("pool ")]
+
+
+def test_preview_says_once_per_pool_what_changes_since_the_last_update():
+    """Against the manifests the last update exported: the package and unit changes, the reboot,
+    the hosts and their waves, in one diagnostic per pool (not one per host)."""
+    first = run_stack("local")
+    then = {key: Manifest.unpack(packed) for key, packed in first.exports["system_manifests"].items()}
+    old = then["workers"]
+    then["workers"] = Manifest(
+        system="0ld", packages={**old.packages, "k3s": {"1.31.1+k3s1": "0ld"}},
+        units={**old.units, "k3s.service": ("0ld", "restart")},
+        boot={**old.boot, "kernel": old.boot["kernel"].replace("6.12.0", "6.11.9")}, derivations=old.derivations)
+    notes = preview_notes({"system_manifests": {k: m.pack() for k, m in then.items()}, "nodes": first.exports["nodes"],
+                           "boot": first.exports["boot"]})
+    assert notes == ["\n".join([
+        "pool workers: changes on worker-0 (wave 1), worker-1 (wave 1)",
+        "  packages (1):", "    k3s: 1.31.1+k3s1 → 1.31.2+k3s1",
+        "  services: k3s.service restarts",
+        "  reboot: kernel 6.11.9 → 6.12.0; kernel change: the hosts reboot"])]
+
+
+def test_preview_of_an_unchanged_stack_says_nothing_per_pool():
+    first = run_stack("local")
+    assert preview_notes({k: first.exports[k] for k in ("system_manifests", "nodes", "boot")}) == []
+    assert set(first.exports["system_manifests"]) == {"cp", "workers"}
+    assert all(len(packed) < 2000 for packed in first.exports["system_manifests"].values())
 
 
 def publish_steps(run: ProgramRun) -> dict[str, Registration]:

@@ -48,8 +48,40 @@ def test_preview_runs_tests_then_comments_previews_of_touched_stacks():
     assert "kvm" in nix["with"]["extra_nix_config"] and "nixos-test" in nix["with"]["extra_nix_config"]
     assert check[-1]["run"].startswith("nix flake check ./nixos")  # the real nixpkgs pin, before any preview
     assert preview["environment"] == "${{ matrix.stack }}-preview"  # read-only roles, no approval gate
-    action = next(s for s in preview["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
-    assert action["with"]["command"] == "preview" and action["with"]["comment-on-pr"] is True
+    steps = preview["steps"]
+    assert steps[0]["with"]["fetch-depth"] == 0  # the NixOS diff needs the merge base
+    diff = next(i for i, s in enumerate(steps) if "-m flakefleet diff" in s.get("run", ""))
+    assert '--base "origin/$BASE_REF" --markdown' in steps[diff]["run"] and steps[diff]["env"]["BASE_REF"] == "${{ github.base_ref }}"
+    assert "|| cat" in steps[diff]["run"]  # a stack new in the pull request: its reason goes in the comment, the job goes on
+    action = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
+    assert diff < action and steps[action]["with"]["command"] == "preview"
+    assert steps[action]["with"]["comment-on-pr"] is False  # the comment below carries Pulumi's diff and the table
+    compose = next(i for i, s in enumerate(steps) if "scripts/pr_comment.py" in s.get("run", ""))
+    assert steps[compose]["env"]["PREVIEW"] == "${{ steps.preview.outputs.output }}"  # through env: never spliced into shell
+    assert steps[action]["id"] == "preview"
+    sticky = steps[-1]
+    assert sticky["uses"].startswith("marocchino/sticky-pull-request-comment@") and compose < len(steps) - 1
+    assert sticky["with"]["header"] == "preview-${{ matrix.stack }}"  # one comment per stack, updated in place
+    assert all("${{" not in line for s in steps for line in s.get("run", "").splitlines())  # no expression in a script
+
+
+def test_the_pr_comment_puts_the_nixos_table_next_to_pulumis_diff():
+    from scripts.pr_comment import comment
+
+    table = "<details><summary><b>dev</b>: NixOS systems: 1 of 2 pools change</summary>\n\n| pool |\n</details>\n"
+    body = comment("dev", table, "", "Previewing update (dev)\n~ command:local:Command workers-0 update\n")
+    assert body.startswith("### Preview of stack `dev`\n\n<details><summary><b>dev</b>: NixOS systems")
+    assert "<details><summary>Pulumi preview</summary>\n\n```diff\nPreviewing update (dev)" in body
+
+
+def test_the_pr_comment_says_why_there_is_no_table_and_fits_githubs_limit():
+    from scripts.pr_comment import comment
+
+    body = comment("new", "", "flakefleet diff: stack new does not exist at merge base with origin/main (abc)\n",
+                   "x" * 100_000 + "\n```\n", limit=10_000)
+    assert "**new**: no NixOS comparison:\n\n> flakefleet diff: stack new does not exist" in body
+    assert len(body) <= 10_000 and "… cut: " in body
+    assert comment("s", "", "", "has ```` inside").count("`````diff") == 1  # a fence longer than any inside
 
 
 def test_deploy_goes_dev_then_staging_then_gated_prod():

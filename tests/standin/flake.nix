@@ -49,22 +49,122 @@
         spec:
         (if spec.host == null then [ "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml" ] else [ ])
         ++ [ "${secrets}/${if spec.role == "control-plane" then "k3s-server-token" else "k3s-agent-token"}" ];
-      # The kernel as its own store path, as in NixOS: systems that share a kernel version share
-      # the path, so `kernel`, `initrd` and `kernel-modules` of two systems compare as they do
-      # on real hosts (what delivery reads to decide on a reboot).
+      # The kernel as its own store path, named as nixpkgs names it (`linux-<version>`): systems
+      # that share a kernel version share the path, so `kernel`, `initrd` and `kernel-modules` of
+      # two systems compare as they do on real hosts (what delivery reads to decide on a reboot).
       kernel =
         spec:
         let
-          version = spec.standin_kernel or "6.12.0";
+          version = spec.standin_kernel or (contents spec).kernel;
         in
         derivation {
-          name = "standin-linux-${version}";
+          name = "linux-${version}";
           system = spec.system;
           builder = "/bin/sh";
           PATH = "/usr/bin:/bin";
           args = [
             "-c"
             "mkdir -p $out/lib/modules/${version} && printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
+          ];
+        };
+
+      # What a system is made of (packages.json): fake packages with names and versions, the
+      # systemd units that run them, the kernel version; a pool's entry under `pools` adds to,
+      # or (null) removes from, the common set. Tests edit this file to change a system.
+      declared = builtins.fromJSON (builtins.readFile ./packages.json);
+      contents =
+        spec:
+        let
+          pool = declared.pools.${spec.pool} or { };
+          merged =
+            field:
+            let
+              all = declared.${field} // pool.${field} or { };
+            in
+            builtins.removeAttrs all (builtins.filter (n: all.${n} == null) (builtins.attrNames all));
+        in
+        {
+          packages = merged "packages";
+          units = merged "units";
+          kernel = pool.kernel or declared.kernel;
+        };
+
+      # One fake package: a derivation named `<name>-<version>`, as nixpkgs names its packages.
+      package =
+        spec: name: version:
+        derivation {
+          name = "${name}-${version}";
+          system = spec.system;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          args = [
+            "-c"
+            "mkdir -p $out/share && printf '%s %s' ${name} ${version} > $out/share/standin-package"
+          ];
+        };
+      packages = spec: builtins.mapAttrs (package spec) (contents spec).packages;
+
+      # environment.systemPackages as NixOS builds it: one `system-path` derivation over the packages.
+      systemPath =
+        spec:
+        derivation {
+          name = "system-path";
+          system = spec.system;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          paths = builtins.attrValues (packages spec);
+          args = [
+            "-c"
+            "mkdir -p $out && for p in $paths; do printf '%s\\n' $p >> $out/packages; done; touch $out/packages"
+          ];
+        };
+
+      # systemd units as nixpkgs' nixos/lib/systemd-lib.nix makes them: a derivation
+      # `unit-<name>` whose `text` is the unit file, inputs of one `system-units` derivation.
+      # A unit's text names the package it runs, so a package bump changes (restarts) its unit;
+      # `onChange` writes the X-ReloadIfChanged / X-RestartIfChanged lines NixOS writes.
+      unitText =
+        spec: name: unit:
+        let
+          pkg = (packages spec).${unit.runs};
+          args = if name == "k3s.service" then " " + builtins.concatStringsSep " " (k3sArgs spec) else "";
+        in
+        "[Unit]\nDescription=${name}\n\n[Service]\n"
+        + (
+          if (unit.onChange or "restart") == "reload" then
+            "X-ReloadIfChanged=true\n"
+          else if (unit.onChange or "restart") == "keep" then
+            "X-RestartIfChanged=false\n"
+          else
+            ""
+        )
+        + "ExecStart=${pkg}/bin/${unit.runs}${args}\n";
+      systemUnits =
+        spec:
+        derivation {
+          name = "system-units";
+          system = spec.system;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          units = builtins.attrValues (
+            builtins.mapAttrs (
+              name: unit:
+              derivation {
+                name = "unit-${name}";
+                system = spec.system;
+                builder = "/bin/sh";
+                PATH = "/usr/bin:/bin";
+                text = unitText spec name unit;
+                args = [
+                  "-c"
+                  "mkdir -p $out && printf '%s' \"$text\" > $out/${name}"
+                ];
+              }
+            ) (contents spec).units
+          );
+          args = [
+            "-c"
+            "mkdir -p $out && for u in $units; do ln -s $u/* $out/; done"
           ];
         };
     in
@@ -93,6 +193,8 @@
           kernel = kernel spec;
           kernelParams = "loglevel=4" + (if spec ? standin_kernel_params then " " + spec.standin_kernel_params else "");
           k3sScript = builtins.readFile ./k3s.sh;
+          systemPath = systemPath spec;
+          systemUnits = systemUnits spec;
           k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
           k3sRequired = builtins.concatStringsSep " " (required spec);
           # Benchmarks only: a payload of this many KiB, so copies move real bytes.
@@ -117,6 +219,8 @@
               printf '%s' "$kernelParams" > $out/kernel-params
               printf '%s\n' "$k3sArgs" > $out/k3s-args
               printf '%s\n' "$k3sRequired" > $out/k3s-required
+              ln -s $systemPath $out/system-path
+              ln -s $systemUnits $out/system-units
               if [ "$payloadKib" -gt 0 ]; then
                 head -c "$((payloadKib * 1024))" /dev/urandom > $out/payload
               fi

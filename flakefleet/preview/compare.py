@@ -1,0 +1,182 @@
+"""Per pool, what changes between two sets of systems (pure): packages, units, reboot, hosts.
+
+Both sides are manifests by system name plus, per host, which system it runs. Hosts are compared
+one by one (the system it runs at the base against the one it will run), so pools that switch
+to or from per-host closures, and hosts that move between pools, are diffed correctly; a pool's
+changes are the union over its hosts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flakefleet.preview.derivations import parse_drv_name
+from flakefleet.preview.manifest import Manifest
+
+BOOT_PARTS = ("kernel", "initrd", "modules", "params")
+
+
+@dataclass(frozen=True)
+class PoolHosts:
+    """A pool's hosts on one side: (host, wave, system name) in rollout order, and its reboot mode."""
+
+    hosts: tuple[tuple[str, int, str], ...]
+    reboot: str = "auto"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: pools (name -> PoolHosts) and manifests (system name -> Manifest)."""
+
+    pools: Mapping[str, PoolHosts]
+    manifests: Mapping[str, Manifest]
+
+
+@dataclass(frozen=True)
+class PackageChange:
+    """A package whose versions differ: none before (added), none after (removed), or others."""
+
+    name: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        return "added" if not self.before else "removed" if not self.after else "changed"
+
+
+@dataclass(frozen=True)
+class UnitChange:
+    """A systemd unit added, removed, or changed: `restart`, `reload`, `keep` (keeps running:
+    X-RestartIfChanged=false) or `change` (not a service, socket, timer or path)."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    """What happens to one pool. status: unchanged | changed | added | removed."""
+
+    pool: str
+    status: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    """The hosts whose system changes, with their waves (all of an added pool's; a removed
+    pool's with wave -1)."""
+    packages: tuple[PackageChange, ...] = ()
+    rebuilt: tuple[str, ...] = ()
+    """Packages rebuilt at the same versions (a patch, or a dependency that changed)."""
+    units: tuple[UnitChange, ...] = ()
+    boot: tuple[str, ...] = ()
+    """Which boot files change; not empty: the hosts reboot (or keep a pending reboot)."""
+    kernel: tuple[str, str] | None = None
+    reboot: str = "auto"
+    hosts_added: tuple[tuple[str, int], ...] = ()
+    hosts_removed: tuple[str, ...] = ()
+    size: tuple[int, int] = (0, 0)
+    """(packages, units) of the new system: what an added pool brings."""
+
+    @property
+    def reboots(self) -> bool:
+        return bool(self.boot) and self.reboot != "never"
+
+
+def version_key(version: str) -> list:
+    """Sort versions as people read them: 1.9 before 1.10."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", version) if p]
+
+
+def _versions(found: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(sorted(found, key=version_key))
+
+
+def package_changes(before: Manifest, after: Manifest) -> tuple[list[PackageChange], list[str]]:
+    """(version changes, names rebuilt at the same versions), sorted by name."""
+    changes, rebuilt = [], []
+    for name in sorted(set(before.packages) | set(after.packages)):
+        b, a = before.packages.get(name, {}), after.packages.get(name, {})
+        if set(b) != set(a):
+            changes.append(PackageChange(name, _versions(b), _versions(a)))
+        elif b != a:
+            rebuilt.append(name)
+    return changes, rebuilt
+
+
+def unit_changes(before: Manifest, after: Manifest) -> list[UnitChange]:
+    changes = []
+    for name in sorted(set(before.units) | set(after.units)):
+        b, a = before.units.get(name), after.units.get(name)
+        if b is None or a is None:
+            changes.append(UnitChange(name, "added" if b is None else "removed"))
+        elif b[0] != a[0]:
+            changes.append(UnitChange(name, a[1]))
+    return changes
+
+
+def boot_changes(before: Manifest, after: Manifest) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    """(boot parts that differ, (old, new) kernel version when the kernel changes)."""
+    if not before.boot or not after.boot:
+        return (), None
+    parts = tuple(p for p in BOOT_PARTS if before.boot.get(p) != after.boot.get(p))
+    kernel = (kernel_version(before.boot.get("kernel")), kernel_version(after.boot.get("kernel")))
+    return parts, kernel if "kernel" in parts and all(kernel) and kernel[0] != kernel[1] else None
+
+
+def kernel_version(path: str | None) -> str:
+    """`/nix/store/<hash>-linux-6.12.8/bzImage` -> `6.12.8` (empty when it does not say)."""
+    match = re.match(r"/nix/store/[0-9a-z]{32}-([^/]+)", path or "")
+    return parse_drv_name(match.group(1))[1] if match else ""
+
+
+def _merge(items):
+    return tuple(dict.fromkeys(items))
+
+
+def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
+                before: Mapping[str, Manifest], after: Mapping[str, Manifest]) -> PoolChange:
+    """One pool's change between two sides (either side None: the pool is added or removed)."""
+    if head is None:
+        return PoolChange(pool, "removed", hosts=tuple((h, -1) for h, _, _ in base.hosts))
+    if base is None:
+        sizes = [(len(after[k].packages), len(after[k].units)) for _, _, k in head.hosts if k in after]
+        return PoolChange(pool, "added", hosts=tuple((h, w) for h, w, _ in head.hosts), reboot=head.reboot,
+                          size=max(sizes, default=(0, 0)))
+    was = {h: k for h, _, k in base.hosts}
+    changed, packages, rebuilt, units, boot, kernels, pairs = [], [], [], [], [], [], {}
+    for host, wave, key in head.hosts:
+        if host not in was or was[host] not in before or key not in after:
+            continue
+        old, new = before[was[host]], after[key]
+        if old.system == new.system:
+            continue
+        changed.append((host, wave))
+        if (was[host], key) not in pairs:
+            pairs[(was[host], key)] = True
+            p, r = package_changes(old, new)
+            packages += p
+            rebuilt += r
+            units += unit_changes(old, new)
+            parts, kernel = boot_changes(old, new)
+            boot += parts
+            kernels += [kernel] if kernel else []
+    added = tuple((h, w) for h, w, _ in head.hosts if h not in was)
+    removed = tuple(h for h, _, _ in base.hosts if h not in {h for h, _, _ in head.hosts})
+    status = "changed" if changed or added or removed else "unchanged"
+    return PoolChange(
+        pool, status, hosts=tuple(changed),
+        packages=tuple(sorted(_merge(packages), key=lambda c: (c.name, c.before, c.after))),
+        rebuilt=tuple(sorted(set(rebuilt) - {c.name for c in packages})),
+        units=tuple(sorted(_merge(units), key=lambda u: u.name)),
+        boot=tuple(p for p in BOOT_PARTS if p in boot), kernel=kernels[0] if kernels else None,
+        reboot=head.reboot, hosts_added=added, hosts_removed=removed,
+    )
+
+
+def compare(base: Side, head: Side) -> list[PoolChange]:
+    """Every pool of either side, by name."""
+    return [
+        pool_change(pool, base.pools.get(pool), head.pools.get(pool), base.manifests, head.manifests)
+        for pool in sorted(set(base.pools) | set(head.pools))
+    ]

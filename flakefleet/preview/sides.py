@@ -1,0 +1,44 @@
+"""The two sides of a comparison, from a stack (config, inventory, systems) or from the outputs
+the stack's last update exported (what the program compares a preview with)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flakefleet.config import StackConfig
+from flakefleet.inventory import Inventory
+from flakefleet.nixos import host_system
+from flakefleet.preview.compare import PoolHosts, Side
+from flakefleet.preview.manifest import Manifest
+from flakefleet.rollout import waves
+
+
+def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:
+    """Pool -> its hosts in rollout order, each with its wave and the name of its system."""
+    wave_of = {h.name: n for n, wave in enumerate(waves(cfg, inv)) for h in wave}
+    pools: dict[str, list] = {}
+    for wave in waves(cfg, inv):
+        for host in wave:
+            pools.setdefault(host.pool, []).append((host.name, wave_of[host.name], host_system(cfg, host)))
+    return {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot) for name, hosts in sorted(pools.items())}
+
+
+def stack_side(cfg: StackConfig, inv: Inventory, manifests: Mapping[str, Manifest]) -> Side:
+    return Side(stack_pools(cfg, inv), dict(manifests))
+
+
+def deployed_side(outputs: Mapping) -> Side | None:
+    """The last update's side, from its stack outputs `system_manifests` (system name -> packed
+    manifest) and `nodes` (host -> pool): None when they are not there (first update, or an
+    update before flakefleet exported manifests)."""
+    packed, nodes = outputs.get("system_manifests"), outputs.get("nodes")
+    if not isinstance(packed, Mapping) or not isinstance(nodes, Mapping):
+        return None
+    manifests = {name: m for name, text in packed.items() if (m := Manifest.unpack(text)) is not None}
+    pools: dict[str, list] = {}
+    for host, node in sorted(nodes.items()):
+        pool = node.get("pool") if isinstance(node, Mapping) else None
+        if pool:
+            key = pool if pool in manifests else f"{pool}/{host}"
+            pools.setdefault(pool, []).append((host, -1, key))
+    return Side({name: PoolHosts(tuple(hosts)) for name, hosts in pools.items()}, manifests)

@@ -1,0 +1,60 @@
+"""The pull-request comment of one stack's preview: the NixOS table, then Pulumi's diff.
+
+    python3 scripts/pr_comment.py --stack dev --nixos nixos.md --nixos-errors nixos.err \\
+        --pulumi preview.txt > comment.md
+
+`nixos.md` is `python -m flakefleet diff --markdown` (a collapsible table); when that command
+could not compare (a stack new in this pull request, say) its one-line reasons stand in its
+place. Pulumi's output goes in a collapsed block, cut to fit GitHub's comment limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+GITHUB_LIMIT = 65536
+MARGIN = 1024  # for the headline and the fences
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any backtick run inside `text`."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def comment(stack: str, nixos: str, nixos_errors: str, pulumi: str, limit: int = GITHUB_LIMIT) -> str:
+    """The comment body: headline, NixOS part, Pulumi part (cut to fit `limit` characters)."""
+    if nixos.strip():
+        nixos_part = nixos.strip()
+    else:
+        reasons = "\n".join(f"> {line}" for line in nixos_errors.strip().splitlines()) or "> (no output)"
+        nixos_part = f"**{stack}**: no NixOS comparison:\n\n{reasons}"
+    head = f"### Preview of stack `{stack}`\n\n{nixos_part}\n\n"
+    room = limit - len(head) - MARGIN
+    body = pulumi.rstrip()
+    if len(body) > room:
+        body = body[: max(room, 0)] + f"\n… cut: {len(pulumi) - room} more characters (see the job's log)"
+    ticks = fence(body)
+    return f"{head}<details><summary>Pulumi preview</summary>\n\n{ticks}diff\n{body}\n{ticks}\n\n</details>\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--nixos", type=Path, required=True, help="python -m flakefleet diff --markdown")
+    parser.add_argument("--nixos-errors", type=Path, help="its standard error")
+    parser.add_argument("--pulumi", type=Path, required=True, help="pulumi preview's output")
+    args = parser.parse_args(argv)
+
+    def read(path: Path | None) -> str:
+        return path.read_text() if path and path.is_file() else ""
+
+    sys.stdout.write(comment(args.stack, read(args.nixos), read(args.nixos_errors), read(args.pulumi)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
