@@ -23,8 +23,17 @@ from components.cache import Publish, PublishArgs
 from components.delivery import Delivery, DeliveryArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import announce_changes, load_stack, node_table, plan_restore, plan_systems
+from components.settings import (
+    announce_changes,
+    last_update,
+    load_stack,
+    node_table,
+    plan_restore,
+    plan_systems,
+    refuse_cni_switch,
+)
 from components.storage import Storage, StorageArgs
+from flakefleet.config.cluster import features
 from flakefleet.drift import split_pools
 from flakefleet.nixos import host_system
 
@@ -36,22 +45,31 @@ tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_s
 # pools change (cached on disk: an unchanged preview evaluates nothing).
 systems = plan_systems(cfg, inventory)
 
+# The last update's outputs: a CNI switch is refused before any resource (every component waits
+# for this check), and each pool's system is compared with what it deployed.
+last = last_update()
+checked = pulumi.ResourceOptions(depends_on=refuse_cni_switch(cfg, last))
+
 # What changes in each pool's system since the last update, one preview line per pool: packages,
 # services restarted, reboots (kernel, initrd, modules, parameters), hosts and their waves.
-manifests = announce_changes(cfg, inventory, systems)
+manifests = announce_changes(cfg, inventory, systems, last)
 
 # Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
 restore = plan_restore(cfg)
 
 # Network: VPC, subnets per zone, NAT, security groups from nixos/ports.json, flow logs.
 network = (
-    Network(cfg.cluster.name, NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags))
+    Network(
+        cfg.cluster.name,
+        NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags, features(cfg.cluster)),
+        checked,
+    )
     if cfg.uses_ec2
     else None
 )
 
 # Storage: binary cache and etcd snapshots, private, TLS-only, versioned, encrypted.
-storage = Storage(cfg.cluster.name, StorageArgs(cfg.storage, tags)) if cfg.storage.enabled else None
+storage = Storage(cfg.cluster.name, StorageArgs(cfg.storage, tags), checked) if cfg.storage.enabled else None
 
 # Machines: instance profiles, boot AMIs and pinned SSH host keys for the EC2 hosts (the
 # instances themselves are made by the rollout below); bring-your-own hosts need none.
@@ -70,6 +88,7 @@ machines = (
             signing_public_key=cfg.signing_public_key,
             tags=tags,
         ),
+        checked,
     )
     if network
     else None
@@ -86,13 +105,14 @@ api_lb = (
             security_group_id=network.security_group_ids["lb"],
             tags=tags,
         ),
+        checked,
     )
     if network and inventory.api_lb_addresses
     else None
 )
 
 # Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
-tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs(server_token=cfg.server_token))
+tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs(server_token=cfg.server_token), checked)
 
 # Binary cache: each pool's system built once (here, or on its builder) and uploaded once to the
 # signed cache the hosts substitute from, before the first wave.
@@ -100,6 +120,7 @@ cache_bucket = cfg.delivery.cache.bucket or (storage.cache_bucket if storage els
 publish = Publish(
     f"{cfg.cluster.name}-publish",
     PublishArgs(cfg, inventory, systems, cache_bucket, pulumi.Output.secret(cfg.signing_key)),
+    checked,
 )
 
 # Rollout: each host's machine (EC2) and NixOS delivery over pinned SSH, control planes one at
@@ -120,6 +141,7 @@ delivery = Delivery(
         uploads=publish.steps,
         cache_bucket=cache_bucket,
     ),
+    checked,
 )
 
 # Cluster: the admin kubeconfig from the first control plane, pointed at the API endpoint.
@@ -134,6 +156,7 @@ kubeconfig = Kubeconfig(
         system=delivery.first_system,
         after=delivery.first,
     ),
+    checked,
 )
 
 # After a rebuild: Nodes the snapshot brought back for hosts this stack does not have.
@@ -147,10 +170,12 @@ if restore:
             restore_id=restore.id,
             after=delivery.last_wave,  # which waited for every wave before it
         ),
+        checked,
     )
 
 # Exports.
 pulumi.export("api_endpoint", inventory.api_endpoint)
+pulumi.export("cluster_cni", cfg.cluster.cni)  # what the next update holds a CNI switch against
 pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
 nodes = node_table(inventory, delivery.hosts, delivery.host_keys, wanted)

@@ -28,6 +28,8 @@ class NetworkArgs:
     """Whether `pulumi destroy` may delete the non-empty flow-log bucket."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Tags for every taggable child."""
+    features: frozenset[str] = frozenset({"flannel"})
+    """The cluster's CNI features: which of the port table's conditional rules apply."""
 
 
 def _flow_log_delivery(bucket_arn: str, account_id: str | None) -> list[dict]:
@@ -158,7 +160,7 @@ class Network(pulumi.ComponentResource):
             for g in groups
         }
         for rule in security_group_rules(
-            [str(c) for c in cfg.admin_cidrs], [str(c) for c in cfg.api_cidrs], with_lb
+            [str(c) for c in cfg.admin_cidrs], [str(c) for c in cfg.api_cidrs], with_lb, args.features
         ):
             kind = aws.vpc.SecurityGroupIngressRule if rule.direction == "ingress" else aws.vpc.SecurityGroupEgressRule
             kind(

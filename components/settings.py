@@ -57,7 +57,30 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     return systems
 
 
-def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, System]) -> dict[str, Manifest]:
+def last_update() -> pulumi.StackReference:
+    """This stack's own outputs as its last update exported them (empty before the first)."""
+    return pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+
+
+def refuse_cni_switch(cfg: StackConfig, last: pulumi.StackReference) -> pulumi.Output[list]:
+    """An Output every top-level component depends on: it fails, in one line, when the cluster's
+    last update ran another CNI, so nothing is created, changed or delivered. Pods keep their
+    addresses and policies from the old CNI: switching needs a rebuild, not a rollout."""
+
+    def check(previous) -> list:
+        if previous and previous != cfg.cluster.cni:
+            raise pulumi.RunError(
+                f"flakefleet:cluster.cni: the cluster runs {previous}; switching a running cluster to "
+                f"{cfg.cluster.cni} is refused (pods keep {previous}'s addresses and policies): rebuild the "
+                f"cluster with {cfg.cluster.cni} (docs/nixos.md) or keep cni: {previous}"
+            )
+        return []
+
+    return last.get_output("cluster_cni").apply(check)
+
+
+def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, System],
+                     last: pulumi.StackReference) -> dict[str, Manifest]:
     """Preview diagnostics, one per pool that changes against the last update (this stack's own
     outputs `system_manifests` and `nodes`, read through a StackReference): packages, services,
     reboots, hosts and waves. Returns the systems' manifests (exported for the next preview).
@@ -67,8 +90,6 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
     except ShowError as err:
         pulumi.log.warn(f"cannot read the systems' derivations ({err}): the preview lists no package changes")
         mine = {}
-    me = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
-
     def log(previous: list) -> None:
         packed, nodes, boot = previous
         before = deployed_side({"system_manifests": packed, "nodes": nodes}) if mine else None
@@ -80,7 +101,7 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
         for line in lines:
             pulumi.log.info(line)
 
-    pulumi.Output.all(me.get_output("system_manifests"), me.get_output("nodes"), me.get_output("boot")).apply(log)
+    pulumi.Output.all(last.get_output("system_manifests"), last.get_output("nodes"), last.get_output("boot")).apply(log)
     return mine
 
 

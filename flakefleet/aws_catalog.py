@@ -54,7 +54,8 @@ def region_zones(region: str) -> list[str] | None:
     return None if letters is None else [region + letter for letter in letters]
 
 
-_TYPE_RE = re.compile(r"^(?P<family>(?P<series>[a-z]+)(?P<gen>\d+)(?P<attrs>[a-z-]*))\.(?P<size>[a-z0-9-]+)$")
+# Attributes are letters, or dash-suffixes that may hold digits (u7i-8tb, p6-b200, p6e-gb200).
+_TYPE_RE = re.compile(r"^(?P<family>(?P<series>[a-z]+)(?P<gen>\d+)(?P<attrs>(?:[a-z]|-[a-z0-9]+)*))\.(?P<size>[a-z0-9-]+)$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,55 @@ class InstanceShape:
 
     arch: str  # "x86_64" | "aarch64"
     metal: bool
+
+
+@dataclass(frozen=True)
+class NvidiaGpu:
+    """An EC2 family with NVIDIA GPUs: the GPU, its CPU architecture, whether NVIDIA's open kernel
+    modules drive it (Turing and newer), whether its GPUs hang off NVSwitch (fabric manager)."""
+
+    gpu: str
+    arch: str = "x86_64"
+    open_modules: bool = True
+    nvswitch: bool = False
+
+
+# EC2 families with NVIDIA GPUs that current NVIDIA drivers support (AWS "Accelerated computing"
+# instance types). Not listed: p2 and g2 (Kepler: no current driver), g4ad (AMD), inf, trn, dl,
+# f and vt families (other accelerators).
+NVIDIA_FAMILIES: dict[str, NvidiaGpu] = {
+    "g3": NvidiaGpu("Tesla M60", open_modules=False),
+    "g3s": NvidiaGpu("Tesla M60", open_modules=False),
+    "p3": NvidiaGpu("Tesla V100", open_modules=False),
+    "p3dn": NvidiaGpu("Tesla V100", open_modules=False),
+    "g4dn": NvidiaGpu("T4"),
+    "g5": NvidiaGpu("A10G"),
+    "g5g": NvidiaGpu("T4G", arch="aarch64"),
+    "g6": NvidiaGpu("L4"),
+    "g6e": NvidiaGpu("L40S"),
+    "g6f": NvidiaGpu("L4 (fractional)"),
+    "gr6": NvidiaGpu("L4"),
+    "gr6f": NvidiaGpu("L4 (fractional)"),
+    "g7e": NvidiaGpu("RTX PRO 6000 Blackwell"),
+    "p4d": NvidiaGpu("A100", nvswitch=True),
+    "p4de": NvidiaGpu("A100 80GB", nvswitch=True),
+    "p5": NvidiaGpu("H100", nvswitch=True),
+    "p5e": NvidiaGpu("H200", nvswitch=True),
+    "p5en": NvidiaGpu("H200", nvswitch=True),
+    "p6-b200": NvidiaGpu("B200", nvswitch=True),
+    "p6-b300": NvidiaGpu("B300", nvswitch=True),
+    "p6e-gb200": NvidiaGpu("GB200", arch="aarch64", nvswitch=True),
+}
+
+
+def nvidia_gpu(instance_type: str) -> NvidiaGpu | None:
+    """The NVIDIA GPU of an instance type, or None when it has none."""
+    return NVIDIA_FAMILIES.get(instance_type.split(".", 1)[0])
+
+
+def gpu_families(arch: str) -> list[str]:
+    """The NVIDIA families of one architecture, for messages."""
+    return [f for f, g in NVIDIA_FAMILIES.items() if g.arch == arch]
 
 
 def instance_shape(instance_type: str) -> InstanceShape | None:
@@ -76,6 +126,8 @@ def instance_shape(instance_type: str) -> InstanceShape | None:
     if m is None or m["series"] == "mac":
         return None
     aarch64 = m["series"] == "a" or "g" in m["attrs"].split("-")[0]
+    if (gpu := NVIDIA_FAMILIES.get(m["family"])) is not None:
+        aarch64 = gpu.arch == "aarch64"  # p6e-gb200 runs on Grace (arm64)
     return InstanceShape(arch="aarch64" if aarch64 else "x86_64", metal=m["size"].startswith("metal"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from flakefleet.aws_catalog import nvidia_gpu
 from flakefleet.config import StackConfig
 from flakefleet.deliver import FACTS_PATH, K3S_DROP_IN_PATH, FileSpec
 from flakefleet.inventory import Host, Inventory
@@ -76,7 +77,40 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         "authorized_keys": list(cfg.delivery.authorized_keys),
         "trusted_public_keys": [cfg.signing_public_key] if cfg.signing_public_key else [],
         "host": host_facts(inv, host) if host is not None else None,
+        "cni": cfg.cluster.cni,
+        "cilium": cilium_spec(cfg),
+        "gpu": gpu_spec(cfg, pool_name),
+        "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.size),
+        "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
+        "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
     }
+
+
+def cilium_spec(cfg: StackConfig) -> dict | None:
+    """Cilium's settings (nixos/mixins/cilium.nix), when it is the cluster's CNI."""
+    if cfg.cluster.cni != "cilium":
+        return None
+    c = cfg.cluster.cilium
+    return {"version": c.version, "tunnel": c.tunnel, "hubble": c.hubble}
+
+
+def gpu_spec(cfg: StackConfig, pool_name: str) -> dict | None:
+    """A GPU pool's GPUs (nixos/hardware/nvidia.nix): open kernel modules and NVSwitch from the
+    instance catalog on EC2; bring-your-own hosts are taken as Turing or newer without NVSwitch."""
+    pool = cfg.pool(pool_name)
+    if pool.gpu is None:
+        return None
+    known = nvidia_gpu(pool.instance_type) if pool.instance_type else None
+    return {"vendor": pool.gpu, "openModules": known.open_modules if known else True,
+            "nvswitch": known.nvswitch if known else False}
+
+
+def workload_specs(cfg: StackConfig) -> list[dict]:
+    """The stack's workloads as control planes deploy them: where they run, and which of those
+    pools have GPUs (whose taint their pods then tolerate)."""
+    gpu = {p.name for p in cfg.pools if p.gpu}
+    return [{"name": w.name, "pools": list(w.pools), "gpuPools": [p for p in w.pools if p in gpu],
+             "replicas": w.replicas} for w in cfg.workloads]
 
 
 def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:

@@ -23,6 +23,11 @@ class PortRule:
     targets: tuple[str, ...]
     sources: tuple[str, ...]
     why: str
+    when: tuple[str, ...] = ()
+    """Cluster features the rule needs, all of them (see `cluster_features`); empty: always."""
+
+    def applies(self, features: frozenset[str]) -> bool:
+        return set(self.when) <= features
 
 
 @cache
@@ -38,14 +43,28 @@ def port_rules() -> tuple[PortRule, ...]:
             targets=tuple(r["targets"]),
             sources=tuple(r["sources"]),
             why=r["why"],
+            when=tuple(r.get("when", ())),
         )
         for r in raw["rules"]
     )
 
 
-def listening_ports(role: str, protocol: str) -> list[tuple[int, int]]:
+# What a stack without a cluster key (and the old table) means: k3s' own flannel.
+DEFAULT_FEATURES = frozenset({"flannel"})
+
+
+def cluster_features(cni: str, tunnel: str = "vxlan", hubble: bool = False) -> frozenset[str]:
+    """The features port rules are conditioned on: the CNI, and for Cilium its tunnel and Hubble.
+    nixos/lib/default.nix:clusterFeatures computes the same from the pool spec."""
+    if cni != "cilium":
+        return frozenset({cni})
+    return frozenset({"cilium", tunnel} | ({"hubble"} if hubble else set()))
+
+
+def listening_ports(role: str, protocol: str, features: frozenset[str] = DEFAULT_FEATURES) -> list[tuple[int, int]]:
     """(from, to) port ranges a host of `role` must open in its firewall for `protocol`."""
-    return [(r.from_port, r.to_port) for r in port_rules() if role in r.targets and r.protocol == protocol]
+    return [(r.from_port, r.to_port) for r in port_rules()
+            if role in r.targets and r.protocol == protocol and r.applies(features)]
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,9 @@ class GroupRule:
     description: str = ""
 
 
-def security_group_rules(admin_cidrs: list[str], api_cidrs: list[str], with_lb: bool) -> list[GroupRule]:
+def security_group_rules(
+    admin_cidrs: list[str], api_cidrs: list[str], with_lb: bool, features: frozenset[str] = DEFAULT_FEATURES
+) -> list[GroupRule]:
     """Every security-group rule of the fleet, derived from the port table.
 
     Nodes get the table's ingress rules and open egress (package fetches, S3, NAT). The API
@@ -81,7 +102,7 @@ def security_group_rules(admin_cidrs: list[str], api_cidrs: list[str], with_lb: 
                 for k, cidr in enumerate(cidrs[source]):
                     yield None, cidr, f"{source}{k}"
 
-    for rule in port_rules():
+    for rule in (r for r in port_rules() if r.applies(features)):
         sources = tuple(s for s in rule.sources if s != "lb" or with_lb)
         for target in rule.targets:
             for peer, cidr, tag in peers(rule, sources):

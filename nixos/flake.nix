@@ -21,6 +21,10 @@
         ec2 = ./hardware/ec2.nix;
         metal = ./hardware/metal.nix;
         per-host = ./mixins/per-host.nix;
+        cilium = ./mixins/cilium.nix;
+        workloads = ./mixins/workloads.nix;
+        nvidia-device-plugin = ./mixins/nvidia-device-plugin.nix;
+        nvidia = ./hardware/nvidia.nix;
       };
 
       # The interface flakefleet's Python evaluates (and the test stand-in flake copies):
@@ -46,6 +50,12 @@
             k3sChannel = spec.k3s_channel;
             authorizedKeys = spec.authorized_keys;
             trustedPublicKeys = spec.trusted_public_keys;
+            cni = spec.cni or "flannel";
+            cilium = if spec.cilium or null == null then { } else spec.cilium;
+            gpu = spec.gpu or null;
+            clusterHasGpus = spec.cluster_gpus or false;
+            images = spec.images or [ ];
+            workloads = spec.workloads or [ ];
           };
         };
 
@@ -54,6 +64,10 @@
           self.nixosModules.common
           (if spec.role == "control-plane" then self.nixosModules.k3s-server else self.nixosModules.k3s-agent)
           self.nixosModules.per-host
+          self.nixosModules.cilium
+          self.nixosModules.workloads
+          self.nixosModules.nvidia-device-plugin
+          self.nixosModules.nvidia
           (self.lib.specModule spec)
         ];
 
@@ -91,6 +105,20 @@
       #   nixos-rebuild build-vm --flake ./nixos#dev-cp
       nixosConfigurations = builtins.mapAttrs (_: self.lib.poolSystem) (
         builtins.fromJSON (builtins.readFile ./configurations.json)
+      );
+
+      # The workloads' images (nixos/workloads/), e.g. `nix build ./nixos#workload-hello`.
+      packages = forAllSystems (
+        system:
+        let
+          pkgs = nixpkgs.legacyPackages.${system};
+        in
+        nixpkgs.lib.mapAttrs' (name: w: nixpkgs.lib.nameValuePair "workload-${name}" w.image) (
+          import ./workloads {
+            inherit pkgs;
+            inherit (nixpkgs) lib;
+          }
+        )
       );
 
       # `nix flake check`: every system of every stack evaluates (listed by derivation, nothing

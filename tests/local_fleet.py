@@ -22,13 +22,16 @@ from tests.testhosts import prerequisites, run_as_deployer, running_fleet
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 
 
-def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False, spec_extra=None, reboot=None):
+def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False, spec_extra=None, reboot=None,
+          edit=None):
     """The local stack, pointed at these test hosts (their addresses and generated host keys).
     `labels` go on the worker pool (a new system); `drop` removes hosts from it; `spec_extra`
     goes into every pool's spec (e.g. the stand-in's `standin_kernel`); `reboot` sets every
-    pool's reboot mode. `raw_only`: the config as Pulumi passes it, instead of (config,
-    inventory, systems, plans)."""
+    pool's reboot mode; `edit` changes the raw config (key -> value) before the rest.
+    `raw_only`: the config as Pulumi passes it, instead of (config, inventory, systems, plans)."""
     raw = read_stack_file("local")
+    if edit:
+        edit(raw)
     pools = json.loads(raw["flakefleet:pools"])
     for pool in pools:
         pool["hosts"] = [h for h in pool["hosts"] if h["name"] not in drop]

@@ -72,7 +72,32 @@ def mutate(**changes):
 DELETE = object()
 
 # (case id, mutation, expected problem line)
+X86_GPUS = "g3, g3s, p3, p3dn, g4dn, g5, g6, g6e, g6f, gr6, gr6f, g7e, p4d, p4de, p5, p5e, p5en, p6-b200, p6-b300"
 BAD = [
+    ("gpu-on-a-type-without-one", mutate(pools__1__gpu="nvidia"),
+     f"flakefleet:pools[1].gpu: m7i.large has no NVIDIA GPU; x86_64 GPU families: {X86_GPUS}"),
+    ("gpu-aarch64-without-one", mutate(pools__1__gpu="nvidia", pools__1__instance_type="m7g.large", pools__1__arch="aarch64",
+                                       pools__1__build="target"),
+     "flakefleet:pools[1].gpu: m7g.large has no NVIDIA GPU; aarch64 GPU families: g5g, p6e-gb200"),
+    ("gpu-aarch64-family-on-x86", mutate(pools__1__gpu="nvidia", pools__1__instance_type="g5g.xlarge"),
+     "flakefleet:pools[1].instance_type: g5g.xlarge is aarch64 but the pool's arch is x86_64"),
+    ("gpu-vendor", mutate(pools__1__gpu="amd"), "flakefleet:pools[1].gpu: Input should be 'nvidia'"),
+    ("cni-unknown", mutate(cluster__cni="calico"), "flakefleet:cluster.cni: Input should be 'flannel' or 'cilium'"),
+    ("cilium-settings-on-flannel", mutate(cluster__cilium={"hubble": True}),
+     "flakefleet:cluster.cilium: only with cni: cilium (this cluster's CNI is flannel)"),
+    ("cilium-version", mutate(cluster__cni="cilium", cluster__cilium={"version": "latest"}),
+     "flakefleet:cluster.cilium.version: String should match pattern '^1\\.\\d{2}\\.\\d{1,2}$'"),
+    ("cilium-tunnel", mutate(cluster__cni="cilium", cluster__cilium={"tunnel": "ipip"}),
+     "flakefleet:cluster.cilium.tunnel: Input should be 'vxlan' or 'geneve'"),
+    ("workload-on-a-pool-that-does-not-exist", mutate(workloads=[{"name": "hello", "pools": ["wrkers"]}]),
+     "flakefleet:workloads[0].pools[0]: no pool 'wrkers' in this stack (did you mean workers?)"),
+    ("workload-without-pools", mutate(workloads=[{"name": "hello", "pools": []}]),
+     "flakefleet:workloads[0].pools: List should have at least 1 item after validation, not 0"),
+    ("workload-twice", mutate(workloads=[{"name": "hello", "pools": ["workers"]}, {"name": "hello", "pools": ["cp"]}]),
+     "flakefleet:workloads[1].name: workload 'hello' is listed twice (also workloads[0])"),
+    ("workload-on-an-empty-pool", mutate(pools__1__count=0, workloads=[{"name": "hello", "pools": ["workers"]}]),
+     "flakefleet:workloads[0].pools[0]: pool 'workers' has no hosts to run hello"),
+    ("workloads-not-a-list", mutate(workloads={"hello": ["workers"]}), "flakefleet:workloads: must be a list of workloads"),
     ("cp-even", mutate(pools__0__count=2),
      "flakefleet:pools[0].count: 2 control planes; embedded etcd needs an odd number (1, 3, 5) to keep quorum"),
     ("cp-zero", mutate(pools__0__count=0),
@@ -156,7 +181,7 @@ BAD = [
      "flakefleet:network.vpc: unknown key"),
     ("unknown-stack-key", mutate(clusters={"name": "x"}),
      "flakefleet:clusters: unknown stack key (did you mean cluster?) (known: cluster, network, pools, storage, delivery, "
-     "dr, signing_key, server_token)"),
+     "dr, workloads, signing_key, server_token)"),
     ("missing-cluster", mutate(cluster=DELETE), "flakefleet:cluster: required"),
     ("cluster-name-case", mutate(cluster={"name": "Prod"}),
      "flakefleet:cluster.name: must be a lowercase DNS label (a-z, 0-9, '-', not starting or ending with '-')"),
@@ -221,6 +246,20 @@ BAD = [
 def test_bad_config_is_reported_with_its_key_path(make, expected):
     found = problems(make())
     assert expected in found, "\n".join(found)
+
+
+def test_cilium_without_its_ports_in_the_table_is_refused(monkeypatch):
+    """The port table is what both the firewall and the security groups open: a CNI whose rules
+    it lacks would have its overlay and health checks blocked, so the stack is refused."""
+    from flakefleet import ports
+
+    without = tuple(r for r in ports.port_rules() if "cilium" not in r.when)
+    monkeypatch.setattr(ports, "port_rules", lambda: without)
+    cfg = mutate(cluster__cni="cilium", cluster__cilium={"hubble": True})()
+    assert problems(cfg) == ["flakefleet:cluster.cni: cilium needs port rules for cilium, hubble, vxlan in "
+                             "nixos/ports.json (the firewall and the security groups are built from it, so neither "
+                             "would open them)"]
+    assert parse(mutate(cluster__cni="flannel")(), "eu-west-1")  # flannel's rules are still there
 
 
 def test_bad_case_table_is_large_and_distinct():

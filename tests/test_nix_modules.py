@@ -186,3 +186,101 @@ def test_the_original_per_host_defect_fails_evaluation(lib, tmp_path):
     assert out.returncode != 0
     assert "null while a set was expected" in out.stderr, out.stderr
     assert "mixins/per-host.nix" in out.stderr, out.stderr
+
+
+# ----------------------------------------------------------------------------- CNI, GPUs, workloads
+
+DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"
+CNI_SETTINGS = {
+    "flannel": {"cni": "flannel"},
+    "cilium-vxlan": {"cni": "cilium"},
+    "cilium-geneve-hubble": {"cni": "cilium", "cilium": {"tunnel": "geneve", "hubble": True}},
+}
+
+
+def combination_specs(cni: dict) -> dict[str, dict]:
+    """One stack with every kind of pool: plain workers, GPU pools (Ada, NVSwitch H100, Volta with
+    closed kernel modules, aarch64 T4G), and the example workload on the workers and a GPU pool."""
+    pools = [
+        {"name": "cp", "role": "control-plane", "instance_type": "m7i.large", "count": 1},
+        {"name": "workers", "role": "worker", "instance_type": "m7i.large", "count": 1},
+        {"name": "gpu", "role": "worker", "instance_type": "g6.xlarge", "count": 1, "gpu": "nvidia"},
+        {"name": "hgx", "role": "worker", "instance_type": "p5.48xlarge", "count": 1, "gpu": "nvidia"},
+        {"name": "volta", "role": "worker", "instance_type": "p3.2xlarge", "count": 1, "gpu": "nvidia"},
+        {"name": "arm-gpu", "role": "worker", "instance_type": "g5g.xlarge", "arch": "aarch64", "count": 1,
+         "gpu": "nvidia", "build": "target"},
+    ]
+    raw = {"flakefleet:cluster": json.dumps({"name": "combo", **cni}), "flakefleet:pools": json.dumps(pools),
+           "flakefleet:workloads": json.dumps([{"name": "hello", "pools": ["workers", "gpu"], "replicas": 2}]),
+           "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY_KEY]})}
+    cfg = parse_stack_config(raw, "eu-west-1")
+    return system_specs(cfg, plan_inventory(cfg))
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+@pytest.mark.parametrize("cni", list(CNI_SETTINGS))
+def test_every_combination_of_cni_gpu_and_workloads_evaluates(lib, cni, tmp_path):
+    out = evaluate_pools(lib, ROOT / "nixos", combination_specs(CNI_SETTINGS[cni]), tmp_path)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    cilium = cni != "flannel"
+    # k3s' own CNI off on servers only; agents never take server flags.
+    assert ("--flannel-backend=none" in r["cp"]["flags"]) == cilium
+    assert ("--disable-network-policy" in r["cp"]["flags"]) == cilium
+    assert all("--flannel-backend=none" not in r[p]["flags"] for p in r if p != "cp")
+    # Control planes deploy Cilium, the device plugin, the workload; agents deploy nothing.
+    assert r["cp"]["manifests"] == sorted((["cilium"] if cilium else []) + ["nvidia-device-plugin", "workload-hello"])
+    assert all(r[p]["manifests"] == [] for p in r if p != "cp")
+    # The image preloaded exactly where the workload runs, and those nodes labelled for it.
+    assert {p: r[p]["images"] for p in r} == {"cp": [], "workers": ["hello.tar.gz"], "gpu": ["hello.tar.gz"],
+                                              "hgx": [], "volta": [], "arm-gpu": []}
+    assert "flakefleet.io/pool=workers" in r["workers"]["nodeLabel"] and not any(
+        label.startswith("flakefleet.io/pool=") for label in r["hgx"]["nodeLabel"])
+    # GPUs: the driver mode per family, the toolkit, label and taint; unfree only NVIDIA, only there.
+    assert r["gpu"]["nvidia"] == {"enable": True, "open": True, "datacenter": False, "toolkit": True}
+    assert r["hgx"]["nvidia"] == {"enable": False, "open": True, "datacenter": True, "toolkit": True}
+    assert r["volta"]["nvidia"]["open"] is False  # V100: the closed kernel modules
+    for gpu_pool in ("gpu", "hgx", "volta", "arm-gpu"):
+        assert "nvidia.com/gpu=present:NoSchedule" in r[gpu_pool]["nodeTaint"]
+        assert "nvidia.com/gpu.present=true" in r[gpu_pool]["nodeLabel"] and r[gpu_pool]["containerdTemplate"]
+        assert r[gpu_pool]["unfree"] == ["nvidia-x11-570.172.08", "nvidia-persistenced-570.172.08",
+                                         "nvidia-fabricmanager-570.172.08"]
+    for plain in ("cp", "workers"):
+        assert r[plain]["unfree"] == [] and r[plain]["nvidia"]["toolkit"] is False and not r[plain]["nodeTaint"]
+    # The firewall follows the CNI: its ports (from ports.json) and its interfaces.
+    udp = {x["from"] for x in r["workers"]["firewall"]["allowedUDPPortRanges"]}
+    tcp = {x["from"] for x in r["workers"]["firewall"]["allowedTCPPortRanges"]}
+    assert udp == ({6081} if "geneve" in cni else {8472})
+    assert (4240 in tcp) == cilium and (4244 in tcp) == ("hubble" in cni)
+    assert ("lxc+" in r["workers"]["firewall"]["trustedInterfaces"]) == cilium
+    assert ("flannel.1" in r["workers"]["firewall"]["trustedInterfaces"]) != cilium
+
+
+OLD_KERNEL = """{ lib, ... }: {
+  boot.kernelPackages = lib.mkForce {
+    kernel = { version = "5.4.280"; config.isEnabled = option: option != "CGROUP_BPF"; };
+    nvidiaPackages = { };
+  };
+}"""
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+@pytest.mark.parametrize("case", ["old kernel", "unknown workload"])
+def test_what_cilium_and_workloads_need_fails_evaluation_clearly(lib, case, tmp_path):
+    specs = {k: v for k, v in combination_specs(CNI_SETTINGS["cilium-vxlan"]).items() if k in ("cp", "workers")}
+    extra = ""
+    if case == "old kernel":
+        (tmp_path / "old-kernel.nix").write_text(OLD_KERNEL)
+        extra = f"extraModules = [ {tmp_path / 'old-kernel.nix'} ];"
+        expected = ["Cilium 1.18.4 needs Linux 5.10 or newer; pool cp boots 5.4.280",
+                    "Cilium needs kernel options CGROUP_BPF, not enabled in pool cp's Linux 5.4.280"]
+    else:
+        specs["workers"] = {**specs["workers"], "images": ["nope"]}
+        expected = ["flakefleet: no workload nope in nixos/workloads/ (it has: hello)"]
+    specs_file = tmp_path / "specs.json"
+    specs_file.write_text(json.dumps(specs))
+    out = nix_instantiate(f"import {NIXLIB}/eval-pools.nix {{ lib = import {lib_path(lib)}; flake = {ROOT / 'nixos'}; "
+                          f"specsFile = {json.dumps(str(specs_file))}; {extra} }}")
+    assert out.returncode != 0
+    for message in expected:
+        assert message in out.stderr, out.stderr

@@ -14,7 +14,7 @@ from flakefleet import systems as systems_mod
 from flakefleet.config import parse_stack_config
 from flakefleet.inventory import plan_inventory
 from flakefleet.nixos import host_facts, k3s_host_config, pool_spec, system_specs
-from flakefleet.ports import ROLES, listening_ports
+from flakefleet.ports import ROLES, cluster_features, listening_ports, security_group_rules
 from flakefleet.stackfile import read_stack_file
 from flakefleet.systems import EvaluationError, evaluate_systems, resolve_flake
 from tests.conftest import STANDIN_FLAKE, require_tool
@@ -46,11 +46,25 @@ def test_every_nix_file_parses(path):
     assert result.returncode == 0, result.stderr
 
 
+CNI_CASES = [("flannel", "vxlan", False), ("cilium", "vxlan", False), ("cilium", "geneve", True)]
+
+
 @pytest.mark.parametrize("role", ROLES)
-def test_nixos_firewall_and_security_groups_come_from_one_table(role):
-    fw = nix_eval(f'(import ./nixos/lib).firewallFor "{role}"')
-    assert [(r["from"], r["to"]) for r in fw["allowedTCPPortRanges"]] == listening_ports(role, "tcp")
-    assert [(r["from"], r["to"]) for r in fw["allowedUDPPortRanges"]] == listening_ports(role, "udp")
+@pytest.mark.parametrize(("cni", "tunnel", "hubble"), CNI_CASES, ids=["flannel", "cilium-vxlan", "cilium-geneve-hubble"])
+def test_nixos_firewall_and_security_groups_come_from_one_table(role, cni, tunnel, hubble):
+    """For every CNI setting: the firewall Nix builds opens exactly what the security groups allow."""
+    features = cluster_features(cni, tunnel, hubble)
+    nix_features = nix_eval(f'(import ./nixos/lib).clusterFeatures {{ cni = "{cni}"; tunnel = "{tunnel}"; '
+                            f'hubble = {str(hubble).lower()}; }}')
+    assert frozenset(nix_features) == features
+    fw = nix_eval(f'(import ./nixos/lib).firewallFor "{role}" {json.dumps(sorted(features)).replace(",", " ")}')
+    assert [(r["from"], r["to"]) for r in fw["allowedTCPPortRanges"]] == listening_ports(role, "tcp", features)
+    assert [(r["from"], r["to"]) for r in fw["allowedUDPPortRanges"]] == listening_ports(role, "udp", features)
+    opened = {(r.from_port, r.protocol) for r in security_group_rules([], [], False, features) if r.group == role
+              and r.direction == "ingress"}
+    listening = {(a, "tcp") for a, _ in listening_ports(role, "tcp", features)} | {
+        (a, "udp") for a, _ in listening_ports(role, "udp", features)}
+    assert opened == listening - {(22, "tcp")}  # ssh: from the admin CIDRs, none given here
 
 
 @pytest.mark.parametrize("stack_name", ["local", "staging", "prod"])
@@ -114,7 +128,8 @@ def test_real_flake_selects_modules_by_spec():
         "in map (m: if builtins.isPath m then baseNameOf m else if m ? flakefleet then \"spec\" "
         "else m.nixpkgs.hostPlatform) (outputs.lib.modulesFor spec)"
     )
-    assert modules == ["common", "k3s-server.nix", "per-host.nix", "spec", "ec2.nix", "x86_64-linux"]
+    assert modules == ["common", "k3s-server.nix", "per-host.nix", "cilium.nix", "workloads.nix",
+                       "nvidia-device-plugin.nix", "nvidia.nix", "spec", "ec2.nix", "x86_64-linux"]
     spec_module = nix_eval(
         f"let outputs = ({outputs}); in (outputs.lib.specModule (builtins.fromJSON {spec})).flakefleet"
     )

@@ -342,3 +342,38 @@ def test_evaluation_failure_stops_before_any_resource(tmp_path, monkeypatch):
     assert "pool cp: nix could not evaluate its system:" in text and "no system for cp" in text
     assert "pool workers:" in text
     assert monitor.records == []
+
+
+def with_cluster(stack: str, **changes) -> dict:
+    raw = read_stack_file(stack)
+    raw["flakefleet:cluster"] = json.dumps({**json.loads(raw["flakefleet:cluster"]), **changes})
+    return raw
+
+
+def test_a_cni_switch_of_a_running_cluster_is_refused_before_any_resource():
+    """The last update ran flannel, the stack now says cilium: one line, and nothing but the read
+    of the last update's outputs is registered (every component waits for the check)."""
+    from pulumi.errors import RunError
+
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    monitor = RecordingMonitor(FleetMocks(previous_outputs={"cluster_cni": "flannel"}))
+    with pytest.raises(RunError) as err:
+        run_program(with_cluster("staging", cni="cilium"), stack="staging", preview=True, monitor=monitor)
+    assert str(err.value) == (
+        "flakefleet:cluster.cni: the cluster runs flannel; switching a running cluster to cilium is refused "
+        "(pods keep flannel's addresses and policies): rebuild the cluster with cilium (docs/nixos.md) or keep cni: flannel")
+    assert [r.urn.rsplit("::", 2)[1].split("$")[-1] for r in monitor.resources.values()] == ["pulumi:pulumi:StackReference"]
+
+
+@pytest.mark.parametrize("previous", [{}, {"cluster_cni": "cilium"}], ids=["first-update", "same-cni"])
+def test_a_new_cluster_or_the_same_cni_goes_ahead_and_exports_it(previous):
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    run = run_program(with_cluster("staging", cni="cilium"), stack="staging",
+                      monitor=RecordingMonitor(FleetMocks(previous_outputs=previous)))
+    assert run.exports["cluster_cni"] == "cilium"
+    udp = {(r.inputs.get("fromPort"), r.inputs.get("ipProtocol")) for r in run.of_type(
+        "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") if r.name.endswith("-cilium-vxlan-from-worker")}
+    assert udp == {(8472, "udp")}
+    assert not [r for r in run.resources if "flannel-vxlan" in r.name]  # the flannel rule is gone with flannel

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,18 @@ if TYPE_CHECKING:
 
 # k3s gives every node one /24 of the pod network (kube-controller-manager node-cidr-mask-size).
 NODE_CIDR_PREFIX = 24
+
+
+class CiliumConfig(Model):
+    """`cluster.cilium`: the Cilium the cluster installs itself (a HelmChart k3s deploys)."""
+
+    version: Annotated[str, Field(pattern=r"^1\.\d{2}\.\d{1,2}$")] = Field(
+        "1.18.4", description="Cilium's Helm chart version, pinned. Default `1.18.4`."
+    )
+    tunnel: Literal["vxlan", "geneve"] = Field(
+        "vxlan", description="Overlay between nodes: `vxlan` (UDP 8472) or `geneve` (UDP 6081). Default `vxlan`."
+    )
+    hubble: bool = Field(False, description="Hubble flow visibility (opens TCP 4244 between nodes). Default `false`.")
 
 
 class ClusterConfig(Model):
@@ -40,11 +52,38 @@ class ClusterConfig(Model):
         description="NixOS release of the boot AMI (`nixos/<release>*` by owner 427812963091); delivery then "
         "switches each host to the flake's closure. Default `25.11`.",
     )
+    cni: Literal["flannel", "cilium"] = Field(
+        "flannel",
+        description="The pod network: `flannel` (k3s' own, with its network policy controller) or `cilium` "
+        "(eBPF, network policy; installed by the cluster from a pinned Helm chart). Chosen when the cluster is "
+        "built: changing it on a running cluster is refused (it needs a rebuild). Default `flannel`.",
+    )
+    cilium: CiliumConfig = Field(default_factory=CiliumConfig, description="Cilium settings (`cni: cilium` only). Default: the defaults below.")
     api_address: IPv4Address | None = Field(
         None,
         description="Bring-your-own fleets: a virtual address in front of the control planes. Default: none "
         "(the first control plane's address; on AWS the API load balancer).",
     )
+
+
+def features(cluster: ClusterConfig) -> frozenset[str]:
+    """The cluster features the port table's rules are conditioned on (flakefleet/ports.py)."""
+    from flakefleet.ports import cluster_features
+
+    return cluster_features(cluster.cni, cluster.cilium.tunnel, cluster.cilium.hubble)
+
+
+def _ports_problems(cluster: ClusterConfig) -> list[str]:
+    """A CNI whose ports the table (nixos/ports.json) does not have: the firewall and the security
+    groups, both built from it, would silently block the pod network."""
+    from flakefleet import ports
+
+    named = {f for rule in ports.port_rules() for f in rule.when}
+    missing = sorted(features(cluster) - named)
+    if not missing:
+        return []
+    return [f"{NAMESPACE}:cluster.cni: {cluster.cni} needs port rules for {', '.join(missing)} in nixos/ports.json "
+            "(the firewall and the security groups are built from it, so neither would open them)"]
 
 
 def check(stack: Parsed) -> list[str]:
@@ -75,6 +114,9 @@ def check(stack: Parsed) -> list[str]:
                 f"nodes at k3s' /24 per node, but the stack has {nodes} hosts; use a shorter prefix "
                 f"(e.g. /{max(8, NODE_CIDR_PREFIX - max(nodes - 1, 1).bit_length())})"
             )
+    if cluster.cni != "cilium" and "cilium" in cluster.model_fields_set:
+        problems.append(f"{p}cluster.cilium: only with cni: cilium (this cluster's CNI is {cluster.cni})")
+    problems += _ports_problems(cluster)
     if cluster.api_address is not None and stack.uses_ec2:
         problems.append(f"{p}cluster.api_address: only for bring-your-own fleets; on AWS the API load balancer is the address")
     return problems

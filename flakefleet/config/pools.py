@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from flakefleet.aws_catalog import instance_shape, instance_type_problem
+from flakefleet.aws_catalog import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
 from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role
 from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
 
@@ -95,6 +95,14 @@ class PoolConfig(Model):
         None, description="Where this pool's system is built: `local`, `target` or a builder's name (see "
         "`delivery.build`). Default: `delivery.build`."
     )
+    gpu: Literal["nvidia"] | None = Field(
+        None,
+        description="`nvidia`: the pool's hosts have NVIDIA GPUs (EC2: the instance type must have them). Their system "
+        "gets the datacenter driver, the container toolkit (containerd's `nvidia` runtime) and the label "
+        "`nvidia.com/gpu.present=true` with the taint `nvidia.com/gpu=present:NoSchedule`, so only GPU workloads land "
+        "there; the cluster runs NVIDIA's device plugin. Unfree packages are allowed for the NVIDIA ones of this pool "
+        "only. Default: none.",
+    )
     reboot: Literal["auto", "always", "never"] = Field(
         "auto",
         description="A new system whose kernel, initrd, kernel modules or kernel parameters differ from the booted "
@@ -138,6 +146,9 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
                         "(delivery then waits for its long boot)")
     if pool.bare_metal and not shape.metal:
         problems.append(f"{at}.bare_metal: true but {pool.instance_type} is virtual; use a *.metal type")
+    if pool.gpu == "nvidia" and nvidia_gpu(pool.instance_type) is None:
+        families = ", ".join(gpu_families(shape.arch))
+        problems.append(f"{at}.gpu: {pool.instance_type} has no NVIDIA GPU; {shape.arch} GPU families: {families}")
     return problems
 
 

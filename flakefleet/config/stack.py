@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from flakefleet.aws_catalog import region_zones
-from flakefleet.config import cluster, delivery, dr, network, pools, storage
+from flakefleet.config import cluster, delivery, dr, network, pools, storage, workloads
 from flakefleet.config.base import NAMESPACE, ConfigError, Model, did_you_mean, validate
 from flakefleet.config.cluster import ClusterConfig
 from flakefleet.config.delivery import DeliveryConfig
@@ -26,6 +26,7 @@ from flakefleet.config.dr import DrConfig
 from flakefleet.config.network import NetworkConfig
 from flakefleet.config.pools import PoolConfig
 from flakefleet.config.storage import StorageConfig
+from flakefleet.config.workloads import WorkloadConfig
 
 
 class StackConfig(Model):
@@ -37,6 +38,7 @@ class StackConfig(Model):
     storage: StorageConfig = StorageConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     dr: DrConfig = DrConfig()
+    workloads: list[WorkloadConfig] = Field(default_factory=list)
     region: str | None = None
     signing_key: str | None = Field(None, repr=False)  # `flakefleet:signing_key`, a Pulumi secret
     server_token: str | None = Field(None, repr=False)  # `flakefleet:server_token`, a Pulumi secret (rebuilds)
@@ -83,12 +85,15 @@ STACK_KEYS: dict[str, type[Model] | None] = {
     "storage": StorageConfig,
     "delivery": DeliveryConfig,
     "dr": DrConfig,
+    "workloads": None,  # a list of WorkloadConfig
     "signing_key": None,  # a Nix secret key, `name:base64` (a Pulumi secret)
     "server_token": None,  # the original cluster's k3s server token, for a rebuild (a Pulumi secret)
 }
 SECRET_STRING_KEYS = ("signing_key", "server_token")
 REQUIRED_KEYS = ("cluster", "pools")
-RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check, delivery.build_problems)
+RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check, delivery.build_problems,
+         workloads.check)
+LIST_KEYS = {"pools": PoolConfig, "workloads": WorkloadConfig}
 SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
 SIGNING_KEY_HOWTO = "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
 
@@ -103,6 +108,7 @@ class Parsed:
     region: str | None
     secrets_given: set[str]
     present: set[str] = field(default_factory=set)
+    workloads: list[WorkloadConfig] = field(default_factory=list)
 
     def given(self, key: str) -> bool:
         """Whether the stack file sets `key` at all."""
@@ -221,16 +227,16 @@ def _validate_keys(values: dict[str, Any], parsed: Parsed) -> list[str]:
     for key, value in values.items():
         if key in SECRET_STRING_KEYS:
             continue
-        if key == "pools":
+        if key in LIST_KEYS:
             if not isinstance(value, list):
-                problems.append(f"{NAMESPACE}:pools: must be a list of pools")
-                parsed.dropped.add("pools")
+                problems.append(f"{NAMESPACE}:{key}: must be a list of {key}")
+                parsed.dropped.add(key)
                 continue
             for i, item in enumerate(value):
-                pool, errors, gone = validate(PoolConfig, item, f"pools[{i}]")
+                model, errors, gone = validate(LIST_KEYS[key], item, f"{key}[{i}]")
                 problems += errors
                 parsed.dropped |= gone
-                parsed.pools.append(pool)
+                getattr(parsed, key).append(model)
             continue
         model, errors, gone = validate(STACK_KEYS[key], value, key)
         problems += errors
@@ -262,6 +268,7 @@ def parse_stack_config(
     return StackConfig(
         **parsed.models,
         pools=parsed.pools,
+        workloads=parsed.workloads,
         region=region,
         signing_key=signing_key.strip() if isinstance(signing_key, str) else None,
         server_token=server_token.strip() if isinstance(server_token, str) else None,

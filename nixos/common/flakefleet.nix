@@ -73,6 +73,97 @@ in
       default = [ ];
       description = "Nix signing keys whose store paths the host accepts (delivery signs every closure).";
     };
+    cni = mkOption {
+      type = types.enum [
+        "flannel"
+        "cilium"
+      ];
+      default = "flannel";
+      description = "The pod network: k3s' own flannel, or Cilium installed by the cluster (mixins/cilium.nix).";
+    };
+    cilium = {
+      version = mkOption {
+        type = types.strMatching "1\\.[0-9]{2}\\.[0-9]{1,2}";
+        default = "1.18.4";
+        description = "Cilium's Helm chart version (pinned; the cluster's helm controller fetches it).";
+      };
+      tunnel = mkOption {
+        type = types.enum [
+          "vxlan"
+          "geneve"
+        ];
+        default = "vxlan";
+        description = "Cilium's overlay between nodes.";
+      };
+      hubble = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Hubble flow visibility (server on every node, relay in the cluster).";
+      };
+    };
+    gpu = mkOption {
+      type = types.nullOr (
+        types.submodule {
+          options = {
+            vendor = mkOption {
+              type = types.enum [ "nvidia" ];
+              description = "GPU vendor.";
+            };
+            openModules = mkOption {
+              type = types.bool;
+              default = true;
+              description = "Whether NVIDIA's open kernel modules drive these GPUs (Turing and newer).";
+            };
+            nvswitch = mkOption {
+              type = types.bool;
+              default = false;
+              description = "Whether the GPUs hang off NVSwitch (p4d, p5, p6): the fabric manager must run.";
+            };
+          };
+        }
+      );
+      default = null;
+      description = "The pool's GPUs (hardware/nvidia.nix), or null.";
+    };
+    clusterHasGpus = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether some pool of the cluster has GPUs: control planes then deploy NVIDIA's device plugin.";
+    };
+    images = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "hello" ];
+      description = "Workloads (nixos/workloads/) whose images this pool's nodes preload (services.k3s.images).";
+    };
+    workloads = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            name = mkOption {
+              type = types.str;
+              description = "A workload of nixos/workloads/.";
+            };
+            pools = mkOption {
+              type = types.listOf types.str;
+              description = "Pools that preload its image and run its pods.";
+            };
+            gpuPools = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              description = "Those of `pools` that have GPUs (its pods tolerate their taint).";
+            };
+            replicas = mkOption {
+              type = types.ints.unsigned;
+              default = 1;
+              description = "Pods to run.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      description = "Workloads the control planes deploy (services.k3s.manifests).";
+    };
     host = mkOption {
       type = types.nullOr (types.attrsOf types.anything);
       default = null;

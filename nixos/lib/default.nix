@@ -4,20 +4,45 @@ let
   # The port table shared with the AWS security groups (see ports.json).
   portTable = builtins.fromJSON (builtins.readFile ../ports.json);
 
+  # A rule applies when the cluster has every feature its `when` lists (no `when`: always).
+  applies = features: r: builtins.all (f: builtins.elem f features) (r.when or [ ]);
+
   rangesFor =
-    role: protocol:
+    role: features: protocol:
     map (r: {
       from = r.from_port;
       to = r.to_port;
-    }) (builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol) portTable.rules);
+    }) (builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol && applies features r) portTable.rules);
 in
 rec {
   inherit portTable;
 
-  # role -> the NixOS firewall ranges that role's hosts open, in table order.
-  firewallFor = role: {
-    allowedTCPPortRanges = rangesFor role "tcp";
-    allowedUDPPortRanges = rangesFor role "udp";
+  # The features port rules are conditioned on (flakefleet/ports.py:cluster_features computes
+  # the same): the CNI, and for Cilium its tunnel and whether Hubble runs.
+  clusterFeatures =
+    { cni, tunnel ? "vxlan", hubble ? false }:
+    if cni != "cilium" then [ cni ] else [ "cilium" tunnel ] ++ (if hubble then [ "hubble" ] else [ ]);
+
+  # role, cluster features -> the NixOS firewall ranges that role's hosts open, in table order.
+  firewallFor = role: features: {
+    allowedTCPPortRanges = rangesFor role features "tcp";
+    allowedUDPPortRanges = rangesFor role features "udp";
+  };
+
+  # Interfaces pod traffic arrives on, per CNI: the host firewall trusts them (the CNI's own
+  # network policy filters pod traffic; the host firewall would only break it).
+  cniInterfaces = {
+    flannel = [
+      "cni0"
+      "flannel.1"
+    ];
+    cilium = [
+      "cilium_host"
+      "cilium_net"
+      "cilium_vxlan"
+      "cilium_geneve"
+      "lxc+"
+    ];
   };
 
   # { key = value; } -> [ "key=value" ] for k3s' --node-label.

@@ -13,10 +13,42 @@
   flake,
   specsFile ? null,
   vmNodes ? false,
+  # Modules added to every system (tests: an old kernel, say).
+  extraModules ? [ ],
 }:
 let
   # Stand-ins for the packages our modules name: nothing is built, only evaluated.
-  pkgs = builtins.listToAttrs (
+  drv = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+  pkgs = named // {
+    nvidia-container-toolkit = drv "nvidia-container-toolkit" // {
+      tools = drv "nvidia-container-toolkit-tools";
+    };
+    writeTextDir = path: _text: drv (baseNameOf path);
+    # nixpkgs' dockerTools: an image tarball whose tag is its own hash, without string context.
+    dockerTools.buildLayeredImage =
+      { name, ... }:
+      drv "${baseNameOf name}.tar.gz"
+      // {
+        imageName = name;
+        imageTag = "00000000000000000000000000000000";
+      };
+    linuxPackages = {
+      kernel = drv "linux-6.12.0" // {
+        version = "6.12.0";
+        # nixpkgs' kernel.config: what the kernel's configuration enables.
+        config.isEnabled = _: true;
+      };
+      nvidiaPackages = {
+        dc = drv "nvidia-x11-570.172.08-6.12.0";
+        stable = drv "nvidia-x11-580.95.05-6.12.0";
+      };
+    };
+  };
+  named = builtins.listToAttrs (
     map
       (name: {
         inherit name;
@@ -35,12 +67,13 @@ let
         "k3s_1_35"
         "jq"
         "hostname"
+        "darkhttpd"
       ]
   );
   nixosSystem =
     { modules, ... }:
     lib.evalModules {
-      modules = modules ++ [ ./nixpkgs-options.nix ];
+      modules = modules ++ [ ./nixpkgs-options.nix ] ++ extraModules;
       specialArgs = {
         inherit pkgs;
         modulesPath = toString ./modules;
@@ -95,9 +128,41 @@ let
       throw "${name}: warnings:\n- ${builtins.concatStringsSep "\n- " config.warnings}"
     else
       builtins.deepSeq config {
-        inherit (config.services.k3s) role serverAddr nodeName nodeIP clusterInit;
+        inherit (config.services.k3s)
+          role
+          serverAddr
+          nodeName
+          nodeIP
+          clusterInit
+          nodeLabel
+          nodeTaint
+          ;
+        flags = config.services.k3s.extraFlags;
+        manifests = builtins.attrNames config.services.k3s.manifests;
+        images = map (i: i.name) config.services.k3s.images;
+        containerdTemplate = config.services.k3s.containerdConfigTemplate != null;
         hostName = config.networking.hostName;
         sysctl = config.boot.kernel.sysctl;
+        firewall = {
+          inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces;
+        };
+        nvidia = {
+          inherit (config.hardware.nvidia) enable open;
+          datacenter = config.hardware.nvidia.datacenter.enable;
+          toolkit = config.hardware.nvidia-container-toolkit.enable;
+        };
+        # Which packages this system lets nixpkgs build although unfree (none without a predicate).
+        unfree =
+          let
+            allowed = config.nixpkgs.config.allowUnfreePredicate or (_: false);
+          in
+          builtins.filter (name: allowed { inherit name; }) [
+            "nvidia-x11-570.172.08"
+            "nvidia-persistenced-570.172.08"
+            "nvidia-fabricmanager-570.172.08"
+            "cuda_cudart-12.8.90"
+            "steam-1.0"
+          ];
       };
 in
 builtins.mapAttrs check systems

@@ -415,6 +415,12 @@ let
       check = isInt;
       merge = mergeEqualOption;
     };
+    ints.unsigned = mkOptionType {
+      name = "unsignedInt";
+      description = "unsigned integer, meaning >=0";
+      check = x: isInt x && x >= 0;
+      merge = mergeEqualOption;
+    };
     port = mkOptionType {
       name = "port";
       description = "16 bit unsigned integer; between 0 and 65535 (both inclusive)";
@@ -622,6 +628,17 @@ let
     last = xs: builtins.elemAt xs (length xs - 1);
     reverseList = xs: builtins.genList (i: builtins.elemAt xs (length xs - 1 - i)) (length xs);
     toList = x: if isList x then x else [ x ];
+    versionAtLeast = v: min: builtins.compareVersions v min >= 0;
+    toInt =
+      s:
+      let
+        n = builtins.fromJSON s;
+      in
+      if builtins.match "[0-9]+" s != null && isInt n then n else throw "toInt: ${s} is not an integer";
+    getOutput = output: pkg: pkg.${output} or pkg;
+    getName = pkg: pkg.pname or (builtins.parseDrvName pkg.name).name;
+    nameValuePair = name: value: { inherit name value; };
+    concatLines = xs: concatStringsSep "\n" xs + (if xs == [ ] then "" else "\n");
     setAttrByPath =
       path: value:
       if path == [ ] then value else { ${head path} = lib.setAttrByPath (tail path) value; };

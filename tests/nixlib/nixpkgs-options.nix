@@ -2,13 +2,19 @@
 # have (read from nixpkgs' sources: services/cluster/rancher/{default,k3s}.nix,
 # services/networking/ssh/sshd.nix, services/networking/firewall.nix, config/nix.nix,
 # services/misc/nix-gc.nix, system/boot/systemd.nix, system/etc/etc.nix, config/users-groups.nix,
-# tasks/filesystems.nix, config/sysctl.nix). Our own declarations, not a copy of nixpkgs' modules:
+# tasks/filesystems.nix, config/sysctl.nix, hardware/video/nvidia.nix,
+# services/hardware/nvidia-container-toolkit, misc/nixpkgs.nix, system/boot/kernel.nix). Our own declarations, not a copy of nixpkgs' modules:
 # they let tests/nixlib/eval-pools.nix evaluate each pool's module list with our stand-in lib
 # in CI, or with nixpkgs' real lib locally, and fail where nixpkgs would (an undeclared option,
 # a value of the wrong type, conflicting definitions, a failed assertion).
 #
 # When a module of ours sets a new nixpkgs option, declare it here with its nixpkgs type.
-{ config, lib, ... }:
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   inherit (lib) mkOption types;
   opt = type: mkOption { inherit type; };
@@ -31,12 +37,26 @@ let
     (types.listOf types.str)
   ];
   k3s = config.services.k3s;
+  nvidia = config.hardware.nvidia;
 in
 {
   options = {
     assertions = optDefault (types.listOf types.unspecified) [ ];
     warnings = optDefault (types.listOf types.str) [ ];
     nixpkgs.hostPlatform = opt (types.either types.str types.attrs);
+    nixpkgs.config = optDefault (types.attrsOf types.anything) { };
+    boot.kernelPackages = optDefault types.raw pkgs.linuxPackages;
+
+    # hardware/video/nvidia.nix
+    hardware.nvidia = {
+      enable = bool;
+      datacenter.enable = bool;
+      package = optDefault types.raw config.boot.kernelPackages.nvidiaPackages.${if config.hardware.nvidia.datacenter.enable then "dc" else "stable"};
+      open = optDefault (types.nullOr types.bool) null;
+      nvidiaPersistenced = bool;
+    };
+    # services/hardware/nvidia-container-toolkit
+    hardware.nvidia-container-toolkit.enable = bool;
     system.stateVersion = opt types.str;
 
     networking.hostName = optDefault (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
@@ -154,28 +174,54 @@ in
       clusterInit = bool;
       disableAgent = bool;
       images = optDefault (types.listOf types.package) [ ];
-      manifests = optDefault (types.attrsOf (types.submodule {
-        options = {
-          enable = optDefault types.bool true;
-          target = opt types.nonEmptyStr;
-          content = optDefault (types.nullOr (types.either types.attrs (types.listOf types.attrs))) null;
-          source = opt types.path;
-        };
-      })) { };
+      containerdConfigTemplate = optDefault (types.nullOr types.str) null;
+      manifests = optDefault (types.attrsOf (types.submodule (
+        { name, config, ... }:
+        {
+          options = {
+            enable = optDefault types.bool true;
+            target = opt types.nonEmptyStr;
+            content = optDefault (types.nullOr (types.either types.attrs (types.listOf types.attrs))) null;
+            source = opt types.path;
+          };
+          # rancher/default.nix: the target defaults to the name (with .yaml), `content` becomes
+          # a store file that is the manifest's source.
+          config = {
+            target = lib.mkDefault "${name}.yaml";
+            source = lib.mkIf (config.content != null) "/nix/store/00000000000000000000000000000000-${name}-manifest";
+          };
+        }
+      ))) { };
       gracefulNodeShutdown.enable = bool;
       extraKubeletConfig = optDefault (types.attrsOf types.anything) { };
     };
   };
 
-  # The checks nixpkgs' k3s module makes of these options (rancher/default.nix, k3s.nix).
+  # The checks nixpkgs' modules make of these options: k3s (rancher/default.nix, k3s.nix),
+  # the NVIDIA driver (nvidia.nix) and container toolkit.
   config = lib.mkIf k3s.enable {
     assertions = [
       {
         assertion = k3s.role == "agent" -> !k3s.clusterInit;
         message = "k3s: clusterInit must be false if role is 'agent'";
       }
+      {
+        assertion = !(nvidia.enable && nvidia.datacenter.enable);
+        message = "You cannot configure both standard and Data Center drivers at the same time.";
+      }
+      {
+        assertion = (nvidia.enable || nvidia.datacenter.enable) -> (nvidia.open != null || nvidia.datacenter.enable);
+        message = "You must configure `hardware.nvidia.open` on NVIDIA driver versions >= 560.";
+      }
+      {
+        assertion = config.hardware.nvidia-container-toolkit.enable -> (nvidia.enable || nvidia.datacenter.enable);
+        message = "`nvidia-container-toolkit` requires nvidia drivers: set `hardware.nvidia.datacenter.enable` or add \"nvidia\" to `services.xserver.videoDrivers`";
+      }
     ];
     warnings =
+      lib.optional (k3s.role != "server" && k3s.manifests != { })
+        "k3s: Auto deploying manifests are only installed on server nodes (role == server), they will be ignored by this node."
+      ++
       lib.optional (k3s.role == "agent" && k3s.configPath == null && k3s.serverAddr == "")
         "k3s: serverAddr or configPath (with 'server' key) should be set if role is 'agent'"
       ++ lib.optional (k3s.role == "agent" && k3s.configPath == null && k3s.tokenFile == null && k3s.token == "")

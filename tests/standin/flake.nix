@@ -31,7 +31,11 @@
             ]
         )
         ++ map (k: "--node-label=${k}=${spec.labels.${k}}") (builtins.attrNames spec.labels)
+        # hardware/nvidia.nix and mixins/workloads.nix add these labels and the GPU taint.
+        ++ (if (spec.gpu or null) != null then [ "--node-label=nvidia.com/gpu.present=true" ] else [ ])
+        ++ (if (spec.images or [ ]) != [ ] then [ "--node-label=flakefleet.io/pool=${spec.pool}" ] else [ ])
         ++ map (t: "--node-taint=${t}") spec.taints
+        ++ (if (spec.gpu or null) != null then [ "--node-taint=nvidia.com/gpu=present:NoSchedule" ] else [ ])
         ++ [ "--protect-kernel-defaults" ]
         ++ (
           if spec.role == "control-plane" then
@@ -41,9 +45,33 @@
               "--secrets-encryption"
             ]
             ++ map (s: "--tls-san=${s}") spec.tls_sans
+            # mixins/cilium.nix: the servers turn k3s' own CNI off.
+            ++ (
+              if (spec.cni or "flannel") == "cilium" then
+                [
+                  "--flannel-backend=none"
+                  "--disable-network-policy"
+                ]
+              else
+                [ ]
+            )
           else
             [ ]
         );
+      # A workload's image as nixpkgs' dockerTools names it (`<name>.tar.gz`): a tarball that
+      # services.k3s.images links into k3s' image directory (rancher/default.nix, tmpfiles L+).
+      image =
+        spec: name:
+        derivation {
+          name = "${name}.tar.gz";
+          system = spec.system;
+          builder = "/bin/sh";
+          PATH = "/usr/bin:/bin";
+          args = [
+            "-c"
+            "printf 'standin image %s' ${name} > $out"
+          ];
+        };
       # What k3s.service asserts before starting (nixos/roles/k3s.nix: AssertPathExists).
       required =
         spec:
@@ -197,6 +225,7 @@
           systemUnits = systemUnits spec;
           k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
           k3sRequired = builtins.concatStringsSep " " (required spec);
+          images = map (image spec) (spec.images or [ ]);
           # Benchmarks only: a payload of this many KiB, so copies move real bytes.
           payloadKib = toString (spec.standin_payload_kib or 0);
           args = [
@@ -221,6 +250,8 @@
               printf '%s\n' "$k3sRequired" > $out/k3s-required
               ln -s $systemPath $out/system-path
               ln -s $systemUnits $out/system-units
+              mkdir -p $out/k3s-images
+              for i in $images; do ln -s $i $out/k3s-images/''${i#*-}; done
               if [ "$payloadKib" -gt 0 ]; then
                 head -c "$((payloadKib * 1024))" /dev/urandom > $out/payload
               fi

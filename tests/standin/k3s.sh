@@ -1,6 +1,6 @@
 #!/bin/sh
 # Stand-in k3s. Records every call in /var/lib/flakefleet/standin-k3s.log (with the drop-in a
-# real k3s would read), writes a kubeconfig when a server starts, and answers the kubectl calls
+# real k3s would read and the image files its containerd would import), writes a kubeconfig when a server starts, and answers the kubectl calls
 # flakefleet makes: `get nodes NAME... -o json` (Ready, unless the name is listed in
 # /etc/flakefleet/standin-notready; without names, the nodes listed in
 # /etc/flakefleet/standin-nodes), `get node NAME --ignore-not-found -o name` (a node listed in
@@ -13,7 +13,8 @@ mkdir -p /var/lib/flakefleet
 now() { date +%s.%N; }
 case "${1:-}" in
   server|agent)
-    printf '%s start %s | config %s\n' "$(now)" "$*" "$(tr -d '\n' < "$dropin" 2>/dev/null || true)" >>"$log"
+    printf '%s start %s | config %s | images %s\n' "$(now)" "$*" "$(tr -d '\n' < "$dropin" 2>/dev/null || true)" \
+      "$(ls /var/lib/rancher/k3s/agent/images 2>/dev/null | tr '\n' ' ')" >>"$log"
     case " $* " in *" --cluster-reset "*) exit 0 ;; esac  # resets etcd and exits, as k3s does
     if [ "$1" = server ]; then
       umask 077

@@ -60,6 +60,14 @@ if [ "$action" = switch ] || [ "$action" = test ] || [ "$action" = standin-boot 
       exit 4
     fi
   done
+  # services.k3s.images: systemd-tmpfiles links each image into k3s' image directory (L+),
+  # and k3s' containerd imports what is there when it starts. Links of other systems go.
+  images=/var/lib/rancher/k3s/agent/images
+  mkdir -p "$images"
+  find "$images" -maxdepth 1 -type l -delete
+  for i in "$self"/k3s-images/*; do
+    [ -e "$i" ] && ln -sfn "$(readlink "$i")" "$images/$(basename "$i")"
+  done
   # shellcheck disable=SC2046 # the arguments are words by construction
   "$self/sw/bin/k3s" $(cat "$self/k3s-args")
 fi
