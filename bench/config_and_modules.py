@@ -1,4 +1,4 @@
-"""Validation and module evaluation costs: what issue 10 and issue 12 added to every preview.
+"""Validation and module evaluation costs: what issues 10, 12 and 16 added to every preview.
 
     .venv/bin/python bench/config_and_modules.py      # FLAKEFLEET_NIXPKGS_LIB=<nixpkgs lib/> adds the real one
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from flakefleet.config import parse_stack_config  # noqa: E402
 from flakefleet.stackfile import read_stack_file, stack_names  # noqa: E402
-from tests.test_nix_modules import all_specs  # noqa: E402
+from tests.test_nix_modules import CNI_SETTINGS, all_specs, combination_specs  # noqa: E402
 
 DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"
 
@@ -76,6 +76,11 @@ def module_rows() -> list[str]:
         for label, lib in libs.items():
             rows.append(f"| {len(specs)} {'per-host' if per_host else 'shared'} systems of every stack | {label} | "
                         f"{eval_seconds(lib, specs):.2f} |")
+    # Issue 16: a stack with every kind of pool (plain, four GPU pools, a workload), per CNI.
+    for cni in CNI_SETTINGS:
+        specs = combination_specs(CNI_SETTINGS[cni])
+        for label, lib in libs.items():
+            rows.append(f"| {len(specs)} systems: {cni}, GPU pools, a workload | {label} | {eval_seconds(lib, specs):.2f} |")
     return rows
 
 

@@ -283,7 +283,7 @@ NAMESPACES = [
     ("Flakefleet:network", "Flakefleet:network: namespace 'Flakefleet' is not 'flakefleet', so this key would be "
      "ignored; did you mean flakefleet:network?"),
     ("flakefleet:netwrok", "flakefleet:netwrok: unknown stack key (did you mean network?) (known: cluster, network, "
-     "pools, storage, delivery, dr, signing_key, server_token)"),
+     "pools, storage, delivery, dr, workloads, signing_key, server_token)"),
 ]
 
 

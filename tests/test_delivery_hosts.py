@@ -89,12 +89,18 @@ def given_delivered(fleet, hosts, *systems_in_order):
             assert proc.returncode == 0, proc.stderr
 
 
+def closure(path: str) -> list[str]:
+    """Every store path `path` needs, on the deployer (nix-store -qR)."""
+    return subprocess.run(["nix-store", "-qR", path], capture_output=True, text=True, check=True).stdout.split()
+
+
 def test_deliver_to_four_hosts(fleet, systems):
     results = deliver_all(fleet, fleet.hosts, systems["v1"])
     for host, proc in zip(fleet.hosts, results):
         assert proc.returncode == 0, proc.stderr
         assert report(proc)["outcome"] == "activated"
-        assert report(proc)["paths_copied"] == 2  # the system and its kernel (its own store path)
+        # The whole closure, each path once: the system, its kernel, packages, units and their parents.
+        assert report(proc)["paths_copied"] == len(closure(systems["v1"].out))
         assert host.current_system() == systems["v1"].out
         assert Path(systems["v1"].out).name in host.store_paths()  # really crossed into the host's store
         assert host.generations() == ["system-1-link"]
