@@ -33,7 +33,6 @@ from components.settings import (
     refuse_cni_switch,
 )
 from components.storage import Storage, StorageArgs
-from flakefleet.config.cluster import features
 from flakefleet.drift import split_pools
 from flakefleet.nixos import host_system
 
@@ -61,7 +60,7 @@ restore = plan_restore(cfg)
 network = (
     Network(
         cfg.cluster.name,
-        NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags, features(cfg.cluster)),
+        NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags, cfg.cluster.features),
         checked,
     )
     if cfg.uses_ec2

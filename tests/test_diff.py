@@ -192,8 +192,10 @@ def test_the_markdown_table_matches_the_golden_file(repo, monkeypatch, capsys):
     assert table == GOLDEN.read_text()
 
 
-@pytest.mark.parametrize("case", ["unknown ref", "no flake at base", "stack absent at base", "no main branch",
-                                  "not a repository"])
+BAD_CASES = ["unknown ref", "no flake at base", "stack absent at base", "no main branch", "not a repository"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=[c.replace(" ", "-") for c in BAD_CASES])
 def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
     require_tool("git")
     monkeypatch.delenv("FLAKEFLEET_FLAKE", raising=False)

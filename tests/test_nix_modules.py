@@ -198,7 +198,7 @@ CNI_SETTINGS = {
 }
 
 
-def combination_specs(cni: dict) -> dict[str, dict]:
+def combination_specs(cni: dict, per_host: bool = False) -> dict[str, dict]:
     """One stack with every kind of pool: plain workers, GPU pools (Ada, NVSwitch H100, Volta with
     closed kernel modules, aarch64 T4G), and the example workload on the workers and a GPU pool."""
     pools = [
@@ -210,6 +210,7 @@ def combination_specs(cni: dict) -> dict[str, dict]:
         {"name": "arm-gpu", "role": "worker", "instance_type": "g5g.xlarge", "arch": "aarch64", "count": 1,
          "gpu": "nvidia", "build": "target"},
     ]
+    pools = [{**p, "per_host_closures": per_host} for p in pools]
     raw = {"flakefleet:cluster": json.dumps({"name": "combo", **cni}), "flakefleet:pools": json.dumps(pools),
            "flakefleet:workloads": json.dumps([{"name": "hello", "pools": ["workers", "gpu"], "replicas": 2}]),
            "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY_KEY]})}
@@ -256,6 +257,18 @@ def test_every_combination_of_cni_gpu_and_workloads_evaluates(lib, cni, tmp_path
     assert ("flannel.1" in r["workers"]["firewall"]["trustedInterfaces"]) != cilium
 
 
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_the_combinations_evaluate_as_per_host_closures_too(lib, tmp_path):
+    """The same pools with host facts baked in (mixins/per-host.nix beside the new modules)."""
+    specs = combination_specs(CNI_SETTINGS["cilium-geneve-hubble"], per_host=True)
+    out = evaluate_pools(lib, ROOT / "nixos", specs, tmp_path)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert sorted(r) == sorted(specs) and all(key.count("/") == 1 for key in r)
+    assert r["gpu/gpu-0"]["nodeName"] == "gpu-0" and r["gpu/gpu-0"]["nvidia"]["toolkit"] is True
+    assert r["cp/cp-0"]["clusterInit"] is True and "cilium" in r["cp/cp-0"]["manifests"]
+
+
 OLD_KERNEL = """{ lib, ... }: {
   boot.kernelPackages = lib.mkForce {
     kernel = { version = "5.4.280"; config.isEnabled = option: option != "CGROUP_BPF"; };
@@ -265,7 +278,7 @@ OLD_KERNEL = """{ lib, ... }: {
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)
-@pytest.mark.parametrize("case", ["old kernel", "unknown workload"])
+@pytest.mark.parametrize("case", ["old kernel", "unknown workload"], ids=["old-kernel", "unknown-workload"])
 def test_what_cilium_and_workloads_need_fails_evaluation_clearly(lib, case, tmp_path):
     specs = {k: v for k, v in combination_specs(CNI_SETTINGS["cilium-vxlan"]).items() if k in ("cp", "workers")}
     extra = ""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from flakefleet import ports
 from flakefleet.config.base import DNS_LABEL, NAMESPACE, Model
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ class ClusterConfig(Model):
         "built: changing it on a running cluster is refused (it needs a rebuild). Default `flannel`.",
     )
     cilium: CiliumConfig = Field(default_factory=CiliumConfig, description="Cilium settings (`cni: cilium` only). Default: the defaults below.")
+    @property
+    def features(self) -> frozenset[str]:
+        """The features the port table's rules are conditioned on (flakefleet/ports.py)."""
+        return ports.cluster_features(self.cni, self.cilium.tunnel, self.cilium.hubble)
+
     api_address: IPv4Address | None = Field(
         None,
         description="Bring-your-own fleets: a virtual address in front of the control planes. Default: none "
@@ -66,20 +72,11 @@ class ClusterConfig(Model):
     )
 
 
-def features(cluster: ClusterConfig) -> frozenset[str]:
-    """The cluster features the port table's rules are conditioned on (flakefleet/ports.py)."""
-    from flakefleet.ports import cluster_features
-
-    return cluster_features(cluster.cni, cluster.cilium.tunnel, cluster.cilium.hubble)
-
-
 def _ports_problems(cluster: ClusterConfig) -> list[str]:
     """A CNI whose ports the table (nixos/ports.json) does not have: the firewall and the security
     groups, both built from it, would silently block the pod network."""
-    from flakefleet import ports
-
     named = {f for rule in ports.port_rules() for f in rule.when}
-    missing = sorted(features(cluster) - named)
+    missing = sorted(cluster.features - named)
     if not missing:
         return []
     return [f"{NAMESPACE}:cluster.cni: {cluster.cni} needs port rules for {', '.join(missing)} in nixos/ports.json "

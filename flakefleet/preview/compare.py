@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from flakefleet.preview.derivations import parse_drv_name
 from flakefleet.preview.manifest import Manifest
-
-BOOT_PARTS = ("kernel", "initrd", "modules", "params")
+from flakefleet.rollout import BOOT_PARTS
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,11 @@ class PoolChange:
     def reboots(self) -> bool:
         return bool(self.boot) and self.reboot != "never"
 
+    @property
+    def configuration_only(self) -> bool:
+        """Hosts' systems change, but no package, unit or boot file does (a file in /etc, say)."""
+        return bool(self.hosts) and not (self.packages or self.rebuilt or self.units or self.boot)
+
 
 def version_key(version: str) -> list:
     """Sort versions as people read them: 1.9 before 1.10."""
@@ -144,7 +148,7 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
         return PoolChange(pool, "added", hosts=tuple((h, w) for h, w, _ in head.hosts), reboot=head.reboot,
                           size=max(sizes, default=(0, 0)))
     was = {h: k for h, _, k in base.hosts}
-    changed, packages, rebuilt, units, boot, kernels, pairs = [], [], [], [], [], [], {}
+    changed, packages, rebuilt, units, boot, kernels, pairs = [], [], [], [], [], [], set()
     for host, wave, key in head.hosts:
         if host not in was or was[host] not in before or key not in after:
             continue
@@ -152,8 +156,8 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
         if old.system == new.system:
             continue
         changed.append((host, wave))
-        if (was[host], key) not in pairs:
-            pairs[(was[host], key)] = True
+        if (was[host], key) not in pairs:  # hosts sharing a system pair are compared once
+            pairs.add((was[host], key))
             p, r = package_changes(old, new)
             packages += p
             rebuilt += r
@@ -162,7 +166,8 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
             boot += parts
             kernels += [kernel] if kernel else []
     added = tuple((h, w) for h, w, _ in head.hosts if h not in was)
-    removed = tuple(h for h, _, _ in base.hosts if h not in {h for h, _, _ in head.hosts})
+    staying = {h for h, _, _ in head.hosts}
+    removed = tuple(h for h, _, _ in base.hosts if h not in staying)
     status = "changed" if changed or added or removed else "unchanged"
     return PoolChange(
         pool, status, hosts=tuple(changed),

@@ -68,7 +68,7 @@ def pool_text(change: PoolChange, cap: int = TEXT_CAP) -> str:
         lines.append("  services: " + ", ".join(capped([unit_text(u) for u in change.units], cap)))
     if change.boot:
         lines.append(f"  reboot: {reboot_text(change)}")
-    if change.hosts and not (change.packages or change.rebuilt or change.units or change.boot):
+    if change.configuration_only:
         lines.append("  configuration only: no package, service or boot file changes")
     if change.hosts_added:
         lines.append(f"  hosts added: {hosts_text(change.hosts_added)}")
@@ -106,13 +106,18 @@ def _row(c: PoolChange) -> str:
     packages = [package_text(p) for p in c.packages]
     if c.rebuilt:
         packages.append(f"{len(c.rebuilt)} rebuilt at the same version: " + ", ".join(capped(c.rebuilt, CELL_CAP)))
-    reboot = ("pending (reboot: never)" if c.reboot == "never" else "**yes**") + (
-        f": kernel {c.kernel[0]} → {c.kernel[1]}" if c.kernel else f": {', '.join(c.boot)}") if c.boot else "no"
     hosts = [hosts_text([h]) for h in c.hosts] + [f"{hosts_text([h])} added" for h in c.hosts_added] + [
         f"{h} removed" for h in c.hosts_removed]
-    change = "changed" if c.packages or c.rebuilt or c.units or c.boot or not c.hosts else "configuration"
+    change = "configuration" if c.configuration_only else "changed"
     return (f"| {_md(c.pool)} | {change} | {_cell(packages)} | {_cell([unit_text(u) for u in c.units])} "
-            f"| {_md(reboot)} | {_cell(hosts)} |")
+            f"| {_md(_reboot_cell(c))} | {_cell(hosts)} |")
+
+
+def _reboot_cell(c: PoolChange) -> str:
+    if not c.boot:
+        return "no"
+    what = f"kernel {c.kernel[0]} → {c.kernel[1]}" if c.kernel else ", ".join(c.boot)
+    return f"{'pending (reboot: never)' if c.reboot == 'never' else '**yes**'}: {what}"
 
 
 def markdown(stack: str, against: str, changes: Sequence[PoolChange]) -> str:

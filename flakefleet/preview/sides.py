@@ -15,11 +15,10 @@ from flakefleet.rollout import waves
 
 def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:
     """Pool -> its hosts in rollout order, each with its wave and the name of its system."""
-    wave_of = {h.name: n for n, wave in enumerate(waves(cfg, inv)) for h in wave}
     pools: dict[str, list] = {}
-    for wave in waves(cfg, inv):
+    for n, wave in enumerate(waves(cfg, inv)):
         for host in wave:
-            pools.setdefault(host.pool, []).append((host.name, wave_of[host.name], host_system(cfg, host)))
+            pools.setdefault(host.pool, []).append((host.name, n, host_system(cfg, host)))
     return {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot) for name, hosts in sorted(pools.items())}
 
 

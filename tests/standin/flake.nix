@@ -10,6 +10,23 @@
       # The k3s command line the real modules render (nixos/roles/*.nix through nixpkgs'
       # rancher module), so tests see the flags a real node would start with.
       secrets = "/var/lib/flakefleet/secrets";
+      # A derivation built by /bin/sh from `script`, with the host's coreutils (builders start
+      # with no PATH): every stand-in store path is one of these.
+      sh =
+        spec: name: script: attrs:
+        derivation (
+          {
+            inherit name;
+            system = spec.system;
+            builder = "/bin/sh";
+            PATH = "/usr/bin:/bin";
+            args = [
+              "-c"
+              script
+            ];
+          }
+          // attrs
+        );
       k3sArgs =
         spec:
         (
@@ -60,18 +77,7 @@
         );
       # A workload's image as nixpkgs' dockerTools names it (`<name>.tar.gz`): a tarball that
       # services.k3s.images links into k3s' image directory (rancher/default.nix, tmpfiles L+).
-      image =
-        spec: name:
-        derivation {
-          name = "${name}.tar.gz";
-          system = spec.system;
-          builder = "/bin/sh";
-          PATH = "/usr/bin:/bin";
-          args = [
-            "-c"
-            "printf 'standin image %s' ${name} > $out"
-          ];
-        };
+      image = spec: name: sh spec "${name}.tar.gz" "printf 'standin image %s' ${name} > $out" { };
       # What k3s.service asserts before starting (nixos/roles/k3s.nix: AssertPathExists).
       required =
         spec:
@@ -85,16 +91,9 @@
         let
           version = spec.standin_kernel or (contents spec).kernel;
         in
-        derivation {
-          name = "linux-${version}";
-          system = spec.system;
-          builder = "/bin/sh";
-          PATH = "/usr/bin:/bin";
-          args = [
-            "-c"
-            "mkdir -p $out/lib/modules/${version} && printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
-          ];
-        };
+        sh spec "linux-${version}"
+          "mkdir -p $out/lib/modules/${version} && printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
+          { };
 
       # What a system is made of (packages.json): fake packages with names and versions, the
       # systemd units that run them, the kernel version; a pool's entry under `pools` adds to,
@@ -120,32 +119,17 @@
       # One fake package: a derivation named `<name>-<version>`, as nixpkgs names its packages.
       package =
         spec: name: version:
-        derivation {
-          name = "${name}-${version}";
-          system = spec.system;
-          builder = "/bin/sh";
-          PATH = "/usr/bin:/bin";
-          args = [
-            "-c"
-            "mkdir -p $out/share && printf '%s %s' ${name} ${version} > $out/share/standin-package"
-          ];
-        };
+        sh spec "${name}-${version}"
+          "mkdir -p $out/share && printf '%s %s' ${name} ${version} > $out/share/standin-package"
+          { };
       packages = spec: builtins.mapAttrs (package spec) (contents spec).packages;
 
       # environment.systemPackages as NixOS builds it: one `system-path` derivation over the packages.
       systemPath =
         spec:
-        derivation {
-          name = "system-path";
-          system = spec.system;
-          builder = "/bin/sh";
-          PATH = "/usr/bin:/bin";
-          paths = builtins.attrValues (packages spec);
-          args = [
-            "-c"
-            "mkdir -p $out && for p in $paths; do printf '%s\\n' $p >> $out/packages; done; touch $out/packages"
-          ];
-        };
+        sh spec "system-path"
+          "mkdir -p $out && for p in $paths; do printf '%s\\n' $p >> $out/packages; done; touch $out/packages"
+          { paths = builtins.attrValues (packages spec); };
 
       # systemd units as nixpkgs' nixos/lib/systemd-lib.nix makes them: a derivation
       # `unit-<name>` whose `text` is the unit file, inputs of one `system-units` derivation.
@@ -167,33 +151,15 @@
             ""
         )
         + "ExecStart=${pkg}/bin/${unit.runs}${args}\n";
+      unit =
+        spec: name: unit:
+        sh spec "unit-${name}" "mkdir -p $out && printf '%s' \"$text\" > $out/${name}" {
+          text = unitText spec name unit;
+        };
       systemUnits =
         spec:
-        derivation {
-          name = "system-units";
-          system = spec.system;
-          builder = "/bin/sh";
-          PATH = "/usr/bin:/bin";
-          units = builtins.attrValues (
-            builtins.mapAttrs (
-              name: unit:
-              derivation {
-                name = "unit-${name}";
-                system = spec.system;
-                builder = "/bin/sh";
-                PATH = "/usr/bin:/bin";
-                text = unitText spec name unit;
-                args = [
-                  "-c"
-                  "mkdir -p $out && printf '%s' \"$text\" > $out/${name}"
-                ];
-              }
-            ) (contents spec).units
-          );
-          args = [
-            "-c"
-            "mkdir -p $out && for u in $units; do ln -s $u/* $out/; done"
-          ];
+        sh spec "system-units" "mkdir -p $out && for u in $units; do ln -s $u/* $out/; done" {
+          units = builtins.attrValues (builtins.mapAttrs (unit spec) (contents spec).units);
         };
     in
     {
