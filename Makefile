@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-down test test-upstream bench reference configurations
+.PHONY: setup prerequisites demo demo-down test test-upstream bench reference configurations
 
-setup: $(VENV)/.installed
+# The system packages (installed as root on Debian/Ubuntu, else named in one line), then .venv.
+setup: prerequisites $(VENV)/.installed
+
+prerequisites:
+	@sh scripts/prerequisites.sh
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

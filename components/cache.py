@@ -59,7 +59,7 @@ class Publish(pulumi.ComponentResource):
                     create=PUBLISH,
                     update=PUBLISH,
                     environment={PUBLISH_ENV: plan, SIGNING_KEY_ENV: secret},
-                    logging=command.local.Logging.STDOUT_AND_STDERR,
+                    logging=command.local.Logging.STDERR,  # stdout is the JSON report, not for the log
                     opts=pulumi.ResourceOptions(parent=self),
                 )
             )

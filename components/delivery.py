@@ -168,7 +168,8 @@ class Delivery(pulumi.ComponentResource):
             },
             # No triggers: a replacement would delete the old Command, and its delete is the
             # host's removal. Every change is an update; the runner decides what reaches the host.
-            logging=command.local.Logging.STDOUT_AND_STDERR,
+            # Progress is on stderr (logged); stdout is the JSON report (kept in state, not logged).
+            logging=command.local.Logging.STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The instance waits for the previous wave already; one edge is enough.

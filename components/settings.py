@@ -57,12 +57,19 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
     return systems
 
 
-def last_update() -> pulumi.StackReference:
-    """This stack's own outputs as its last update exported them (empty before the first)."""
-    return pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 
 
-def refuse_cni_switch(cfg: StackConfig, last: pulumi.StackReference) -> pulumi.Output[list]:
+def last_update() -> pulumi.Output[dict]:
+    """This stack's own outputs as its last update exported them ({} before the first), read with
+    the engine's builtin invoke `pulumi:pulumi:readStackOutputs` (pkg/resource/deploy/builtins.go,
+    what a StackReference reads through too). An invoke is not a resource: a StackReference to
+    the stack itself was, and every preview after an update showed its outputs as `~ outputs`."""
+    name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+    return pulumi.runtime.invoke_output(READ_STACK_OUTPUTS, {"name": name}).apply(lambda r: (r or {}).get("outputs") or {})
+
+
+def refuse_cni_switch(cfg: StackConfig, last: pulumi.Output[dict]) -> pulumi.Output[list]:
     """An Output every top-level component depends on: it fails, in one line, when the cluster's
     last update ran another CNI, so nothing is created, changed or delivered. Pods keep their
     addresses and policies from the old CNI: switching needs a rebuild, not a rollout."""
@@ -76,13 +83,13 @@ def refuse_cni_switch(cfg: StackConfig, last: pulumi.StackReference) -> pulumi.O
             )
         return []
 
-    return last.get_output("cluster_cni").apply(check)
+    return last.apply(lambda outputs: check(outputs.get("cluster_cni")))
 
 
 def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, System],
-                     last: pulumi.StackReference) -> dict[str, Manifest]:
+                     last: pulumi.Output[dict]) -> dict[str, Manifest]:
     """Preview diagnostics, one per pool that changes against the last update (this stack's own
-    outputs `system_manifests` and `nodes`, read through a StackReference): packages, services,
+    outputs `system_manifests` and `nodes`, see `last_update`): packages, services,
     reboots, hosts and waves. Returns the systems' manifests (exported for the next preview).
     Stacks last updated before manifests were exported get the reboot lines (`boot`) only."""
     try:
@@ -90,18 +97,17 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
     except ShowError as err:
         pulumi.log.warn(f"cannot read the systems' derivations ({err}): the preview lists no package changes")
         mine = {}
-    def log(previous: list) -> None:
-        packed, nodes, boot = previous
-        before = deployed_side({"system_manifests": packed, "nodes": nodes}) if mine else None
+    def log(previous: dict) -> None:
+        before = deployed_side(previous) if mine else None
         if before is None:
-            lines = reboot_notes(cfg, inventory, systems, boot)
+            lines = reboot_notes(cfg, inventory, systems, previous.get("boot"))
         else:
             changes = compare(before, stack_side(cfg, inventory, mine))
             lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
         for line in lines:
             pulumi.log.info(line)
 
-    pulumi.Output.all(last.get_output("system_manifests"), last.get_output("nodes"), last.get_output("boot")).apply(log)
+    last.apply(log)
     return mine
 
 

@@ -410,7 +410,9 @@ class Delivery:
         return s3_client(region)
 
     def say(self, message: str) -> None:
-        print(f"[{self.plan.host}] {message}", flush=True)
+        """Progress for people, on stderr: the Command logs stderr only (its stdout is the report,
+        kept in state but not logged, so `pulumi up` does not print the JSON as well)."""
+        print(f"[{self.plan.host}] {message}", file=sys.stderr, flush=True)
 
     def ssh(self, remote: list[str], stdin: str | None = None, timeout: float = 120, to: Endpoint | None = None) -> subprocess.CompletedProcess:
         try:
@@ -803,7 +805,7 @@ def main() -> int:
     finally:
         delivery.close()
     if isinstance(result, str):  # a removal says what it did
-        print(f"[{plan.host}] {result}", flush=True)
+        print(f"[{plan.host}] {result}", file=sys.stderr, flush=True)
     elif result is None:  # an update with nothing for the host: Pulumi keeps the last delivery's report
         print(f"[{plan.host}] only bookkeeping changed (e.g. its batch); no command on the host", file=sys.stderr)
         print(os.environ.get(PREVIOUS_STDOUT_ENV, "").strip(), flush=True)

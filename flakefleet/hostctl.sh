@@ -71,7 +71,8 @@ disarm_deadman() { # token
   if has_systemd; then
     systemctl stop "flakefleet-deadman-$1.timer" 2>/dev/null || true
   elif [ -f "$RUN/$1/deadman.pid" ]; then
-    kill "$(cat "$RUN/$1/deadman.pid")" 2>/dev/null || true
+    # The whole group: the waiting `sleep` too (setsid made the shell its group's leader).
+    kill -- "-$(cat "$RUN/$1/deadman.pid")" 2>/dev/null || true
   fi
 }
 

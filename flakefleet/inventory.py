@@ -20,15 +20,12 @@ before any AWS call. Addressing rules (documented in README "Addresses"):
 from __future__ import annotations
 
 import functools
-
-import math
-import zlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from flakefleet.config import NAMESPACE, ConfigError, PoolConfig, StackConfig
+from flakefleet.addresses import BLOCKS_PER_SUBNET, PoolBlocks, allocate_blocks
+from flakefleet.config import NAMESPACE, ConfigError, StackConfig
 
-BLOCKS_PER_SUBNET = 16
 LB_OFFSET = 4  # first address AWS does not reserve in a subnet
 API_PORT = 6443
 ROLE_ORDER = {"control-plane": 0, "worker": 1}
@@ -100,65 +97,17 @@ def carve_zones(vpc: IPv4Network, zone_names: list[str]) -> tuple[Zone, ...]:
     return tuple(Zone(name, eighths[z], publics[z]) for z, name in enumerate(zone_names))
 
 
-def _auto_start(name: str) -> int:
-    return 1 + zlib.crc32(name.encode()) % (BLOCKS_PER_SUBNET - 1)
-
-
-def _capacity(start: int, count: int, block_size: int) -> int:
-    # The subnet's last address is reserved by AWS; it sits in the last block.
-    last = start + count - 1 == BLOCKS_PER_SUBNET - 1
-    return count * block_size - (1 if last else 0)
-
-
-def allocate_blocks(
-    pools: list[tuple[int, PoolConfig]], zone_count: int, block_size: int
-) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """Place each EC2 pool's block run; returns (pool -> (start, count), problems)."""
-    taken: dict[int, str] = {}
-    placed: dict[str, tuple[int, int]] = {}
-    problems: list[str] = []
-    pinned = [(i, p) for i, p in pools if p.ip_block is not None]
-    auto = sorted(((i, p) for i, p in pools if p.ip_block is None), key=lambda ip: ip[1].name)
-    for i, pool in pinned + auto:
-        per_zone = math.ceil((pool.count or 0) / zone_count)
-        if per_zone == 0:
-            continue
-        need = math.ceil(per_zone / block_size)
-        starts = (
-            [pool.ip_block]
-            if pool.ip_block is not None
-            else [1 + (_auto_start(pool.name) - 1 + k) % (BLOCKS_PER_SUBNET - 1) for k in range(BLOCKS_PER_SUBNET - 1)]
-        )
-        for start in starts:
-            run = range(start, start + need)
-            if run.stop <= BLOCKS_PER_SUBNET and not any(b in taken for b in run):
-                if _capacity(start, need, block_size) < per_zone:
-                    continue
-                placed[pool.name] = (start, need)
-                taken.update({b: pool.name for b in run})
-                break
-        else:
-            where = f"{NAMESPACE}:pools[{i}]." + ("ip_block" if pool.ip_block is not None else "count")
-            owners = sorted({taken[b] for b in range(starts[0], min(starts[0] + need, BLOCKS_PER_SUBNET)) if b in taken})
-            if pool.ip_block is not None and owners:
-                problems.append(f"{where}: blocks {starts[0]}-{starts[0] + need - 1} overlap pool {', '.join(owners)}")
-            else:
-                problems.append(
-                    f"{where}: {per_zone} hosts per zone need {need} free address blocks of {block_size}; "
-                    "widen network.vpc_cidr, add zones or shrink the pool"
-                )
-    return placed, problems
-
-
 def plan_inventory(cfg: StackConfig) -> Inventory:
     """Plan every host of a validated stack. Raises ConfigError when the pools do not fit the VPC."""
-    ec2_pools = [(i, p) for i, p in enumerate(cfg.pools) if p.provider == "ec2"]
+    ec2_pools = [PoolBlocks(i, p.name, p.count or 0, p.ip_block) for i, p in enumerate(cfg.pools) if p.provider == "ec2"]
     zones: tuple[Zone, ...] = ()
     blocks: dict[str, tuple[int, int]] = {}
     if ec2_pools:
         zones = carve_zones(cfg.network.vpc_cidr, cfg.zones)
         block_size = zones[0].private.num_addresses // BLOCKS_PER_SUBNET
-        blocks, problems = allocate_blocks(ec2_pools, len(zones), block_size)
+        # The config's rules place the pools too (a stack that does not fit is refused with its
+        # other problems): this cannot fail for a validated stack.
+        blocks, problems = allocate_blocks(ec2_pools, len(zones), block_size, f"{NAMESPACE}:")
         if problems:
             raise ConfigError(problems)
 

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             runner.close()
     replace = " ".join(f"--replace '{delivery_urn(args.stack, cfg.cluster.name, h)}'" for h in done)
+    if all(h.address.is_loopback for h in inv.hosts):  # the demo's stack: its config file holds the signing key
+        replace += " --config-file .demo/Pulumi.local.yaml"
     print(f"\n`flakefleet drift` now reports {', '.join(done)} as rolled back. To deliver the stack's system again:\n"
           f"  pulumi up --stack {args.stack} {replace}")
     return 0

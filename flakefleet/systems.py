@@ -19,8 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FLAKE = ROOT / "nixos"
+from flakefleet.flake import DEFAULT_FLAKE, ROOT, resolve_flake  # noqa: F401  (where the flake is)
 NIX_FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 EVAL_TIMEOUT_S = 900
 # nixpkgs' lib/minfeatures.nix refuses older Nix: a flake that locks nixpkgs needs at least this.
@@ -43,16 +42,6 @@ class EvaluationError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-def resolve_flake(configured: str | None, env: dict[str, str] | None = None) -> Path:
-    """The flake directory: FLAKEFLEET_FLAKE, else `delivery.flake`, else nixos/; relative to the project."""
-    env = os.environ if env is None else env
-    chosen = env.get("FLAKEFLEET_FLAKE") or configured
-    if not chosen:
-        return DEFAULT_FLAKE
-    path = Path(chosen)
-    return (path if path.is_absolute() else ROOT / path).resolve()
 
 
 def required_nix(flake: Path) -> tuple[int, ...] | None:

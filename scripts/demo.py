@@ -10,7 +10,8 @@ offline stand-in systems (tests/standin) to them: with the Pulumi CLI and its co
 plugins on PATH through `pulumi up --stack local` (file backend and passphrase under .demo/, no
 login, no network); without them through the same per-host plans, in the same waves, with the
 same runner, as a rollout without Pulumi state. Then it shows each host's generation and system,
-the cluster's nodes, and what to try next. Needs root (mount namespaces).
+the cluster's nodes, and what to try next; `.demo/env.sh` holds the environment those commands
+need (docs/operations.md). Needs root (mount namespaces).
 
 TEST-ONLY KEYS: the demo hosts' SSH host keys and the demo deploy key are derived from the public
 seeds below, so anyone can compute their private halves. They exist only for loopback test hosts
@@ -24,13 +25,16 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
-import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +42,16 @@ sys.path.insert(0, str(ROOT))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-DEMO = ROOT / ".demo"
+# The demo's own state; FLAKEFLEET_DEMO_DIR moves it (the tests run the demo in a directory of theirs).
+DEMO = Path(os.environ.get("FLAKEFLEET_DEMO_DIR") or ROOT / ".demo").resolve()
+
+
+def shown(path: Path) -> str:
+    """A path as the commands the demo prints name it: relative to the project when inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 STACK = "local"
 SEED = "flakefleet demo, test-only, never trust this key: {name}"
 DEPLOY_KEY_NAME = "deploy"
@@ -116,6 +129,8 @@ def demo_fleet():
     this machine's own (generated once, git-ignored), under .demo/."""
     from tests.testhosts import make_fleet
 
+    DEMO.mkdir(mode=0o700, exist_ok=True)
+    DEMO.chmod(0o700)  # keys, tokens, the kubeconfig and Pulumi's state live here
     write_demo_keypair(DEMO / "deploy_ed25519", DEPLOY_KEY_NAME, DEPLOY_KEY_COMMENT)
     return make_fleet(DEMO)
 
@@ -174,27 +189,89 @@ def deployer_env(fleet) -> dict[str, str]:
     }
 
 
-def with_pulumi(fleet, env: dict[str, str]) -> dict | None:
-    """`pulumi up --stack local` on a file backend under .demo/; returns the stack outputs."""
-    import yaml
+PULUMI_CONFIG = DEMO / "Pulumi.local.yaml"  # the stack file plus the demo's signing key (a secret)
+ENV_FILE = DEMO / "env.sh"  # what `source` gives a shell to run pulumi and flakefleet on the demo's state
 
-    env = {**env, "PULUMI_BACKEND_URL": f"file://{DEMO / 'pulumi-state'}", "PULUMI_CONFIG_PASSPHRASE": "flakefleet-demo",
-           "PULUMI_SKIP_UPDATE_CHECK": "1", "PULUMI_HOME": str(DEMO / "pulumi-home")}
-    (DEMO / "pulumi-state").mkdir(exist_ok=True)
-    config_file = DEMO / "Pulumi.local.yaml"
-    if not config_file.exists():
-        shutil.copy(ROOT / "stacks" / "Pulumi.local.yaml", config_file)
-    cfgflag = ["--stack", STACK, "--config-file", str(config_file)]
-    if subprocess.run(["pulumi", "stack", "select", "--create", STACK], cwd=ROOT, env=env,
-                      capture_output=True).returncode != 0:
-        return None
-    if "flakefleet:signing_key" not in (yaml.safe_load(config_file.read_text()).get("config") or {}):
-        subprocess.run(["pulumi", "config", "set", "--secret", "flakefleet:signing_key", fleet.signing_secret, *cfgflag],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
-    if stream(["pulumi", "up", "--yes", "--skip-preview", *cfgflag], env).returncode != 0:
+
+def private_file(path: Path, text: str) -> Path:
+    """Write `text` to `path` readable by its owner only (0600 from the first byte)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+    return path
+
+
+def pulumi_env(env: dict[str, str]) -> dict[str, str]:
+    """The Pulumi CLI on the demo's own state: a file backend and a passphrase of this machine's
+    own (generated once, 0600), under .demo/: no login, no network."""
+    passphrase = DEMO / "passphrase"
+    if not passphrase.exists():
+        private_file(passphrase, secrets.token_urlsafe(24) + "\n")
+    (DEMO / "pulumi-state").mkdir(mode=0o700, exist_ok=True)
+    return {**env, "PULUMI_BACKEND_URL": f"file://{DEMO / 'pulumi-state'}",
+            "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase), "PULUMI_SKIP_UPDATE_CHECK": "1",
+            "PULUMI_HOME": str(DEMO / "pulumi-home")}
+
+
+def pulumi(args: list[str], env: dict[str, str], cwd: Path = ROOT, stdin: str | None = None, check: bool = True):
+    proc = subprocess.run(["pulumi", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: pulumi {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def new_stack_salt(env: dict[str, str]) -> str:
+    """Create the demo's stack and return its passphrase salt. `pulumi stack init` writes the salt
+    into the stack's config file, so it runs in a scratch copy of the project: the committed
+    stacks/Pulumi.local.yaml holds no secret and stays free of a salt (a salt would lock it to
+    this machine's passphrase)."""
+    with tempfile.TemporaryDirectory(prefix="flakefleet-demo-") as tmp:
+        shutil.copy(ROOT / "Pulumi.yaml", tmp)
+        pulumi(["stack", "init", STACK, "--secrets-provider", "passphrase"], env, cwd=Path(tmp))
+        return yaml.safe_load((Path(tmp) / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["encryptionsalt"]
+
+
+def demo_config(fleet, env: dict[str, str]) -> Path:
+    """.demo/Pulumi.local.yaml: the committed stack file as it is now (a pool changed there is
+    delivered), with the demo stack's salt and its signing key, encrypted once and kept."""
+    committed = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{STACK}.yaml").read_text())
+    previous = yaml.safe_load(PULUMI_CONFIG.read_text()) if PULUMI_CONFIG.exists() else None
+    exists = pulumi(["stack", "select", STACK], env, check=False).returncode == 0
+    if exists and previous is None:
+        raise SystemExit(f"demo: the demo's stack exists but {PULUMI_CONFIG} is gone; run `make demo-down` and start again")
+    if not exists:
+        previous = {"encryptionsalt": new_stack_salt(env), "config": {}}
+    key = (previous.get("config") or {}).get("flakefleet:signing_key")
+    document = {**committed, "encryptionsalt": previous["encryptionsalt"],
+                "config": {**committed["config"], **({"flakefleet:signing_key": key} if key else {})}}
+    private_file(PULUMI_CONFIG, yaml.safe_dump(document, sort_keys=False))
+    pulumi(["stack", "select", STACK], env)
+    if key is None:  # the value goes on stdin, never on a command line
+        pulumi(["config", "set", "--secret", "flakefleet:signing_key", "--stack", STACK, "--config-file",
+                str(PULUMI_CONFIG)], env, stdin=fleet.signing_secret)
+        PULUMI_CONFIG.chmod(0o600)
+    return PULUMI_CONFIG
+
+
+def write_env_file(env: dict[str, str]) -> Path:
+    """.demo/env.sh (0600): every variable the demo ran pulumi and flakefleet with."""
+    names = ["PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_HOME", "PULUMI_SKIP_UPDATE_CHECK",
+             "FLAKEFLEET_FLAKE", "FLAKEFLEET_CACHE_DIR", "FLAKEFLEET_SSH_IDENTITY", "NIX_CONFIG"]
+    lines = [f"# make demo's environment: `source {shown(ENV_FILE)}`, then pulumi and flakefleet work on the demo's state.",
+             *(f"export {n}={shlex.quote(env[n])}" for n in names if n in env)]
+    return private_file(ENV_FILE, "\n".join(lines) + "\n")
+
+
+def with_pulumi(fleet, env: dict[str, str]) -> dict:
+    """`pulumi up --stack local` on a file backend under .demo/; returns the stack outputs."""
+    env = pulumi_env(env)
+    config = demo_config(fleet, env)
+    write_env_file(env)
+    if stream(["pulumi", "up", "--yes", "--skip-preview", "--stack", STACK, "--config-file", str(config)], env).returncode:
         raise SystemExit("demo: pulumi up failed (its output is above)")
-    out = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", STACK], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True)
+    out = pulumi(["stack", "output", "--json", "--show-secrets", "--stack", STACK], env)
     return json.loads(out.stdout)
 
 
@@ -248,15 +325,14 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     return {"nodes": nodes, "api_endpoint": inv.api_endpoint}
 
 
-def show(fleet, env: dict[str, str], outputs: dict, hosts, took: float) -> None:
+def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -> None:
     """Each host's generation and system, the cluster's nodes, and what to try next."""
-    outputs_file = DEMO / "outputs.json"
-    outputs_file.write_text(json.dumps(outputs, indent=2))
+    outputs_file = private_file(DEMO / "outputs.json", json.dumps(outputs, indent=2))  # it holds the kubeconfig
     print("\n=== the fleet")
     for name, host in hosts.items():
         gens = host.generations()
         print(f"{name:9} generation {gens[-1].split('-')[1] if gens else '-':>3}  {host.current_system() or '-'}")
-    print("\n=== drift (python -m flakefleet drift --outputs .demo/outputs.json)")
+    print(f"\n=== drift (python -m flakefleet drift --outputs {shown(outputs_file)})")
     stream([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file)], env)
     print("\n=== nodes, as the first control plane's k3s reports them (asked over pinned SSH, as the readiness gate "
           "does; the stand-in k3s has no API server to point the exported kubeconfig at)")
@@ -272,15 +348,32 @@ def show(fleet, env: dict[str, str], outputs: dict, hosts, took: float) -> None:
     if outputs.get("kubeconfig"):
         server = next((line.split()[-1] for line in outputs["kubeconfig"].splitlines() if "server:" in line), "?")
         print(f"kubeconfig output: context {outputs['kubeconfig'].split('current-context:')[-1].split()[0]}, server {server}")
-    print(f"\nAPI endpoint {outputs.get('api_endpoint')}; outputs in .demo/outputs.json. Up in {took:.0f} s.")
-    print("""
-Next:
+    print(f"\nAPI endpoint {outputs.get('api_endpoint')}; outputs in {shown(outputs_file)}. Up in {took:.0f} s.")
+    print(next_steps(engine))
+
+
+def next_steps(engine: bool) -> str:
+    """What to try next, as commands that work verbatim from the project directory."""
+    env, config, outputs, demo = shown(ENV_FILE), shown(PULUMI_CONFIG), shown(DEMO / "outputs.json"), shown(DEMO)
+    first = f"""
+The real engine on the demo's state (file backend, passphrase and signing key under {demo}/;
+the committed stacks/Pulumi.local.yaml holds no secret, the demo's copy does):
+  source {env}
+  pulumi preview --stack local --config-file {config} --diff
+  pulumi up --stack local --config-file {config}
+  pulumi refresh --stack local --config-file {config}
+  pulumi stack output --stack local""" if engine else """
+With the Pulumi CLI and its plugins on PATH (docs/operations.md says how to get them), `make demo`
+runs `pulumi up` instead and prints how to run pulumi on its state."""
+    return first + f"""
+
+Next (after `source {env}`):
   - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
     only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
-  - FLAKEFLEET_SSH_IDENTITY=.demo/deploy_ed25519 .venv/bin/python -m flakefleet drift --outputs .demo/outputs.json
+  - .venv/bin/python -m flakefleet drift --outputs {outputs}
   - after such a change, put a host back on its previous system, through the same confirm and dead-man path:
-    FLAKEFLEET_SSH_IDENTITY=.demo/deploy_ed25519 .venv/bin/python -m flakefleet rollback --stack local --host worker-0
-  - make demo-down    # stop the hosts, remove .demo/""")
+    .venv/bin/python -m flakefleet rollback --stack local --host worker-0
+  - make demo-down    # stop the hosts (every process of theirs), remove {demo}/"""
 
 
 def up() -> int:
@@ -294,30 +387,44 @@ def up() -> int:
     start = time.monotonic()
     _, _, inv = local_stack()
     fleet = demo_fleet()
-    hosts = start_hosts(fleet, inv)
+    try:
+        hosts = start_hosts(fleet, inv)
+    except RuntimeError as err:  # an address in use, an sshd that would not start
+        print(f"demo: {err}", file=sys.stderr)
+        return 1
     print(f"demo: hosts up: {', '.join(f'{h.name} {h.address}:{h.port}' for h in hosts.values())}")
     env = deployer_env(fleet)
+    write_env_file(env)
     missing = pulumi_tools()
-    outputs = None
     if not missing:
         outputs = with_pulumi(fleet, env)
-    if outputs is None:
-        print(f"demo: no Pulumi engine here ({', '.join(missing) or 'pulumi stack select failed'} not on PATH); "
-              "see docs/operations.md for the CLI and plugins. Delivering the same per-host plans in the same waves "
-              "with the same runner: a rollout WITHOUT Pulumi state.")
+    else:
+        print(f"demo: no Pulumi engine here ({', '.join(missing)} not on PATH; docs/operations.md says how to get "
+              "them). Delivering the same per-host plans in the same waves with the same runner: a rollout WITHOUT "
+              "Pulumi state.")
         outputs = without_pulumi(fleet, env, hosts)
-    show(fleet, env, outputs, hosts, time.monotonic() - start)
+    show(env, outputs, hosts, time.monotonic() - start, engine=not missing)
     return 0
 
 
 def down() -> int:
+    """Every process of every demo host (its sshd, sessions, a dead-man switch still waiting),
+    found by the host's mount namespace; then .demo/ is removed."""
+    from tests.testhosts import NAMESPACE_FILE, kill_namespace
+
     stopped = []
-    for pidfile in DEMO.glob("*/sshd.pid"):
-        if pid_alive(pidfile):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-            stopped.append(pidfile.parent.name)
+    for root in sorted(p for p in DEMO.glob("*") if p.is_dir()):
+        marker, pidfile = root / NAMESPACE_FILE, root / "sshd.pid"
+        if marker.exists():
+            namespace = marker.read_text().strip()
+        elif pid_alive(pidfile):  # a host started before namespaces were recorded
+            namespace = os.readlink(f"/proc/{pidfile.read_text().strip()}/ns/mnt")
+        else:
+            continue
+        if kill_namespace(namespace):
+            stopped.append(root.name)
     shutil.rmtree(DEMO, ignore_errors=True)
-    print(f"demo: stopped {', '.join(sorted(stopped)) or 'no hosts'}; removed .demo/")
+    print(f"demo: stopped {', '.join(sorted(stopped)) or 'no hosts'}; removed {shown(DEMO)}/")
     return 0
 
 

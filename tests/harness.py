@@ -23,6 +23,7 @@ from pulumi.runtime.sync_await import _sync_await
 from flakefleet.cache import PUBLISH_ENV, PublishReport
 from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, Report
 from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
@@ -79,7 +80,9 @@ class FleetMocks(pulumi.runtime.Mocks):
 
     def __init__(self, previous_outputs: dict | None = None):
         self.calls: list[tuple[str, dict]] = []
-        # What the stack's last update exported: the program reads it through a StackReference.
+        # What the stack's last update exported: the program reads it with the engine's builtin
+        # invoke `pulumi:pulumi:readStackOutputs` ({name, outputs, secretOutputNames}, as
+        # pkg/resource/deploy/builtins.go:readStackReference answers).
         self.previous_outputs = previous_outputs or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -117,8 +120,6 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(stdout=json.dumps(asdict(report)), stderr="")
         elif t == "command:local:Command":
             out.update(stdout="", stderr="")
-        elif t == "pulumi:pulumi:StackReference":
-            out.update(outputs=self.previous_outputs, secretOutputNames=[])
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
@@ -127,6 +128,8 @@ class FleetMocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         self.calls.append((args.token, dict(args.args)))
+        if args.token == "pulumi:pulumi:readStackOutputs":
+            return {"name": args.args["name"], "outputs": self.previous_outputs, "secretOutputNames": []}
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": AMI_ID, "architecture": "x86_64"}
         if args.token == "aws:index/getRegion:getRegion":
@@ -194,7 +197,9 @@ def run_program(
     """Run `__main__.py` with `config` (key -> JSON text) under mocks; raises what the program raises.
 
     Without `secret_keys`, a test signing key is added as `pulumi config set --secret` would hold it.
+    The program evaluates each pool's system with Nix: without it the test skips (fails in CI).
     """
+    require_tool("nix")
     monitor = monitor or RecordingMonitor(FleetMocks())
     pulumi.runtime.set_mocks(monitor.mocks, project="flakefleet", stack=stack, preview=preview, monitor=monitor)
     config = dict(config)

@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from tests.testhosts import TestHost, in_namespace, launch
+from tests.testhosts import TestHost, in_namespace, kill_namespace, launch
 
 
 def power_off(host: TestHost) -> None:
     """Every process of the host stops, sessions in flight included (they share its mount namespace)."""
     if host.proc is not None and host.proc.poll() is None:
-        namespace = os.readlink(f"/proc/{host.proc.pid}/ns/mnt")
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != host.proc.pid:
-                try:
-                    if os.readlink(entry / "ns" / "mnt") == namespace:
-                        os.kill(int(entry.name), signal.SIGKILL)
-                except OSError:
-                    pass  # gone meanwhile, or not ours to look at
+        kill_namespace(os.readlink(f"/proc/{host.proc.pid}/ns/mnt"), spare=host.proc.pid)
     host.stop()
 
 

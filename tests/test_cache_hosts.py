@@ -109,7 +109,7 @@ def test_hosts_substitute_from_the_cache_and_the_deployer_sends_no_store_bytes(s
         procs = [deliver(fleet, plan_for(fleet, h, system, substituters=(cache.url,))) for h in fleet.hosts]
         for host, proc in zip(fleet.hosts, procs):
             assert proc.returncode == 0, proc.stderr
-            assert report(proc)["bytes_copied"] == 0 and "from the binary cache" in proc.stdout
+            assert report(proc)["bytes_copied"] == 0 and "from the binary cache" in proc.stderr
             assert host.current_system() == system.out
         # Each host fetched the whole closure from the cache itself (it was uploaded once).
         assert cache.bytes_served >= len(fleet.hosts) * published.uploaded_bytes
@@ -132,7 +132,7 @@ def test_build_on_target_builds_on_the_host(systems, fleet):
     host = fleet.hosts[1]
     proc = deliver(fleet, plan_for(fleet, host, system, build="target"))
     assert proc.returncode == 0, proc.stderr
-    assert "built" in proc.stdout and "on the host itself" in proc.stdout
+    assert "built" in proc.stderr and "on the host itself" in proc.stderr
     assert report(proc)["bytes_copied"] == 0
     assert host.current_system() == system.out
     assert Path(system.drv).name in host.store_paths()  # the derivation went over, the result was built there
@@ -179,7 +179,7 @@ def test_a_target_pool_builds_once_and_its_other_hosts_substitute(systems, fleet
         proc = deliver(fleet, plan_for(fleet, second, system, build="target", await_build=True,
                                        substituters=(cache.url,)))
     assert proc.returncode == 0, proc.stderr
-    assert "built once for the pool" in proc.stdout and report(proc)["bytes_copied"] == 0
+    assert "built once for the pool" in proc.stderr and report(proc)["bytes_copied"] == 0
     assert second.current_system() == system.out
     assert Path(system.drv).name not in second.store_paths()  # substituted, not built again
 

@@ -96,3 +96,21 @@ def test_plan_with_outputs_names_the_hosts_that_reboot(tmp_path, capsys):
     assert main(["plan", "--stack", "local", "--outputs", str(tmp_path / "outputs.json")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[out.index("reboots:") + 1:] == ["  pool cp: kernel, initrd, modules, params change; cp-0 (wave 0) reboot"]
+
+
+def holds_a_secure_value(node) -> bool:
+    """Whether a stack file's config holds a Pulumi secret (`{secure: ...}`) anywhere."""
+    if isinstance(node, dict):
+        return set(node) == {"secure"} or any(holds_a_secure_value(v) for v in node.values())
+    return isinstance(node, list) and any(holds_a_secure_value(v) for v in node)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "stacks").glob("Pulumi.*.yaml")), ids=lambda p: p.name)
+def test_no_committed_stack_file_is_locked_to_a_passphrase_it_does_not_need(path):
+    """`encryptionsalt` ties a stack file to the passphrase that made it (`pulumi stack init` with
+    another one fails: "incorrect passphrase"). A file that holds no secret must not carry one."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text()) or {}
+    if "encryptionsalt" in document or "encryptedkey" in document:
+        assert holds_a_secure_value(document.get("config")), f"{path.name} has an encryption salt but no secret"

@@ -129,7 +129,7 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
     )
     proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
-    assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stdout
+    assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stderr
     start = next(l for l in k3s_log(fresh) if " start " in l)
     assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start
 

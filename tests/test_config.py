@@ -309,15 +309,15 @@ def test_region_required_for_ec2():
 
 def test_unknown_region_asks_for_explicit_zones():
     assert (
-        "aws:region: mars-north-1 is not in flakefleet's zone table; name its zones in network.availability_zones"
-        in problems(base(), region="mars-north-1")
+        "aws:region: mx-central-1 is not in flakefleet's zone table; name its zones in network.availability_zones"
+        in problems(base(), region="mx-central-1")
     )
 
 
 def test_unknown_region_with_explicit_zones_is_accepted():
     cfg = base()
-    cfg["network"] = {"availability_zones": ["mars-north-1a", "mars-north-1b", "mars-north-1c"]}
-    assert parse(cfg, region="mars-north-1").zones == ["mars-north-1a", "mars-north-1b", "mars-north-1c"]
+    cfg["network"] = {"availability_zones": ["mx-central-1a", "mx-central-1b", "mx-central-1c"]}
+    assert parse(cfg, region="mx-central-1").zones == ["mx-central-1a", "mx-central-1b", "mx-central-1c"]
 
 
 def test_world_access_is_accepted_with_explicit_opt_in():

@@ -174,7 +174,7 @@ def test_dropped_connection_during_activation_is_confirmed_over_a_new_one(fleet,
     finally:
         host.clear_fault()
     assert proc.returncode == 0, proc.stderr
-    assert "connection lost during activation" in proc.stdout
+    assert "connection lost during activation" in proc.stderr
     assert host.current_system() == systems["v4"].out
 
 

@@ -213,21 +213,25 @@ def test_ec2_host_keys_are_generated_and_installed_at_first_boot():
 
 
 @pytest.mark.parametrize(
-    ("signing_key", "secret_keys", "message"),
+    ("stack", "signing_key", "secret_keys", "message"),
     [
-        (None, [SIGNING_KEY], "flakefleet:signing_key: required; hosts accept only signed systems. Create it: nix key"),
-        ("oops", [SIGNING_KEY], "flakefleet:signing_key: not a Nix secret key"),
-        (TEST_SIGNING_KEY, [], "flakefleet:signing_key: must be a Pulumi secret, not plain config"),
+        ("staging", None, [SIGNING_KEY],
+         "flakefleet:signing_key: required; hosts accept only signed systems. Create it: nix key"),
+        # The demo's hosts trust the demo's key only: a new key in the committed file would not do.
+        ("local", None, [SIGNING_KEY], "flakefleet:signing_key: required; hosts accept only signed systems. For the "
+         "local demo, use the key `make demo` set: `source .demo/env.sh` and pass `--config-file .demo/Pulumi.local.yaml`"),
+        ("local", "oops", [SIGNING_KEY], "flakefleet:signing_key: not a Nix secret key"),
+        ("local", TEST_SIGNING_KEY, [], "flakefleet:signing_key: must be a Pulumi secret, not plain config"),
     ],
-    ids=["missing", "malformed", "plain"],
+    ids=["missing", "missing-on-the-demo-stack", "malformed", "plain"],
 )
-def test_signing_key_problems_stop_before_any_resource(signing_key, secret_keys, message):
-    config = read_stack_file("local")
+def test_signing_key_problems_stop_before_any_resource(stack, signing_key, secret_keys, message):
+    config = read_stack_file(stack)
     if signing_key is not None:
         config[SIGNING_KEY] = signing_key
     monitor = RecordingMonitor(FleetMocks())
     with pytest.raises(pulumi.RunError) as err:
-        run_program(config, stack="local", monitor=monitor, secret_keys=secret_keys)
+        run_program(config, stack=stack, monitor=monitor, secret_keys=secret_keys)
     assert message in str(err.value)
     assert "oops" not in str(err.value) and TEST_SIGNING_KEY not in str(err.value)  # never echo a secret
     assert monitor.records == []
@@ -342,8 +346,8 @@ def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
 
 
 def test_preview_names_the_hosts_that_reboot_for_a_new_kernel():
-    """The program reads its own last `boot` output (a StackReference to itself, as on the real
-    engine) and logs one line per pool whose boot files change, naming hosts and waves."""
+    """The program reads its own last `boot` output (the builtin invoke readStackOutputs, as on the
+    real engine) and logs one line per pool whose boot files change, naming hosts and waves."""
     from tests.harness import FleetMocks, RecordingMonitor
 
     first = run_stack("local")
@@ -454,3 +458,13 @@ def test_an_aarch64_pool_built_on_target_is_not_published_and_its_hosts_build():
     # Built once for the pool: its first host builds and pushes, the others wait and substitute.
     assert plans["arm-0"]["push"] == {"bucket": bucket, "region": "eu-west-1"} and not plans["arm-0"]["await_build"]
     assert all(plans[h]["await_build"] and plans[h]["push"] is None for h in ("arm-1", "arm-2"))
+
+
+def test_runner_reports_are_kept_in_state_but_not_logged():
+    """The runner writes progress on stderr and its JSON report on stdout: the delivery and
+    publish Commands log stderr only, so `pulumi up` prints each report line not at all (it
+    printed it twice: as the last progress line and again when the resource was done)."""
+    run = run_stack("staging")
+    logged = {r.name: r.inputs.get("logging") for r in run.of_type("command:local:Command")
+              if "-deliver-" in r.name or "-publish-" in r.name}
+    assert logged and set(logged.values()) == {"stderr"}, logged

@@ -73,7 +73,7 @@ def test_forced_replace_with_an_identical_plan_keeps_the_host_in_the_cluster(clu
     assert ops(steps["worker-0"]) == ["create", "delete"] and ops(steps["worker-1"]) == []
     created, deleted = steps["worker-0"]
     assert created.proc.returncode == 0 and deleted.proc.returncode == 0, deleted.proc.stderr
-    assert "superseded by a newer delivery; nothing to remove" in deleted.proc.stdout
+    assert "superseded by a newer delivery; nothing to remove" in deleted.proc.stderr
     assert drained(before, hosts["cp-0"]) == []  # no cordon, drain or Node deletion
     assert "retired" not in hosts["worker-0"].path("/var/lib/flakefleet/deliveries.log").read_text()
 
@@ -105,8 +105,8 @@ def test_a_replaced_instance_is_delivered_again_and_never_removed(cluster):
     assert ops(steps["worker-1"]) == ["update"], steps
     proc = steps["worker-1"][0].proc
     assert proc.returncode == 0, proc.stderr
-    assert "delivering: instance changed" in proc.stdout
-    assert "a new machine took worker-1's place: deleted its stale Node through cp-0" in proc.stdout
+    assert "delivering: instance changed" in proc.stderr
+    assert "a new machine took worker-1's place: deleted its stale Node through cp-0" in proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["instance"] == "i-0new"
     assert new.current_system() == plans["worker-1"].system
     calls = [l.split(" kubectl ", 1)[1] for l in drained(before, hosts["cp-0"])]
@@ -134,7 +134,7 @@ def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
     before = len(k3s_log(hosts["cp-0"]))
     step = commands["worker-1"].destroy()
     assert step.proc.returncode == 0, step.proc.stderr
-    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in step.proc.stdout
+    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in step.proc.stderr
     assert [l.split(" kubectl ", 1)[1] for l in drained(before, hosts["cp-0"])] == [
         "cordon worker-1",
         "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=5s",

@@ -351,8 +351,8 @@ def with_cluster(stack: str, **changes) -> dict:
 
 
 def test_a_cni_switch_of_a_running_cluster_is_refused_before_any_resource():
-    """The last update ran flannel, the stack now says cilium: one line, and nothing but the read
-    of the last update's outputs is registered (every component waits for the check)."""
+    """The last update ran flannel, the stack now says cilium: one line, and nothing is registered
+    (every component waits for the check; the last update's outputs are read by an invoke)."""
     from pulumi.errors import RunError
 
     from tests.harness import FleetMocks, RecordingMonitor
@@ -363,7 +363,18 @@ def test_a_cni_switch_of_a_running_cluster_is_refused_before_any_resource():
     assert str(err.value) == (
         "flakefleet:cluster.cni: the cluster runs flannel; switching a running cluster to cilium is refused "
         "(pods keep flannel's addresses and policies): rebuild the cluster with cilium (docs/nixos.md) or keep cni: flannel")
-    assert [r.urn.rsplit("::", 2)[1].split("$")[-1] for r in monitor.resources.values()] == ["pulumi:pulumi:StackReference"]
+    assert list(monitor.resources.values()) == []
+    assert "pulumi:pulumi:readStackOutputs" in [token for token, _ in monitor.mocks.calls]
+
+
+def test_the_last_update_is_read_by_an_invoke_not_a_resource():
+    """A StackReference to the stack itself was a resource whose outputs changed with every
+    update, so an unchanged preview showed them all as `~ outputs`: the program reads them with
+    the builtin invoke instead, naming its own stack, and registers no StackReference."""
+    run = run_stack("local")
+    assert not run.of_type("pulumi:pulumi:StackReference")
+    reads = [args["name"] for token, args in run.calls if token == "pulumi:pulumi:readStackOutputs"]
+    assert len(reads) == 1 and reads[0].endswith("/flakefleet/local")  # org/project/stack (no organization under mocks)
 
 
 @pytest.mark.parametrize("previous", [{}, {"cluster_cni": "cilium"}], ids=["first-update", "same-cni"])

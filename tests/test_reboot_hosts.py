@@ -65,7 +65,7 @@ def test_an_unchanged_kernel_switches_live(booted):
     for name in ("worker-0", "worker-1"):
         assert results[name].returncode == 0, results[name].stderr
         assert report(results[name])["outcome"] == "activated"
-        assert "rebooting" not in results[name].stdout
+        assert "rebooting" not in results[name].stderr
         assert hosts[name].current_system() == plans[name].system
     assert reboots.booted == boots  # no host rebooted
     assert {n: h.path("/run/booted-system").readlink() for n, h in hosts.items()} == booted_from
@@ -79,7 +79,7 @@ def test_a_new_kernel_drains_reboots_confirms_and_uncordons_wave_by_wave(booted)
     for name, host in hosts.items():
         assert results[name].returncode == 0, results[name].stderr
         assert report(results[name])["outcome"] == "rebooted"
-        assert "kernel, initrd, kernel-modules changed: rebooting into" in results[name].stdout
+        assert "kernel, initrd, kernel-modules changed: rebooting into" in results[name].stderr
         assert host.path("/run/booted-system").resolve() == host.path("/run/current-system").resolve()
         assert str(host.path("/run/booted-system").readlink()) == plans[name].system
         assert loader_default(host) == plans[name].system  # confirmed: the default from now on
@@ -136,7 +136,7 @@ def test_reboot_never_switches_live_and_reports_the_reboot_pending(booted):
     proc = deliver(fleet, plans["worker-1"])
     assert proc.returncode == 0, proc.stderr
     assert report(proc)["outcome"] == "activated" and report(proc)["reboot_pending"] is True
-    assert "reboot pending (kernel, initrd, kernel-modules changed, reboot: never)" in proc.stdout
+    assert "reboot pending (kernel, initrd, kernel-modules changed, reboot: never)" in proc.stderr
     host = hosts["worker-1"]
     assert host.current_system() == plans["worker-1"].system
     assert str(host.path("/run/booted-system").readlink()) != plans["worker-1"].system

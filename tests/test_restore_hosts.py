@@ -74,7 +74,7 @@ def test_first_control_plane_restores_the_snapshot_with_the_original_token(rebui
     assert "--etcd-s3 --etcd-s3-bucket ff-old-snapshots --etcd-s3-region eu-west-1 --etcd-s3-folder ff-local" in log[reset]
     start = next(i for i, line in enumerate(log) if " start server --token-file" in line)
     assert reset < start  # reset first, then k3s starts normally
-    assert "restored the cluster from the snapshot" in results["cp-0"].stdout
+    assert "restored the cluster from the snapshot" in results["cp-0"].stderr
     assert hosts["cp-0"].path("/var/lib/flakefleet/secrets/k3s-server-token").read_text() == ORIGINAL_TOKEN
 
 
@@ -84,7 +84,7 @@ def test_other_control_planes_wipe_their_etcd_then_join_after_the_restore(rebuil
     for name in ("cp-1", "cp-2"):
         db = hosts[name].path("/var/lib/rancher") / "k3s" / "server" / "db"
         assert not (db / "etcd" / "member-of-the-old-cluster").exists()  # wiped; k3s then made its own
-        assert "wiped the old etcd data" in results[name].stdout
+        assert "wiped the old etcd data" in results[name].stderr
         start = next(line for line in k3s_log(hosts[name]) if " start server" in line)
         assert float(start.split()[0]) > reset_at
         assert '"server": "https://127.0.0.61:6443"' in start
@@ -99,7 +99,7 @@ def test_a_restore_is_done_once(rebuilt):
     assert first.returncode == 0, first.stderr
     resets = sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"]))
     again = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert again.returncode == 0 and "nothing to do" in again.stderr
     assert sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"])) == resets >= 1
 
 
@@ -126,5 +126,5 @@ def test_an_in_place_restore_runs_even_when_nothing_else_changed(rebuilt):
     plan = replace(plans["cp-0"], restore_id=point.id, restore_args=point.k3s_args())
     proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
-    assert "restored the cluster from the snapshot" in proc.stdout
+    assert "restored the cluster from the snapshot" in proc.stderr
     assert any("--cluster-reset-restore-path=etcd-snapshot-cp-0-1790099999" in line for line in k3s_log(hosts["cp-0"]))

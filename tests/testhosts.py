@@ -195,6 +195,23 @@ def in_namespace(root: Path, command: str) -> list[str]:
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && {command}"]
 
 
+NAMESPACE_FILE = "mnt-namespace"  # under a host's root: its mount namespace, as /proc/PID/ns/mnt names it
+
+
+def kill_namespace(namespace: str, spare: int | None = None) -> int:
+    """SIGKILL every process in mount namespace `namespace` (`mnt:[4026...]`) but `spare`; how many."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != spare:
+            try:
+                if os.readlink(entry / "ns" / "mnt") == namespace:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+            except OSError:
+                pass  # gone meanwhile, or not ours to look at
+    return killed
+
+
 def launch(host: TestHost) -> None:
     """Start the host's sshd (its config under its root); returns when it accepts connections."""
     root = host.root
@@ -211,6 +228,8 @@ def launch(host: TestHost) -> None:
     if proc.poll() is not None:
         log = root / "sshd.log"
         raise RuntimeError(f"sshd of {host.name} exited: {proc.stderr.read().decode()} {log.read_text() if log.exists() else ''}")
+    # What stops every process of the host later, even ones its sshd no longer parents (make demo-down).
+    (root / NAMESPACE_FILE).write_text(os.readlink(f"/proc/{proc.pid}/ns/mnt"))
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ of reporting problems that are not there.
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -52,15 +53,76 @@ def key_path(*parts: Any) -> str:
 _REWRITES = {"missing": "required"}
 
 
-def _problem(path: str, error: dict, model: type[Model]) -> str:
-    # Drop the union/constraint tags pydantic adds for Optional[Annotated[...]] fields.
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+def _branches(annotation: Any) -> tuple[list[Any], bool]:
+    """The non-None alternatives of a type (Annotated unwrapped), and whether it was Optional."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args, len(args) < len(typing.get_args(annotation))
+    return [annotation], False
+
+
+def _clean_loc(model: type[Model], loc: tuple) -> tuple[tuple, bool]:
+    """The key path of an error, without the tags pydantic adds for a union's alternatives (and
+    for validators): walking the field types along `loc`, a union of several alternatives puts
+    one tag first, whatever it is called. Also whether the path went through such a union."""
+    out: list[Any] = []
+    current: Any = model
+    through_union = False
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        alternatives, _ = _branches(current)
+        if len(alternatives) > 1:  # `part` names the alternative that failed
+            through_union = True
+            current = next((a for a in alternatives if getattr(a, "__name__", str(a)) == part), Any)
+            continue
+        current = alternatives[0]
+        if isinstance(part, str) and (part.startswith("function-") or "[" in part) and not out:
+            continue
+        out.append(part)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(part) if isinstance(part, str) else None
+            current = info.annotation if info is not None else Any
+        elif typing.get_origin(current) is list and isinstance(part, int):
+            current = typing.get_args(current)[0]
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            current = Any
+    return tuple(out), through_union
+
+
+def _message(error: dict, model: type[Model], loc: tuple) -> str:
     message = _REWRITES.get(error["type"], error["msg"].removeprefix("Value error, "))
     if error["type"] == "extra_forbidden":
         message = "unknown key" + did_you_mean(str(loc[-1]), model.model_fields)
     elif error["type"] == "string_pattern_mismatch" and error["ctx"].get("pattern") == DNS_LABEL:
         message = "must be a lowercase DNS label (a-z, 0-9, '-', not starting or ending with '-')"
-    return f"{NAMESPACE}:{key_path(path, *loc)}: {message}"
+    return message
+
+
+def _problems(path: str, errors: list[dict], model: type[Model]) -> list[str]:
+    """One line per key path: the alternatives of a union that all failed become one line
+    (`Input should be a valid integer or a valid string`), not one per alternative."""
+    by_path: dict[str, list[str]] = {}
+    unions: set[str] = set()
+    for error in errors:
+        loc, through_union = _clean_loc(model, tuple(error["loc"]))
+        at = f"{NAMESPACE}:{key_path(path, *loc)}"
+        by_path.setdefault(at, []).append(_message(error, model, loc))
+        if through_union:
+            unions.add(at)
+    lines = []
+    for at, messages in by_path.items():
+        messages = list(dict.fromkeys(messages))
+        if at in unions and len(messages) > 1 and all(m.startswith("Input should be ") for m in messages):
+            wanted = [m.removeprefix("Input should be ").split(", ")[0] for m in messages]
+            lines.append(f"{at}: Input should be {' or '.join(dict.fromkeys(wanted))}")
+        else:
+            lines += [f"{at}: {m}" for m in messages]
+    return lines
 
 
 def _nested(model: type[Model], field: str) -> tuple[type[Model] | None, bool]:
@@ -85,7 +147,7 @@ def validate(model: type[Model], value: Any, path: str) -> tuple[Any, list[str],
         return model.model_validate(value), [], set()
     except ValidationError as err:
         if not isinstance(value, dict):
-            return None, [_problem(path, e, model) for e in err.errors(include_url=False)], {path}
+            return None, _problems(path, err.errors(include_url=False), model), {path}
         errors = err.errors(include_url=False)
     problems: list[str] = []
     dropped: set[str] = set()
@@ -112,7 +174,7 @@ def validate(model: type[Model], value: Any, path: str) -> tuple[Any, list[str],
             else:
                 kept[field] = partial.model_dump()
         else:
-            problems += [_problem(path, e, model) for e in errors if e["loc"] and e["loc"][0] == field]
+            problems += _problems(path, [e for e in errors if e["loc"] and e["loc"][0] == field], model)
             kept.pop(field, None)
             if field in model.model_fields:
                 dropped.add(at)
@@ -120,6 +182,6 @@ def validate(model: type[Model], value: Any, path: str) -> tuple[Any, list[str],
         return model.model_validate(kept), list(dict.fromkeys(problems)), dropped
     except ValidationError as err:
         # A required field was dropped (already reported) or missing (reported now).
-        again = [_problem(path, e, model) for e in err.errors(include_url=False)
-                 if key_path(path, *e["loc"][:1]) not in dropped]
+        again = _problems(path, [e for e in err.errors(include_url=False)
+                                 if key_path(path, *e["loc"][:1]) not in dropped], model)
         return None, list(dict.fromkeys(problems + again)), dropped | {path}

@@ -90,8 +90,10 @@ def check(stack: Parsed) -> list[str]:
         return []
     p = f"{NAMESPACE}:"
     problems: list[str] = []
-    nets = [("cluster.pod_cidr", cluster.pod_cidr), ("cluster.service_cidr", cluster.service_cidr)]
-    if stack.uses_ec2:
+    # Only ranges as written: a dropped (invalid) one would be compared as its default.
+    nets = [(key, net) for key, net in (("cluster.pod_cidr", cluster.pod_cidr), ("cluster.service_cidr", cluster.service_cidr))
+            if stack.known(key)]
+    if stack.uses_ec2 and stack.known("network.vpc_cidr"):
         nets.insert(0, ("network.vpc_cidr", stack.network.vpc_cidr))
     for a in range(len(nets)):
         for b in range(a + 1, len(nets)):
@@ -102,7 +104,7 @@ def check(stack: Parsed) -> list[str]:
             for key, net in nets:
                 if host.address in net:
                     problems.append(f"{p}pools[{i}].hosts[{j}].address: {host.address} lies inside {key} {net}")
-    if stack.pools_complete:
+    if stack.pools_complete and stack.known("cluster.pod_cidr"):
         nodes = sum(pool.size for _, pool in stack.valid_pools)
         room = 2 ** max(0, NODE_CIDR_PREFIX - cluster.pod_cidr.prefixlen)
         if cluster.pod_cidr.prefixlen > NODE_CIDR_PREFIX or nodes > room:
@@ -111,9 +113,12 @@ def check(stack: Parsed) -> list[str]:
                 f"nodes at k3s' /24 per node, but the stack has {nodes} hosts; use a shorter prefix "
                 f"(e.g. /{max(8, NODE_CIDR_PREFIX - max(nodes - 1, 1).bit_length())})"
             )
-    if cluster.cni != "cilium" and "cilium" in cluster.model_fields_set:
-        problems.append(f"{p}cluster.cilium: only with cni: cilium (this cluster's CNI is {cluster.cni})")
-    problems += _ports_problems(cluster)
     if cluster.api_address is not None and stack.uses_ec2:
         problems.append(f"{p}cluster.api_address: only for bring-your-own fleets; on AWS the API load balancer is the address")
+    if not stack.known("cluster.cni"):
+        return problems  # its own line says what is wrong with it; what depends on it is unknown
+    if cluster.cni != "cilium" and "cilium" in cluster.model_fields_set:
+        problems.append(f"{p}cluster.cilium: only with cni: cilium (this cluster's CNI is {cluster.cni})")
+    if stack.known("cluster.cilium"):
+        problems += _ports_problems(cluster)
     return problems

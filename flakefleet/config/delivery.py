@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 
 from flakefleet.config.base import NAMESPACE, Model
-from flakefleet.config.rules import host_key_problem, ssh_key_problem
+from flakefleet.config.rules import ANY_HOST_KEY_TYPES, bucket_problem, host_key_problem, region_problem, ssh_key_problem
 
 if TYPE_CHECKING:
     from flakefleet.config.stack import Parsed
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 DEMO_DEPLOY_KEY_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIGr/rz51whyC4sjXBa3r/qVn4aXg9/UhhhPgsRXYfnUC"
 
 
+BUILD_MODES = ("local", "target")
 ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -130,45 +131,89 @@ class DeliveryConfig(Model):
         return pool_build or self.build
 
     def builder(self, name: str) -> BuilderConfig | None:
+        """The builder a build names; none for the modes `local` and `target`, which a builder
+        may not be named (the rules refuse such a builder)."""
+        if name in BUILD_MODES:
+            return None
         return next((b for b in self.builders if b.name == name), None)
 
 
-def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
-    """Every pool's build names a way to build its architecture: this deployer's own, a target
-    build, or a builder that builds it natively."""
-    p = f"{NAMESPACE}:"
-    delivery = stack.delivery or DeliveryConfig()
-    if not stack.known("delivery.build") or not stack.known("delivery.builders"):
-        return []
-    arch = arch or deployer_arch()
-    problems = []
-    for b, builder in enumerate(delivery.builders):
-        if builder.name in ("local", "target"):
-            problems.append(f"{p}delivery.builders[{b}].name: `{builder.name}` is a build mode; name the builder otherwise")
-        if (why := host_key_problem(builder.host_key)) is not None:
-            problems.append(f"{p}delivery.builders[{b}].host_key: {why}")
-    names = [b.name for b in delivery.builders]
-    for i, pool in stack.valid_pools:
-        if not (stack.known(f"pools[{i}].build") and stack.known(f"pools[{i}].arch")):
-            continue  # its own line says what is wrong there
-        where = f"{p}pools[{i}].build" if pool.build else f"{p}delivery.build"
-        build = delivery.build_of(pool.build)
-        if build not in ("local", "target") and build not in names:
-            known = ", ".join(names) or "none defined"
-            problems.append(f"{where}: `{build}` is neither `local`, `target` nor a builder (delivery.builders: {known})")
-        elif build == "local" and pool.arch != arch:
-            problems.append(
-                f"{where}: pool {pool.name} is {pool.arch} and this deployer is {arch}, so it cannot build its system "
+def _builder_names(stack: Parsed, delivery: DeliveryConfig) -> tuple[dict[str, int], set[str] | None]:
+    """The builders as written: valid name -> index, and the names of builders dropped for a bad
+    field (None when `delivery.builders` itself was dropped: no name can be told unknown)."""
+    if "delivery.builders" in stack.dropped:
+        return {}, None
+    written = stack.written("delivery.builders")
+    valid = {b.name: i for i, b in stack.indexed("delivery.builders", delivery.builders)}
+    dropped = {item.get("name") for item in written if isinstance(item, dict) and isinstance(item.get("name"), str)
+               } - set(valid) if isinstance(written, list) else set()
+    return valid, dropped
+
+
+def _builders(stack: Parsed, delivery: DeliveryConfig) -> list[str]:
+    """Each builder: a name that is not a mode and not another builder's, a host key of a type sshd serves."""
+    p = f"{NAMESPACE}:delivery.builders"
+    problems, seen = [], {}
+    for b, builder in stack.indexed("delivery.builders", delivery.builders):
+        if builder.name in BUILD_MODES:
+            problems.append(f"{p}[{b}].name: `{builder.name}` is a build mode; name the builder otherwise")
+        elif builder.name in seen:
+            problems.append(f"{p}[{b}].name: duplicate builder name {builder.name!r} (also builders[{seen[builder.name]}])")
+        seen.setdefault(builder.name, b)
+        if (why := host_key_problem(builder.host_key, ANY_HOST_KEY_TYPES)) is not None:
+            problems.append(f"{p}[{b}].host_key: {why}")
+    return problems
+
+
+def _pool_build(where: str, pool, build: str, arch: str, delivery: DeliveryConfig,
+                names: dict[str, int], dropped: set[str] | None) -> str | None:
+    """What is wrong with where one pool is built, or None."""
+    if build not in BUILD_MODES and build not in names:
+        if dropped is None or build in dropped:
+            return None  # the builder exists but has a bad field (its own line), or the list is unknown
+        known = ", ".join(names) or "none defined"
+        return f"{where}: `{build}` is neither `local`, `target` nor a builder (delivery.builders: {known})"
+    if build == "local" and pool.arch != arch:
+        return (f"{where}: pool {pool.name} is {pool.arch} and this deployer is {arch}, so it cannot build its system "
                 f"here: set `build: target` (the hosts build it), or `build: <builder>` with an {pool.arch} builder in "
-                f"delivery.builders, or deploy from an {pool.arch} machine"
-            )
-        elif (builder := delivery.builder(build)) is not None and pool.arch not in builder.systems:
-            problems.append(f"{where}: builder {build} builds {', '.join(builder.systems)}, not {pool.arch} (pool {pool.name})")
+                f"delivery.builders, or deploy from an {pool.arch} machine")
+    if (builder := delivery.builder(build)) is not None and pool.arch not in builder.systems:
+        return f"{where}: builder {build} builds {', '.join(builder.systems)}, not {pool.arch} (pool {pool.name})"
+    return None
+
+
+def _cache(stack: Parsed, delivery: DeliveryConfig) -> list[str]:
+    """The cache's URLs are http(s), its bucket a bucket name, its region a region."""
+    p = f"{NAMESPACE}:delivery.cache"
+    problems = []
     for u, url in enumerate([delivery.cache.url, *delivery.cache.upstreams]):
         if url is not None and not url.startswith(("http://", "https://")):
             key = "url" if u == 0 else f"upstreams[{u - 1}]"
-            problems.append(f"{p}delivery.cache.{key}: `{url}` is not an http(s) URL")
+            problems.append(f"{p}.{key}: `{url}` is not an http(s) URL")
+    if delivery.cache.bucket is not None and (why := bucket_problem(delivery.cache.bucket)) is not None:
+        problems.append(f"{p}.bucket: {why}")
+    if delivery.cache.region is not None and (why := region_problem(delivery.cache.region)) is not None:
+        problems.append(f"{p}.region: {why}")
     return problems
+
+
+def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
+    """Builders that cannot work, and every pool's build naming a way to build its architecture:
+    this deployer's own, a target build, or a builder that builds it natively."""
+    p = f"{NAMESPACE}:"
+    delivery = stack.delivery or DeliveryConfig()
+    arch = arch or deployer_arch()
+    problems = _builders(stack, delivery)
+    names, dropped = _builder_names(stack, delivery)
+    for i, pool in stack.valid_pools:
+        if not (stack.known(f"pools[{i}].build") and stack.known(f"pools[{i}].arch")):
+            continue  # its own line says what is wrong there
+        if pool.build is None and not stack.known("delivery.build"):
+            continue
+        where = f"{p}pools[{i}].build" if pool.build else f"{p}delivery.build"
+        if (why := _pool_build(where, pool, delivery.build_of(pool.build), arch, delivery, names, dropped)) is not None:
+            problems.append(why)
+    return problems + _cache(stack, delivery)
 
 
 def check(stack: Parsed) -> list[str]:

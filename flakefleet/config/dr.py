@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from flakefleet.config.base import NAMESPACE, DnsLabel, Model
-from flakefleet.config.rules import cron_problem
+from flakefleet.config.rules import bucket_problem, cron_problem, region_problem
 
 if TYPE_CHECKING:
     from flakefleet.config.stack import Parsed
@@ -47,11 +47,16 @@ def check(stack: Parsed) -> list[str]:
     problems = []
     if (why := cron_problem(dr.snapshot_schedule)) is not None:
         problems.append(f"{p}dr.snapshot_schedule: {why}")
+    if dr.restore_bucket is not None and (why := bucket_problem(dr.restore_bucket)) is not None:
+        problems.append(f"{p}dr.restore_bucket: {why}")
+    if dr.restore_region is not None and (why := region_problem(dr.restore_region)) is not None:
+        problems.append(f"{p}dr.restore_region: {why}")
     if dr.restore_from is None:
         return problems
-    if dr.restore_bucket is None:
+    if dr.restore_bucket is None and stack.known("dr.restore_bucket"):
         problems.append(f"{p}dr.restore_from: needs dr.restore_bucket, the bucket holding the snapshot")
-    providers = {pool.provider for i, pool in stack.valid_pools if pool.role == "control-plane"}
+    providers = {pool.provider for i, pool in stack.valid_pools
+                 if pool.role == "control-plane" and stack.known(f"pools[{i}].provider")}
     if providers and providers != {"ec2"}:
         problems.append(f"{p}dr.restore_from: restoring from S3 needs the control planes on EC2 (their instance profile "
                         "reads the snapshot; flakefleet stores no keys)")

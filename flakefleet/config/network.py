@@ -42,6 +42,13 @@ class NetworkConfig(Model):
     flow_logs: bool = Field(True, description="VPC flow logs to an S3 bucket (CIS AWS 3.7). Default `true`.")
 
 
+def zone_names(network: NetworkConfig, region: str | None) -> tuple[list[str], int]:
+    """The zones hosts can be spread over (named, else the region's from the zone table) and how
+    many of them the stack uses (`az_count`, else all that are named, else one)."""
+    names = network.availability_zones or region_zones(region or "") or []
+    return names, network.az_count or (len(network.availability_zones or []) or 1)
+
+
 def _zones(network: NetworkConfig, region: str) -> list[str]:
     p = f"{NAMESPACE}:"
     problems = []
@@ -77,7 +84,7 @@ def check(stack: Parsed) -> list[str]:
             problems.append(f"{p}network.vpc_cidr: prefix /{network.vpc_cidr.prefixlen} out of range; use /16 to /22")
         if stack.region is None:
             problems.append("aws:region: required when a pool runs on EC2")
-        else:
+        elif stack.region_known and stack.known("network.availability_zones") and stack.known("network.az_count"):
             problems += _zones(network, stack.region)
     for key in ("admin_cidrs", "api_cidrs"):
         for k, net in enumerate(getattr(network, key)):

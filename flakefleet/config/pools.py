@@ -12,14 +12,18 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from flakefleet.addresses import PoolBlocks, allocate_blocks, block_size
 from flakefleet.aws_catalog import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
 from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role
+from flakefleet.config.network import zone_names
 from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
 
 if TYPE_CHECKING:
     from flakefleet.config.stack import Parsed
 
 MAX_HOST_NAME = 63  # a DNS label: host and Kubernetes node name
+# What `gpu: nvidia` adds to a pool's nodes (nixos/hardware/nvidia.nix: services.k3s.nodeTaint).
+GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
 
 
 class Taint(Model):
@@ -187,6 +191,25 @@ def _one_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     for j, taint in stack.indexed(f"pools[{i}].taints", pool.taints):
         if (why := label_problem(taint.key, taint.value, kubelet_label=False)) is not None:
             problems.append(f"{at}.taints[{j}]: {why.replace('label', 'taint')}")
+    return problems + _taints_unique(stack, i, pool)
+
+
+def _taints_unique(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
+    """Kubernetes refuses a Node with two taints of one key and effect (pkg/apis/core/validation:
+    "taints must be unique by key and effect pair"), and k3s' node then never registers; the
+    GPU taint that `gpu: nvidia` adds counts as one of the pool's taints."""
+    at = f"{NAMESPACE}:pools[{i}].taints"
+    problems, seen = [], {}
+    gpu = pool.gpu is not None and stack.known(f"pools[{i}].gpu")
+    for j, taint in stack.indexed(f"pools[{i}].taints", pool.taints):
+        pair = (taint.key, taint.effect)
+        if gpu and pair == (GPU_TAINT[0], GPU_TAINT[2]):
+            problems.append(f"{at}[{j}]: `gpu: nvidia` adds the taint {GPU_TAINT[0]}={GPU_TAINT[1]}:{GPU_TAINT[2]} "
+                            "itself; remove this one (Kubernetes refuses two taints of one key and effect)")
+        elif pair in seen:
+            problems.append(f"{at}[{j}]: a second {taint.key}:{taint.effect} taint (also taints[{seen[pair]}]); "
+                            "Kubernetes refuses two taints of one key and effect: keep one")
+        seen.setdefault(pair, j)
     return problems
 
 
@@ -240,3 +263,23 @@ def check(stack: Parsed) -> list[str]:
     """Each pool alone, then names and addresses across pools, then the control planes."""
     problems = [line for i, pool in stack.valid_pools for line in _one_pool(stack, i, pool)]
     return problems + _unique(stack) + _control_planes(stack)
+
+
+def placement(stack: Parsed) -> list[str]:
+    """The EC2 pools fit the VPC's address blocks (flakefleet/addresses.py), reported with the
+    stack's other problems, when everything placement reads is known: each EC2 pool's count and
+    pin, the VPC range, and the zones (their own rules report what is wrong with them)."""
+    network = stack.network
+    if not (stack.uses_ec2 and stack.pools_complete and stack.region_known):
+        return []
+    if not all(stack.known(f"network.{f}") for f in ("vpc_cidr", "az_count", "availability_zones")):
+        return []
+    if not 16 <= network.vpc_cidr.prefixlen <= 22:
+        return []  # network.check says so
+    names, count = zone_names(network, stack.region)
+    if not names or count > len(names):
+        return []  # network.check says so
+    pools = [PoolBlocks(i, pool.name, pool.count or 0, pool.ip_block) for i, pool in stack.valid_pools
+             if pool.provider == "ec2" and stack.known(f"pools[{i}].ip_block")]
+    _, problems = allocate_blocks(pools, count, block_size(network.vpc_cidr.prefixlen), f"{NAMESPACE}:")
+    return problems

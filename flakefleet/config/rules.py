@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+import functools
 import re
 from datetime import datetime
 from ipaddress import IPv4Address
@@ -29,6 +31,9 @@ AUTHORIZED_KEY_TYPES = tuple(_BLOBS)
 # nixos/common/openssh.nix serves exactly one host key, ed25519: a pin of another type would
 # stop matching the first time the host runs our system.
 HOST_KEY_TYPES = ("ssh-ed25519",)
+# A build host is not one of ours (its sshd serves whatever host keys it has): any host key
+# type OpenSSH serves (security-key types are user keys only).
+ANY_HOST_KEY_TYPES = tuple(k for k in _BLOBS if not k.startswith("sk-"))
 
 
 def _read_string(blob: bytes, at: int) -> tuple[bytes | None, int]:
@@ -69,8 +74,10 @@ def ssh_key_problem(line: str, allowed: tuple[str, ...] = AUTHORIZED_KEY_TYPES) 
     if len(parts) < 2 or parts[0] not in _BLOBS:
         return f"must be an OpenSSH public key line '<type> <base64>' with type one of {', '.join(sorted(allowed))}"
     if parts[0] not in allowed:
-        return (f"a {parts[0]} key, but the hosts serve only an {' or '.join(allowed)} host key "
-                "(nixos/common/openssh.nix): pin /etc/ssh/ssh_host_ed25519_key.pub")
+        if allowed == HOST_KEY_TYPES:
+            return (f"a {parts[0]} key, but the hosts serve only an {' or '.join(allowed)} host key "
+                    "(nixos/common/openssh.nix): pin /etc/ssh/ssh_host_ed25519_key.pub")
+        return f"a {parts[0]} key cannot be a host key; use one of {', '.join(allowed)}"
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
@@ -78,9 +85,10 @@ def ssh_key_problem(line: str, allowed: tuple[str, ...] = AUTHORIZED_KEY_TYPES) 
     return _blob_problem(parts[0], blob)
 
 
-def host_key_problem(line: str) -> str | None:
-    """Why `line` cannot be pinned as a host's key, or None."""
-    return ssh_key_problem(line, HOST_KEY_TYPES)
+def host_key_problem(line: str, allowed: tuple[str, ...] = HOST_KEY_TYPES) -> str | None:
+    """Why `line` cannot be pinned as a host's key (of a fleet host: ed25519; of another host,
+    such as a builder: `ANY_HOST_KEY_TYPES`), or None."""
+    return ssh_key_problem(line, allowed)
 
 
 # ----------------------------------------------------------------------------- labels and taints
@@ -132,6 +140,55 @@ def label_problem(key: str, value: str, kubelet_label: bool = True) -> str | Non
         return ("kubelets may set only their own labels under kubernetes.io/ and k8s.io/ (e.g. "
                 "topology.kubernetes.io/zone, node.kubernetes.io/*); use node.kubernetes.io/ or your own prefix")
     return None
+
+
+# ----------------------------------------------------------------------------- AWS names
+
+# Amazon S3's general purpose bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 characters of a-z, 0-9, '.', '-'; a letter or digit at both ends;
+# no '..'; not an IPv4 address; reserved prefixes and suffixes.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def bucket_problem(name: str) -> str | None:
+    """Why `name` is not an S3 bucket name (the name alone, not a URL or ARN), or None."""
+    for scheme in ("s3://", "arn:aws:s3:::", "https://", "http://"):
+        if name.startswith(scheme):
+            bare = name[len(scheme):].split("/", 1)[0].split("?", 1)[0]
+            return f"`{name}` is a URL or ARN; give the bucket's name alone (`{bare}`)"
+    if not _BUCKET.match(name):
+        return (f"`{name}` is not an S3 bucket name: 3-63 characters of lowercase letters, digits, '.' and '-', "
+                "starting and ending with a letter or digit")
+    if ".." in name:
+        return f"`{name}` is not an S3 bucket name: two adjacent periods"
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
+        return f"`{name}` is not an S3 bucket name: it is formatted as an IP address"
+    if name.startswith(_BUCKET_PREFIXES) or name.endswith(_BUCKET_SUFFIXES):
+        return f"`{name}` is not an S3 bucket name: S3 reserves its prefix or suffix"
+    return None
+
+
+@functools.cache
+def _partitions() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each AWS partition's region pattern and its regions, from botocore's endpoint data."""
+    import botocore.session
+
+    data = botocore.session.get_session().get_data("endpoints")
+    return tuple((p["regionRegex"], tuple(p["regions"])) for p in data["partitions"])
+
+
+def region_problem(region: str) -> str | None:
+    """Why `region` is not an AWS region, or None: a region botocore lists, or one newer than this
+    botocore that follows a partition's region pattern with a direction regions use (east, ...)."""
+    known = [r for _, regions in _partitions() for r in regions]
+    directions = {r.rsplit("-", 2)[-2] for r in known}
+    if region in known or (any(re.match(pattern, region) for pattern, _ in _partitions())
+                           and region.rsplit("-", 2)[-2] in directions):
+        return None
+    close = difflib.get_close_matches(region, known, n=1, cutoff=0.8)
+    return f"`{region}` is not an AWS region" + (f" (did you mean {close[0]}?)" if close else "")
 
 
 # ----------------------------------------------------------------------------- addresses and schedules

@@ -17,14 +17,14 @@ from typing import Any
 
 from pydantic import Field
 
-from flakefleet.aws_catalog import region_zones
 from flakefleet.config import cluster, delivery, dr, network, pools, storage, workloads
 from flakefleet.config.base import NAMESPACE, ConfigError, Model, did_you_mean, validate
 from flakefleet.config.cluster import ClusterConfig
 from flakefleet.config.delivery import DeliveryConfig
 from flakefleet.config.dr import DrConfig
-from flakefleet.config.network import NetworkConfig
+from flakefleet.config.network import NetworkConfig, zone_names
 from flakefleet.config.pools import PoolConfig
+from flakefleet.config.rules import region_problem
 from flakefleet.config.storage import StorageConfig
 from flakefleet.config.workloads import WorkloadConfig
 
@@ -73,8 +73,7 @@ class StackConfig(Model):
     @property
     def zones(self) -> list[str]:
         """Zones hosts are spread over, in order."""
-        names = self.network.availability_zones or region_zones(self.region or "") or []
-        count = self.network.az_count or (len(self.network.availability_zones or []) or 1)
+        names, count = zone_names(self.network, self.region)
         return names[:count]
 
 
@@ -91,8 +90,40 @@ STACK_KEYS: dict[str, type[Model] | None] = {
 }
 SECRET_STRING_KEYS = ("signing_key", "server_token")
 REQUIRED_KEYS = ("cluster", "pools")
-RULES = (pools.check, cluster.check, network.check, storage.check, dr.check, delivery.check, delivery.build_problems,
-         workloads.check)
+# The local stack's fleet runs on `make demo`'s test hosts, which trust the demo's own signing key.
+DEMO_SECRETS_HOWTO = ("For the local demo, use the key `make demo` set: `source .demo/env.sh` and pass "
+                      "`--config-file .demo/Pulumi.local.yaml` (docs/operations.md)")
+
+
+def _secrets(stack: Parsed) -> list[str]:
+    """Under Pulumi (secret keys known): the signing key given, well-formed and a Pulumi secret;
+    a server token, when given, a Pulumi secret."""
+    if stack.secret_keys is None:
+        return []
+    problems = []
+    if stack.raw.get("server_token") is not None and f"{NAMESPACE}:server_token" not in stack.secret_keys:
+        problems.append(f"{NAMESPACE}:server_token: must be a Pulumi secret, not plain config: "
+                        f"pulumi config set --secret {NAMESPACE}:server_token ...")
+    at, signing_key = f"{NAMESPACE}:signing_key", stack.raw.get("signing_key")
+    if signing_key is None:
+        howto = DEMO_SECRETS_HOWTO if stack.loopback_fleet else f"Create it: {SIGNING_KEY_HOWTO}"
+        problems.append(f"{at}: required; hosts accept only signed systems. {howto}")
+    elif not isinstance(signing_key, str) or not SIGNING_KEY.match(signing_key.strip()):
+        problems.append(f"{at}: not a Nix secret key (name:base64 of 64 bytes, from nix key generate-secret)")
+    elif at not in stack.secret_keys:
+        problems.append(f"{at}: must be a Pulumi secret, not plain config: pulumi config set --secret {at} ...")
+    return problems
+
+
+def _region(stack: Parsed) -> list[str]:
+    """`aws:region`, when given, is a region (the zone table and the buckets need one)."""
+    if stack.region is not None and (why := region_problem(stack.region)) is not None:
+        return [f"aws:region: {why}"]
+    return []
+
+
+RULES = (_secrets, _region, pools.check, pools.placement, cluster.check, network.check, storage.check, dr.check, delivery.check,
+         delivery.build_problems, workloads.check)
 LIST_KEYS = {"pools": PoolConfig, "workloads": WorkloadConfig}
 SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
 SIGNING_KEY_HOWTO = "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
@@ -109,6 +140,23 @@ class Parsed:
     secrets_given: set[str]
     present: set[str] = field(default_factory=set)
     workloads: list[WorkloadConfig] = field(default_factory=list)
+    secret_keys: set[str] | None = None
+    """The config keys Pulumi holds as secrets (None: offline planning, no secret needed)."""
+    raw: dict[str, Any] = field(default_factory=dict)
+    """Each key's value as written (decoded from JSON), for rules that must see what was dropped
+    (the names of builders that have a bad field, say)."""
+
+    def written(self, path: str) -> Any:
+        """The value at a dotted key path as the stack file has it (None when absent or not a mapping)."""
+        node: Any = self.raw
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    @property
+    def region_known(self) -> bool:
+        """Whether `aws:region` is given and is a region (else its own line says so)."""
+        return self.region is not None and region_problem(self.region) is None
 
     def given(self, key: str) -> bool:
         """Whether the stack file sets `key` at all."""
@@ -191,8 +239,8 @@ def _one_edit(a: str, b: str) -> bool:
     return any(long_[:k] + long_[k + 1:] == short for k in range(len(long_)))
 
 
-def _read_keys(raw: Mapping[str, Any], secret_keys: set[str] | None) -> tuple[dict[str, Any], list[str]]:
-    """The stack's own keys, decoded; problems with key names, namespaces and secrets."""
+def _read_keys(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The stack's own keys, decoded; problems with key names and namespaces."""
     problems: list[str] = []
     values: dict[str, Any] = {}
     for full_key in sorted(raw):
@@ -206,17 +254,6 @@ def _read_keys(raw: Mapping[str, Any], secret_keys: set[str] | None) -> tuple[di
             problems.append(f"{full_key}: unknown stack key{did_you_mean(key, STACK_KEYS)} (known: {', '.join(STACK_KEYS)})")
             continue
         values[key] = raw[full_key] if key in SECRET_STRING_KEYS else _decode(raw[full_key])
-    if values.get("server_token") is not None and secret_keys is not None and f"{NAMESPACE}:server_token" not in secret_keys:
-        problems.append(f"{NAMESPACE}:server_token: must be a Pulumi secret, not plain config: "
-                        f"pulumi config set --secret {NAMESPACE}:server_token ...")
-    if secret_keys is not None:
-        at, signing_key = f"{NAMESPACE}:signing_key", values.get("signing_key")
-        if signing_key is None:
-            problems.append(f"{at}: required; hosts accept only signed systems. Create it: {SIGNING_KEY_HOWTO}")
-        elif not isinstance(signing_key, str) or not SIGNING_KEY.match(signing_key.strip()):
-            problems.append(f"{at}: not a Nix secret key (name:base64 of 64 bytes, from nix key generate-secret)")
-        elif at not in secret_keys:
-            problems.append(f"{at}: must be a Pulumi secret, not plain config: pulumi config set --secret {at} ...")
     problems += [f"{NAMESPACE}:{key}: required" for key in REQUIRED_KEYS if key not in values]
     return values, problems
 
@@ -255,9 +292,9 @@ def parse_stack_config(
     signing key is required and must be one of them. Without it (offline planning) secrets
     are not needed. Raises ConfigError with every problem found, one line each.
     """
-    values, problems = _read_keys(raw, secret_keys)
+    values, problems = _read_keys(raw)
     secrets_given = {k for k in SECRET_STRING_KEYS if values.get(k) is not None}
-    parsed = Parsed({}, [], set(), region, secrets_given, set(values))
+    parsed = Parsed({}, [], set(), region, secrets_given, set(values), raw=values, secret_keys=secret_keys)
     problems += _validate_keys(values, parsed)
     # A field already reported as invalid was dropped; the rules do not report it again.
     reported = {line.split(": ", 1)[0] for line in problems}

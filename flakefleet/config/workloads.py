@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from flakefleet.config.base import NAMESPACE, DnsLabel, Model, did_you_mean
+from flakefleet.flake import resolve_flake, workload_names
 
 if TYPE_CHECKING:
     from flakefleet.config.stack import Parsed
@@ -28,11 +29,17 @@ class WorkloadConfig(Model):
 
 
 def check(stack: Parsed) -> list[str]:
-    """Pools that do not exist, pools without hosts, a workload listed twice."""
+    """Workloads the flake does not have, pools that do not exist, pools without hosts, a workload
+    listed twice."""
     p = f"{NAMESPACE}:workloads"
     pools = {pool.name: pool for _, pool in stack.valid_pools}
     problems, seen = [], {}
+    flake = resolve_flake(stack.delivery.flake if stack.delivery else None)
+    offered = workload_names(flake) if stack.known("delivery.flake") else None
     for i, workload in stack.indexed("workloads", [w for w in stack.workloads if w is not None]):
+        if offered is not None and workload.name not in offered:
+            problems.append(f"{p}[{i}].name: the flake has no workload {workload.name!r}{did_you_mean(workload.name, offered)} "
+                            f"({flake.name}/workloads/ has: {', '.join(offered) or 'none'})")
         if workload.name in seen:
             problems.append(f"{p}[{i}].name: workload {workload.name!r} is listed twice (also workloads[{seen[workload.name]}])")
         seen.setdefault(workload.name, i)
