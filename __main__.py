@@ -11,30 +11,21 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
-from components.cluster import (
-    ClusterTokens,
-    ClusterTokensArgs,
-    Kubeconfig,
-    KubeconfigArgs,
-    StaleNodes,
-    StaleNodesArgs,
-)
-from components.cache import Publish, PublishArgs
 from components.delivery import Delivery, DeliveryArgs
+from components.kubeconfig import Kubeconfig, KubeconfigArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
-from components.settings import (
-    announce_changes,
-    last_update,
-    load_stack,
-    node_table,
-    plan_restore,
-    plan_systems,
-    refuse_cni_switch,
-)
+from components.publish import Publish, PublishArgs
+from components.stale_nodes import StaleNodes, StaleNodesArgs
 from components.storage import Storage, StorageArgs
-from flakefleet.drift import split_pools
-from flakefleet.nixos import host_system
+from components.tokens import ClusterTokens, ClusterTokensArgs
+from flakefleet.ops.drift import split_pools
+from flakefleet.plan.specs import host_system
+from program.config import load_stack
+from program.last_update import announce_changes, last_update, refuse_cni_switch
+from program.outputs import node_table
+from program.restore import plan_restore
+from program.systems import plan_systems
 
 # Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
 cfg, inventory = load_stack()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flakefleet.config import parse_stack_config  # noqa: E402
-from flakefleet.stackfile import read_stack_file, stack_names  # noqa: E402
+from flakefleet.config.stackfile import read_stack_file, stack_names  # noqa: E402
 from tests.test_nix_modules import CNI_SETTINGS, all_specs, combination_specs  # noqa: E402
 
 DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"

@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flakefleet.deliver import K3S_DROP_IN_PATH, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan, FileSpec  # noqa: E402
-from flakefleet.nixos import AGENT_TOKEN  # noqa: E402
-from flakefleet.systems import evaluate_systems  # noqa: E402
+from flakefleet.plan.contract import K3S_DROP_IN_PATH  # noqa: E402
+from flakefleet.plan.contract import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan, FileSpec  # noqa: E402
+from flakefleet.plan.specs import AGENT_TOKEN  # noqa: E402
+from flakefleet.nixos.evaluate import evaluate_systems  # noqa: E402
 from tests.conftest import OFFLINE_NIX_CONFIG  # noqa: E402
 from tests.testhosts import prerequisites, running_fleet  # noqa: E402
 
@@ -57,7 +58,7 @@ def deliver_all(fleet, hosts, sys_, substituters=()):
                             substituters=tuple(substituters))
         env = {**os.environ, PLAN_ENV: plan.to_json(), SIGNING_KEY_ENV: fleet.signing_secret, "PYTHONPATH": str(ROOT),
                AGENT_TOKEN[1]: "bench-agent-token"}
-        proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "flakefleet.delivery.runner"], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -70,7 +71,8 @@ def deliver_all(fleet, hosts, sys_, substituters=()):
 
 def one_route(tmp: Path, n: int, sys_, cached: bool) -> dict:
     """Fresh hosts; first delivery (with the publish when cached), then an unchanged one."""
-    from flakefleet.cache import PublishPlan, publish
+    from flakefleet.plan.contract import PublishPlan
+    from flakefleet.delivery.cache import publish
     from tests.cachehosts import REGION, s3_bucket, served
 
     addresses = {f"b{n}-{i}": f"127.0.0.{51 + i}" for i in range(n)}

@@ -82,9 +82,9 @@ def bare_floor(counts: dict[str, int]) -> float:
 def measure_one(hosts: int) -> dict:
     """Evaluate the fleet's systems with an empty cache and again warm, then run the program once."""
     from flakefleet.config import parse_stack_config
-    from flakefleet.inventory import plan_inventory
-    from flakefleet.nixos import system_specs
-    from flakefleet.systems import evaluate_systems
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.plan.specs import system_specs
+    from flakefleet.nixos.evaluate import evaluate_systems
     from tests.harness import run_program
 
     config = fleet_config(hosts)

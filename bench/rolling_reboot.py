@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flakefleet.config import parse_stack_config  # noqa: E402
-from flakefleet.deliver import PLAN_ENV  # noqa: E402
-from flakefleet.inventory import plan_inventory  # noqa: E402
-from flakefleet.nixos import system_specs  # noqa: E402
-from flakefleet.rollout import delivery_plans, waves  # noqa: E402
-from flakefleet.stackfile import read_stack_file  # noqa: E402
-from flakefleet.systems import evaluate_systems  # noqa: E402
+from flakefleet.plan.contract import PLAN_ENV  # noqa: E402
+from flakefleet.plan.inventory import plan_inventory  # noqa: E402
+from flakefleet.plan.specs import system_specs  # noqa: E402
+from flakefleet.plan.hostplans import delivery_plans  # noqa: E402
+from flakefleet.plan.rollout import waves  # noqa: E402
+from flakefleet.config.stackfile import read_stack_file  # noqa: E402
+from flakefleet.nixos.evaluate import evaluate_systems  # noqa: E402
 from tests.conftest import OFFLINE_NIX_CONFIG, STANDIN_FLAKE  # noqa: E402
 from tests.local_fleet import TOKENS  # noqa: E402
 from tests.reboots import Reboots  # noqa: E402
@@ -62,7 +63,7 @@ def roll(fleet, cfg, inv, plans):
         start = time.perf_counter()
         with ThreadPoolExecutor(len(wave)) as pool:
             done = dict(pool.map(lambda h: (h.name, run_as_deployer(
-                fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[h.name].to_json(), **TOKENS}, timeout=600)), wave))
+                fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans[h.name].to_json(), **TOKENS}, timeout=600)), wave))
         walls.append((number, [h.name for h in wave], time.perf_counter() - start))
         for name, proc in done.items():
             if proc.returncode != 0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from flakefleet.inventory import API_PORT, Inventory
+from flakefleet.plan.inventory import API_PORT, Inventory
 
 
 @dataclass(frozen=True)

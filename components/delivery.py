@@ -12,10 +12,11 @@ from pulumi.resource import DependencyResource
 
 from components.machine import Machines
 from flakefleet.config import StackConfig
-from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
-from flakefleet.inventory import Host, Inventory
-from flakefleet.rollout import RestorePoint, host_plan, waves
-from flakefleet.systems import System
+from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
+from flakefleet.plan.inventory import Host, Inventory
+from flakefleet.plan.rollout import RestorePoint, waves
+from flakefleet.plan.hostplans import host_plan
+from flakefleet.plan.contract import System
 
 RUNNER = "./scripts/flakefleet deliver"
 # pulumi-command runs `create` for a new Command, `update` when an input changed (the runner

@@ -11,9 +11,9 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from flakefleet.config import PoolConfig, RootVolume
-from flakefleet.firstboot import first_boot_user_data
-from flakefleet.iam import ASSUME_EC2, node_policy
-from flakefleet.inventory import Host, Inventory
+from flakefleet.plan.firstboot import first_boot_user_data
+from flakefleet.plan.iam import ASSUME_EC2, node_policy
+from flakefleet.plan.inventory import Host, Inventory
 
 NIXOS_AMI_OWNER = "427812963091"  # the NixOS project's AWS account, publisher of the official AMIs
 AMI_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}

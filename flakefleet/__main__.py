@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from flakefleet.inventory import Inventory
-from flakefleet.stackfile import STACKS, load_stack_or_report, stack_names
+from flakefleet.plan.inventory import Inventory
+from flakefleet.config.stackfile import STACKS, stack_names
+from flakefleet.plan.load import load_stack_or_report
 
 
 def render_plan(stack: str, inv: Inventory) -> str:
@@ -38,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli.main(argv[1:])
     if argv[:1] == ["drift"]:
-        from flakefleet import drift
+        from flakefleet.ops import drift
 
         return drift.main(argv[1:])
     if argv[:1] == ["dr"]:
-        from flakefleet import dr
+        from flakefleet.ops import dr
 
         return dr.main(argv[1:])
     if argv[:1] == ["rollback"]:
-        from flakefleet import rollback
+        from flakefleet.ops import rollback
 
         return rollback.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flakefleet", description=__doc__.splitlines()[0])
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--outputs", type=Path, help="`pulumi stack output --json` of the stack: evaluate every "
                       "pool's system (needs Nix) and say which hosts reboot for it")
     sub.add_parser("diff", help="what a change does to each pool's NixOS system (see python -m flakefleet diff -h)")
-    sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.drift -h)")
-    sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.dr -h)")
-    sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.rollback -h)")
+    sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.ops.drift -h)")
+    sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.ops.dr -h)")
+    sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.ops.rollback -h)")
     args = parser.parse_args(argv)
 
     if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def reboots(cfg, inv: Inventory, outputs: Path) -> int:
     """Which hosts reboot for the systems the stack evaluates to, against the last update's `boot`."""
-    from flakefleet.nixos import system_specs
-    from flakefleet.rollout import reboot_notes
-    from flakefleet.systems import EvaluationError, evaluate_systems, resolve_flake
+    from flakefleet.plan.specs import system_specs
+    from flakefleet.plan.rollout import reboot_notes
+    from flakefleet.nixos.evaluate import evaluate_systems, EvaluationError
+    from flakefleet.facts.flake import resolve_flake
 
     try:
         systems, _ = evaluate_systems(resolve_flake(cfg.delivery.flake), system_specs(cfg, inv))

@@ -14,22 +14,27 @@
       ff = import ./lib;
     in
     {
+      # In the shape of nix-community/srvos: `common` is every node; a role is what a node does;
+      # hardware is what it runs on; a mixin is what a pool opts into; an add-on is what the
+      # control planes deploy into the cluster. Each is imported only where it applies.
       nixosModules = {
         common = ./common;
         k3s-server = ./roles/k3s-server.nix;
         k3s-agent = ./roles/k3s-agent.nix;
         ec2 = ./hardware/ec2.nix;
         metal = ./hardware/metal.nix;
+        nvidia = ./hardware/nvidia.nix;
         per-host = ./mixins/per-host.nix;
         cilium = ./mixins/cilium.nix;
-        workloads = ./mixins/workloads.nix;
-        nvidia-device-plugin = ./mixins/nvidia-device-plugin.nix;
-        nvidia = ./hardware/nvidia.nix;
+        workload-images = ./mixins/workload-images.nix;
+        cilium-addon = ./addons/cilium.nix;
+        nvidia-device-plugin = ./addons/nvidia-device-plugin.nix;
+        workloads = ./addons/workloads.nix;
       };
 
       # The interface flakefleet's Python evaluates (and the test stand-in flake copies):
       # `lib.toplevel spec` is the system of one pool, `spec` the JSON of
-      # flakefleet/nixos.py:pool_spec.
+      # flakefleet/plan/specs.py:pool_spec.
       lib = ff // {
         # The pool spec as a module setting the `flakefleet.*` options.
         specModule = spec: {
@@ -59,25 +64,36 @@
           };
         };
 
-        # What a node is, whatever machine it runs on (the VM test uses these alone).
-        roleModules = spec: [
-          self.nixosModules.common
-          (if spec.role == "control-plane" then self.nixosModules.k3s-server else self.nixosModules.k3s-agent)
-          self.nixosModules.per-host
-          self.nixosModules.cilium
-          self.nixosModules.workloads
-          self.nixosModules.nvidia-device-plugin
-          self.nixosModules.nvidia
-          (self.lib.specModule spec)
-        ];
+        # What a node is, whatever machine it runs on (the VM test uses these alone): every
+        # node's modules, its role's, the mixins its pool opts into, and on control planes the
+        # cluster's add-ons. Keys the VM test's spec leaves out mean "not asked for".
+        roleModules =
+          spec:
+          let
+            m = self.nixosModules;
+            server = spec.role == "control-plane";
+            cilium = (spec.cni or "flannel") == "cilium";
+            optional = nixpkgs.lib.optional;
+          in
+          [
+            m.common
+            (if server then m.k3s-server else m.k3s-agent)
+          ]
+          ++ optional ((spec.host or null) != null) m.per-host
+          ++ optional cilium m.cilium
+          ++ optional ((spec.images or [ ]) != [ ]) m.workload-images
+          ++ optional (server && cilium) m.cilium-addon
+          ++ optional (server && (spec.cluster_gpus or false)) m.nvidia-device-plugin
+          ++ optional (server && (spec.workloads or [ ]) != [ ]) m.workloads
+          ++ [ (self.lib.specModule spec) ];
 
+        # A pool's whole module list: what its nodes are, and the machine they run on.
         modulesFor =
           spec:
           self.lib.roleModules spec
-          ++ [
-            self.nixosModules.${spec.hardware}
-            { nixpkgs.hostPlatform = spec.system; }
-          ];
+          ++ [ self.nixosModules.${spec.hardware} ]
+          ++ nixpkgs.lib.optional ((spec.gpu or null) != null) self.nixosModules.nvidia
+          ++ [ { nixpkgs.hostPlatform = spec.system; } ];
 
         poolSystem = spec: nixpkgs.lib.nixosSystem { modules = self.lib.modulesFor spec; };
 

@@ -89,8 +89,8 @@ def write_demo_keypair(path: Path, name: str, comment: str) -> None:
 def local_stack():
     """The local stack's config and inventory (the committed stack file, unchanged)."""
     from flakefleet.config import parse_stack_config
-    from flakefleet.inventory import plan_inventory
-    from flakefleet.stackfile import read_stack_file
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.config.stackfile import read_stack_file
 
     raw = read_stack_file(STACK)
     cfg = parse_stack_config(raw)
@@ -137,7 +137,7 @@ def demo_fleet():
 
 def demo_tokens() -> dict[str, str]:
     """k3s tokens for the no-Pulumi rollout (Pulumi makes its own with pulumi-random), kept 0600."""
-    from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN
+    from flakefleet.plan.specs import AGENT_TOKEN, SERVER_TOKEN
 
     path = DEMO / "tokens.json"
     if not path.exists():
@@ -279,10 +279,12 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     """The same per-host plans, waves and runner as the Delivery component, with the Command
     lifecycle of tests/lifecycle.py (state kept in .demo/commands.json), no Pulumi state."""
     from flakefleet.config import parse_stack_config
-    from flakefleet.inventory import plan_inventory
-    from flakefleet.nixos import host_system, system_specs
-    from flakefleet.rollout import delivery_plans, waves
-    from flakefleet.systems import evaluate_systems, resolve_flake
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.plan.specs import host_system, system_specs
+    from flakefleet.plan.hostplans import delivery_plans
+    from flakefleet.plan.rollout import waves
+    from flakefleet.nixos.evaluate import evaluate_systems
+    from flakefleet.facts.flake import resolve_flake
     from tests.lifecycle import LocalCommand
     from tests.local_fleet import command_inputs
 
@@ -337,7 +339,8 @@ def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -
     print("\n=== nodes, as the first control plane's k3s reports them (asked over pinned SSH, as the readiness gate "
           "does; the stand-in k3s has no API server to point the exported kubeconfig at)")
     cp = outputs["nodes"]["cp-0"]
-    from flakefleet.deliver import pinned_ssh, ready_nodes
+    from flakefleet.common.ssh import pinned_ssh
+    from flakefleet.cluster.kubectl import ready_nodes
 
     with pinned_ssh(cp["address"], cp["ssh_port"], cp["ssh_user"], cp["host_key"], env["FLAKEFLEET_SSH_IDENTITY"]) as ssh:
         res = subprocess.run([*ssh, "/run/current-system/sw/bin/k3s", "kubectl", "get", "nodes", *outputs["nodes"],

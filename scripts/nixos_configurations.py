@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flakefleet import configurations  # noqa: E402
+from flakefleet.nixos import configurations  # noqa: E402
 from flakefleet.config import ConfigError  # noqa: E402
 
 

@@ -20,9 +20,9 @@ from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from flakefleet.cache import PUBLISH_ENV, PublishReport
-from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, Report
-from flakefleet.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
+from flakefleet.plan.contract import PUBLISH_ENV, PublishReport
+from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, Report
+from flakefleet.config.stackfile import read_stack_file, stack_names  # noqa: F401  (re-exported for tests)
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ class FleetMocks(pulumi.runtime.Mocks):
         elif t == "command:local:Command" and "-kubeconfig" in args.name:
             out.update(stdout=STANDIN_KUBECONFIG, stderr="")
         elif t == "command:local:Command" and PLAN_ENV in (env := rpc.unwrap_rpc_secret(args.inputs.get("environment") or {})):
-            # What the runner prints last: its report (flakefleet.deliver.Report) of a fresh delivery.
+            # What the runner prints last: its report (flakefleet.plan.contract.Report) of a fresh delivery.
             env = {k: rpc.unwrap_rpc_secret(v) for k, v in env.items()}
             plan = json.loads(env[PLAN_ENV])
             report = Report(plan["host"], outcome="activated", system=plan["system"], host_key=plan["host_key"],

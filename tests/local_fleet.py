@@ -10,12 +10,13 @@ from pathlib import Path
 
 from components.delivery import CREATE, DELETE, UPDATE
 from flakefleet.config import parse_stack_config
-from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, DeliveryPlan
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
-from flakefleet.rollout import delivery_plans, waves
-from flakefleet.stackfile import read_stack_file
-from flakefleet.systems import evaluate_systems
+from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, DeliveryPlan
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from flakefleet.plan.hostplans import delivery_plans
+from flakefleet.plan.rollout import waves
+from flakefleet.config.stackfile import read_stack_file
+from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
 from tests.testhosts import prerequisites, run_as_deployer, running_fleet
 
@@ -76,7 +77,7 @@ def run_waves(fleet, cfg, inv, plans, timeout: float = 300) -> dict:
     for wave in waves(cfg, inv):
         def one(host):
             env = {PLAN_ENV: plans[host.name].to_json(), **TOKENS}
-            return host.name, run_as_deployer(fleet, ["flakefleet.deliver"], env, timeout=timeout)
+            return host.name, run_as_deployer(fleet, ["flakefleet.delivery.runner"], env, timeout=timeout)
         with ThreadPoolExecutor(len(wave)) as pool:
             results.update(pool.map(one, wave))
         if any(results[h.name].returncode != 0 for h in wave):

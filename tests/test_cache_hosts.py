@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from flakefleet.build import Builder, realise
-from flakefleet.cache import CACHE_INFO, PublishPlan, closure_of, hash_part, publish
-from flakefleet.deliver import Delivery
-from flakefleet.systems import evaluate_systems
+from flakefleet.plan.contract import Builder
+from flakefleet.delivery.build import realise
+from flakefleet.delivery.cache import CACHE_INFO, closure_of, hash_part, publish
+from flakefleet.plan.contract import PublishPlan
+from flakefleet.delivery.runner import HostDelivery as Delivery
+from flakefleet.nixos.evaluate import evaluate_systems
 from tests.cachehosts import REGION, s3_bucket, served
 from tests.conftest import STANDIN_FLAKE, require
 from tests.test_delivery_hosts import deliver, plan_for, report, runner_env, spec
@@ -155,11 +157,11 @@ def test_the_publish_runner_reports_json_and_fails_in_one_line(systems, bucket, 
     fleet = make_fleet(tmp_path / "keys")
     # Build once, nothing to upload, and no AWS region (a bring-your-own stack): no S3 client at all.
     plan = publish_plan(systems["c1"], bucket=None, region="")
-    proc = run_as_deployer(fleet, ["flakefleet.cache"], {"FLAKEFLEET_PUBLISH": plan.to_json()})
+    proc = run_as_deployer(fleet, ["flakefleet.delivery.cache"], {"FLAKEFLEET_PUBLISH": plan.to_json()})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["uploaded"] == 0
     bad = publish_plan(systems["c1"], drv="/nix/store/00000000000000000000000000000000-missing.drv", bucket=None)
-    proc = run_as_deployer(fleet, ["flakefleet.cache"], {"FLAKEFLEET_PUBLISH": bad.to_json()})
+    proc = run_as_deployer(fleet, ["flakefleet.delivery.cache"], {"FLAKEFLEET_PUBLISH": bad.to_json()})
     assert proc.returncode == 1 and proc.stderr.startswith("publish: building") and "Traceback" not in proc.stderr
 
 

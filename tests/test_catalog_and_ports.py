@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flakefleet.aws_catalog import instance_shape, region_zones
-from flakefleet.iam import node_policy
-from flakefleet.ports import listening_ports, port_rules, security_group_rules
+from flakefleet.facts.aws import instance_shape, region_zones
+from flakefleet.plan.iam import node_policy
+from flakefleet.facts.ports import listening_ports, port_rules, security_group_rules
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_nixos_configurations_file_is_current():
 
 def test_the_local_stack_pins_the_demo_hosts_test_only_keys():
     from flakefleet.config import DEMO_DEPLOY_KEY_BLOB
-    from flakefleet.stackfile import read_stack_file
+    from flakefleet.config.stackfile import read_stack_file
     from scripts.demo import DEPLOY_KEY_COMMENT, DEPLOY_KEY_NAME, demo_public_key
 
     raw = read_stack_file("local")
@@ -72,7 +72,7 @@ def test_the_local_stack_pins_the_demo_hosts_test_only_keys():
 
 def test_the_demo_deploy_key_is_refused_beyond_loopback_hosts():
     from flakefleet.config import ConfigError, parse_stack_config
-    from flakefleet.stackfile import read_stack_file
+    from flakefleet.config.stackfile import read_stack_file
 
     local = read_stack_file("local")
     dev = read_stack_file("dev")

@@ -1,6 +1,6 @@
 """Tier 3: the local stack's real delivery plans, wave by wave, on test hosts with the stand-in k3s.
 
-The plans are exactly what the Delivery component gives each Command (flakefleet.rollout),
+The plans are exactly what the Delivery component gives each Command (flakefleet.plan.rollout),
 run in the order Pulumi's dependencies impose: the cluster-initializing control plane first,
 then the worker batch, each host confirmed only when its batch's nodes are Ready.
 """
@@ -13,8 +13,9 @@ import subprocess
 
 import pytest
 
-from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, known_hosts_line, ssh_options
-from flakefleet.nixos import AGENT_TOKEN
+from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
+from flakefleet.common.ssh import known_hosts_line, ssh_options
+from flakefleet.plan.specs import AGENT_TOKEN
 from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
 from tests.testhosts import run_as_deployer, start_host
 
@@ -97,14 +98,14 @@ def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(formed):
 def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(formed):
     import yaml
 
-    from flakefleet.kubeconfig import PLAN_ENV as KUBECONFIG_ENV
-    from flakefleet.kubeconfig import ca_certificate
+    from flakefleet.plan.contract import KUBECONFIG_PLAN_ENV as KUBECONFIG_ENV
+    from flakefleet.cluster.kubeconfig import ca_certificate
 
     fleet, hosts = formed
     cp = hosts["cp-0"]
     plan = {"cluster": "ff-local", "api_endpoint": f"https://{cp.address}:6443",
             "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root", "host_key": cp.host_key}}
-    proc = run_as_deployer(fleet, ["flakefleet.kubeconfig"], {KUBECONFIG_ENV: json.dumps(plan)}, timeout=60)
+    proc = run_as_deployer(fleet, ["flakefleet.cluster.kubeconfig"], {KUBECONFIG_ENV: json.dumps(plan)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
     assert doc["clusters"][0]["cluster"]["server"] == f"https://{cp.address}:6443"
@@ -116,7 +117,7 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
 def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
     from dataclasses import replace
 
-    from flakefleet.deliver import Endpoint
+    from flakefleet.plan.contract import Endpoint
 
     fleet, hosts = formed
     cfg, inv, systems, plans = stack(hosts, fleet)
@@ -127,7 +128,7 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
         control_planes=(Endpoint("cp-0", fresh.address, fresh.port, "root", fresh.host_key),
                         Endpoint("cp-1", running.address, running.port, "root", running.host_key)),
     )
-    proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
+    proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
     assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stderr
     start = next(l for l in k3s_log(fresh) if " start " in l)

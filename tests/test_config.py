@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flakefleet.config import ConfigError, StackConfig, host_key_problem, parse_stack_config
-from flakefleet.inventory import plan_inventory
+from flakefleet.plan.inventory import plan_inventory
 from tests.harness import read_stack_file, stack_names
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"
@@ -251,7 +251,7 @@ def test_bad_config_is_reported_with_its_key_path(make, expected):
 def test_cilium_without_its_ports_in_the_table_is_refused(monkeypatch):
     """The port table is what both the firewall and the security groups open: a CNI whose rules
     it lacks would have its overlay and health checks blocked, so the stack is refused."""
-    from flakefleet import ports
+    from flakefleet.facts import ports
 
     without = tuple(r for r in ports.port_rules() if "cilium" not in r.when)
     monkeypatch.setattr(ports, "port_rules", lambda: without)
@@ -391,7 +391,7 @@ def test_batches_by_count_or_percentage(max_parallel, max_unavailable, workers, 
 
 
 def test_rollout_waves_follow_max_unavailable():
-    from flakefleet.rollout import waves
+    from flakefleet.plan.rollout import waves
 
     cfg = base()
     cfg["pools"][1]["count"] = 8

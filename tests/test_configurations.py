@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from flakefleet import configurations
+from flakefleet.nixos import configurations
 from flakefleet.config import parse_stack_config
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import system_specs
-from flakefleet.stackfile import read_stack_file
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import system_specs
+from flakefleet.config.stackfile import read_stack_file
 
 KEY = "ff-dev-1:" + "A" * 43 + "="
 
@@ -35,21 +35,40 @@ def test_generated_entries_cover_every_stack_and_keep_known_public_keys():
     assert all(spec["stack"] == name.split("-")[0] for name, spec in first.items())
     existing = {"dev-cp": {**first["dev-cp"], "trusted_public_keys": [KEY]}}
     again = configurations.generate(existing=existing)
-    assert again["dev-cp"]["trusted_public_keys"] == [KEY]  # the program wrote it; the script keeps it
+    assert again["dev-cp"]["trusted_public_keys"] == [KEY]  # written by hand (the key is a secret); the script keeps it
     assert again["dev-workers"]["trusted_public_keys"] == []
 
 
-def test_the_program_rewrites_only_its_own_stack(tmp_path):
+def test_a_stale_file_is_told_apart_public_keys_aside(tmp_path):
     path = tmp_path / "configurations.json"
+    mine = configurations.stack_configurations("local", configurations.stack_specs("local", local_specs()))
     other = {"prod-cp": {"stack": "prod", "pool": "cp"}}
-    path.write_text(configurations.render({**other, "local-gone": {"stack": "local", "pool": "gone"}}))
-    assert configurations.update_stack(path, "local", local_specs()) is True
-    entries = configurations.read(path)
-    assert sorted(entries) == ["local-cp", "local-workers", "prod-cp"]  # a removed pool's entry goes
-    assert entries["prod-cp"] == other["prod-cp"]
-    assert configurations.update_stack(path, "local", local_specs()) is False  # unchanged: not rewritten
+    path.write_text(configurations.render({**other, **mine}))
+    assert not configurations.stale_for(path, "local", local_specs())
+    keyed = {name: {**spec, "trusted_public_keys": [KEY]} for name, spec in mine.items()}
+    path.write_text(configurations.render({**other, **keyed}))
+    assert not configurations.stale_for(path, "local", local_specs())  # only the program knows the key
+    path.write_text(configurations.render({**other, **mine, "local-gone": {"stack": "local", "pool": "gone"}}))
+    assert configurations.stale_for(path, "local", local_specs())  # a removed pool's entry is stale
+    assert not configurations.stale_for(tmp_path / "absent.json", "local", local_specs())  # the stand-in keeps none
 
 
-def test_a_flake_without_the_file_gets_none(tmp_path):
-    assert configurations.update_stack(tmp_path / "configurations.json", "local", local_specs()) is False
-    assert not (tmp_path / "configurations.json").exists()
+def test_the_program_never_writes_the_file_and_says_when_it_is_stale(tmp_path, monkeypatch):
+    """A preview in CI must not edit a checked-in file: the program only warns."""
+    import shutil
+
+    import pulumi
+
+    from tests.conftest import STANDIN_FLAKE
+    from tests.harness import run_stack
+
+    flake = tmp_path / "flake"
+    shutil.copytree(STANDIN_FLAKE, flake)
+    stale = configurations.render({"local-gone": {"stack": "local", "pool": "gone"}})
+    (flake / configurations.FILE_NAME).write_text(stale)
+    monkeypatch.setenv("FLAKEFLEET_FLAKE", str(flake))
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *a, **k: warned.append(message))
+    run_stack("local")
+    assert (flake / configurations.FILE_NAME).read_text() == stale
+    assert any("configurations.json does not list this stack's systems" in w for w in warned), warned

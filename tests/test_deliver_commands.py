@@ -10,22 +10,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flakefleet.deliver import (
-    DeliveryPlan,
-    FileSpec,
-    backoff_delays,
-    files_digest,
-    known_hosts_line,
-    nix_copy_argv,
-    ssh_argv,
-    ssh_options,
-    staging_script,
-)
+from flakefleet.plan.contract import DeliveryPlan, FileSpec
+from flakefleet.common.retry import backoff_delays
+from flakefleet.host.files import files_digest, staging_script
+from flakefleet.common.ssh import PinnedSSH, known_hosts_line, ssh_options
+from flakefleet.delivery.transfer import nix_copy_argv
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"
 PLAN = DeliveryPlan(host="cp-0", address="10.0.2.0", port=22, user="root", host_key=KEY + " cp-0",
                     system="/nix/store/abc-nixos-system-cp", drv="/nix/store/abc-nixos-system-cp.drv",
                     files=(FileSpec("/var/lib/flakefleet/secrets/k3s-server-token", secret_env="FLAKEFLEET_SECRET_SERVER"),))
+
+
+def ssh_argv(plan: DeliveryPlan, remote: list[str]) -> list[str]:
+    """The ssh command line a delivery runs `remote` on its host with."""
+    ssh = PinnedSSH([plan], None)
+    try:
+        return ssh.argv(plan, remote)
+    finally:
+        ssh.close()
 
 
 @pytest.mark.parametrize(("port", "expected"), [(22, "10.0.2.0 ssh-ed25519"), (2222, "[10.0.2.0]:2222 ssh-ed25519")])
@@ -49,7 +52,7 @@ def test_identity_is_exclusive_when_given():
 
 
 def test_remote_words_are_quoted():
-    argv = ssh_argv(PLAN, Path("/tmp/kh"), ["/run/flakefleet/hostctl.sh", "rollback", "tok", "it's broken; rm -rf /"])
+    argv = ssh_argv(PLAN, ["/run/flakefleet/hostctl.sh", "rollback", "tok", "it's broken; rm -rf /"])
     assert argv[-2] == "--"
     assert shlex.split(argv[-1]) == ["/run/flakefleet/hostctl.sh", "rollback", "tok", "it's broken; rm -rf /"]
 
@@ -65,7 +68,7 @@ def test_secrets_travel_in_the_script_body_only():
     script = staging_script("tok", "#!/bin/sh\n", [("/var/lib/flakefleet/secrets/t", "0600", secret)])
     assert secret.decode() not in script  # base64 inside a here-document, sent on stdin
     assert "chmod 0600 /run/flakefleet/tok/files/var/lib/flakefleet/secrets/t" in script
-    argv = ssh_argv(PLAN, Path("/tmp/kh"), ["sh", "-s"])
+    argv = ssh_argv(PLAN, ["sh", "-s"])
     assert all(secret.decode() not in word for word in argv)
 
 
@@ -96,7 +99,7 @@ def test_backoff_grows_and_is_capped():
 
 
 def test_first_boot_user_data_pins_the_host_key_and_trusts_the_fleet():
-    from flakefleet.firstboot import first_boot_user_data
+    from flakefleet.plan.firstboot import first_boot_user_data
 
     data = first_boot_user_data("-----BEGIN TEST-----\nabc\n-----END TEST-----\n", KEY + " cp-0", ["ssh-ed25519 AAAA deploy"],
                                 "fleet-1:pub=")
@@ -126,7 +129,7 @@ def test_signing_public_key_matches_nix():
 
 
 def test_kubeconfig_server_rewritten_and_ca_extracted():
-    from flakefleet.kubeconfig import ca_certificate, rewrite_server
+    from flakefleet.cluster.kubeconfig import ca_certificate, rewrite_server
 
     original = (
         "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0EtUEVN\n"
@@ -144,7 +147,8 @@ def test_kubeconfig_server_rewritten_and_ca_extracted():
 def test_a_replaced_first_control_plane_joins_instead_of_initializing():
     import json as _json
 
-    from flakefleet.deliver import FACTS_PATH, K3S_DROP_IN_PATH, join_instead_of_init
+    from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH
+    from flakefleet.cluster.membership import join_instead_of_init
 
     facts = {"name": "cp-0", "address": "10.0.2.0", "role": "control-plane", "init": True, "server": None,
              "api_endpoint": "https://10.0.0.4:6443"}
@@ -176,7 +180,7 @@ def test_a_replaced_first_control_plane_joins_instead_of_initializing():
     ids=["in-sync", "other-system", "outside-switch", "never-delivered"],
 )
 def test_drift_classification(state, status, outside, detail):
-    from flakefleet.drift import classify
+    from flakefleet.ops.drift import classify
 
     row = classify("h", "/nix/store/a", state)
     assert (row.status, row.outside_flakefleet, row.detail) == (status, outside, detail)
@@ -188,7 +192,7 @@ def test_only_a_connection_that_never_opened_is_tried_again():
     from subprocess import CompletedProcess
     from types import SimpleNamespace
 
-    from flakefleet.reboot import over_ssh
+    from flakefleet.delivery.reboot import over_ssh
 
     refused = CompletedProcess([], 255, "", "ssh: connect to host 127.0.0.83 port 2222: Connection refused\n")
     dropped = CompletedProcess([], 255, "", "Connection to 127.0.0.83 closed by remote host.\n")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from flakefleet.deliver import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHABLE, DeliveryPlan, FileSpec
-from flakefleet.nixos import K3S_DROP_IN_PATH
-from flakefleet.systems import evaluate_systems
+from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHABLE, DeliveryPlan, FileSpec
+from flakefleet.plan.contract import K3S_DROP_IN_PATH
+from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
 from tests.testhosts import TestFleet, TestHost, poll, prerequisites, running_fleet
 
@@ -69,7 +69,7 @@ def runner_env(fleet: TestFleet, plan: DeliveryPlan) -> dict[str, str]:
 
 
 def deliver(fleet: TestFleet, plan: DeliveryPlan) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=runner_env(fleet, plan),
+    return subprocess.run([sys.executable, "-m", "flakefleet.delivery.runner"], env=runner_env(fleet, plan),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -185,7 +185,7 @@ def test_deployer_lost_after_activation_host_rolls_back_by_itself(fleet, systems
     previous_link = os.readlink(host.path("/nix/var/nix/profiles/system"))
     host.set_fault("hang", systems["v5"].out)
     plan = plan_for(fleet, host, systems["v5"], health_timeout_s=2, deadman_margin_s=1)
-    runner = subprocess.Popen([sys.executable, "-m", "flakefleet.deliver"], env=runner_env(fleet, plan),
+    runner = subprocess.Popen([sys.executable, "-m", "flakefleet.delivery.runner"], env=runner_env(fleet, plan),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         poll(lambda: host.current_system() == systems["v5"].out, 60, "activation of v5")
@@ -222,7 +222,7 @@ def test_identity_can_come_from_the_deployers_environment(fleet, systems):
     host = fleet.hosts[1]
     plan = plan_for(fleet, host, systems["v2"], identity_file=None)
     env = {**runner_env(fleet, plan), "FLAKEFLEET_SSH_IDENTITY": str(fleet.client_key)}
-    proc = subprocess.run([sys.executable, "-m", "flakefleet.deliver"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "flakefleet.delivery.runner"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert str(fleet.client_key) not in plan.to_json()
 

@@ -9,9 +9,9 @@ import pulumi
 import pytest
 
 from components.delivery import CREATE, DELETE, UPDATE
-from flakefleet.cache import PUBLISH_ENV
-from flakefleet.deliver import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
-from flakefleet.nixos import files_hash
+from flakefleet.plan.contract import PUBLISH_ENV
+from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan
+from flakefleet.plan.specs import files_hash
 from flakefleet.preview.manifest import Manifest
 from tests.conftest import require_tool
 from tests.harness import (
@@ -184,7 +184,7 @@ def test_unchanged_config_gives_identical_delivery_inputs():
 
 
 def delivered_inputs(reg) -> tuple:
-    """What reaches the host: the runner's update compares exactly these (flakefleet.deliver.needs_delivery)."""
+    """What reaches the host: the runner's update compares exactly these (flakefleet.delivery.runner.needs_delivery)."""
     p = plan(reg)
     return p.system, files_hash(p.files), p.host_key, reg.inputs["environment"][INSTANCE_ENV]
 
@@ -244,8 +244,8 @@ def test_hosts_trust_the_public_half_of_the_signing_key():
     assert system == run.exports["systems"]["cp"]
     # The spec the system was evaluated from names the public key (never the secret one).
     from flakefleet.config import parse_stack_config
-    from flakefleet.inventory import plan_inventory
-    from flakefleet.nixos import pool_spec
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.plan.specs import pool_spec
 
     cfg = parse_stack_config({**read_stack_file("local"), SIGNING_KEY: TEST_SIGNING_KEY}, None, {SIGNING_KEY})
     spec = pool_spec(cfg, plan_inventory(cfg), "cp")

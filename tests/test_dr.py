@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from flakefleet import dr
+from flakefleet.ops import dr
 from flakefleet.__main__ import main as cli
 
 BUCKET, CLUSTER = "ff-prod-snapshots-abc", "ff-prod"

@@ -9,8 +9,8 @@ import pulumi
 import pytest
 from moto import mock_aws
 
-from flakefleet.deliver import PLAN_ENV, DeliveryPlan
-from flakefleet.nixos import SERVER_TOKEN
+from flakefleet.plan.contract import PLAN_ENV, DeliveryPlan
+from flakefleet.plan.specs import SERVER_TOKEN
 from tests.conftest import require_tool
 from tests.harness import SIGNING_KEY, FleetMocks, RecordingMonitor, reaches, read_stack_file, run_program, run_stack
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from flakefleet.config import ConfigError, parse_stack_config
-from flakefleet.inventory import BLOCKS_PER_SUBNET, carve_zones, plan_inventory
+from flakefleet.plan.inventory import BLOCKS_PER_SUBNET, carve_zones, plan_inventory
 from tests.harness import read_stack_file
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDGlv9IUYqOMO0XDWoRC/ARLiSapuRe4Nvcrzcfdynnh"

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flakefleet.deliver import ROLLED_BACK
-from flakefleet.drift import split_pools
-from flakefleet.rollout import waves
+from flakefleet.plan.contract import ROLLED_BACK
+from flakefleet.ops.drift import split_pools
+from flakefleet.plan.rollout import waves
 from tests.lifecycle import LocalCommand
 from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack
 from tests.testhosts import run_command_as_deployer, start_host

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from flakefleet.config import parse_stack_config
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import system_specs
-from flakefleet.stackfile import read_stack_file, stack_names
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import system_specs
+from flakefleet.config.stackfile import read_stack_file, stack_names
 from tests.conftest import require_tool
 from tests.nix_conformance import CASES, DECLS, Case
 
@@ -97,7 +97,7 @@ def evaluate_pools(lib: str, flake: Path, specs: dict[str, dict] | None, tmp_pat
     if specs is not None:
         specs_file = tmp_path / "specs.json"
         specs_file.write_text(json.dumps(specs))
-        specs_arg = f"specsFile = {json.dumps(str(specs_file))};"
+        specs_arg += f" specsFile = {json.dumps(str(specs_file))};"
     return nix_instantiate(f"import {NIXLIB}/eval-pools.nix {{ lib = import {lib_path(lib)}; flake = {flake}; {specs_arg} }}")
 
 
@@ -177,15 +177,15 @@ lib.mkIf (host != null) {
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)
 def test_the_original_per_host_defect_fails_evaluation(lib, tmp_path):
-    """The stand-in fails where nixpkgs failed: shared pools with the pre-issue-10 mixin."""
-    flake = tmp_path / "nixos"
-    shutil.copytree(ROOT / "nixos", flake)
-    (flake / "mixins" / "per-host.nix").write_text(ORIGINAL_PER_HOST)
+    """The stand-in fails where nixpkgs failed: shared pools evaluating the pre-issue-10 per-host
+    mixin (the flake now imports the mixin only for per-host pools; here every pool gets it)."""
+    module = tmp_path / "original-per-host.nix"
+    module.write_text(ORIGINAL_PER_HOST)
     specs = {k: v for k, v in all_specs(per_host=False).items() if k.startswith("local-")}
-    out = evaluate_pools(lib, flake, specs, tmp_path)
+    out = evaluate_pools(lib, ROOT / "nixos", specs, tmp_path, extra=f"extraModules = [ {module} ];")
     assert out.returncode != 0
     assert "null while a set was expected" in out.stderr, out.stderr
-    assert "mixins/per-host.nix" in out.stderr, out.stderr
+    assert "original-per-host.nix" in out.stderr, out.stderr
 
 
 # ----------------------------------------------------------------------------- CNI, GPUs, workloads

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from flakefleet import systems as systems_mod
+from flakefleet.common.nix import parse_nix_version
+from flakefleet.nixos import evaluate as systems_mod
 from flakefleet.config import parse_stack_config
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import host_facts, k3s_host_config, pool_spec, system_specs
-from flakefleet.ports import ROLES, cluster_features, listening_ports, security_group_rules
-from flakefleet.stackfile import read_stack_file
-from flakefleet.systems import EvaluationError, evaluate_systems, resolve_flake
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import host_facts, k3s_host_config, pool_spec, system_specs
+from flakefleet.facts.ports import ROLES, cluster_features, listening_ports, security_group_rules
+from flakefleet.config.stackfile import read_stack_file
+from flakefleet.nixos.evaluate import evaluate_systems, EvaluationError
+from flakefleet.facts.flake import resolve_flake
 from tests.conftest import STANDIN_FLAKE, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +111,7 @@ STUB_NIXPKGS = """
       genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
       nixosSystem = args: { config.system.build.toplevel = { modules = args.modules; }; };
       optionalAttrs = cond: set: if cond then set else { };
+      optional = cond: x: if cond then [ x ] else [ ];
     };
     legacyPackages = { };
   }; in stub
@@ -119,17 +122,44 @@ def flake_outputs(flake_dir: str, inputs: str) -> str:
     return f"let flake = import {flake_dir}/flake.nix; outputs = flake.outputs ({inputs}); in outputs"
 
 
-def test_real_flake_selects_modules_by_spec():
+def modules_for(spec: dict) -> list[str]:
+    """The flake's module list for `spec`, each named `folder/file` (a path) or by what it is."""
+    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    return nix_eval(
+        f"let outputs = ({outputs}); spec = builtins.fromJSON {json.dumps(json.dumps(spec))}; "
+        "in map (m: if builtins.isPath m then baseNameOf (dirOf m) + \"/\" + baseNameOf m "
+        "else if m ? flakefleet then \"spec\" else m.nixpkgs.hostPlatform) (outputs.lib.modulesFor spec)"
+    )
+
+
+BASE_MODULES = ["nixos/common", "roles/k3s-server.nix"]
+TAIL = ["spec", "hardware/ec2.nix", "x86_64-linux"]
+# What a pool's spec asks for -> the modules it adds (srvos' shape: a mixin is imported only by the
+# pools that opt in, an add-on only on control planes of clusters that have it; none switches itself off).
+OPT_INS = [
+    ("nothing", {}, BASE_MODULES + TAIL),
+    ("per-host", {"host": {"name": "cp-0"}}, BASE_MODULES + ["mixins/per-host.nix"] + TAIL),
+    ("cilium-server", {"cni": "cilium"}, BASE_MODULES + ["mixins/cilium.nix", "addons/cilium.nix"] + TAIL),
+    ("cilium-agent", {"cni": "cilium", "role": "worker"}, ["nixos/common", "roles/k3s-agent.nix", "mixins/cilium.nix"] + TAIL),
+    ("images", {"images": ["hello"]}, BASE_MODULES + ["mixins/workload-images.nix"] + TAIL),
+    ("workloads-server", {"workloads": [{"name": "hello"}]}, BASE_MODULES + ["addons/workloads.nix"] + TAIL),
+    ("workloads-agent", {"workloads": [{"name": "hello"}], "role": "worker"}, ["nixos/common", "roles/k3s-agent.nix"] + TAIL),
+    ("cluster-gpus", {"cluster_gpus": True}, BASE_MODULES + ["addons/nvidia-device-plugin.nix"] + TAIL),
+    ("gpu-pool", {"gpu": {"vendor": "nvidia"}}, BASE_MODULES + ["spec", "hardware/ec2.nix", "hardware/nvidia.nix",
+                                                              "x86_64-linux"]),
+]
+
+
+@pytest.mark.parametrize(("ask", "expected"), [c[1:] for c in OPT_INS], ids=[c[0] for c in OPT_INS])
+def test_real_flake_imports_a_module_only_where_it_applies(ask, expected):
+    cfg, inv = stack("prod")
+    assert modules_for({**pool_spec(cfg, inv, "cp"), **ask}) == expected
+
+
+def test_the_spec_module_sets_the_options():
     cfg, inv = stack("prod")
     spec = json.dumps(json.dumps(pool_spec(cfg, inv, "cp")))
     outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
-    modules = nix_eval(
-        f"let outputs = ({outputs}); spec = builtins.fromJSON {spec}; "
-        "in map (m: if builtins.isPath m then baseNameOf m else if m ? flakefleet then \"spec\" "
-        "else m.nixpkgs.hostPlatform) (outputs.lib.modulesFor spec)"
-    )
-    assert modules == ["common", "k3s-server.nix", "per-host.nix", "cilium.nix", "workloads.nix",
-                       "nvidia-device-plugin.nix", "nvidia.nix", "spec", "ec2.nix", "x86_64-linux"]
     spec_module = nix_eval(
         f"let outputs = ({outputs}); in (outputs.lib.specModule (builtins.fromJSON {spec})).flakefleet"
     )
@@ -295,7 +325,7 @@ def test_built_standin_system_carries_its_spec(nix_eval_ready, tmp_path):
     ],
 )
 def test_nix_version_is_read_from_nix_version_output(text, version):
-    assert systems_mod.parse_nix_version(text) == version
+    assert parse_nix_version(text) == version
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from flakefleet.deliver import PLAN_ENV, ROLLED_BACK
+from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
 from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
 from tests.reboots import Reboots, loader_default
 from tests.testhosts import run_as_deployer
@@ -28,7 +28,7 @@ def fleet_hosts(tmp_path_factory):
 
 
 def deliver(fleet, plan):
-    return run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS}, timeout=300)
+    return run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plan.to_json(), **TOKENS}, timeout=300)
 
 
 def report(proc) -> dict:

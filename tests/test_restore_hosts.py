@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from flakefleet.config import parse_stack_config
-from flakefleet.deliver import PLAN_ENV
-from flakefleet.dr import PRUNE_PLAN_ENV
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import AGENT_TOKEN, SERVER_TOKEN, system_specs
-from flakefleet.rollout import RestorePoint, delivery_plans, waves
-from flakefleet.stackfile import read_stack_file
-from flakefleet.systems import evaluate_systems
+from flakefleet.plan.contract import PLAN_ENV
+from flakefleet.plan.contract import PRUNE_PLAN_ENV
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from flakefleet.plan.rollout import RestorePoint, waves
+from flakefleet.plan.hostplans import delivery_plans
+from flakefleet.config.stackfile import read_stack_file
+from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
 from tests.testhosts import prerequisites, run_as_deployer, running_fleet
 
@@ -52,7 +53,7 @@ def rebuilt(tmp_path_factory):
         results = {}
         for wave in waves(cfg, inv):
             for host in wave:
-                results[host.name] = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
+                results[host.name] = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans[host.name].to_json(), **TOKENS})
         yield fleet, hosts, plans, results
 
 
@@ -95,10 +96,10 @@ def test_a_restore_is_done_once(rebuilt):
     fleet, hosts, plans, _ = rebuilt
     # Whatever ran before (an in-place restore test moves cp-0 to another restore point), this
     # plan's restore is done by its first delivery here, and only by that one.
-    first = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
+    first = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
     assert first.returncode == 0, first.stderr
     resets = sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"]))
-    again = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
+    again = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS})
     assert again.returncode == 0 and "nothing to do" in again.stderr
     assert sum("--cluster-reset" in line for line in k3s_log(hosts["cp-0"])) == resets >= 1
 
@@ -124,7 +125,7 @@ def test_an_in_place_restore_runs_even_when_nothing_else_changed(rebuilt):
     fleet, hosts, plans, _ = rebuilt
     point = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot-cp-0-1790099999")
     plan = replace(plans["cp-0"], restore_id=point.id, restore_args=point.k3s_args())
-    proc = run_as_deployer(fleet, ["flakefleet.deliver"], {PLAN_ENV: plan.to_json(), **TOKENS})
+    proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plan.to_json(), **TOKENS})
     assert proc.returncode == 0, proc.stderr
     assert "restored the cluster from the snapshot" in proc.stderr
     assert any("--cluster-reset-restore-path=etcd-snapshot-cp-0-1790099999" in line for line in k3s_log(hosts["cp-0"]))

@@ -1,7 +1,7 @@
 """Tier 4: Cilium, a GPU pool and a Nix-built workload on test hosts, as the stand-in k3s sees them.
 
 The stand-in systems render the k3s flags the real modules render (mixins/cilium.nix,
-hardware/nvidia.nix, mixins/workloads.nix) and carry the workloads' image tarballs, which
+hardware/nvidia.nix, mixins/workload-images.nix) and carry the workloads' image tarballs, which
 switching links into k3s' image directory as nixpkgs' tmpfiles rules do; the stand-in k3s
 records its flags and the image files its containerd would import at start.
 """

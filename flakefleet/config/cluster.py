@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from flakefleet import ports
+from flakefleet.facts import ports
 from flakefleet.config.base import DNS_LABEL, NAMESPACE, Model
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 # k3s gives every node one /24 of the pod network (kube-controller-manager node-cidr-mask-size).
 NODE_CIDR_PREFIX = 24
@@ -62,7 +62,7 @@ class ClusterConfig(Model):
     cilium: CiliumConfig = Field(default_factory=CiliumConfig, description="Cilium settings (`cni: cilium` only). Default: the defaults below.")
     @property
     def features(self) -> frozenset[str]:
-        """The features the port table's rules are conditioned on (flakefleet/ports.py)."""
+        """The features the port table's rules are conditioned on (flakefleet/facts/ports.py)."""
         return ports.cluster_features(self.cni, self.cilium.tunnel, self.cilium.hubble)
 
     api_address: IPv4Address | None = Field(

@@ -13,7 +13,7 @@ from flakefleet.config.base import NAMESPACE, Model
 from flakefleet.config.rules import ANY_HOST_KEY_TYPES, bucket_problem, host_key_problem, region_problem, ssh_key_problem
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 # The public half of scripts/demo.py's test-only deploy key, whose private half anyone can derive.
 DEMO_DEPLOY_KEY_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIGr/rz51whyC4sjXBa3r/qVn4aXg9/UhhhPgsRXYfnUC"

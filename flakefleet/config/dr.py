@@ -10,7 +10,7 @@ from flakefleet.config.base import NAMESPACE, DnsLabel, Model
 from flakefleet.config.rules import bucket_problem, cron_problem, region_problem
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 
 class DrConfig(Model):

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from flakefleet.aws_catalog import region_zones
+from flakefleet.facts.aws import region_zones
 from flakefleet.config.base import NAMESPACE, Model
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 
 class NetworkConfig(Model):

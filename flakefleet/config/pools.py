@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from flakefleet.addresses import PoolBlocks, allocate_blocks, block_size
-from flakefleet.aws_catalog import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
+from flakefleet.facts.addresses import PoolBlocks, allocate_blocks, block_size
+from flakefleet.facts.aws import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
 from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role
 from flakefleet.config.network import zone_names
 from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 MAX_HOST_NAME = 63  # a DNS label: host and Kubernetes node name
 # What `gpu: nvidia` adds to a pool's nodes (nixos/hardware/nvidia.nix: services.k3s.nodeTaint).
@@ -266,7 +266,7 @@ def check(stack: Parsed) -> list[str]:
 
 
 def placement(stack: Parsed) -> list[str]:
-    """The EC2 pools fit the VPC's address blocks (flakefleet/addresses.py), reported with the
+    """The EC2 pools fit the VPC's address blocks (flakefleet/facts/addresses.py), reported with the
     stack's other problems, when everything placement reads is known: each EC2 pool's count and
     pin, the VPC range, and the zones (their own rules report what is wrong with them)."""
     network = stack.network

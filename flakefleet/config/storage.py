@@ -9,7 +9,7 @@ from pydantic import Field
 from flakefleet.config.base import Model
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 
 class StorageConfig(Model):

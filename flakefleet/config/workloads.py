@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from flakefleet.config.base import NAMESPACE, DnsLabel, Model, did_you_mean
-from flakefleet.flake import resolve_flake, workload_names
+from flakefleet.facts.flake import resolve_flake, workload_names
 
 if TYPE_CHECKING:
-    from flakefleet.config.stack import Parsed
+    from flakefleet.config.parsed import Parsed
 
 
 class WorkloadConfig(Model):

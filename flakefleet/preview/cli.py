@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from flakefleet.config import ConfigError, parse_stack_config
-from flakefleet.inventory import plan_inventory
-from flakefleet.nixos import system_specs
+from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.specs import system_specs
 from flakefleet.preview import base as git_base
 from flakefleet.preview import render
 from flakefleet.preview.base import Base, DiffError
@@ -30,8 +30,9 @@ from flakefleet.preview.compare import Side, compare
 from flakefleet.preview.derivations import ShowError
 from flakefleet.preview.manifest import manifests
 from flakefleet.preview.sides import stack_side
-from flakefleet.stackfile import read_stack_file
-from flakefleet.systems import ROOT, EvaluationError, default_cache_dir, evaluate_systems
+from flakefleet.config.stackfile import read_stack_file
+from flakefleet.facts.flake import ROOT, default_cache_dir
+from flakefleet.nixos.evaluate import evaluate_systems, EvaluationError
 
 
 def flake_dir(tree: Path, repo: Path, configured: str | None, env: dict[str, str]) -> Path:

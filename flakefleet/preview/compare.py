@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from flakefleet.preview.derivations import parse_drv_name
 from flakefleet.preview.manifest import Manifest
-from flakefleet.rollout import BOOT_PARTS
+from flakefleet.plan.rollout import BOOT_PARTS
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from flakefleet.systems import NIX_FEATURES, installed_nix_version
+from flakefleet.common.nix import NIX_FEATURES, installed_nix_version
 
 SHOW_TIMEOUT_S = 600
 # `nix show-derivation` became `nix derivation show` in Nix 2.15.

@@ -114,7 +114,7 @@ def manifest_of(graph: Mapping[str, Drv], drv: str, boot: Mapping[str, str] | No
 
 
 def manifests(systems: Mapping, cache_dir: Path) -> dict[str, Manifest]:
-    """System name -> manifest, for evaluated systems (flakefleet.systems.System); one
+    """System name -> manifest, for evaluated systems (flakefleet.nixos.evaluate.System); one
     `nix derivation show` for every derivation not seen before (kept in `cache_dir`, by the
     derivation's store path: the same derivation always has the same manifest)."""
     found: dict[str, Manifest] = {}

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flakefleet.config import StackConfig
-from flakefleet.inventory import Inventory
-from flakefleet.nixos import host_system
+from flakefleet.plan.inventory import Inventory
+from flakefleet.plan.specs import host_system
 from flakefleet.preview.compare import PoolHosts, Side
 from flakefleet.preview.manifest import Manifest
-from flakefleet.rollout import waves
+from flakefleet.plan.rollout import waves
 
 
 def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:

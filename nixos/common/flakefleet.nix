@@ -1,5 +1,5 @@
 # The flakefleet options: what a pool's system is built from. Python's pool spec
-# (flakefleet/nixos.py:pool_spec) sets them; everything per host lives outside the store.
+# (flakefleet/plan/specs.py:pool_spec) sets them; everything per host lives outside the store.
 { lib, ... }:
 let
   inherit (lib) mkOption types;
@@ -79,7 +79,7 @@ in
         "cilium"
       ];
       default = "flannel";
-      description = "The pod network: k3s' own flannel, or Cilium installed by the cluster (mixins/cilium.nix).";
+      description = "The pod network: k3s' own flannel, or Cilium installed by the cluster (mixins/cilium.nix, addons/cilium.nix).";
     };
     cilium = {
       version = mkOption {

@@ -1,4 +1,4 @@
-# NVIDIA GPUs (flakefleet.gpu.vendor = "nvidia"): the datacenter driver of the pinned nixpkgs,
+# Hosts with NVIDIA GPUs (pools[].gpu = nvidia, flake.nix: modulesFor): the datacenter driver of the pinned nixpkgs,
 # the container toolkit so k3s' containerd has an `nvidia` runtime, a label and a taint so only
 # GPU workloads land here. Unfree packages are allowed for exactly the NVIDIA ones, and only in
 # this pool's system.
@@ -19,7 +19,7 @@ let
     "nvidia-settings"
   ];
 in
-lib.mkIf (gpu != null && gpu.vendor == "nvidia") {
+{
   nixpkgs.config.allowUnfreePredicate = pkg: builtins.elem (lib.getName pkg) nvidiaUnfree;
 
   hardware.nvidia = {

@@ -17,7 +17,7 @@ in
 rec {
   inherit portTable;
 
-  # The features port rules are conditioned on (flakefleet/ports.py:cluster_features computes
+  # The features port rules are conditioned on (flakefleet/facts/ports.py:cluster_features computes
   # the same): the CNI, and for Cilium its tunnel and whether Hubble runs.
   clusterFeatures =
     { cni, tunnel ? "vxlan", hubble ? false }:
@@ -49,7 +49,7 @@ rec {
   nodeLabels = labels: map (k: "${k}=${labels.${k}}") (builtins.attrNames labels);
 
   # Host facts (the schema of /etc/flakefleet/host.json) -> this host's k3s config drop-in.
-  # Must match flakefleet/nixos.py:k3s_host_config; a test compares the two. Total: null facts
+  # Must match flakefleet/plan/specs.py:k3s_host_config; a test compares the two. Total: null facts
   # (a shared pool closure, which learns its host at runtime) give nothing.
   k3sHostConfig =
     facts:
@@ -89,6 +89,14 @@ rec {
         value = config.${key};
       }) (builtins.attrNames config)
     );
+
+  # The assertion that every workload `names` lists is one of nixos/workloads/ (`workloads`).
+  workloadsExist = workloads: names: {
+    assertion = builtins.all (n: workloads ? ${n}) names;
+    message = "flakefleet: no workload ${
+      builtins.concatStringsSep ", " (builtins.filter (n: !(workloads ? ${n})) names)
+    } in nixos/workloads/ (it has: ${builtins.concatStringsSep ", " (builtins.attrNames workloads)})";
+  };
 
   # k3s package attribute for a channel: "stable" -> k3s, "1.33" -> k3s_1_33.
   k3sAttr =

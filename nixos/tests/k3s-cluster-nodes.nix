@@ -17,7 +17,7 @@ let
     };
   };
   apiEndpoint = "https://${hosts.cp0.address}:6443";
-  # The pool spec (flakefleet/nixos.py:pool_spec) of each node's pool.
+  # The pool spec (flakefleet/plan/specs.py:pool_spec) of each node's pool.
   spec = host: {
     schema = 1;
     cluster = "vmtest";
@@ -37,7 +37,7 @@ let
 in
 {
   inherit hosts apiEndpoint;
-  # The host facts (flakefleet/nixos.py:host_facts): cp0 initializes the cluster.
+  # The host facts (flakefleet/plan/specs.py:host_facts): cp0 initializes the cluster.
   facts = name: {
     schema = 1;
     cluster = "vmtest";

@@ -48,7 +48,7 @@
             ]
         )
         ++ map (k: "--node-label=${k}=${spec.labels.${k}}") (builtins.attrNames spec.labels)
-        # hardware/nvidia.nix and mixins/workloads.nix add these labels and the GPU taint.
+        # hardware/nvidia.nix and mixins/workload-images.nix add these labels and the GPU taint.
         ++ (if (spec.gpu or null) != null then [ "--node-label=nvidia.com/gpu.present=true" ] else [ ])
         ++ (if (spec.images or [ ]) != [ ] then [ "--node-label=flakefleet.io/pool=${spec.pool}" ] else [ ])
         ++ map (t: "--node-taint=${t}") spec.taints

@@ -1,0 +1,52 @@
+"""The `k3s kubectl` calls flakefleet makes on a control plane, and what it reads of their answers (pure)."""
+
+from __future__ import annotations
+
+import json
+
+K3S = "/run/current-system/sw/bin/k3s"  # NixOS puts k3s there (environment.systemPackages)
+
+
+def nodes_query(names: tuple[str, ...]) -> list[str]:
+    """The kubectl call that reports the given nodes (missing ones are simply absent)."""
+    return [K3S, "kubectl", "get", "nodes", *names, "--ignore-not-found", "-o", "json"]
+
+
+def node_query(name: str) -> list[str]:
+    """The kubectl call that prints `node/<name>` when the Node exists, nothing when it does not."""
+    return [K3S, "kubectl", "get", "node", name, "--ignore-not-found", "-o", "name"]
+
+
+def drain_commands(node: str, timeout_s: float) -> list[list[str]]:
+    """What removing a node runs on a control plane, before and after its host stops k3s."""
+    return [
+        [K3S, "kubectl", "cordon", node],
+        [K3S, "kubectl", "drain", node, "--ignore-daemonsets", "--delete-emptydir-data", f"--timeout={int(timeout_s)}s"],
+    ]
+
+
+def uncordon_command(node: str) -> list[str]:
+    return [K3S, "kubectl", "uncordon", node]
+
+
+def delete_node_command(node: str) -> list[str]:
+    """Deleting the Node object; for a server, k3s then removes its etcd member."""
+    return [K3S, "kubectl", "delete", "node", node, "--ignore-not-found"]
+
+
+def ready_nodes(kubectl_json: str) -> set[str]:
+    """Names of the nodes whose Ready condition is True, from `kubectl get nodes -o json`."""
+    try:
+        items = json.loads(kubectl_json).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return set()
+    return {
+        item["metadata"]["name"]
+        for item in items
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in item.get("status", {}).get("conditions", []))
+    }
+
+
+def node_names(kubectl_json: str) -> list[str]:
+    """Every node's name in `kubectl get nodes -o json`, sorted."""
+    return sorted(i["metadata"]["name"] for i in json.loads(kubectl_json).get("items", []))

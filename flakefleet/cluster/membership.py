@@ -1,0 +1,117 @@
+"""A host joining and leaving the cluster: a replaced first control plane joins instead of
+starting a second cluster, a new machine in a gone machine's place drops the stale Node (and so
+its etcd member), and a host leaving the stack is drained and deleted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import TYPE_CHECKING
+
+from flakefleet.cluster.kubectl import K3S, delete_node_command, drain_commands
+from flakefleet.cluster.readiness import node_exists
+from flakefleet.host.files import HostFile, files_digest
+from flakefleet.host.session import parse_state
+from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, DeliveryFailed
+
+if TYPE_CHECKING:
+    from flakefleet.host.session import HostSession
+
+
+def join_instead_of_init(contents: list[HostFile]) -> list[HostFile] | None:
+    """The host files of an initializing control plane rewritten to join through the API endpoint
+    (for when the cluster already exists: a replaced first control plane must not start a second
+    cluster). None when the files do not initialize a cluster."""
+    files = {path: (mode, data) for path, mode, data in contents}
+    if K3S_DROP_IN_PATH not in files or FACTS_PATH not in files:
+        return None
+    drop_in = json.loads(files[K3S_DROP_IN_PATH][1])
+    if not drop_in.pop("cluster-init", False):
+        return None
+    facts = json.loads(files[FACTS_PATH][1])
+    drop_in["server"] = facts["server"] = facts["api_endpoint"]
+    facts["init"] = False
+    files[K3S_DROP_IN_PATH] = (files[K3S_DROP_IN_PATH][0], (json.dumps(drop_in, sort_keys=True) + "\n").encode())
+    files[FACTS_PATH] = (files[FACTS_PATH][0], (json.dumps(facts, sort_keys=True) + "\n").encode())
+    return [(path, mode, data) for path, (mode, data) in files.items()]
+
+
+def existing_cluster_check(run: HostSession, contents: list[HostFile], state: dict[str, str]) -> list[HostFile]:
+    """An initializing control plane joins instead when it has no etcd data of its own while
+    another control plane already runs the cluster (it was replaced): a second `cluster-init`
+    would split the cluster. A host that joined that way keeps joining; one with its own etcd
+    data keeps its planned files."""
+    joining = join_instead_of_init(contents)
+    if joining is None:
+        return contents
+    if state.get("applied") == files_digest(run.plan.system, joining):
+        return joining
+    if state.get("etcd_data") == "yes":
+        return contents
+    for cp in run.plan.control_planes:
+        if cp.host == run.plan.host:
+            continue
+        if run.ssh([K3S, "kubectl", "get", "nodes", "-o", "name"], to=cp, timeout=20).returncode == 0:
+            run.say(f"the cluster already runs on {cp.host}: joining it instead of initializing one")
+            return joining
+    return contents
+
+
+def forget_stale_node(run: HostSession) -> None:
+    """A fresh machine (nothing delivered on it yet) whose Node already exists took the place of
+    a machine that is gone (a replaced instance, a re-imaged host): delete the stale Node through
+    another control plane first, so k3s also drops the old machine's etcd member and quorum
+    counts only live servers. The Node is registered again when this host's k3s starts."""
+    for cp in run.plan.control_planes:
+        if cp.host == run.plan.host:
+            continue
+        exists = node_exists(run, cp)
+        if exists is None:
+            continue
+        if exists:
+            res = run.ssh(delete_node_command(run.plan.host), to=cp, timeout=120)
+            if res.returncode != 0:
+                raise DeliveryFailed(f"deleting the stale node {run.plan.host} on {cp.host} failed; nothing "
+                                     f"was changed on the new machine: {res.stderr.strip()[-500:]}")
+            run.say(f"a new machine took {run.plan.host}'s place: deleted its stale Node through {cp.host}")
+        return
+
+
+def superseded(run: HostSession, state: subprocess.CompletedProcess) -> bool:
+    """Whether a newer delivery holds the host (this Command's delete belongs to a replacement)."""
+    if state.returncode != 0:
+        return False
+    host = parse_state(state.stdout)
+    mine = run.previous.get("owner")
+    if mine and host.get("owner"):
+        return host["owner"] != mine
+    # A Command from before ownership: compare what it applied with what the host has.
+    applied = host.get("applied")
+    return bool(applied) and applied != files_digest(run.plan.system, run.file_contents())
+
+
+def remove(run: HostSession) -> str:
+    """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
+    Node. Does nothing when a newer delivery holds the host: Pulumi deletes the old Command of
+    every replacement (forced, trigger, instance) after the new one has claimed the host.
+    Draining that fails stops the removal; with no control plane left to ask (the whole
+    cluster is being destroyed), there is nothing to drain."""
+    plan = run.plan
+    state = run.hostctl("state", timeout=30)
+    if superseded(run, state):
+        return f"{plan.host} was superseded by a newer delivery; nothing to remove"
+    others = [cp for cp in plan.control_planes if cp.host != plan.host]
+    via = next((cp for cp in others if run.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
+    if via is None:
+        return f"{plan.host}: no other control plane reachable; nothing to drain (cluster being removed)"
+    for argv in drain_commands(plan.host, plan.health_timeout_s):
+        res = run.ssh(argv, to=via, timeout=plan.health_timeout_s + 60)
+        if res.returncode != 0:
+            raise DeliveryFailed(f"draining {plan.host} on {via.host} failed; it stays in the cluster: "
+                                 f"{res.stderr.strip()[-500:]}")
+    if state.returncode == 0:
+        run.hostctl("retire", timeout=60)
+    res = run.ssh(delete_node_command(plan.host), to=via, timeout=120)
+    if res.returncode != 0:
+        raise DeliveryFailed(f"deleting node {plan.host} on {via.host} failed: {res.stderr.strip()[-500:]}")
+    return f"{plan.host} drained, k3s stopped, node deleted (through {via.host})"

@@ -1,0 +1,39 @@
+"""Where the flake that defines the nodes is, what it offers that config may name (pure I/O on
+its directory; nothing evaluated), and where flakefleet keeps its caches.
+
+The program, `plan` and the tests all resolve the flake the same way: FLAKEFLEET_FLAKE, else
+`delivery.flake`, else `nixos/`, relative to the project.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_FLAKE = ROOT / "nixos"
+
+
+def resolve_flake(configured: str | None, env: dict[str, str] | None = None) -> Path:
+    """The flake directory: FLAKEFLEET_FLAKE, else `delivery.flake`, else nixos/; relative to the project."""
+    env = os.environ if env is None else env
+    chosen = env.get("FLAKEFLEET_FLAKE") or configured
+    if not chosen:
+        return DEFAULT_FLAKE
+    path = Path(chosen)
+    return (path if path.is_absolute() else ROOT / path).resolve()
+
+
+def workload_names(flake: Path) -> list[str] | None:
+    """The workloads the flake defines: one `workloads/<name>.nix` each (nixos/workloads/default.nix
+    lists every file there; a test keeps the two alike). None when the flake has no such folder."""
+    folder = flake / "workloads"
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.nix") if p.name != "default.nix")
+
+
+def default_cache_dir() -> Path:
+    """Where evaluated systems are cached: FLAKEFLEET_CACHE_DIR, else .cache/systems in the project
+    (the binary cache's staging is its sibling)."""
+    return Path(os.environ.get("FLAKEFLEET_CACHE_DIR") or ROOT / ".cache" / "systems")

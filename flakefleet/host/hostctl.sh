@@ -1,0 +1,393 @@
+#!/bin/sh
+# flakefleet host control: run as root on a node by the deployer over SSH.
+#
+#   hostctl.sh state                          what the host runs (current system, profile, applied digest)
+#   hostctl.sh activate OUT TOKEN DEADMAN_S   install staged files, arm the dead-man switch, switch to OUT
+#   hostctl.sh check TOKEN OUT                (new connection) is the host running OUT, healthy?
+#   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, record DIGEST
+#   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
+#   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
+#   hostctl.sh claim OWNER                    record which delivery Command holds the host
+#   hostctl.sh previous                       the newest confirmed system not running now (rollback target)
+#   hostctl.sh note-rollback FROM TO          record an operator's rollback (drift reports it)
+#   hostctl.sh needs-reboot OUT               what of OUT's boot files differs from the booted system
+#   hostctl.sh boot-stage OUT TOKEN           install staged files, make OUT a new generation booted
+#                                             once (one-shot entry); the previous one stays the default
+#   hostctl.sh reboot TOKEN                   reboot now (TOKEN's /run marker is gone once it did)
+#   hostctl.sh check-boot TOKEN OUT           (after the reboot) booted OUT (- : any), and healthy?
+#   hostctl.sh confirm-boot TOKEN OUT DIGEST  make OUT's generation the boot default; record DIGEST
+#   hostctl.sh boot-rollback TOKEN REASON     previous generation the default again, files restored
+#   hostctl.sh retire                         the host leaves the cluster: stop k3s
+#   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
+#   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
+#
+# Switching follows nixos-rebuild: `nix-env -p /nix/var/nix/profiles/system --set OUT`, then
+# OUT/bin/switch-to-configuration switch, under systemd-run when systemd is PID 1.
+# Staged files (host facts, secrets) are in /run/flakefleet/TOKEN/files, mirroring their
+# absolute paths; what they replace is kept in .../backup so a rollback restores it.
+# Exactly one of confirm and rollback/expire wins: the first to create TOKEN/decided.
+set -eu
+umask 077
+
+PROFILE=/nix/var/nix/profiles/system
+RUN=/run/flakefleet
+SELF=$RUN/hostctl.sh
+STATE=/var/lib/flakefleet
+APPLIED=$STATE/applied
+APPLIED_SYSTEM=$STATE/applied-system
+APPLIED_PROFILE=$STATE/applied-profile
+LOG=$STATE/deliveries.log
+
+has_systemd() { [ -d /run/systemd/system ]; }
+
+log() {
+  mkdir -p "$STATE"
+  printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LOG"
+}
+
+# Empty until the host runs a NixOS system (a fresh machine has no /run/current-system link).
+current_system() { [ -L /run/current-system ] && readlink -f /run/current-system 2>/dev/null || true; }
+
+switch_to() { # system unit-suffix
+  if has_systemd; then
+    systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER --collect --no-ask-password --pipe --quiet \
+      --service-type=exec --unit="flakefleet-switch-$2" --wait "$1/bin/switch-to-configuration" switch
+  else
+    "$1/bin/switch-to-configuration" switch
+  fi
+}
+
+arm_deadman() { # token seconds
+  if has_systemd; then
+    systemd-run --quiet --collect --unit="flakefleet-deadman-$1" --on-active="$2" \
+      --timer-property=AccuracySec=1s "$SELF" expire "$1"
+  else
+    setsid sh -c "sleep $2; exec '$SELF' expire '$1'" </dev/null >/dev/null 2>&1 &
+    echo $! >"$RUN/$1/deadman.pid"
+  fi
+}
+
+disarm_deadman() { # token
+  if has_systemd; then
+    systemctl stop "flakefleet-deadman-$1.timer" 2>/dev/null || true
+  elif [ -f "$RUN/$1/deadman.pid" ]; then
+    # The whole group: the waiting `sleep` too (setsid made the shell its group's leader).
+    kill -- "-$(cat "$RUN/$1/deadman.pid")" 2>/dev/null || true
+  fi
+}
+
+install_files() { # stage
+  (cd "$1/files" && find . -type f) | while IFS= read -r rel; do
+    rel=${rel#./}
+    dest=/$rel
+    mkdir -p "$(dirname "$dest")" "$1/backup/$(dirname "$rel")"
+    if [ -e "$dest" ]; then
+      cp -p "$dest" "$1/backup/$rel"
+    else
+      printf '%s\n' "$dest" >>"$1/created"
+    fi
+    cp -p "$1/files/$rel" "$dest.flakefleet-new"
+    mv -f "$dest.flakefleet-new" "$dest"
+  done
+}
+
+restore_files() { # stage
+  if [ -d "$1/backup" ]; then
+    (cd "$1/backup" && find . -type f) | while IFS= read -r rel; do
+      rel=${rel#./}
+      cp -p "$1/backup/$rel" "/$rel"
+    done
+  fi
+  if [ -f "$1/created" ]; then
+    while IFS= read -r path; do rm -f "$path"; done <"$1/created"
+  fi
+}
+
+reboot_parts() { # out: which of its boot files differ from the booted system's, one a line
+  [ -e /run/booted-system ] || return 0 # not booted from a NixOS system flakefleet can compare with
+  for part in kernel initrd kernel-modules; do
+    [ "$(readlink -f "$1/$part" 2>/dev/null)" = "$(readlink -f "/run/booted-system/$part" 2>/dev/null)" ] || echo "$part"
+  done
+  [ "$(cat "$1/kernel-params" 2>/dev/null)" = "$(cat /run/booted-system/kernel-params 2>/dev/null)" ] || echo kernel-params
+}
+
+generation_of() { # profile link name (system-N-link) -> N
+  n=${1#system-}
+  printf '%s\n' "${n%-link}"
+}
+
+# The boot loader: systemd-boot (bring-your-own metal) or GRUB (the NixOS EC2 image).
+# systemd-boot: `bootctl set-default` / `set-oneshot` on the generation's entry
+#   (nixos-generation-N.conf; the EFI variables win over loader.conf).
+# GRUB: the default entry is the system whose `switch-to-configuration boot` ran last (NixOS'
+#   install-grub writes "NixOS - Default" for it and every generation under "NixOS - All
+#   configurations"); `grub-reboot` sets next_entry, which NixOS' grub.cfg boots once.
+grub_entry() { # generation -> "submenu>entry" as grub-reboot takes it
+  entry=$(sed -n "s/^ *menuentry \"\(NixOS - Configuration $1 [^\"]*\)\".*/\1/p" /boot/grub/grub.cfg | head -n 1)
+  [ -n "$entry" ] || { echo "generation $1 has no GRUB entry" >&2; return 1; }
+  printf 'NixOS - All configurations>%s\n' "$entry"
+}
+
+bootloader() { # default|oneshot GENERATION
+  bootctl=$(command -v bootctl || echo /run/current-system/sw/bin/bootctl)
+  if [ -d /boot/loader/entries ] && [ -x "$bootctl" ]; then
+    "$bootctl" "set-$1" "nixos-generation-$2.conf"
+  elif [ -f /boot/grub/grub.cfg ]; then
+    if [ "$1" = default ]; then
+      "$(readlink -f "$PROFILE-$2-link")/bin/switch-to-configuration" boot
+    else
+      entry=$(grub_entry "$2") || return 1
+      grub-reboot "$entry"
+    fi
+  else
+    echo "no boot loader flakefleet knows (systemd-boot's entries or GRUB's grub.cfg)" >&2
+    return 1
+  fi
+}
+
+record_confirmed() { # out digest: what a drift check compares with
+  mkdir -p "$STATE"
+  printf '%s\n' "$2" >"$APPLIED"
+  printf '%s\n' "$1" >"$APPLIED_SYSTEM"
+  readlink "$PROFILE" >"$APPLIED_PROFILE"
+  rm -f "$STATE/rolled-back"
+  printf '%s\n' "$1" >>"$STATE/confirmed"
+}
+
+reboot_now() { # token: the token's /run directory is the marker a finished reboot wipes
+  mkdir -p "$RUN/$1"
+  : >"$RUN/$1/rebooting"
+  if has_systemd; then
+    systemd-run --quiet --collect --on-active=2 --timer-property=AccuracySec=100ms systemctl reboot
+  else
+    : >"$RUN/reboot-requested" # test hosts: the tests' reboot emulation acts on it
+  fi
+}
+
+do_rollback() { # token reason
+  stage=$RUN/$1
+  restore_files "$stage"
+  prev=$(cat "$stage/prev" 2>/dev/null || true)
+  if [ -n "$prev" ]; then
+    gen=$(generation_of "$prev")
+    nix-env -p "$PROFILE" --switch-generation "$gen" >/dev/null 2>&1
+    if switch_to "$(readlink -f "$PROFILE")" "rollback-$1" >/dev/null 2>&1; then
+      outcome="rolled back to generation $gen ($(current_system)): $2"
+    else
+      outcome="rolled back to generation $gen, but its activation reported failures: $2"
+    fi
+  else
+    outcome="not rolled back, there is no previous generation: $2"
+  fi
+  printf '%s\n' "$outcome" >"$stage/outcome"
+  log "$1 $outcome"
+  printf '%s\n' "$outcome"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+state)
+  printf 'current=%s\n' "$(current_system)"
+  printf 'profile=%s\n' "$(readlink "$PROFILE" 2>/dev/null || true)"
+  printf 'applied=%s\n' "$(cat "$APPLIED" 2>/dev/null || true)"
+  printf 'applied_system=%s\n' "$(cat "$APPLIED_SYSTEM" 2>/dev/null || true)"
+  printf 'applied_profile=%s\n' "$(cat "$APPLIED_PROFILE" 2>/dev/null || true)"
+  if [ -d /var/lib/rancher/k3s/server/db ]; then echo etcd_data=yes; else echo etcd_data=no; fi
+  printf 'restored=%s\n' "$(cat "$STATE/restored" 2>/dev/null || true)"
+  printf 'owner=%s\n' "$(cat "$STATE/owner" 2>/dev/null || true)"
+  printf 'rolled_back=%s\n' "$(cat "$STATE/rolled-back" 2>/dev/null || true)"
+  printf 'booted=%s\n' "$(readlink -f /run/booted-system 2>/dev/null || true)"
+  running=$(current_system)
+  printf 'reboot_pending=%s\n' "$(if [ -n "$running" ]; then reboot_parts "$running" | tr '\n' ' '; fi)"
+  # A boot of a new generation that was never confirmed (the host was reset, or the deployer lost).
+  for keep in "$STATE"/boot-*; do
+    if [ -d "$keep" ]; then printf 'unconfirmed_boot=%s %s\n' "${keep##*/boot-}" "$(cat "$keep/system" 2>/dev/null)"; fi
+  done
+  ;;
+previous)
+  # The newest system flakefleet confirmed here that is not the running one (a failed
+  # generation is never a rollback target); without that history, the newest earlier generation.
+  running=$(current_system)
+  found=""
+  if [ -s "$STATE/confirmed" ]; then
+    found=$(grep -vxF "$running" "$STATE/confirmed" | tail -n 1 || true)
+  else
+    n=$(generation_of "$(readlink "$PROFILE" 2>/dev/null || true)")
+    for g in $(ls "$(dirname "$PROFILE")" | sed -n 's/^system-\([0-9][0-9]*\)-link$/\1/p' | sort -n); do
+      [ -n "$n" ] && [ "$g" -lt "$n" ] || continue
+      target=$(readlink -f "$PROFILE-$g-link")
+      [ "$target" = "$running" ] || found=$target
+    done
+  fi
+  printf '%s\n' "$found"
+  ;;
+note-rollback)
+  mkdir -p "$STATE"
+  printf '%s %s %s\n' "$1" "$2" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$STATE/rolled-back"
+  log "rolled back by an operator: $1 -> $2"
+  ;;
+claim)
+  # The delivery Command that holds this host now (its owner id, from its report).
+  mkdir -p "$STATE"
+  printf '%s\n' "$1" >"$STATE/owner"
+  log "claimed by delivery $1"
+  ;;
+activate)
+  out=$1 token=$2 deadman=$3
+  stage=$RUN/$token
+  [ -d "$stage/files" ] || { echo "nothing staged for $token" >&2; exit 1; }
+  readlink "$PROFILE" >"$stage/prev" 2>/dev/null || : >"$stage/prev"
+  install_files "$stage"
+  arm_deadman "$token" "$deadman"
+  log "$token activate $out (previous: $(cat "$stage/prev"))"
+  nix-env -p "$PROFILE" --set "$out"
+  switch_to "$out" "$token"
+  ;;
+check | confirm)
+  token=$1 out=$2
+  stage=$RUN/$token
+  if [ -f "$stage/outcome" ]; then
+    echo "$(cat "$stage/outcome")" >&2
+    exit 2
+  fi
+  running=$(current_system)
+  [ "$running" = "$out" ] || { echo "running $running, not $out" >&2; exit 3; }
+  if has_systemd; then
+    health=$(systemctl is-system-running 2>/dev/null || true)
+    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+  fi
+  [ "$cmd" = confirm ] || exit 0
+  digest=$3
+  mkdir "$stage/decided" 2>/dev/null || { echo "$(cat "$stage/outcome" 2>/dev/null || echo decided)" >&2; exit 2; }
+  disarm_deadman "$token"
+  echo confirmed >"$stage/outcome"
+  # What flakefleet put here: a drift check compares the running system and profile with these.
+  record_confirmed "$out" "$digest"
+  # A live switch also makes the new generation the boot default (GRUB keeps a saved one).
+  if [ -f /boot/grub/grub.cfg ] || [ -d /boot/loader/entries ]; then
+    bootloader default "$(generation_of "$(readlink "$PROFILE")")" 2>/dev/null || true
+  fi
+  log "$token confirmed $out"
+  ;;
+rollback)
+  token=$1 reason=$2
+  stage=$RUN/$token
+  if ! mkdir "$stage/decided" 2>/dev/null; then
+    cat "$stage/outcome" 2>/dev/null || echo "already decided"
+    exit 0
+  fi
+  disarm_deadman "$token"
+  do_rollback "$token" "$reason"
+  ;;
+expire)
+  token=$1
+  mkdir "$RUN/$token/decided" 2>/dev/null || exit 0
+  do_rollback "$token" "the deployer did not confirm in time" >/dev/null
+  ;;
+restore | wipe-etcd)
+  id=$1
+  shift
+  if [ "$(cat "$STATE/restored" 2>/dev/null || true)" = "$id" ]; then
+    echo "restore $id was done on this host already"
+    exit 0
+  fi
+  if has_systemd; then
+    systemctl stop k3s.service 2>/dev/null || true
+  fi
+  if [ "$cmd" = restore ]; then
+    out=$1
+    shift
+    # k3s resets the cluster to the snapshot and exits; the switch then starts it normally.
+    "$out/sw/bin/k3s" "$@"
+    what="restored the cluster from the snapshot"
+  else
+    rm -rf /var/lib/rancher/k3s/server/db
+    what="wiped the old etcd data; k3s joins the restored cluster"
+  fi
+  mkdir -p "$STATE"
+  printf '%s\n' "$id" >"$STATE/restored"
+  log "restore $id: $what"
+  if has_systemd; then
+    # In place (the system is unchanged, the switch will not start it): start k3s again.
+    systemctl start k3s.service 2>/dev/null || true
+  fi
+  echo "$what"
+  ;;
+needs-reboot)
+  reboot_parts "$1"
+  ;;
+boot-stage)
+  out=$1 token=$2
+  stage=$RUN/$token
+  keep=$STATE/boot-$token # survives the reboot, unlike /run
+  [ -d "$stage/files" ] || { echo "nothing staged for $token" >&2; exit 1; }
+  mkdir -p "$keep"
+  readlink "$PROFILE" >"$keep/prev" 2>/dev/null || : >"$keep/prev"
+  install_files "$stage"
+  cp -a "$stage/backup" "$keep/" 2>/dev/null || true
+  cp "$stage/created" "$keep/" 2>/dev/null || true
+  nix-env -p "$PROFILE" --set "$out"
+  "$out/bin/switch-to-configuration" boot
+  new=$(generation_of "$(readlink "$PROFILE")")
+  prev=$(generation_of "$(cat "$keep/prev")")
+  printf '%s\n' "$new" >"$keep/generation"
+  printf '%s\n' "$out" >"$keep/system"
+  # Boot the new generation once: a hang or a failed boot falls back to the previous one on
+  # the next reset. It becomes the default only when confirmed (confirm-boot).
+  if [ -n "$prev" ]; then bootloader default "$prev"; fi
+  bootloader oneshot "$new"
+  log "$token boot-staged $out: generation $new boots once, generation ${prev:-none} stays the default"
+  ;;
+reboot)
+  log "$1 rebooting"
+  reboot_now "$1"
+  ;;
+check-boot)
+  token=$1 out=$2
+  [ -d "$RUN/$token" ] && { echo "not rebooted yet" >&2; exit 3; }
+  booted=$(readlink -f /run/booted-system 2>/dev/null || true)
+  [ "$out" = - ] || [ "$booted" = "$out" ] || { echo "booted ${booted:-nothing}, not $out" >&2; exit 2; }
+  if has_systemd; then
+    health=$(systemctl is-system-running 2>/dev/null || true)
+    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+  fi
+  ;;
+confirm-boot)
+  token=$1 out=$2 digest=$3
+  keep=$STATE/boot-$token
+  bootloader default "$(cat "$keep/generation")"
+  record_confirmed "$out" "$digest"
+  rm -rf "$keep"
+  log "$token confirmed $out after rebooting into it"
+  ;;
+boot-rollback)
+  token=$1 reason=$2
+  keep=$STATE/boot-$token
+  restore_files "$keep"
+  prev=$(generation_of "$(cat "$keep/prev")")
+  if [ -n "$prev" ]; then
+    nix-env -p "$PROFILE" --switch-generation "$prev" >/dev/null 2>&1
+    "$(readlink -f "$PROFILE")/bin/switch-to-configuration" boot
+    bootloader default "$prev"
+  fi
+  outcome="rolled back at the boot loader to generation ${prev:-none} ($(readlink -f "$PROFILE")): $reason"
+  rm -rf "$keep"
+  log "$token $outcome"
+  printf '%s\n' "$outcome"
+  # Already running the previous generation (it fell back by itself): no second reboot.
+  if [ "$(readlink -f /run/booted-system 2>/dev/null)" != "$(readlink -f "$PROFILE")" ]; then
+    reboot_now "$token-rollback"
+  fi
+  ;;
+retire)
+  if has_systemd; then
+    systemctl stop k3s.service
+  fi
+  log "retired: removed from the cluster, k3s stopped"
+  ;;
+*)
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|retire ..." >&2
+  exit 64
+  ;;
+esac

@@ -1,0 +1,109 @@
+"""Roll hosts back to their previous generation: the operator's `nixos-rebuild --rollback`.
+
+    python -m flakefleet rollback --stack S (--host H | --pool P) [--outputs outputs.json]
+
+Each host in turn (a pool one host at a time, stopping at the first failure) is switched to the
+newest system flakefleet confirmed on it that is not the running one (a generation that failed
+and was rolled back is never the target; plain `nixos-rebuild --rollback` could pick it) with the same machinery as a delivery: a host-side dead-man switch
+armed before the switch, and confirmation over a new connection that the host is healthy and its
+Node Ready; otherwise the host goes back to where it was. The rollback is recorded on the host,
+so `flakefleet drift` reports it ("rolled back by `flakefleet rollback`").
+
+The stack's state still says the hosts run the stack's system, so a plain `pulumi up` changes
+nothing; the command prints the `pulumi up --replace` that delivers the stack's system again
+(safe: a replaced delivery never removes its host).
+
+Hosts are reached as delivery reaches them: addresses from the stack file, host keys from the
+stack file (bring-your-own hosts) or from `pulumi stack output --json` (EC2 hosts).
+Exit 0: all rolled back; 1: bad input; 3: a host could not be rolled back (it says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
+from flakefleet.delivery.activation import roll_back_generation
+from flakefleet.host.session import HostSession
+from flakefleet.plan.inventory import Host, Inventory
+from flakefleet.config.stackfile import STACKS
+from flakefleet.plan.load import load_stack_or_report
+
+PROJECT = "flakefleet"
+
+
+def delivery_urn(stack: str, cluster: str, host: str) -> str:
+    """The URN of a host's delivery Command (components/delivery.py names it `<cluster>-deliver-<host>`)."""
+    return f"urn:pulumi:{stack}::{PROJECT}::flakefleet:index:Delivery$command:local:Command::{cluster}-deliver-{host}"
+
+
+def host_keys(inv: Inventory, outputs: dict | None) -> dict[str, str]:
+    """Each host's pinned key: the stack file's, else the stack output `nodes[].host_key`."""
+    nodes = (outputs or {}).get("nodes", {})
+    return {h.name: h.ssh_host_key or nodes.get(h.name, {}).get("host_key", "") for h in inv.hosts}
+
+
+def rollback_plan(host: Host, keys: dict[str, str], inv: Inventory, health_timeout_s: float) -> DeliveryPlan:
+    """A plan for the runner: reach the host, confirm it healthy and its Node Ready via the control planes."""
+    via = tuple(Endpoint.of(cp, keys[cp.name]) for cp in inv.control_planes if keys.get(cp.name))
+    return DeliveryPlan(
+        host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user, host_key=keys[host.name],
+        system="", drv="", health_timeout_s=health_timeout_s, boot_timeout_s=60, batch=(host.name,), ready_via=via,
+    )
+
+
+def select(inv: Inventory, host: str | None, pool: str | None) -> tuple[list[Host], str | None]:
+    """The hosts asked for, or a one-line problem."""
+    if host is not None:
+        chosen = [h for h in inv.hosts if h.name == host]
+        return chosen, None if chosen else f"no host {host!r} in the stack (have: {', '.join(h.name for h in inv.hosts)})"
+    chosen = inv.pool_hosts(pool)
+    pools = sorted({h.pool for h in inv.hosts})
+    return chosen, None if chosen else f"no pool {pool!r} with hosts in the stack (have: {', '.join(pools)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flakefleet rollback", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--host", help="one host")
+    which.add_argument("--pool", help="every host of a pool, one at a time")
+    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
+    parser.add_argument("--stacks-dir", type=Path, default=STACKS)
+    args = parser.parse_args(argv)
+    if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
+        return 1
+    cfg, inv = loaded
+    hosts, problem = select(inv, args.host, args.pool)
+    outputs = json.loads(args.outputs.read_text()) if args.outputs else None
+    keys = host_keys(inv, outputs)
+    unknown = [h.name for h in hosts if not keys[h.name]]
+    if problem or unknown:
+        print(problem or f"no pinned host key for {', '.join(unknown)}: pass --outputs (pulumi stack output --json)",
+              file=sys.stderr)
+        return 1
+    done = []
+    for host in hosts:
+        session = HostSession(rollback_plan(host, keys, inv, cfg.delivery.health_timeout_s), dict(os.environ))
+        try:
+            print(roll_back_generation(session), flush=True)
+            done.append(host.name)
+        except DeliveryFailed as err:
+            print(f"[{host.name}] {err}", file=sys.stderr, flush=True)
+            return ROLLED_BACK
+        finally:
+            session.close()
+    replace = " ".join(f"--replace '{delivery_urn(args.stack, cfg.cluster.name, h)}'" for h in done)
+    if all(h.address.is_loopback for h in inv.hosts):  # the demo's stack: its config file holds the signing key
+        replace += " --config-file .demo/Pulumi.local.yaml"
+    print(f"\n`flakefleet drift` now reports {', '.join(done)} as rolled back. To deliver the stack's system again:\n"
+          f"  pulumi up --stack {args.stack} {replace}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

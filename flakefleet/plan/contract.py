@@ -1,0 +1,239 @@
+"""What the program hands each command it registers, and what those commands hand back: the
+plans (JSON, no secrets), the environment variables that carry secrets and identities, the
+reports (JSON on stdout, kept in state), the exit codes, and the evaluated systems the plans name.
+Everything here is data: the runner and the program meet here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+# The environment of a delivery Command: its plan; secrets only through FLAKEFLEET_SECRET_<NAME>
+# and FLAKEFLEET_SIGNING_KEY, never arguments.
+PLAN_ENV = "FLAKEFLEET_DELIVERY"
+SECRET_ENV_PREFIX = "FLAKEFLEET_SECRET_"
+SIGNING_KEY_ENV = "FLAKEFLEET_SIGNING_KEY"
+# The deployer's own SSH identity: deliberately not part of the plan (a Pulumi input), so that
+# deployers with keys in different places do not see a change.
+IDENTITY_ENV = "FLAKEFLEET_SSH_IDENTITY"
+# The EC2 instance behind the host ("" for bring-your-own): a new instance needs its system again.
+INSTANCE_ENV = "FLAKEFLEET_INSTANCE_ID"
+# pulumi-command gives `update` and `delete` the stdout of the last create or update: our report.
+PREVIOUS_STDOUT_ENV = "PULUMI_COMMAND_STDOUT"
+# The plans of the other commands: a pool's publish, the kubeconfig read, the stale-node clean-up.
+PUBLISH_ENV = "FLAKEFLEET_PUBLISH"
+KUBECONFIG_PLAN_ENV = "FLAKEFLEET_KUBECONFIG"
+PRUNE_PLAN_ENV = "FLAKEFLEET_PRUNE"
+
+# Where delivery writes what a shared pool closure reads at runtime (nixos/lib/default.nix: paths).
+FACTS_PATH = "/etc/flakefleet/host.json"
+K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
+
+# Exit codes of the runner.
+OK, FAILED, ROLLED_BACK, UNREACHABLE = 0, 1, 3, 4
+
+NIX_SYSTEMS = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
+
+
+# ----------------------------------------------------------------------------- evaluated systems
+
+
+@dataclass(frozen=True)
+class System:
+    """One evaluated system: its derivation and the out path delivery will switch hosts to."""
+
+    drv: str
+    out: str
+    boot: dict | None = None
+    """The boot files (kernel, initrd, modules, params) a host reboots for when they change."""
+
+
+# ----------------------------------------------------------------------------- a host's delivery
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A file to place on the host: inline content, or a secret read from the environment."""
+
+    path: str
+    mode: str = "0600"
+    content: str | None = None
+    secret_env: str | None = None  # FLAKEFLEET_SECRET_<NAME>
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A control plane the runner may ask about node readiness (`k3s kubectl` over pinned SSH)."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    host_key: str
+
+    @staticmethod
+    def of(host, host_key: str) -> Endpoint:
+        """The endpoint of a planned host (plan/inventory.py: Host), with its pinned key."""
+        return Endpoint(host.name, str(host.address), host.ssh_port, host.ssh_user, host_key)
+
+
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """Everything the runner needs for one host, except secrets."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    host_key: str  # "ssh-ed25519 AAAA..."
+    system: str  # out path
+    drv: str
+    files: tuple[FileSpec, ...] = ()
+    identity_file: str | None = None
+    boot_timeout_s: float = 300
+    health_timeout_s: float = 300
+    deadman_margin_s: float = 30
+    copy_attempts: int = 3
+    substitute_on_destination: bool = False
+    # Readiness gate: this host is confirmed only when every node of its batch reports Ready,
+    # asked on the first reachable control plane of `ready_via`. Empty: no Kubernetes gate.
+    batch: tuple[str, ...] = ()
+    ready_via: tuple[Endpoint, ...] = ()
+    # Removal: every control plane, to drain this node and delete its Node object through.
+    control_planes: tuple[Endpoint, ...] = ()
+    # Rebuild from a snapshot (once per restore id): the first control plane runs these k3s
+    # arguments (a --cluster-reset); the other control planes wipe their etcd data instead.
+    restore_id: str | None = None
+    restore_args: tuple[str, ...] = ()
+    # A system whose boot files differ from the booted ones: `auto` reboots into it (drained,
+    # boot-loader one-shot, confirmed), `always` reboots whatever changed, `never` switches live
+    # and reports the reboot as pending (flakefleet/delivery/reboot.py).
+    reboot: str = "auto"
+    # Where the system is built (`local`: the deployer, or the pool's builder before the first
+    # wave; `target`: the host itself) and where the host fetches it from (the stack's binary
+    # cache, then upstream caches; empty: `nix copy` from the deployer over SSH).
+    build: str = "local"
+    substituters: tuple[str, ...] = ()
+    # A pool on `target` with the stack's cache builds once: its first host builds and this
+    # runner pushes the result into the cache (`push`: bucket, region); the pool's other hosts
+    # wait up to `build_wait_s` for it to appear there (`await_build`), then substitute it.
+    push: dict | None = None
+    await_build: bool = False
+    build_wait_s: float = 3600
+
+    @staticmethod
+    def from_json(text: str) -> DeliveryPlan:
+        raw = json.loads(text)
+        raw["files"] = tuple(FileSpec(**f) for f in raw.get("files", ()))
+        raw["batch"] = tuple(raw.get("batch", ()))
+        raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
+        raw["control_planes"] = tuple(Endpoint(**e) for e in raw.get("control_planes", ()))
+        raw["restore_args"] = tuple(raw.get("restore_args", ()))
+        raw["substituters"] = tuple(raw.get("substituters", ()))
+        return DeliveryPlan(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class DeliveryFailed(Exception):
+    """Delivery stopped; `code` is the runner's exit code, the message says what happened to the host."""
+
+    def __init__(self, message: str, code: int = FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Report:
+    """What a delivery did: the runner's last stdout line, which Pulumi keeps as the Command's
+    stdout and hands back to the next `update` and to `delete` (PULUMI_COMMAND_STDOUT)."""
+
+    host: str
+    outcome: str = ""
+    paths_copied: int = 0
+    bytes_copied: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    found: dict[str, object] = field(default_factory=dict)  # the host before this delivery (drift)
+    # What the host was given: an `update` with the same of each has nothing to do on the host.
+    system: str = ""
+    digest: str = ""  # files_digest of the planned files
+    host_key: str = ""
+    instance: str = ""
+    restored: str | None = None
+    # This Command's claim on the host: a delete whose owner no longer holds the host was
+    # replaced by a newer delivery (any replacement: forced, trigger, instance) and removes nothing.
+    owner: str = ""
+    # The system's boot files differ from the booted ones and `reboot: never` kept it live.
+    reboot_pending: bool = False
+
+
+def report_in(stdout: str | None) -> dict:
+    """The runner's JSON report in a Command's stdout (its last line); {} when absent."""
+    lines = (stdout or "").strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+# ----------------------------------------------------------------------------- a pool's publish
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A build host reached over pinned SSH (from `delivery.builders`, or the target host)."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    host_key: str = ""
+    identity_file: str | None = None
+
+    @property
+    def store(self) -> str:
+        return f"ssh-ng://{self.user}@{self.address}"
+
+
+def substituter_url(bucket: str, region: str) -> str:
+    """The S3 store URL hosts substitute from (with their instance profile's credentials)."""
+    return f"s3://{bucket}?region={region}"
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """One pool's upload: what to build where, and which bucket it goes to."""
+
+    pool: str
+    system: str
+    drv: str
+    bucket: str | None  # None: build once (on the pool's builder) without uploading
+    region: str
+    upstreams: tuple[str, ...] = ()
+    builder: Builder | None = None
+
+    @staticmethod
+    def from_json(text: str) -> PublishPlan:
+        raw = json.loads(text)
+        raw["upstreams"] = tuple(raw.get("upstreams", ()))
+        raw["builder"] = Builder(**raw["builder"]) if raw.get("builder") else None
+        return PublishPlan(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class PublishReport:
+    """What one publish did (the Command's stdout: nothing secret)."""
+
+    pool: str
+    system: str
+    closure: int = 0
+    in_cache: int = 0
+    upstream: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    notes: list[str] = field(default_factory=list)

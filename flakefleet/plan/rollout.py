@@ -1,0 +1,75 @@
+"""The rollout: in which order hosts are delivered, a rebuild's restore point, and which hosts
+reboot for a new system (pure). Each host's plan is in hostplans.py."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flakefleet.config import StackConfig
+from flakefleet.plan.contract import System
+from flakefleet.plan.inventory import Host, Inventory
+from flakefleet.plan.specs import SERVER_TOKEN, host_system
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """The snapshot a rebuild restores: s3://bucket/cluster/snapshot."""
+
+    bucket: str
+    cluster: str
+    region: str
+    snapshot: str
+
+    @property
+    def id(self) -> str:
+        """Stable id: a host does each restore once, however often delivery runs."""
+        return hashlib.sha256(f"{self.bucket}/{self.cluster}/{self.snapshot}".encode()).hexdigest()[:16]
+
+    def k3s_args(self) -> tuple[str, ...]:
+        """`k3s server --cluster-reset` from the S3 snapshot, with the original server token
+        (read from the staged token file: @STAGE@ is the runner's staging directory)."""
+        return (
+            "server", "--cluster-reset", f"--cluster-reset-restore-path={self.snapshot}",
+            "--token-file", f"@STAGE@{SERVER_TOKEN[0]}",
+            "--etcd-s3", "--etcd-s3-bucket", self.bucket, "--etcd-s3-region", self.region,
+            "--etcd-s3-folder", self.cluster,
+        )  # fmt: skip
+
+
+def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
+    """Control planes one at a time, the cluster-initializing one first (etcd keeps quorum), then
+    workers in batches of `max_parallel`, each after the previous one is healthy."""
+    waves: list[tuple[Host, ...]] = [(h,) for h in inv.control_planes]
+    workers = inv.workers
+    waves += [workers[i : i + max_parallel] for i in range(0, len(workers), max_parallel)]
+    return waves
+
+
+def waves(cfg: StackConfig, inv: Inventory) -> list[tuple[Host, ...]]:
+    """The stack's rollout waves: workers batched by `delivery.max_unavailable` / `max_parallel`."""
+    return rollout_waves(inv, cfg.delivery.batch_size(len(inv.workers)))
+
+
+BOOT_PARTS = ("kernel", "initrd", "modules", "params")
+
+
+def reboot_notes(cfg: StackConfig, inv: Inventory, systems: Mapping[str, System], previous: Mapping | None) -> list[str]:
+    """One line per system whose boot files differ from the last update's (`previous`, the stack
+    output `boot`): which hosts will reboot into it (or keep a pending reboot), in which waves."""
+    if not previous:
+        return []
+    wave_of = {h.name: n for n, wave in enumerate(waves(cfg, inv)) for h in wave}
+    lines = []
+    for key, system in sorted(systems.items()):
+        before = previous.get(key)
+        if not before or not system.boot or dict(before) == system.boot:
+            continue
+        parts = [p for p in BOOT_PARTS if before.get(p) != system.boot.get(p)]
+        hosts = [h for h in inv.hosts if host_system(cfg, h) == key]
+        mode = next(p.reboot for p in cfg.pools if p.name == hosts[0].pool) if hosts else "auto"
+        verb = "keep running the old kernel: reboot pending (reboot: never)" if mode == "never" else "reboot"
+        who = ", ".join(f"{h.name} (wave {wave_of[h.name]})" for h in hosts)
+        lines.append(f"pool {key}: {', '.join(parts)} change; {who} {verb}")
+    return lines

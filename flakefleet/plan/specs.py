@@ -1,0 +1,181 @@
+"""What the flake is given and what each host is told: pool specs, host facts, the k3s drop-in.
+
+A pool's spec is everything its closure depends on, so all hosts of a pool share one closure
+and evaluation cost grows with pools, not hosts. What differs per host (name, address, whether
+it initializes the cluster) is a host fact, written by delivery outside the store:
+`/etc/flakefleet/host.json` and the k3s drop-in `config.yaml.d/50-flakefleet-host.yaml`.
+Pools with `per_host_closures` get their facts baked into one closure per host instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from flakefleet.config import StackConfig
+from flakefleet.facts.aws import nvidia_gpu
+from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, NIX_SYSTEMS, FileSpec
+from flakefleet.plan.inventory import Host, Inventory
+
+SPEC_SCHEMA = 1
+SECRETS_DIR = "/var/lib/flakefleet/secrets"
+# Token files (nixos/roles: tokenFile, agentTokenFile) -> the runner's environment variable.
+SERVER_TOKEN = (f"{SECRETS_DIR}/k3s-server-token", "FLAKEFLEET_SECRET_K3S_SERVER_TOKEN")
+AGENT_TOKEN = (f"{SECRETS_DIR}/k3s-agent-token", "FLAKEFLEET_SECRET_K3S_AGENT_TOKEN")
+
+
+def host_facts(inv: Inventory, host: Host) -> dict:
+    """The facts a host's shared closure reads at runtime (the schema of /etc/flakefleet/host.json)."""
+    first = inv.control_planes[0]
+    server = host.role == "control-plane" and host.name != first.name
+    return {
+        "schema": SPEC_SCHEMA,
+        "cluster": inv.cluster,
+        "name": host.name,
+        "pool": host.pool,
+        "role": host.role,
+        "address": str(host.address),
+        "api_endpoint": inv.api_endpoint,
+        # The first control plane initializes etcd; the others join through the API endpoint.
+        "init": host.name == first.name,
+        "server": inv.api_endpoint if server else None,
+    }
+
+
+def k3s_host_config(facts: dict) -> dict:
+    """The host's k3s config drop-in. Mirrors nixos/lib/default.nix:k3sHostConfig (a test compares them)."""
+    config = {"node-name": facts["name"], "node-ip": facts["address"]}
+    if facts["role"] == "control-plane":
+        config.update({"cluster-init": True} if facts["init"] else {"server": facts["server"]})
+    return config
+
+
+def system_key(pool: str, host: str | None = None) -> str:
+    """Name of one system to evaluate: the pool, or `pool/host` for per-host closures."""
+    return f"{pool}/{host}" if host else pool
+
+
+def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | None = None) -> dict:
+    """Everything a pool's closure is built from (the input of the flake's `lib.toplevel`)."""
+    pool = cfg.pool(pool_name)
+    sans = [str(inv.api_address), *(str(a) for a in inv.api_lb_addresses)]
+    return {
+        "schema": SPEC_SCHEMA,
+        "cluster": cfg.cluster.name,
+        "pool": pool.name,
+        "role": pool.role,
+        "hardware": pool.provider,
+        "system": NIX_SYSTEMS[pool.arch],
+        "api_endpoint": inv.api_endpoint,
+        "tls_sans": list(dict.fromkeys(sans)) if pool.role == "control-plane" else [],
+        "pod_cidr": str(cfg.cluster.pod_cidr),
+        "service_cidr": str(cfg.cluster.service_cidr),
+        "k3s_channel": cfg.cluster.k3s_channel,
+        "labels": dict(sorted(pool.labels.items())),
+        "taints": [t.render() for t in pool.taints],
+        "authorized_keys": list(cfg.delivery.authorized_keys),
+        "trusted_public_keys": [cfg.signing_public_key] if cfg.signing_public_key else [],
+        "host": host_facts(inv, host) if host is not None else None,
+        "cni": cfg.cluster.cni,
+        "cilium": cilium_spec(cfg),
+        "gpu": gpu_spec(cfg, pool_name),
+        "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.size),
+        "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
+        "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
+    }
+
+
+def cilium_spec(cfg: StackConfig) -> dict | None:
+    """Cilium's settings (nixos/mixins/cilium.nix and addons/cilium.nix), when it is the cluster's CNI."""
+    if cfg.cluster.cni != "cilium":
+        return None
+    c = cfg.cluster.cilium
+    return {"version": c.version, "tunnel": c.tunnel, "hubble": c.hubble}
+
+
+def gpu_spec(cfg: StackConfig, pool_name: str) -> dict | None:
+    """A GPU pool's GPUs (nixos/hardware/nvidia.nix): open kernel modules and NVSwitch from the
+    instance catalog on EC2; bring-your-own hosts are taken as Turing or newer without NVSwitch."""
+    pool = cfg.pool(pool_name)
+    if pool.gpu is None:
+        return None
+    known = nvidia_gpu(pool.instance_type) if pool.instance_type else None
+    return {"vendor": pool.gpu, "openModules": known.open_modules if known else True,
+            "nvswitch": known.nvswitch if known else False}
+
+
+def workload_specs(cfg: StackConfig) -> list[dict]:
+    """The stack's workloads as control planes deploy them: where they run, and which of those
+    pools have GPUs (whose taint their pods then tolerate)."""
+    gpu = {p.name for p in cfg.pools if p.gpu}
+    return [{"name": w.name, "pools": list(w.pools), "gpuPools": [p for p in w.pools if p in gpu],
+             "replicas": w.replicas} for w in cfg.workloads]
+
+
+def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:
+    """Every system the stack needs: one per pool with hosts, or one per host where a pool opts in."""
+    specs: dict[str, dict] = {}
+    for pool in cfg.pools:
+        hosts = inv.pool_hosts(pool.name)
+        if not hosts:
+            continue
+        if pool.per_host_closures:
+            specs.update({system_key(pool.name, h.name): pool_spec(cfg, inv, pool.name, h) for h in hosts})
+        else:
+            specs[system_key(pool.name)] = pool_spec(cfg, inv, pool.name)
+    return specs
+
+
+def host_system(cfg: StackConfig, host: Host) -> str:
+    """The key of the system a host runs."""
+    pool = cfg.pool(host.pool)
+    return system_key(host.pool, host.name if pool.per_host_closures else None)
+
+
+SNAPSHOTS_DROP_IN = "/etc/rancher/k3s/config.yaml.d/60-flakefleet-snapshots.yaml"
+
+
+def snapshot_config(cfg: StackConfig, bucket: str | None) -> dict:
+    """k3s etcd snapshot settings of a server: schedule and retention, and S3 when there is a bucket
+    (the instance profile grants access to the cluster's folder; no keys anywhere)."""
+    config: dict = {
+        "etcd-snapshot-schedule-cron": cfg.dr.snapshot_schedule,
+        "etcd-snapshot-retention": cfg.dr.snapshot_retention,
+    }
+    if bucket:
+        config.update({"etcd-s3": True, "etcd-s3-bucket": bucket, "etcd-s3-region": cfg.region,
+                       "etcd-s3-folder": cfg.cluster.name})
+    return config
+
+
+CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix includes it
+
+
+def host_files(
+    cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None
+) -> tuple[FileSpec, ...]:
+    """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
+    environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
+    store URL, included by nixos/common/nix.nix) and, for shared closures, its facts and k3s drop-in."""
+    tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
+    secrets = tuple(FileSpec(path, "0600", secret_env=env) for path, env in tokens)
+    if cache:
+        secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n"), *secrets)
+    if host.role == "control-plane":
+        content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
+        secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content), *secrets)
+    pool = cfg.pool(host.pool)
+    if pool.per_host_closures:
+        return secrets
+    facts = host_facts(inv, host)
+    return (
+        FileSpec(FACTS_PATH, "0644", content=json.dumps(facts, sort_keys=True) + "\n"),
+        # JSON is YAML: k3s reads this drop-in from config.yaml.d/.
+        FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n"),
+        *secrets,
+    )
+
+
+def files_hash(files: tuple[FileSpec, ...]) -> str:
+    """A stable hash of the non-secret files and the names of the secret ones (a delivery trigger)."""
+    return hashlib.sha256(json.dumps([f.__dict__ for f in files], sort_keys=True).encode()).hexdigest()
