@@ -13,9 +13,15 @@
 #   iproute2         addresses and namespaces of the test hosts
 #   util-linux       unshare, setsid and mount for the test hosts' namespaces
 #   python3-venv     `make setup`'s virtualenv (Debian's python3 lacks venv without it)
+#   systemd-container  systemd-nspawn: the host tier's machines (systemd as PID 1, real reboots)
+#   debootstrap      builds those machines' root and the VM tier's disk (Debian bookworm, cached)
+#   qemu-system-x86  the VM tier's guests (a real kernel and GRUB, software emulation)
+#   qemu-utils       qemu-img: a copy-on-write disk per guest
+#   fdisk            sfdisk: the VM disk's partition table
+#   e2fsprogs        mkfs.ext4 -d: the VM disk's root file system, without mounting
 set -eu
 
-PACKAGES="nix-bin openssh-server openssh-client iproute2 util-linux python3-venv"
+PACKAGES="nix-bin openssh-server openssh-client iproute2 util-linux python3-venv systemd-container debootstrap qemu-system-x86 qemu-utils fdisk e2fsprogs"
 # What each package provides, to check machines without dpkg (another distribution, a Nix shell).
 provides() {
   case "$1" in
@@ -25,6 +31,12 @@ provides() {
     iproute2) echo ip ;;
     util-linux) echo unshare ;;
     python3-venv) echo python3-venv ;;
+    systemd-container) echo systemd-nspawn ;;
+    debootstrap) echo debootstrap ;;
+    qemu-system-x86) echo qemu-system-x86_64 ;;
+    qemu-utils) echo qemu-img ;;
+    fdisk) echo sfdisk ;;
+    e2fsprogs) echo mkfs.ext4 ;;
   esac
 }
 

@@ -1,5 +1,6 @@
-"""The local stack on test hosts: its real config pointed at the hosts, and each host's delivery
-Command inputs exactly as the Delivery component registers them (shared by the host-tier tests)."""
+"""The local stack on test machines (tests/machines: systemd, real reboots): its real config
+pointed at the machines, and each host's delivery Command inputs exactly as the Delivery
+component registers them (shared by the host-tier tests)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ from flakefleet.plan.rollout import waves
 from flakefleet.config.stackfile import read_stack_file
 from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import prerequisites, run_as_deployer, running_fleet
+from tests.machines.image import prerequisites as machine_prerequisites
+from tests.machines.machine import running_machines
+from tests.testhosts import prerequisites, run_as_deployer
 
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
 
 
 def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False, spec_extra=None, reboot=None,
-          edit=None):
+          edit=None, health_timeout_s=60, settle_s=1):
     """The local stack, pointed at these test hosts (their addresses and generated host keys).
     `labels` go on the worker pool (a new system); `drop` removes hosts from it; `spec_extra`
     goes into every pool's spec (e.g. the stand-in's `standin_kernel`); `reboot` sets every
-    pool's reboot mode; `edit` changes the raw config (key -> value) before the rest.
+    pool's reboot mode; `edit` changes the raw config (key -> value) before the rest. The health
+    gate waits `health_timeout_s` (long: only tests of a failing gate wait it out) for k3s to
+    stay up `settle_s`.
     `raw_only`: the config as Pulumi passes it, instead of (config, inventory, systems, plans)."""
     raw = read_stack_file("local")
     if edit:
@@ -43,7 +48,7 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False,
         if reboot:
             pool["reboot"] = reboot
     raw["flakefleet:pools"] = json.dumps(pools)
-    delivery = {**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": 5}
+    delivery = {**json.loads(raw["flakefleet:delivery"]), "health_timeout_s": health_timeout_s, "settle_s": settle_s}
     if max_parallel:
         delivery["max_parallel"] = max_parallel
     raw["flakefleet:delivery"] = json.dumps(delivery)
@@ -91,9 +96,38 @@ def k3s_log(host) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def require_machines() -> None:
+    """Skip locally, fail in CI, without what the test machines need (root, nspawn, sshd, nix, ...)."""
+    missing = prerequisites() + machine_prerequisites()
+    require(not missing, f"test machines need: {', '.join(missing)}")
+
+
 @contextmanager
 def local_fleet(root: Path, addresses: dict[str, str]):
-    """Test hosts for a module's tests (skip locally, fail in CI without root, sshd, nix)."""
-    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    with running_fleet(root, addresses) as (fleet, hosts):
+    """Test machines for a module's tests, one per name -> address."""
+    require_machines()
+    with running_machines(root, addresses) as (fleet, hosts):
         yield fleet, hosts
+
+
+def not_ready(fleet, *names: str) -> None:
+    """The stand-in API server reports these Nodes' Ready as False (their kubelets say so); none: all clear."""
+    (fleet.apiserver / "notready").write_text("".join(f"{n}\n" for n in names))
+
+
+def register_nodes(fleet, *names: str) -> None:
+    """Nodes the API server knows without a kubelet behind them (e.g. left in a restored snapshot)."""
+    import time
+
+    (fleet.apiserver / "nodes").mkdir(exist_ok=True)
+    for name in names:
+        node = {"name": name, "registered": time.time(), "status_time": time.time(), "renewTime": time.time()}
+        (fleet.apiserver / "nodes" / f"{name}.json").write_text(json.dumps(node))
+
+
+def write_stack_file(directory: Path, cfg_raw: dict) -> None:
+    """The stack's config as a stack file (structured values as YAML), for the CLI commands."""
+    import yaml
+
+    config = {k: (json.loads(v) if k != "flakefleet:signing_key" else v) for k, v in cfg_raw.items()}
+    (directory / "Pulumi.local.yaml").write_text(yaml.safe_dump({"config": config}))

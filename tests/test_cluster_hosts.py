@@ -16,8 +16,9 @@ import pytest
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
 from flakefleet.common.ssh import known_hosts_line, ssh_options
 from flakefleet.plan.specs import AGENT_TOKEN
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
-from tests.testhosts import run_as_deployer, start_host
+from tests.local_fleet import TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack
+from tests.machines.machine import add_machine
+from tests.testhosts import run_as_deployer
 
 ADDRESSES = {"cp-0": "127.0.0.41", "worker-0": "127.0.0.42", "worker-1": "127.0.0.43"}
 
@@ -32,7 +33,7 @@ def cluster(tmp_path_factory):
 def formed(cluster):
     """The cluster formed on the stack's own system (a no-op when it already is): any test order."""
     fleet, hosts = cluster
-    hosts["cp-0"].path("/etc/flakefleet/standin-notready").unlink(missing_ok=True)
+    not_ready(fleet)
     cfg, inv, _, plans = stack(hosts, fleet)
     results = run_waves(fleet, cfg, inv, plans)
     assert all(r.returncode == 0 for r in results.values()), {n: r.stderr for n, r in results.items()}
@@ -82,16 +83,16 @@ def test_worker_batch_readiness_was_asked_on_the_control_plane(formed):
 def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(formed):
     fleet, hosts = formed
     before = {n: h.current_system() for n, h in hosts.items()}
-    cfg, inv, systems, plans = stack(hosts, fleet, labels={"rollout": "2"})
-    hosts["cp-0"].path("/etc/flakefleet/standin-notready").write_text("worker-1\n")
+    cfg, inv, systems, plans = stack(hosts, fleet, labels={"rollout": "2"}, health_timeout_s=10)
+    not_ready(fleet, "worker-1")
     try:
         results = run_waves(fleet, cfg, inv, plans)
     finally:
-        hosts["cp-0"].path("/etc/flakefleet/standin-notready").unlink()
+        not_ready(fleet)
     assert results["cp-0"].returncode == 0
     for w in ("worker-0", "worker-1"):  # the whole batch, the Ready worker too
         assert results[w].returncode == ROLLED_BACK, results[w].stderr
-        assert "its batch was not Ready within 5s: not Ready: worker-1 (asked cp-0)" in results[w].stderr
+        assert "its batch was not Ready within 10s: not Ready: worker-1 (asked cp-0)" in results[w].stderr
         assert hosts[w].current_system() == before[w]
 
 
@@ -121,7 +122,7 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
 
     fleet, hosts = formed
     cfg, inv, systems, plans = stack(hosts, fleet)
-    fresh = start_host(fleet, "cp-0-new", "127.0.0.44")  # an empty machine taking cp-0's place
+    fresh = add_machine(fleet, "cp-0-new", "127.0.0.44")  # an empty machine taking cp-0's place
     running = hosts["cp-0"]
     plan = replace(
         plans["cp-0"], address=fresh.address, host_key=fresh.host_key, ready_via=(), batch=(),

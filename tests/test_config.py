@@ -74,6 +74,9 @@ DELETE = object()
 # (case id, mutation, expected problem line)
 X86_GPUS = "g3, g3s, p3, p3dn, g4dn, g5, g6, g6e, g6f, gr6, gr6f, g7e, p4d, p4de, p5, p5e, p5en, p6-b200, p6-b300"
 BAD = [
+    ("settle-not-shorter-than-the-health-timeout", mutate(delivery={"settle_s": 300}),
+     "flakefleet:delivery.settle_s: 300 is not shorter than delivery.health_timeout_s (300): no host could be "
+     "confirmed healthy in time"),
     ("gpu-on-a-type-without-one", mutate(pools__1__gpu="nvidia"),
      f"flakefleet:pools[1].gpu: m7i.large has no NVIDIA GPU; x86_64 GPU families: {X86_GPUS}"),
     ("gpu-aarch64-without-one", mutate(pools__1__gpu="nvidia", pools__1__instance_type="m7g.large", pools__1__arch="aarch64",

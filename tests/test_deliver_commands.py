@@ -206,3 +206,77 @@ def test_only_a_connection_that_never_opened_is_tried_again():
         result = over_ssh(d, lambda: seen.append(1) or next(asked), attempts=5, delays=itertools.repeat(0))
         assert result is expected and len(seen) == calls
     assert said and "Connection refused" in said[0]
+
+
+def test_the_units_that_read_each_file_are_staged_with_it():
+    script = staging_script("tok", "", [("/etc/a", "0600", b"x"), ("/etc/b", "0600", b"y")],
+                            {"/etc/a": ("k3s.service",), "/etc/b": ()})
+    # /etc/b has no reader: nothing to restart, no line
+    assert "cat > /run/flakefleet/tok/restarts <<'FLAKEFLEET_EOF'\n/etc/a k3s.service\nFLAKEFLEET_EOF" in script
+
+
+@pytest.mark.parametrize("unit", ["k3s.service; reboot", "$(id).service", "k3s", "../x.service"])
+def test_unsafe_unit_names_are_refused(unit):
+    with pytest.raises(ValueError):
+        staging_script("tok", "", [("/etc/a", "0600", b"x")], {"/etc/a": (unit,)})
+
+
+def test_every_file_a_host_gets_names_the_units_that_read_it():
+    from flakefleet.config import parse_stack_config
+    from flakefleet.config.stackfile import read_stack_file
+    from flakefleet.plan.contract import K3S_DROP_IN_PATH
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.plan.specs import CACHE_CONF_PATH, FACTS_PATH, SNAPSHOTS_DROP_IN, host_files
+
+    raw = read_stack_file("local")
+    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    inv = plan_inventory(cfg)
+    cp = next(h for h in inv.hosts if h.role == "control-plane")
+    readers = {f.path: f.restart for f in host_files(cfg, inv, cp, "bucket", "s3://cache")}
+    assert readers[FACTS_PATH] == ("flakefleet-hostname.service",)
+    assert readers[K3S_DROP_IN_PATH] == readers[SNAPSHOTS_DROP_IN] == ("k3s.service",)
+    assert readers[CACHE_CONF_PATH] == ("nix-daemon.service",)
+    assert all(units == ("k3s.service",) for path, units in readers.items() if "/secrets/" in path)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"spec": {"renewTime": "2026-12-01T22:44:41.597736Z"}}', 1796165081.597736),
+    ('{"spec": {"renewTime": "2026-12-01T22:44:41Z"}}', 1796165081.0),
+    ('{"spec": {}}', None), ("", None), ("not json", None), ('{"spec": {"renewTime": 5}}', None),
+])
+def test_a_leases_renew_time_is_read_as_kubectl_prints_it(text, expected):
+    from flakefleet.cluster.kubectl import lease_renewed
+
+    assert lease_renewed(text) == expected
+
+
+def test_the_lease_query_asks_the_node_lease_namespace():
+    from flakefleet.cluster.kubectl import lease_query
+
+    assert lease_query("w-1")[2:] == ["get", "lease", "w-1", "-n", "kube-node-lease", "--ignore-not-found", "-o", "json"]
+
+
+@pytest.mark.parametrize("mode,running,needs", [
+    ("always", "/nix/store/old", ["reboot: always"]),  # a new system: reboot
+    ("always", PLAN.system, []),  # the same system, new files: no reboot
+])
+def test_reboot_always_means_a_new_system(mode, running, needs):
+    from dataclasses import replace
+
+    from flakefleet.delivery.reboot import reasons
+
+    class Session:
+        plan = replace(PLAN, reboot=mode)
+
+    assert reasons(Session(), running) == needs
+
+
+def test_a_timeout_is_not_a_lost_connection():
+    from flakefleet.common.ssh import TIMED_OUT
+
+    remote = PinnedSSH([PLAN], None)
+    try:
+        res = remote.run(PLAN, ["true"], timeout=0.001)  # nothing answers in a millisecond
+    finally:
+        remote.close()
+    assert res.returncode == TIMED_OUT == 124 and "no answer within" in res.stderr

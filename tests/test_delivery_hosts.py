@@ -20,7 +20,9 @@ from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNR
 from flakefleet.plan.contract import K3S_DROP_IN_PATH
 from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import TestFleet, TestHost, poll, prerequisites, running_fleet
+from tests.machines.image import prerequisites as machine_prerequisites
+from tests.machines.machine import running_machines
+from tests.testhosts import TestFleet, TestHost, poll, prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "K10-test-token-3f1a9c7e::server:0d2b"
@@ -37,7 +39,8 @@ def spec(version: str) -> dict:
 
 @pytest.fixture(scope="module")
 def systems(tmp_path_factory):
-    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
+    missing = prerequisites() + machine_prerequisites()
+    require(not missing, f"test machines need: {', '.join(missing)}")
     specs = {v: spec(v) for v in ("v1", "v2", "v3", "v4", "v5")}
     evaluated, _ = evaluate_systems(Path(STANDIN_FLAKE), specs, tmp_path_factory.mktemp("cache"))
     return evaluated
@@ -46,7 +49,7 @@ def systems(tmp_path_factory):
 @pytest.fixture
 def fleet(tmp_path, systems):
     """Four fresh hosts for each test: every test sets up the state it needs (any order, alone)."""
-    with running_fleet(tmp_path / "fleet", {f"h{i}": f"127.0.0.{31 + i}" for i in range(4)}) as (fleet, _):
+    with running_machines(tmp_path / "fleet", {f"h{i}": f"127.0.0.{31 + i}" for i in range(4)}) as (fleet, _):
         yield fleet
 
 
@@ -58,7 +61,7 @@ def plan_for(fleet: TestFleet, host: TestHost, system, **overrides) -> DeliveryP
     )
     fields = dict(host=host.name, address=host.address, port=host.port, user="root", host_key=host.host_key,
                   system=system.out, drv=system.drv, files=files, identity_file=str(fleet.client_key),
-                  boot_timeout_s=5, health_timeout_s=5, deadman_margin_s=2)
+                  boot_timeout_s=60, health_timeout_s=60, deadman_margin_s=2, settle_s=1)
     fields.update(overrides)
     return DeliveryPlan(**fields)
 

@@ -17,8 +17,9 @@ from flakefleet.plan.contract import ROLLED_BACK
 from flakefleet.ops.drift import split_pools
 from flakefleet.plan.rollout import waves
 from tests.lifecycle import LocalCommand
-from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack
-from tests.testhosts import run_command_as_deployer, start_host
+from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack, write_stack_file
+from tests.machines.machine import add_machine
+from tests.testhosts import run_command_as_deployer
 
 ADDRESSES = {"cp-0": "127.0.0.51", "worker-0": "127.0.0.52", "worker-1": "127.0.0.53"}
 
@@ -95,10 +96,9 @@ def test_a_replaced_instance_is_delivered_again_and_never_removed(cluster):
     so its etcd member) is deleted before the new one joins; no drain, no removal."""
     fleet, hosts, commands, (cfg, inv, plans) = cluster
     old = hosts["worker-1"]
-    hosts["cp-0"].path("/etc/flakefleet/standin-nodes").write_text("cp-0 worker-0 worker-1\n")
     old.stop()
     # The EC2 host key is pinned and installed at first boot: the new machine has the same key.
-    new = hosts["worker-1"] = start_host(fleet, "worker-1-new", old.address, host_key_file=old.root / "ssh_host_ed25519_key")
+    new = hosts["worker-1"] = add_machine(fleet, "worker-1-new", old.address, host_key_file=old.root / "ssh_host_ed25519_key")
     assert new.host_key.split()[:2] == old.host_key.split()[:2] and new.current_system() is None
     before = len(k3s_log(hosts["cp-0"]))
     steps = up(commands, inv, cfg, plans, instance={"worker-1": "i-0new"})
@@ -137,7 +137,7 @@ def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
     assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in step.proc.stderr
     assert [l.split(" kubectl ", 1)[1] for l in drained(before, hosts["cp-0"])] == [
         "cordon worker-1",
-        "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=5s",
+        "drain worker-1 --ignore-daemonsets --delete-emptydir-data --timeout=60s",
         "delete node worker-1 --ignore-not-found",
     ]
     assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
@@ -159,13 +159,6 @@ def test_a_failed_host_in_a_batch_is_named_and_its_pool_reported_split(cluster):
     split = split_pools(nodes)["workers"]
     assert split["hosts"] == 2 and list(split["off_wanted"]) == ["worker-0"]
 
-
-def write_stack_file(directory, cfg_raw: dict) -> None:
-    """The stack's config as a stack file (structured values as YAML), for the CLI commands."""
-    import yaml
-
-    config = {k: (json.loads(v) if k != "flakefleet:signing_key" else v) for k, v in cfg_raw.items()}
-    (directory / "Pulumi.local.yaml").write_text(yaml.safe_dump({"config": config}))
 
 
 def test_operator_rollback_and_the_way_back(cluster, tmp_path):

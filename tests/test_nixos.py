@@ -263,7 +263,7 @@ def test_a_changed_flake_evaluates_every_pool(nix_eval_ready, tmp_path):
     cfg, inv = stack("local")
     specs = system_specs(cfg, inv)
     evaluate_systems(flake, specs, tmp_path / "cache")
-    (flake / "switch-to-configuration.sh").write_text((flake / "switch-to-configuration.sh").read_text() + "\n# v2\n")
+    (flake / "nixos.py").write_text((flake / "nixos.py").read_text() + "\n# v2\n")
     _, origin = evaluate_systems(flake, specs, tmp_path / "cache")
     assert set(origin.values()) == {"eval"}
 

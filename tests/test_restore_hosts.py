@@ -19,7 +19,8 @@ from flakefleet.plan.hostplans import delivery_plans
 from flakefleet.config.stackfile import read_stack_file
 from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
-from tests.testhosts import prerequisites, run_as_deployer, running_fleet
+from tests.local_fleet import local_fleet, register_nodes
+from tests.testhosts import run_as_deployer
 
 ORIGINAL_TOKEN = "the-original-clusters-server-token"
 TOKENS = {SERVER_TOKEN[1]: ORIGINAL_TOKEN, AGENT_TOKEN[1]: "agent-token-after-rebuild"}
@@ -29,8 +30,7 @@ POINT = RestorePoint("ff-old-snapshots", "ff-local", "eu-west-1", "etcd-snapshot
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
-    require(not prerequisites(), f"test hosts need: {', '.join(prerequisites())}")
-    with running_fleet(tmp_path_factory.mktemp("restore"), HOSTS) as (fleet, hosts):
+    with local_fleet(tmp_path_factory.mktemp("restore"), HOSTS) as (fleet, hosts):
         for name in ("cp-1", "cp-2"):  # these held the old cluster's etcd
             old = hosts[name].path("/var/lib/rancher") / "k3s" / "server" / "db" / "etcd"
             old.mkdir(parents=True)
@@ -46,6 +46,7 @@ def rebuilt(tmp_path_factory):
         ]
         raw["flakefleet:pools"] = json.dumps(pools)
         raw["flakefleet:signing_key"] = fleet.signing_secret
+        raw["flakefleet:delivery"] = json.dumps({**json.loads(raw["flakefleet:delivery"]), "settle_s": 1})
         cfg = parse_stack_config(raw, None, {"flakefleet:signing_key"})
         inv = plan_inventory(cfg)
         systems, _ = evaluate_systems(Path(STANDIN_FLAKE), system_specs(cfg, inv))
@@ -108,7 +109,7 @@ def test_stale_nodes_from_the_snapshot_are_deleted(rebuilt):
     fleet, hosts, _, _ = rebuilt
     cp = hosts["cp-0"]
     before = len(k3s_log(cp))
-    cp.path("/etc/flakefleet/standin-nodes").write_text("cp-0 cp-1 cp-2 worker-0 old-worker-7 old-cp-3\n")
+    register_nodes(fleet, "old-worker-7", "old-cp-3")  # the snapshot's Nodes without machines
     plan = {"keep": sorted(HOSTS), "endpoint": {"host": "cp-0", "address": cp.address, "port": cp.port, "user": "root",
                                                  "host_key": cp.host_key}}
     proc = run_as_deployer(fleet, ["flakefleet", "dr", "prune"], {PRUNE_PLAN_ENV: json.dumps(plan)})

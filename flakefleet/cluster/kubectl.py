@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 K3S = "/run/current-system/sw/bin/k3s"  # NixOS puts k3s there (environment.systemPackages)
@@ -15,6 +16,22 @@ def nodes_query(names: tuple[str, ...]) -> list[str]:
 def node_query(name: str) -> list[str]:
     """The kubectl call that prints `node/<name>` when the Node exists, nothing when it does not."""
     return [K3S, "kubectl", "get", "node", name, "--ignore-not-found", "-o", "name"]
+
+
+def lease_query(name: str) -> list[str]:
+    """The kubectl call that prints the node's Lease: its kubelet renews it every 10 s (the Node's
+    status, and its Ready condition, only every 5 minutes or on a change; a Node stays Ready for
+    the 40 s grace period after its kubelet stops)."""
+    return [K3S, "kubectl", "get", "lease", name, "-n", "kube-node-lease", "--ignore-not-found", "-o", "json"]
+
+
+def lease_renewed(kubectl_json: str) -> float | None:
+    """When a Lease (`kubectl get lease -o json`) was last renewed (seconds since the epoch), or None."""
+    try:
+        stamp = json.loads(kubectl_json)["spec"]["renewTime"]
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def drain_commands(node: str, timeout_s: float) -> list[list[str]]:

@@ -27,10 +27,10 @@ def restore(run: HostSession) -> None:
     if plan.restore_args:
         # The token comes from the staged copy: the files are installed only at activation.
         args = [a.replace("@STAGE@", f"/run/flakefleet/{run.token}/files") for a in plan.restore_args]
-        res = run.ssh([REMOTE_HOSTCTL, "restore", plan.restore_id, plan.system, *args], timeout=3600)
+        res = run.ssh(["sh", REMOTE_HOSTCTL, "restore", plan.restore_id, plan.system, *args], timeout=3600)
         what = "restoring the snapshot"
     else:
-        res = run.ssh([REMOTE_HOSTCTL, "wipe-etcd", plan.restore_id], timeout=600)
+        res = run.ssh(["sh", REMOTE_HOSTCTL, "wipe-etcd", plan.restore_id], timeout=600)
         what = "wiping the old etcd data"
     if res.returncode != 0:
         raise DeliveryFailed(f"{what} on {plan.host} failed; nothing was activated: {res.stderr.strip()[-1000:]}")

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Protocol
 
 
+TIMED_OUT = 124  # as timeout(1): the command was still running when the deployer stopped waiting
+
+
 class Target(Protocol):
     address: str
     port: int
@@ -98,11 +101,12 @@ class PinnedSSH:
 
     def run(self, target: Target, remote: list[str], stdin: str | None = None, timeout: float = 120
             ) -> subprocess.CompletedProcess:
-        """Run `remote` on `target`; a timeout is exit 255, as a lost connection is."""
+        """Run `remote` on `target`; no answer within `timeout` is exit TIMED_OUT (ssh's own 255
+        means the connection failed or dropped: another case)."""
         try:
             return subprocess.run(self.argv(target, remote), input=stdin, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout:.0f}s")
+            return subprocess.CompletedProcess([], TIMED_OUT, "", f"no answer within {timeout:.0f}s")
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -116,7 +116,11 @@ class DeliveryConfig(Model):
             return min(self.max_parallel, self.max_unavailable)
         return min(self.max_parallel, max(1, workers * int(self.max_unavailable[:-1]) // 100))
     health_timeout_s: Annotated[int, Field(ge=5, le=3600)] = Field(
-        300, description="Seconds a host has to confirm health after switching. Default 300."
+        300, description="Seconds a host has to confirm health after switching (also the bound on its switch). Default 300."
+    )
+    settle_s: Annotated[int, Field(ge=0, le=600)] = Field(
+        10, description="Seconds k3s must stay up without a restart after a switch or a boot before the host is "
+        "confirmed (a crash-looping k3s never settles). Default 10."
     )
     build: str = Field(
         "local", description="Where pools' systems are built (a pool's own `build` overrides it): `local` (this "
@@ -217,13 +221,18 @@ def build_problems(stack: Parsed, arch: str | None = None) -> list[str]:
 
 
 def check(stack: Parsed) -> list[str]:
-    """A deploy key is required, every key must be whole, and the demo's public one stays on loopback."""
+    """A deploy key is required, every key must be whole, the demo's public one stays on loopback,
+    and the health gate can pass."""
     p = f"{NAMESPACE}:"
     delivery = stack.delivery
+    problems = []
+    if delivery is not None and stack.known("delivery.settle_s") and stack.known("delivery.health_timeout_s") \
+            and delivery.settle_s >= delivery.health_timeout_s:
+        problems.append(f"{p}delivery.settle_s: {delivery.settle_s} is not shorter than delivery.health_timeout_s "
+                        f"({delivery.health_timeout_s}): no host could be confirmed healthy in time")
     keys = delivery.authorized_keys if delivery is not None else []
     if not stack.known("delivery.authorized_keys"):
-        return []
-    problems = []
+        return problems
     if not keys and (delivery is not None or stack.given("pools")):
         problems.append(f"{p}delivery.authorized_keys: required; the deploy key must stay authorized on the hosts after a switch")
     for k, key in enumerate(keys):

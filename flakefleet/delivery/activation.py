@@ -1,6 +1,8 @@
 """The live switch of a delivery: stage the host's files, activate the system under a host-side
-dead-man switch, confirm over new connections that the host is healthy and its batch Ready, or
-roll back. The operator's rollback (`flakefleet rollback`) goes through the same steps."""
+dead-man switch (`switch-to-configuration test`: the boot loader and the profile unchanged),
+confirm over new connections that the host is healthy, k3s settled and its batch Ready with a
+fresh heartbeat, then make it the boot default; or roll back. The operator's rollback
+(`flakefleet rollback`) goes through the same steps, or through a reboot when the kernel differs."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from flakefleet.cluster.readiness import batch_ready
 from flakefleet.common.retry import poll
+from flakefleet.common.ssh import TIMED_OUT
+from flakefleet.delivery import reboot
 from flakefleet.host.files import HostFile, staging_script
 from flakefleet.host.session import HOSTCTL, REMOTE_HOSTCTL, parse_state
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
@@ -19,27 +23,34 @@ if TYPE_CHECKING:
 
 
 def stage(run: HostSession, contents: list[HostFile], what: str = "staging files") -> None:
-    """hostctl.sh and the files, to the host's /run/flakefleet/<token> (installed at activation)."""
+    """hostctl.sh and the files, to the host's /run/flakefleet/<token> (installed at activation),
+    with the units that read each file."""
     start = time.monotonic()
-    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, HOSTCTL.read_text(), contents))
+    restarts = {f.path: f.restart for f in run.plan.files}
+    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, HOSTCTL.read_text(), contents, restarts))
     if staged.returncode != 0:
         raise DeliveryFailed(f"{what} on {run.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
     run.timed("stage", start)
 
 
 def activate(run: HostSession) -> None:
-    """The new generation and its switch-to-configuration, with the dead-man switch armed first."""
+    """switch-to-configuration test of the new system, with the dead-man switch armed first. The
+    host bounds the switch by the health timeout (a unit whose start never ends, as k3s' with
+    TimeoutStartSec=0 can, would hold it forever); the deployer waits a minute longer."""
     plan = run.plan
     start = time.monotonic()
     deadman = int(plan.health_timeout_s + plan.deadman_margin_s)
-    act = run.ssh([REMOTE_HOSTCTL, "activate", plan.system, run.token, str(deadman)], timeout=plan.health_timeout_s + 600)
+    limit = int(plan.health_timeout_s)
+    act = run.ssh(["sh", REMOTE_HOSTCTL, "activate", plan.system, run.token, str(deadman), str(limit)], timeout=limit + 60)
     run.timed("activate", start)
+    detail = act.stderr.strip().splitlines()[-1] if act.stderr.strip() else ""
     if act.returncode == 255:
         # The connection dropped (the new system may have restarted networking or sshd).
         # Whether the switch completed is decided by confirming over a new connection.
         run.say("connection lost during activation; confirming over a new connection")
+    elif act.returncode == TIMED_OUT:
+        raise rollback(run, f"the activation of {plan.system} did not finish within {limit}s: {detail}")
     elif act.returncode != 0:
-        detail = act.stderr.strip().splitlines()[-1] if act.stderr.strip() else ""
         why = "some units failed to start (exit 4)" if act.returncode == 4 else f"exit {act.returncode}"
         raise rollback(run, f"activation of {plan.system} failed: {why}{': ' + detail if detail else ''}")
 
@@ -52,20 +63,28 @@ def confirm(run: HostSession, digest: str) -> None:
     deadline = start + plan.health_timeout_s
     timeout = f"{plan.health_timeout_s:.0f}s"
 
+    switched_at = 0.0
+
     def healthy() -> tuple[bool, str]:
-        res = run.ssh([REMOTE_HOSTCTL, "check", run.token, plan.system], timeout=30)
+        nonlocal switched_at
+        res = run.ssh(["sh", REMOTE_HOSTCTL, "check", run.token, plan.system, str(int(plan.settle_s))], timeout=30)
         if res.returncode == 2:  # the host decided already: its dead-man switch rolled it back
             raise DeliveryFailed(f"host {plan.host} {res.stderr.strip()}", ROLLED_BACK)
+        if res.returncode == 5:  # k3s restarted after the switch: waiting will not make it healthy
+            raise rollback(run, f"not healthy: {res.stderr.strip()}")
+        switched_at = float(parse_state(res.stdout).get("switched_at", 0) or 0)
         return res.returncode == 0, res.stderr.strip() or f"exit {res.returncode}"
 
     ok, detail = poll(healthy, deadline)
     if not ok:
         raise rollback(run, f"not healthy within {timeout}: {detail}")
     if plan.batch:
-        ok, detail = poll(lambda: batch_ready(run), deadline)
+        ok, detail = poll(lambda: batch_ready(run, heartbeat_after=switched_at), deadline)
         if not ok:
             raise rollback(run, f"its batch was not Ready within {timeout}: {detail}")
-    res = run.ssh([REMOTE_HOSTCTL, "confirm", run.token, plan.system, digest], timeout=30)
+    res = run.ssh(["sh", REMOTE_HOSTCTL, "confirm", run.token, plan.system, digest], timeout=60)
+    if res.returncode == 6:  # kept, but a reboot would not boot it
+        raise DeliveryFailed(f"host {plan.host} runs {plan.system}, {res.stderr.strip()}")
     if res.returncode != 0:
         raise DeliveryFailed(f"host {plan.host} {res.stderr.strip() or 'could not be confirmed'}", ROLLED_BACK)
     run.timed("confirm", start)
@@ -75,7 +94,7 @@ def rollback(run: HostSession, reason: str) -> DeliveryFailed:
     """Back to the previous generation now (or, unreachable, by the host's dead-man switch): the
     failure to raise, saying which."""
     plan = run.plan
-    res = run.ssh([REMOTE_HOSTCTL, "rollback", run.token, reason], timeout=plan.health_timeout_s + 60)
+    res = run.ssh(["sh", REMOTE_HOSTCTL, "rollback", run.token, reason], timeout=plan.health_timeout_s + 60)
     if res.returncode == 0 and res.stdout.strip():
         return DeliveryFailed(f"host {plan.host} {res.stdout.strip().splitlines()[-1]}{split_note(run)}", ROLLED_BACK)
     when = plan.health_timeout_s + plan.deadman_margin_s
@@ -99,18 +118,24 @@ def split_note(run: HostSession) -> str:
 
 
 def roll_back_generation(run: HostSession) -> str:
-    """The operator's `nixos-rebuild --rollback` for one host (`flakefleet rollback`): activate the
-    previous generation's system through the same dead-man switch and confirm over a new
-    connection (its Node Ready), then record it so drift reports the host as rolled back."""
+    """The operator's `nixos-rebuild --rollback` for one host (`flakefleet rollback`): the previous
+    generation's system through the same dead-man switch and confirmation over a new connection
+    (its Node Ready), live, or through a reboot when its kernel differs from the booted one; then
+    recorded so drift reports the host as rolled back."""
     run.wait_for_ssh()
     state = parse_state(run.hostctl("state").stdout)
     previous = run.hostctl("previous").stdout.strip()
     if not previous:
         raise DeliveryFailed(f"host {run.plan.host} has no earlier confirmed system to roll back to")
     running = state.get("current", "")
-    run.plan = replace(run.plan, system=previous)
+    run.plan = replace(run.plan, system=previous, reboot="auto")
     stage(run, [], what="preparing the rollback")
-    activate(run)
-    confirm(run, state.get("applied", ""))
+    why = reboot.reasons(run, running)
+    if why:
+        reboot.reboot_into(run, state.get("applied", ""), why)
+    else:
+        activate(run)
+        confirm(run, state.get("applied", ""))
     run.hostctl("note-rollback", running, previous)
-    return f"{run.plan.host} rolled back from {running or 'nothing'} to {previous}, confirmed healthy"
+    how = "rebooted into it" if why else "confirmed healthy"
+    return f"{run.plan.host} rolled back from {running or 'nothing'} to {previous}, {how}"

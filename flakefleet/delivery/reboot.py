@@ -10,8 +10,9 @@ switch (the host would run the old kernel with the new modules). For such a syst
    and the new one as the one-shot entry): a hang or a failed boot falls back to the previous
    generation on the next reset;
 3. reboots and waits for SSH with the same bounded back-off as a first boot;
-4. confirms over a new connection that the host booted the new system and is healthy, and
-   that its Node is Ready; then makes the new generation the boot default and uncordons;
+4. confirms over a new connection that the host booted the new system and is healthy (k3s up
+   without a restart for `settle_s`), and that its Node is Ready with a Lease renewed since the
+   boot; then makes the new generation the boot default and uncordons;
 5. otherwise rolls back at the boot loader (the previous generation the default again, files
    restored), reboots into it, uncordons and fails the delivery saying why.
 
@@ -29,17 +30,18 @@ from typing import TYPE_CHECKING
 from flakefleet.cluster.kubectl import drain_commands, uncordon_command
 from flakefleet.cluster.readiness import batch_ready, node_exists
 from flakefleet.common.retry import backoff_delays, poll
-from flakefleet.host.session import REMOTE_HOSTCTL
+from flakefleet.host.session import REMOTE_HOSTCTL, parse_state
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed, Endpoint
 
 if TYPE_CHECKING:
     from flakefleet.host.session import HostSession
 
 
-def reasons(d: HostSession) -> list[str]:
-    """What of the new system's boot files differs from the booted system (empty: none)."""
+def reasons(d: HostSession, running: str) -> list[str]:
+    """What of the new system's boot files differs from the booted system (empty: none);
+    `reboot: always` reboots for any new system, not for files alone."""
     if d.plan.reboot == "always":
-        return ["reboot: always"]
+        return ["reboot: always"] if running != d.plan.system else []
     res = d.hostctl("needs-reboot", d.plan.system, timeout=30)
     return res.stdout.split() if res.returncode == 0 else []
 
@@ -78,15 +80,18 @@ def uncordon(d: HostSession, via: Endpoint | None, deadline: float | None = None
 
 
 def wait_booted(d: HostSession, token: str, system: str, deadline: float) -> tuple[str, str]:
-    """After `reboot`: ("booted", "") once the host booted `system` ("-": any) and is healthy,
-    ("other", what it booted) when it booted something else, ("timeout", last error) otherwise."""
+    """After `reboot`: ("booted", when the boot had finished starting, host clock) once the host
+    booted `system` ("-": any) and is healthy and settled, ("other", what it booted) when it booted something else, ("unhealthy", why) when k3s
+    restarted since the boot, ("timeout", last error) otherwise."""
     detail = "no answer"
     while True:
-        res = d.hostctl("check-boot", token, system, timeout=30)
+        res = d.hostctl("check-boot", token, system, str(int(d.plan.settle_s)), timeout=30)
         if res.returncode == 0:
-            return "booted", ""
+            return "booted", parse_state(res.stdout).get("switched_at", "0")
         if res.returncode == 2:
             return "other", res.stderr.strip()
+        if res.returncode == 5:
+            return "unhealthy", res.stderr.strip()
         detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
         if time.monotonic() > deadline:
             return "timeout", detail
@@ -143,14 +148,14 @@ def reboot_into(d: HostSession, digest: str, why: list[str]) -> None:
     via = drain(d)
     d.timed("drain", start)
     start = time.monotonic()
-    staged = d.ssh([REMOTE_HOSTCTL, "boot-stage", d.plan.system, d.token], timeout=600)
+    staged = d.ssh(["sh", REMOTE_HOSTCTL, "boot-stage", d.plan.system, d.token], timeout=600)
     d.timed("boot-stage", start)
     if staged.returncode != 0:
         uncordon(d, via)
         raise DeliveryFailed(f"preparing {d.plan.host}'s boot into {d.plan.system} failed; it was not rebooted: "
                              f"{staged.stderr.strip()[-500:]}")
     start = time.monotonic()
-    d.ssh([REMOTE_HOSTCTL, "reboot", d.token], timeout=60)
+    d.ssh(["sh", REMOTE_HOSTCTL, "reboot", d.token], timeout=60)
     state, detail = wait_booted(d, d.token, d.plan.system, start + d.plan.boot_timeout_s)
     if state == "timeout":
         raise DeliveryFailed(
@@ -163,9 +168,12 @@ def reboot_into(d: HostSession, digest: str, why: list[str]) -> None:
     d.timed("reboot", start)
     if state == "other":
         raise rollback(d, via, f"it did not boot {d.plan.system}: {detail}")
+    if state == "unhealthy":
+        raise rollback(d, via, f"not healthy after the reboot: {detail}")
+    booted_at = float(detail or 0)
     start = time.monotonic()
     if d.plan.batch:
-        ok, detail = poll(lambda: batch_ready(d), time.monotonic() + d.plan.health_timeout_s)
+        ok, detail = poll(lambda: batch_ready(d, heartbeat_after=booted_at), time.monotonic() + d.plan.health_timeout_s)
         if not ok:
             raise rollback(d, via, f"its batch was not Ready within {d.plan.health_timeout_s:.0f}s of the reboot: {detail}")
     res = confirm_boot(d, digest)
@@ -176,11 +184,17 @@ def reboot_into(d: HostSession, digest: str, why: list[str]) -> None:
 
 
 def fell_back(d: HostSession, state: dict[str, str]) -> None:
-    """A boot into a new generation that was never confirmed, and the host now runs another
-    system (it was reset and its boot loader fell back): put the profile, files and boot
-    default back to what it runs, say so, and stop; the next delivery tries again."""
+    """A boot into a new generation that was never confirmed. When the host runs another system
+    (it was reset and its boot loader fell back): put the profile, files and boot default back to
+    what it runs, say so, and stop; the next delivery tries again. When it runs that generation
+    (the deployer was lost after the reboot): forget what a rollback would have restored, and go
+    on; this delivery confirms or replaces it as any running system."""
     token, _, system = state.get("unconfirmed_boot", "").partition(" ")
-    if not token or state.get("booted") == system:
+    if not token:
+        return
+    if state.get("booted") == system:
+        d.hostctl("forget-boot", token, timeout=30)
+        d.say(f"booted {system} earlier without a confirmation; it runs: delivering as to any running system")
         return
     res = d.hostctl("boot-rollback", token, "its boot was never confirmed", timeout=120)
     outcome = res.stdout.strip().splitlines()[0] if res.stdout.strip() else "could not be put back"

@@ -63,7 +63,7 @@ class HostDelivery(HostSession):
         stage(self, contents)
         if self.plan.restore_id:
             restore(self)
-        self.switch(digest)
+        self.switch(digest, state.get("current", ""))
         self.timed("total", total)
         return self.report
 
@@ -95,10 +95,10 @@ class HostDelivery(HostSession):
         contents = membership.existing_cluster_check(self, planned, state)
         return contents, files_digest(self.plan.system, contents)
 
-    def switch(self, digest: str) -> None:
+    def switch(self, digest: str, running: str) -> None:
         """Reboot into the system when its boot files changed (and `reboot` allows), else activate
         it live; either way confirmed healthy or rolled back."""
-        why = reboot.reasons(self)
+        why = reboot.reasons(self, running)
         if why and self.plan.reboot != "never":
             reboot.reboot_into(self, digest, why)
             self.report.outcome = "rebooted"

@@ -8,19 +8,23 @@ import hashlib
 import os
 import re
 import shlex
+from collections.abc import Mapping
 
 from flakefleet.host.session import REMOTE_HOSTCTL
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
+SAFE_UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.(service|socket|target|timer|path|mount)$")
 
 # (absolute path, octal mode, content): one host file.
 HostFile = tuple[str, str, bytes]
 
 
-def staging_script(token: str, hostctl: str, files: list[HostFile]) -> str:
+def staging_script(token: str, hostctl: str, files: list[HostFile],
+                   restarts: Mapping[str, tuple[str, ...]] | None = None) -> str:
     """A shell script (sent on stdin, never as arguments) that stages files for `hostctl activate`.
 
-    `files` holds (absolute path, octal mode, content). Contents travel base64-encoded inside
+    `files` holds (absolute path, octal mode, content); `restarts`, the units that read a path
+    (hostctl restarts them when the file changed). Contents travel base64-encoded inside
     here-documents; nothing of them appears on any command line.
     """
     stage = f"/run/flakefleet/{token}"
@@ -45,6 +49,11 @@ def staging_script(token: str, hostctl: str, files: list[HostFile]) -> str:
             "FLAKEFLEET_EOF",
             f"chmod {mode} {shlex.quote(target)}",
         ]
+    readers = [f"{path} {' '.join(units)}" for path, units in sorted((restarts or {}).items()) if units]
+    for unit in (u for _, units in (restarts or {}).items() for u in units):
+        if not SAFE_UNIT.match(unit):
+            raise ValueError(f"unsafe unit name: {unit!r}")
+    lines += [f"cat > {stage}/restarts <<'FLAKEFLEET_EOF'", *readers, "FLAKEFLEET_EOF"] if readers else []
     return "\n".join(lines) + "\n"
 
 

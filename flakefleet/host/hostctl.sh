@@ -1,11 +1,16 @@
 #!/bin/sh
-# flakefleet host control: run as root on a node by the deployer over SSH.
+# flakefleet host control: run as root on a node by the deployer over SSH, as `sh hostctl.sh ...`
+# (sent on stdin before anything is installed, later from /run/flakefleet, which the initramfs
+# of some distributions mounts noexec).
 #
 #   hostctl.sh state                          what the host runs (current system, profile, applied digest)
-#   hostctl.sh activate OUT TOKEN DEADMAN_S   install staged files, arm the dead-man switch, switch to OUT
-#   hostctl.sh check TOKEN OUT                (new connection) is the host running OUT, healthy?
-#   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, record DIGEST
-#   hostctl.sh rollback TOKEN REASON          re-activate the previous generation, restore files
+#   hostctl.sh activate OUT TOKEN DEADMAN_S SWITCH_S
+#                                             install staged files, arm the dead-man switch, activate OUT
+#                                             (`switch-to-configuration test`, bounded by SWITCH_S)
+#   hostctl.sh check TOKEN OUT SETTLE_S       (new connection) is the host running OUT, healthy, settled?
+#   hostctl.sh confirm TOKEN OUT DIGEST       keep OUT: disarm the dead-man switch, make OUT the profile's
+#                                             new generation and the boot default, record DIGEST
+#   hostctl.sh rollback TOKEN REASON          re-activate the confirmed system, restore files
 #   hostctl.sh expire TOKEN                   the dead-man switch: roll back unless confirmed
 #   hostctl.sh claim OWNER                    record which delivery Command holds the host
 #   hostctl.sh previous                       the newest confirmed system not running now (rollback target)
@@ -14,18 +19,29 @@
 #   hostctl.sh boot-stage OUT TOKEN           install staged files, make OUT a new generation booted
 #                                             once (one-shot entry); the previous one stays the default
 #   hostctl.sh reboot TOKEN                   reboot now (TOKEN's /run marker is gone once it did)
-#   hostctl.sh check-boot TOKEN OUT           (after the reboot) booted OUT (- : any), and healthy?
+#   hostctl.sh check-boot TOKEN OUT SETTLE_S  (after the reboot) booted OUT (- : any), healthy, settled?
 #   hostctl.sh confirm-boot TOKEN OUT DIGEST  make OUT's generation the boot default; record DIGEST
 #   hostctl.sh boot-rollback TOKEN REASON     previous generation the default again, files restored
+#   hostctl.sh forget-boot TOKEN              the host runs TOKEN's system: drop what a rollback would restore
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
 #   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
 #   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
 #
-# Switching follows nixos-rebuild: `nix-env -p /nix/var/nix/profiles/system --set OUT`, then
-# OUT/bin/switch-to-configuration switch, under systemd-run when systemd is PID 1.
+# Activating follows `nixos-rebuild test`: OUT/bin/switch-to-configuration test, under systemd-run
+# as nixos-rebuild runs it, so nothing changes the boot loader or the profile until the host is
+# confirmed; `confirm` then does what the rest of `nixos-rebuild switch` does (`nix-env -p
+# /nix/var/nix/profiles/system --set OUT`, `switch-to-configuration boot`). A reset during the
+# health window boots the confirmed generation.
 # Staged files (host facts, secrets) are in /run/flakefleet/TOKEN/files, mirroring their
-# absolute paths; what they replace is kept in .../backup so a rollback restores it.
+# absolute paths; what they replace is kept in .../backup so a rollback restores it. NixOS'
+# switch restarts only units whose unit files changed, so the units that read a changed file
+# (TOKEN/restarts: "path unit...") are restarted here unless the switch restarted them.
 # Exactly one of confirm and rollback/expire wins: the first to create TOKEN/decided.
+#
+# Exit codes: 2 decided already (rolled back) or booted something else, 3 not healthy yet (ask
+# again), 4 some units failed to start (switch-to-configuration's own 4), 5 unhealthy now (a
+# watched unit restarted or stopped after the activation), 124 the switch did not finish in time,
+# 127 a program hostctl needs is not on PATH.
 set -eu
 umask 077
 
@@ -37,6 +53,18 @@ APPLIED=$STATE/applied
 APPLIED_SYSTEM=$STATE/applied-system
 APPLIED_PROFILE=$STATE/applied-profile
 LOG=$STATE/deliveries.log
+# The units the health gate watches: k3s is what makes the host a node.
+WATCH="k3s.service"
+
+# The running system's programs first (NixOS: /run/current-system/sw/bin, resolved so that a
+# switch does not change them under us), then the caller's PATH. Transient units (the dead-man
+# switch, the switch itself) get this PATH explicitly: NixOS runs its manager with systemd's own
+# bin directory only, where no mkdir or nix-env is to be found.
+PATH="$(readlink -f /run/current-system/sw/bin 2>/dev/null || true):${PATH:-/usr/bin:/bin}"
+export PATH
+for tool in mkdir cp mv rm cat date readlink find sed; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "hostctl: $tool is not on PATH ($PATH)" >&2; exit 127; }
+done
 
 has_systemd() { [ -d /run/systemd/system ]; }
 
@@ -48,21 +76,28 @@ log() {
 # Empty until the host runs a NixOS system (a fresh machine has no /run/current-system link).
 current_system() { [ -L /run/current-system ] && readlink -f /run/current-system 2>/dev/null || true; }
 
-switch_to() { # system unit-suffix
+switch_to() { # system action unit-suffix [limit_s]: switch-to-configuration ACTION, as nixos-rebuild runs it
   if has_systemd; then
-    systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER --collect --no-ask-password --pipe --quiet \
-      --service-type=exec --unit="flakefleet-switch-$2" --wait "$1/bin/switch-to-configuration" switch
+    limit=${4:-0}
+    [ "$limit" -gt 0 ] || limit=infinity
+    systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER -E PATH --collect --no-ask-password --pipe --quiet \
+      --service-type=exec --unit="flakefleet-switch-$3" --property="RuntimeMaxSec=$limit" --wait \
+      "$1/bin/switch-to-configuration" "$2"
   else
-    "$1/bin/switch-to-configuration" switch
+    "$1/bin/switch-to-configuration" "$2"
   fi
+}
+
+stop_switch() { # unit-suffix: a switch still running (hung, or its deployer gone) is stopped first
+  if has_systemd; then systemctl stop "flakefleet-switch-$1.service" 2>/dev/null || true; fi
 }
 
 arm_deadman() { # token seconds
   if has_systemd; then
-    systemd-run --quiet --collect --unit="flakefleet-deadman-$1" --on-active="$2" \
-      --timer-property=AccuracySec=1s "$SELF" expire "$1"
+    systemd-run --quiet --collect --unit="flakefleet-deadman-$1" --on-active="$2" -E PATH \
+      --timer-property=AccuracySec=1s /bin/sh "$SELF" expire "$1"
   else
-    setsid sh -c "sleep $2; exec '$SELF' expire '$1'" </dev/null >/dev/null 2>&1 &
+    setsid sh -c "sleep $2; exec sh '$SELF' expire '$1'" </dev/null >/dev/null 2>&1 &
     echo $! >"$RUN/$1/deadman.pid"
   fi
 }
@@ -76,15 +111,18 @@ disarm_deadman() { # token
   fi
 }
 
-install_files() { # stage
+install_files() { # stage: install; TOKEN/changed lists the paths whose content is new
+  : >"$1/changed"
   (cd "$1/files" && find . -type f) | while IFS= read -r rel; do
     rel=${rel#./}
     dest=/$rel
     mkdir -p "$(dirname "$dest")" "$1/backup/$(dirname "$rel")"
     if [ -e "$dest" ]; then
       cp -p "$dest" "$1/backup/$rel"
+      cmp -s "$dest" "$1/files/$rel" || printf '%s\n' "$dest" >>"$1/changed"
     else
       printf '%s\n' "$dest" >>"$1/created"
+      printf '%s\n' "$dest" >>"$1/changed"
     fi
     cp -p "$1/files/$rel" "$dest.flakefleet-new"
     mv -f "$dest.flakefleet-new" "$dest"
@@ -101,6 +139,82 @@ restore_files() { # stage
   if [ -f "$1/created" ]; then
     while IFS= read -r path; do rm -f "$path"; done <"$1/created"
   fi
+}
+
+readers() { # stage: the units that read a changed file (TOKEN/restarts lines: "path unit...")
+  [ -s "$1/changed" ] && [ -f "$1/restarts" ] || return 0
+  while IFS= read -r path; do
+    sed -n "s|^$path ||p" "$1/restarts"
+  done <"$1/changed" | tr ' ' '\n' | sed '/^$/d' | sort -u
+}
+
+invocation() { # unit: its current InvocationID ("" when it is not running)
+  systemctl show -p InvocationID --value "$1" 2>/dev/null || true
+}
+
+record_invocations() { # stage file units...: "unit invocation" per unit, before a switch
+  stage=$1 file=$2
+  shift 2
+  : >"$stage/$file"
+  for unit in "$@"; do printf '%s %s\n' "$unit" "$(invocation "$unit")" >>"$stage/$file"; done
+}
+
+refresh_readers() { # stage file: restart the units that read changed files, unless the switch restarted them
+  has_systemd && [ -s "$1/$2" ] || return 0
+  while read -r unit before; do
+    now=$(invocation "$unit")
+    if [ -n "$now" ] && [ "$now" = "${before:-}" ]; then
+      systemctl try-restart "$unit" && log "restarted $unit: files it reads changed ($(tr '\n' ' ' <"$1/changed"))"
+    fi
+  done <"$1/$2"
+}
+
+unit_state() { # unit: "ActiveState SubState NRestarts InvocationID ExecMainStatus", "-" for none
+  shown=$(systemctl show -p ActiveState -p SubState -p NRestarts -p InvocationID -p ExecMainStatus "$1" 2>/dev/null || true)
+  for key in ActiveState SubState NRestarts InvocationID ExecMainStatus; do
+    value=$(printf '%s\n' "$shown" | sed -n "s/^$key=//p")
+    printf '%s ' "${value:--}"
+  done
+}
+
+record_watch() { # file: the watched units as they are now, and when ("time unit restarts invocation")
+  : >"$1"
+  for unit in $WATCH; do
+    [ "$(systemctl show -p LoadState --value "$unit" 2>/dev/null)" = loaded ] || continue
+    # shellcheck disable=SC2046 # five words
+    set -- "$1" $(unit_state "$unit")
+    printf '%s %s %s %s\n' "$(date +%s)" "$unit" "$4" "$5" >>"$1"
+  done
+}
+
+healthy() { # baseline settle_s: systemd running, each watched unit active in the same invocation
+  # as at the baseline (no restart since), for settle_s; exit 3 not yet, 5 never (restarted)
+  health=$(systemctl is-system-running 2>/dev/null || true)
+  if [ "$health" != running ]; then
+    failed=$(systemctl list-units --state=failed --no-legend --plain 2>/dev/null | cut -d' ' -f1 | tr '\n' ' ')
+    echo "system is $health${failed:+ (failed: $failed)}" >&2
+    return 3
+  fi
+  [ -f "$1" ] || return 0
+  now=$(date +%s)
+  while read -r since unit restarts inv; do
+    # shellcheck disable=SC2046 # five words
+    set -- "$1" "$2" $(unit_state "$unit")
+    active=$3 sub=$4 n=$5 current=$6 status=$7
+    case "$n$restarts" in *[!0-9]*) n=0 restarts=0 ;; esac
+    if [ "$n" -gt "$restarts" ] || { [ "$inv" != - ] && [ "$current" != - ] && [ "$current" != "$inv" ]; }; then
+      echo "$unit restarted since the activation (NRestarts $restarts -> $n, now $active/$sub, last exit status $status)" >&2
+      return 5
+    fi
+    if [ "$active" != active ] || [ "$sub" != running ]; then
+      echo "$unit is $active/$sub" >&2
+      return 3
+    fi
+    if [ $((now - since)) -lt "$2" ]; then
+      echo "$unit settling: up $((now - since))s of ${2}s without a restart" >&2
+      return 3
+    fi
+  done <"$1"
 }
 
 reboot_parts() { # out: which of its boot files differ from the booted system's, one a line
@@ -121,7 +235,7 @@ generation_of() { # profile link name (system-N-link) -> N
 #   (nixos-generation-N.conf; the EFI variables win over loader.conf).
 # GRUB: the default entry is the system whose `switch-to-configuration boot` ran last (NixOS'
 #   install-grub writes "NixOS - Default" for it and every generation under "NixOS - All
-#   configurations"); `grub-reboot` sets next_entry, which NixOS' grub.cfg boots once.
+#   configurations"); `grub-reboot` sets next_entry, which NixOS' grub.cfg boots once and clears.
 grub_entry() { # generation -> "submenu>entry" as grub-reboot takes it
   entry=$(sed -n "s/^ *menuentry \"\(NixOS - Configuration $1 [^\"]*\)\".*/\1/p" /boot/grub/grub.cfg | head -n 1)
   [ -n "$entry" ] || { echo "generation $1 has no GRUB entry" >&2; return 1; }
@@ -158,20 +272,22 @@ reboot_now() { # token: the token's /run directory is the marker a finished rebo
   mkdir -p "$RUN/$1"
   : >"$RUN/$1/rebooting"
   if has_systemd; then
-    systemd-run --quiet --collect --on-active=2 --timer-property=AccuracySec=100ms systemctl reboot
+    systemd-run --quiet --collect --on-active=2 --timer-property=AccuracySec=100ms "$(command -v systemctl)" reboot
   else
-    : >"$RUN/reboot-requested" # test hosts: the tests' reboot emulation acts on it
+    : >"$RUN/reboot-requested" # a host without systemd cannot reboot by itself
   fi
 }
 
-do_rollback() { # token reason
+do_rollback() { # token reason: back to the confirmed system (the profile was never changed)
   stage=$RUN/$1
+  stop_switch "$1"
+  # shellcheck disable=SC2046 # unit names
+  record_invocations "$stage" readers-rollback $(readers "$stage")
   restore_files "$stage"
   prev=$(cat "$stage/prev" 2>/dev/null || true)
   if [ -n "$prev" ]; then
     gen=$(generation_of "$prev")
-    nix-env -p "$PROFILE" --switch-generation "$gen" >/dev/null 2>&1
-    if switch_to "$(readlink -f "$PROFILE")" "rollback-$1" >/dev/null 2>&1; then
+    if switch_to "$(readlink -f "$(dirname "$PROFILE")/$prev")" test "rollback-$1" >/dev/null 2>&1; then
       outcome="rolled back to generation $gen ($(current_system)): $2"
     else
       outcome="rolled back to generation $gen, but its activation reported failures: $2"
@@ -179,6 +295,7 @@ do_rollback() { # token reason
   else
     outcome="not rolled back, there is no previous generation: $2"
   fi
+  refresh_readers "$stage" readers-rollback
   printf '%s\n' "$outcome" >"$stage/outcome"
   log "$1 $outcome"
   printf '%s\n' "$outcome"
@@ -234,15 +351,35 @@ claim)
   log "claimed by delivery $1"
   ;;
 activate)
-  out=$1 token=$2 deadman=$3
+  out=$1 token=$2 deadman=$3 limit=${4:-0}
   stage=$RUN/$token
   [ -d "$stage/files" ] || { echo "nothing staged for $token" >&2; exit 1; }
+  # A dropped connection (the new system restarting sshd or the network) must not stop this
+  # half-way: ignore the hang-up and the broken pipe, keep the switch's output in a file.
+  trap '' HUP PIPE
+  : >"$stage/activating" # `check` waits while it exists
   readlink "$PROFILE" >"$stage/prev" 2>/dev/null || : >"$stage/prev"
   install_files "$stage"
+  # shellcheck disable=SC2046 # unit names
+  record_invocations "$stage" readers $(readers "$stage")
   arm_deadman "$token" "$deadman"
-  log "$token activate $out (previous: $(cat "$stage/prev"))"
-  nix-env -p "$PROFILE" --set "$out"
-  switch_to "$out" "$token"
+  log "$token activate $out (confirmed: $(cat "$stage/prev"))"
+  start=$(date +%s)
+  if switch_to "$out" test "$token" "$limit" >"$stage/switch.log" 2>&1; then rc=0; else rc=$?; fi
+  if [ "$rc" -ne 0 ] && [ "$limit" -gt 0 ] && [ $(($(date +%s) - start)) -ge "$limit" ]; then
+    rc=124
+  fi
+  refresh_readers "$stage" readers
+  # A Lease renewed after this was renewed by the k3s the switch left running (an old one that a
+  # restart stopped may have renewed it during the switch).
+  date +%s.%N >"$stage/switched_at"
+  record_watch "$stage/watch"
+  rm -f "$stage/activating"
+  cat "$stage/switch.log" >&2 2>/dev/null || true
+  if [ "$rc" -eq 124 ]; then
+    echo "switch-to-configuration did not finish within ${limit}s (a unit's start job never ended)" >&2 || true
+  fi
+  exit "$rc"
   ;;
 check | confirm)
   token=$1 out=$2
@@ -251,24 +388,28 @@ check | confirm)
     echo "$(cat "$stage/outcome")" >&2
     exit 2
   fi
+  [ ! -f "$stage/activating" ] || { echo "still activating" >&2; exit 3; }
   running=$(current_system)
   [ "$running" = "$out" ] || { echo "running $running, not $out" >&2; exit 3; }
-  if has_systemd; then
-    health=$(systemctl is-system-running 2>/dev/null || true)
-    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+  if [ "$cmd" = check ]; then
+    if has_systemd; then healthy "$stage/watch" "${3:-0}" || exit $?; fi
+    printf 'switched_at=%s\n' "$(cat "$stage/switched_at" 2>/dev/null || echo 0)"
+    exit 0
   fi
-  [ "$cmd" = confirm ] || exit 0
   digest=$3
   mkdir "$stage/decided" 2>/dev/null || { echo "$(cat "$stage/outcome" 2>/dev/null || echo decided)" >&2; exit 2; }
   disarm_deadman "$token"
   echo confirmed >"$stage/outcome"
+  # The rest of `nixos-rebuild switch`: a new generation of the profile, the boot default.
+  if [ "$(readlink -f "$PROFILE" 2>/dev/null)" != "$out" ]; then nix-env -p "$PROFILE" --set "$out"; fi
   # What flakefleet put here: a drift check compares the running system and profile with these.
   record_confirmed "$out" "$digest"
-  # A live switch also makes the new generation the boot default (GRUB keeps a saved one).
-  if [ -f /boot/grub/grub.cfg ] || [ -d /boot/loader/entries ]; then
-    bootloader default "$(generation_of "$(readlink "$PROFILE")")" 2>/dev/null || true
-  fi
   log "$token confirmed $out"
+  if ! "$out/bin/switch-to-configuration" boot >"$stage/boot.log" 2>&1; then
+    log "$token: the boot loader could not be updated: $(tail -n 1 "$stage/boot.log")"
+    echo "confirmed, but the boot loader could not be made to boot it: $(tail -n 1 "$stage/boot.log")" >&2
+    exit 6
+  fi
   ;;
 rollback)
   token=$1 reason=$2
@@ -344,13 +485,19 @@ reboot)
   reboot_now "$1"
   ;;
 check-boot)
-  token=$1 out=$2
+  token=$1 out=$2 settle=${3:-0}
   [ -d "$RUN/$token" ] && { echo "not rebooted yet" >&2; exit 3; }
   booted=$(readlink -f /run/booted-system 2>/dev/null || true)
   [ "$out" = - ] || [ "$booted" = "$out" ] || { echo "booted ${booted:-nothing}, not $out" >&2; exit 2; }
   if has_systemd; then
-    health=$(systemctl is-system-running 2>/dev/null || true)
-    [ "$health" = running ] || { echo "system is $health" >&2; exit 3; }
+    # The watched units' baseline: their state once this boot has finished starting.
+    if [ ! -f "$RUN/boot-check/watch" ]; then
+      healthy /nonexistent 0 || exit $?
+      mkdir -p "$RUN/boot-check"
+      record_watch "$RUN/boot-check/watch"
+    fi
+    healthy "$RUN/boot-check/watch" "$settle" || exit $?
+    printf 'switched_at=%s\n' "$(cut -d' ' -f1 "$RUN/boot-check/watch" | head -n 1)"
   fi
   ;;
 confirm-boot)
@@ -380,6 +527,13 @@ boot-rollback)
     reboot_now "$token-rollback"
   fi
   ;;
+forget-boot)
+  # The host booted TOKEN's system and runs it, but nobody confirmed it (the deployer was lost
+  # after the reboot): what a boot-rollback would restore is stale now; the next delivery
+  # confirms or replaces the running system as it would any other.
+  rm -rf "$STATE/boot-$1"
+  log "$1 forgotten: the host runs the system it booted; its boot was never confirmed"
+  ;;
 retire)
   if has_systemd; then
     systemctl stop k3s.service
@@ -387,7 +541,7 @@ retire)
   log "retired: removed from the cluster, k3s stopped"
   ;;
 *)
-  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|retire ..." >&2
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|forget-boot|retire ..." >&2
   exit 64
   ;;
 esac

@@ -31,7 +31,7 @@ from flakefleet.plan.contract import (
 )
 
 HOSTCTL = Path(__file__).with_name("hostctl.sh")
-REMOTE_HOSTCTL = "/run/flakefleet/hostctl.sh"
+REMOTE_HOSTCTL = "/run/flakefleet/hostctl.sh"  # run as `sh REMOTE_HOSTCTL`: /run may be mounted noexec
 
 
 def previous_report(env: dict[str, str]) -> dict:

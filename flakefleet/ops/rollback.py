@@ -29,6 +29,7 @@ from pathlib import Path
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
 from flakefleet.delivery.activation import roll_back_generation
 from flakefleet.host.session import HostSession
+from flakefleet.config import StackConfig
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.config.stackfile import STACKS
 from flakefleet.plan.load import load_stack_or_report
@@ -47,12 +48,16 @@ def host_keys(inv: Inventory, outputs: dict | None) -> dict[str, str]:
     return {h.name: h.ssh_host_key or nodes.get(h.name, {}).get("host_key", "") for h in inv.hosts}
 
 
-def rollback_plan(host: Host, keys: dict[str, str], inv: Inventory, health_timeout_s: float) -> DeliveryPlan:
-    """A plan for the runner: reach the host, confirm it healthy and its Node Ready via the control planes."""
+def rollback_plan(host: Host, keys: dict[str, str], inv: Inventory, cfg: StackConfig) -> DeliveryPlan:
+    """A plan for the runner: reach the host, confirm it healthy and its Node Ready via the control
+    planes (the stack's health gate; its boot timeout when the rollback reboots)."""
     via = tuple(Endpoint.of(cp, keys[cp.name]) for cp in inv.control_planes if keys.get(cp.name))
+    bare_metal = cfg.pool(host.pool).bare_metal
     return DeliveryPlan(
         host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user, host_key=keys[host.name],
-        system="", drv="", health_timeout_s=health_timeout_s, boot_timeout_s=60, batch=(host.name,), ready_via=via,
+        system="", drv="", health_timeout_s=cfg.delivery.health_timeout_s, settle_s=cfg.delivery.settle_s,
+        boot_timeout_s=cfg.delivery.metal_boot_timeout_s if bare_metal else cfg.delivery.boot_timeout_s,
+        batch=(host.name,), ready_via=via, control_planes=via,
     )
 
 
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     done = []
     for host in hosts:
-        session = HostSession(rollback_plan(host, keys, inv, cfg.delivery.health_timeout_s), dict(os.environ))
+        session = HostSession(rollback_plan(host, keys, inv, cfg), dict(os.environ))
         try:
             print(roll_back_generation(session), flush=True)
             done.append(host.name)

@@ -59,6 +59,9 @@ class FileSpec:
     mode: str = "0600"
     content: str | None = None
     secret_env: str | None = None  # FLAKEFLEET_SECRET_<NAME>
+    # The units that read it: NixOS' switch restarts only units whose unit files changed, so
+    # delivery restarts these when the file changes and the switch did not restart them.
+    restart: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class DeliveryPlan:
     boot_timeout_s: float = 300
     health_timeout_s: float = 300
     deadman_margin_s: float = 30
+    # The health gate: the watched units (k3s) stay up, without a restart, this long after the
+    # switch or the boot, and the Node's Lease is renewed after the activation began.
+    settle_s: float = 10
     copy_attempts: int = 3
     substitute_on_destination: bool = False
     # Readiness gate: this host is confirmed only when every node of its batch reports Ready,
@@ -124,7 +130,7 @@ class DeliveryPlan:
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
         raw = json.loads(text)
-        raw["files"] = tuple(FileSpec(**f) for f in raw.get("files", ()))
+        raw["files"] = tuple(FileSpec(**{**f, "restart": tuple(f.get("restart", ()))}) for f in raw.get("files", ()))
         raw["batch"] = tuple(raw.get("batch", ()))
         raw["ready_via"] = tuple(Endpoint(**e) for e in raw.get("ready_via", ()))
         raw["control_planes"] = tuple(Endpoint(**e) for e in raw.get("control_planes", ()))

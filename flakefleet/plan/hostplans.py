@@ -105,6 +105,7 @@ def host_plan(
         files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket)),
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
+        settle_s=cfg.delivery.settle_s,
         reboot=pool.reboot,
         substitute_on_destination=cfg.delivery.substitute_on_destination,
         batch=tuple(h.name for h in wave),

@@ -150,6 +150,13 @@ def snapshot_config(cfg: StackConfig, bucket: str | None) -> dict:
 
 CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix includes it
 
+# Who reads each file delivery writes (restarted when it changes: NixOS' switch does not see files
+# outside the system). k3s reads its config drop-ins and token files when it starts; nix-daemon
+# its nix.conf (and the files it includes); nixos/common/host-facts.nix's unit sets the hostname.
+K3S = ("k3s.service",)
+NIX_DAEMON = ("nix-daemon.service",)
+HOSTNAME = ("flakefleet-hostname.service",)
+
 
 def host_files(
     cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None
@@ -158,20 +165,22 @@ def host_files(
     environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
     store URL, included by nixos/common/nix.nix) and, for shared closures, its facts and k3s drop-in."""
     tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
-    secrets = tuple(FileSpec(path, "0600", secret_env=env) for path, env in tokens)
+    secrets = tuple(FileSpec(path, "0600", secret_env=env, restart=K3S) for path, env in tokens)
     if cache:
-        secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n"), *secrets)
+        secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n", restart=NIX_DAEMON),
+                   *secrets)
     if host.role == "control-plane":
         content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
-        secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content), *secrets)
+        secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content, restart=K3S), *secrets)
     pool = cfg.pool(host.pool)
     if pool.per_host_closures:
         return secrets
     facts = host_facts(inv, host)
     return (
-        FileSpec(FACTS_PATH, "0644", content=json.dumps(facts, sort_keys=True) + "\n"),
+        FileSpec(FACTS_PATH, "0644", content=json.dumps(facts, sort_keys=True) + "\n", restart=HOSTNAME),
         # JSON is YAML: k3s reads this drop-in from config.yaml.d/.
-        FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n"),
+        FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n",
+                 restart=K3S),
         *secrets,
     )
 

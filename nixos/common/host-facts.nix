@@ -19,6 +19,9 @@ in
     before = [ "k3s.service" ];
     unitConfig.ConditionPathExists = ff.paths.facts;
     serviceConfig.Type = "oneshot";
+    # Active after it ran, so that `systemctl try-restart` (delivery, when the facts change) and
+    # switch-to-configuration (which only touches active units) run it again.
+    serviceConfig.RemainAfterExit = true;
     script = ''
       ${pkgs.hostname}/bin/hostname "$(${pkgs.jq}/bin/jq -r .name ${ff.paths.facts})"
     '';

@@ -1,6 +1,8 @@
 # A stand-in for nixos/ with the same interface (`lib.toplevel spec`), whose systems build
-# offline with builder = /bin/sh and no nixpkgs. Its switch-to-configuration follows the
-# NixOS contract closely enough for delivery tests.
+# offline with builder = /bin/sh and no nixpkgs. A system is laid out as a NixOS toplevel:
+# bin/switch-to-configuration and activate (nixos.py: NixOS' switch rules, the boot loaders),
+# init (stage 2), etc/systemd/system (its units, k3s' with nixpkgs' settings), sw/bin/k3s
+# (k3s.py), kernel, initrd, kernel-modules, kernel-params, nixos-version.
 {
   description = "flakefleet test stand-in: NixOS-shaped systems that build offline";
 
@@ -91,9 +93,17 @@
         let
           version = spec.standin_kernel or (contents spec).kernel;
         in
-        sh spec "linux-${version}"
-          "mkdir -p $out/lib/modules/${version} && printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
-          { };
+        sh spec "linux-${version}" (
+          "mkdir -p $out/lib/modules/${version} && "
+          + (
+            # The VM tier boots a real kernel: `standin_kernel_image`/`standin_initrd` name the
+            # guest image's own (copied from this machine: the stand-in builds without a sandbox).
+            if spec ? standin_kernel_image then
+              "cp ${spec.standin_kernel_image} $out/bzImage && cp ${spec.standin_initrd} $out/initrd"
+            else
+              "printf 'kernel %s' ${version} > $out/bzImage && printf 'initrd %s' ${version} > $out/initrd"
+          )
+        ) { };
 
       # What a system is made of (packages.json): fake packages with names and versions, the
       # systemd units that run them, the kernel version; a pool's entry under `pools` adds to,
@@ -111,17 +121,26 @@
             builtins.removeAttrs all (builtins.filter (n: all.${n} == null) (builtins.attrNames all));
         in
         {
-          packages = merged "packages";
+          # Tests bump a package for one system with `standin_packages` (name -> version).
+          packages = merged "packages" // (spec.standin_packages or { });
           units = merged "units";
           kernel = pool.kernel or declared.kernel;
         };
 
-      # One fake package: a derivation named `<name>-<version>`, as nixpkgs names its packages.
+      # One fake package: a derivation named `<name>-<version>`, as nixpkgs names its packages,
+      # with a program `bin/<name>`: the stand-in k3s for k3s, else a daemon that idles and logs
+      # SIGHUP (a reload), so units that run it start, reload and stop as real ones do.
+      daemon = ''
+        #!/bin/sh
+        trap 'echo "$(date +%s.%N) reloaded" >> /var/lib/flakefleet/standin-$(basename "$0").log' HUP
+        trap 'exit 0' TERM
+        while :; do sleep 3600 & wait $!; done
+      '';
       package =
         spec: name: version:
         sh spec "${name}-${version}"
-          "mkdir -p $out/share && printf '%s %s' ${name} ${version} > $out/share/standin-package"
-          { };
+          "mkdir -p $out/share $out/bin && printf '%s %s' ${name} ${version} > $out/share/standin-package && printf '%s' \"$program\" > $out/bin/${name} && chmod +x $out/bin/${name}"
+          { program = if name == "k3s" then builtins.readFile ./k3s.py else daemon; };
       packages = spec: builtins.mapAttrs (package spec) (contents spec).packages;
 
       # environment.systemPackages as NixOS builds it: one `system-path` derivation over the packages.
@@ -134,23 +153,44 @@
       # systemd units as nixpkgs' nixos/lib/systemd-lib.nix makes them: a derivation
       # `unit-<name>` whose `text` is the unit file, inputs of one `system-units` derivation.
       # A unit's text names the package it runs, so a package bump changes (restarts) its unit;
-      # `onChange` writes the X-ReloadIfChanged / X-RestartIfChanged lines NixOS writes.
+      # `onChange` writes the X-ReloadIfChanged / X-RestartIfChanged lines NixOS writes. Every
+      # unit gets NixOS' default unit PATH (nixos/lib/systemd-lib.nix, stage2ServiceConfig:
+      # coreutils, findutils, grep, sed, systemd; here the machine's /usr/bin:/bin).
+      # k3s.service has the settings of nixpkgs' k3s unit
+      # (nixos/modules/services/cluster/rancher/default.nix) and the AssertPathExists of
+      # nixos/roles/k3s.nix.
+      k3sService =
+        spec:
+        let
+          pkg = (packages spec).k3s;
+          role = if spec.role == "control-plane" then "server" else "agent";
+        in
+        "[Unit]\nAfter=firewall.service network-online.target\n"
+        + builtins.concatStringsSep "" (map (p: "AssertPathExists=${p}\n") (required spec))
+        + "Description=k3s service\nWants=firewall.service network-online.target\n\n[Service]\n"
+        + "Environment=\"PATH=/usr/bin:/bin\"\nDelegate=yes\n"
+        + "ExecStart=${pkg}/bin/k3s ${builtins.concatStringsSep " " (k3sArgs spec)}\n"
+        + "KillMode=process\nLimitCORE=infinity\nLimitNOFILE=1048576\nLimitNPROC=infinity\n"
+        + "Restart=always\nRestartSec=5s\nTasksMax=infinity\nTimeoutStartSec=0\n"
+        + "Type=${if role == "agent" then "exec" else "notify"}\n";
       unitText =
         spec: name: unit:
-        let
-          pkg = (packages spec).${unit.runs};
-          args = if name == "k3s.service" then " " + builtins.concatStringsSep " " (k3sArgs spec) else "";
-        in
-        "[Unit]\nDescription=${name}\n\n[Service]\n"
-        + (
-          if (unit.onChange or "restart") == "reload" then
-            "X-ReloadIfChanged=true\n"
-          else if (unit.onChange or "restart") == "keep" then
-            "X-RestartIfChanged=false\n"
-          else
-            ""
-        )
-        + "ExecStart=${pkg}/bin/${unit.runs}${args}\n";
+        if name == "k3s.service" then
+          k3sService spec
+        else
+          let
+            pkg = (packages spec).${unit.runs};
+          in
+          "[Unit]\nDescription=${name}\n\n[Service]\nEnvironment=\"PATH=/usr/bin:/bin\"\n"
+          + (
+            if (unit.onChange or "restart") == "reload" then
+              "ExecReload=/bin/kill -HUP $MAINPID\nX-ReloadIfChanged=true\n"
+            else if (unit.onChange or "restart") == "keep" then
+              "X-RestartIfChanged=false\n"
+            else
+              ""
+          )
+          + "ExecStart=${pkg}/bin/${unit.runs}\n";
       unit =
         spec: name: unit:
         sh spec "unit-${name}" "mkdir -p $out && printf '%s' \"$text\" > $out/${name}" {
@@ -182,11 +222,11 @@
           PATH = "/usr/bin:/bin";
           # The whole spec is an input: any change to it is a new system, as with the real flake.
           specJson = builtins.toJSON spec;
-          switchScript = builtins.readFile ./switch-to-configuration.sh;
+          nixosScript = builtins.readFile ./nixos.py;
           bootctlScript = builtins.readFile ./bootctl.sh;
           kernel = kernel spec;
           kernelParams = "loglevel=4" + (if spec ? standin_kernel_params then " " + spec.standin_kernel_params else "");
-          k3sScript = builtins.readFile ./k3s.sh;
+          k3s = (packages spec).k3s;
           systemPath = systemPath spec;
           systemUnits = systemUnits spec;
           k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
@@ -201,11 +241,24 @@
               mkdir -p $out/bin
               printf '%s' "$specJson" > $out/spec.json
               printf '%s\n' "flakefleet-standin" > $out/nixos-version
-              printf '%s' "$switchScript" > $out/bin/switch-to-configuration
-              chmod +x $out/bin/switch-to-configuration
-              mkdir -p $out/sw/bin
-              printf '%s' "$k3sScript" > $out/sw/bin/k3s
-              chmod +x $out/sw/bin/k3s
+              printf '%s' "$nixosScript" > $out/bin/switch-to-configuration
+              printf '%s' "$nixosScript" > $out/activate
+              chmod +x $out/bin/switch-to-configuration $out/activate
+              # Stage 2 (nixos/modules/system/boot/stage-2-init.sh): the activation script,
+              # /run/booted-system and its GC root, then systemd (the machine's own).
+              printf '%s\n' '#!/bin/sh' 'export PATH=/usr/sbin:/usr/bin:/sbin:/bin' "systemConfig=$out" \
+                '"$systemConfig/activate"' 'ln -sfn "$systemConfig" /run/booted-system' \
+                'mkdir -p /nix/var/nix/gcroots && ln -sfn /run/booted-system /nix/var/nix/gcroots/booted-system' \
+                'exec /lib/systemd/systemd' > $out/init
+              chmod +x $out/init
+              mkdir -p $out/sw/bin $out/etc/systemd/system/multi-user.target.wants
+              ln -s $k3s/bin/k3s $out/sw/bin/k3s
+              # /etc/systemd/system as NixOS' etc derivation has it: every unit, wanted by
+              # multi-user.target.
+              for u in $systemUnits/*; do
+                ln -s "$(readlink $u)" $out/etc/systemd/system/''${u##*/}
+                ln -s ../''${u##*/} $out/etc/systemd/system/multi-user.target.wants/''${u##*/}
+              done
               printf '%s' "$bootctlScript" > $out/sw/bin/bootctl
               chmod +x $out/sw/bin/bootctl
               ln -s $kernel/bzImage $out/kernel

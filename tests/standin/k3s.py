@@ -1,0 +1,265 @@
+#!/usr/bin/python3
+# Stand-in k3s: `k3s server|agent ARGS...` and the `k3s kubectl` calls flakefleet makes.
+#
+# Every start is logged to /var/lib/flakefleet/standin-k3s.log with the drop-in a real k3s would
+# read and the images its containerd would import; a server writes a kubeconfig and keeps etcd
+# data in /var/lib/rancher/k3s/server/db; `--cluster-reset` resets and exits, as k3s does.
+#
+# Under systemd (the nspawn test machines) it runs as k3s does in nixpkgs' unit
+# (nixos/modules/services/cluster/rancher/default.nix: Type=notify for a server, exec for an
+# agent, Restart=always, RestartSec=5s, TimeoutStartSec=0): a server tells systemd READY=1 once up;
+# both register their Node and renew its Lease in kube-node-lease, as the kubelet does (every 10
+# s by default; `lease_renew_s` of the API server's config.json). The "API server" is a directory
+# every machine of a test fleet shares (/var/lib/standin-apiserver): nodes/<name>.json. A Node is
+# Ready while its Lease is younger than the grace period (`grace_s`, default 40 s, the node
+# controller's default), Unknown after it; names in `notready` report Ready=False.
+# Without systemd (the namespace test hosts) a start is logged and returns; Nodes are then the
+# names in /etc/flakefleet/standin-nodes, all Ready but those in /etc/flakefleet/standin-notready.
+#
+# Faults, from /etc/flakefleet/standin-fault (lines "<fault> <toplevel>", for the running system):
+#   crashloop     exits 1 a second after starting, every start (systemd restarts it)
+#   hang          never becomes ready (a server's start job never ends: TimeoutStartSec=0)
+#   no-heartbeat  runs and reports ready, but never renews its Lease (the kubelet is stuck)
+import base64
+import datetime
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+LOG = "/var/lib/flakefleet/standin-k3s.log"
+DROP_IN = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
+API = "/var/lib/standin-apiserver"
+KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+
+
+def now():
+    return f"{time.time():.9f}"
+
+
+def log(line):
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    with open(LOG, "a") as f:
+        f.write(f"{now()} {line}\n")
+
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def api_config():
+    config = {"lease_renew_s": 10.0, "grace_s": 40.0}
+    config.update(json.loads(read(os.path.join(API, "config.json"), "{}")))
+    return config
+
+
+def faults():
+    system = os.path.realpath("/run/current-system")
+    lines = read("/etc/flakefleet/standin-fault").splitlines()
+    return {l.split()[0] for l in lines if len(l.split()) == 2 and l.split()[1] == system}
+
+
+def rfc3339(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def node_path(name):
+    return os.path.join(API, "nodes", f"{name}.json")
+
+
+def write_node(name, **fields):
+    os.makedirs(os.path.join(API, "nodes"), exist_ok=True)
+    node = json.loads(read(node_path(name), "{}")) or {"name": name, "unschedulable": False}
+    node.update(fields)
+    tmp = node_path(name) + f".{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(node, f)
+    os.rename(tmp, node_path(name))
+
+
+def write_kubeconfig():
+    os.makedirs("/var/lib/rancher/k3s/server/db/etcd", exist_ok=True)  # a server keeps etcd here
+    os.makedirs(os.path.dirname(KUBECONFIG), exist_ok=True)
+    b64 = lambda s: base64.b64encode(s.encode()).decode()
+    old = os.umask(0o077)
+    with open(KUBECONFIG, "w") as f:
+        f.write(f"""apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {b64('STANDIN-CA ' + socket.gethostname())}
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: {b64('STANDIN-CLIENT-CERT')}
+    client-key-data: {b64('STANDIN-CLIENT-KEY')}
+""")
+    os.umask(old)
+
+
+def notify(message):
+    """sd_notify(3): a datagram to $NOTIFY_SOCKET (NotifyAccess=main: from this, the main process)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+
+def node_name(args):
+    """The drop-in's node-name (JSON is YAML), else the hostname, as k3s names its Node."""
+    try:
+        return json.loads(read(DROP_IN, "{}")).get("node-name") or socket.gethostname()
+    except ValueError:
+        return socket.gethostname()
+
+
+def run(role, args):
+    """The daemon under systemd: ready, then a Lease renewed every `lease_renew_s`."""
+    fault = faults()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    name = node_name(args)
+    if "hang" in fault:
+        while True:
+            time.sleep(3600)
+    started = time.time()
+    if os.path.isdir(API) and "no-heartbeat" not in fault:
+        write_node(name, registered=started, status_time=started, renewTime=started, role=role)
+    notify("READY=1")
+    while True:
+        time.sleep(1.0 if "crashloop" in fault else api_config()["lease_renew_s"])
+        if "crashloop" in fault:
+            sys.exit(1)
+        if os.path.isdir(API) and "no-heartbeat" not in fault:
+            write_node(name, renewTime=time.time())  # re-registers a Node deleted while it runs
+
+
+def start(role, args):
+    images = "/var/lib/rancher/k3s/agent/images"
+    names = sorted(os.listdir(images)) if os.path.isdir(images) else []
+    log(f"start {role} {' '.join(args)} | config {read(DROP_IN).replace(chr(10), '')} | images "
+        + "".join(f"{n} " for n in names))
+    if "--cluster-reset" in args:
+        return 0  # resets etcd and exits, as k3s does
+    if role == "server":
+        write_kubeconfig()
+    if os.environ.get("INVOCATION_ID") and os.getppid() == 1:  # k3s.service: started by systemd
+        run(role, args)
+    return 0
+
+
+# ------------------------------------------------------------------ kubectl
+
+
+def nodes(asked=()):
+    """{name: node} as the API server has them. Without one (the namespace test hosts), every node
+    asked for by name exists and heart-beats, and a listing shows the names tests wrote."""
+    if not os.path.isdir(API):
+        listed = set(read("/etc/flakefleet/standin-nodes").split()) | set(asked)
+        return {n: {"name": n, "renewTime": time.time(), "unschedulable": False} for n in listed}
+    found = {}
+    for entry in os.listdir(os.path.join(API, "nodes")) if os.path.isdir(os.path.join(API, "nodes")) else ():
+        if entry.endswith(".json"):
+            node = json.loads(read(os.path.join(API, "nodes", entry), "{}") or "{}")
+            if node.get("name"):
+                found[node["name"]] = node
+    return found
+
+
+def not_ready():
+    return set(read(os.path.join(API, "notready") if os.path.isdir(API) else "/etc/flakefleet/standin-notready").split())
+
+
+def node_json(node):
+    age = time.time() - node.get("renewTime", 0)
+    if node["name"] in not_ready():
+        status, reason = "False", "KubeletNotReady"
+    elif age > api_config()["grace_s"]:
+        status, reason = "Unknown", "NodeStatusUnknown"
+    else:
+        status, reason = "True", "KubeletReady"
+    condition = {"type": "Ready", "status": status, "reason": reason,
+                 "lastHeartbeatTime": rfc3339(node.get("status_time", node.get("renewTime", 0)))}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node["name"]},
+            "spec": {"unschedulable": True} if node.get("unschedulable") else {}, "status": {"conditions": [condition]}}
+
+
+def lease_json(node):
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node["name"], "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": node["name"], "leaseDurationSeconds": 40, "renewTime": rfc3339(node["renewTime"])}}
+
+
+def kubectl(args):
+    log(f"kubectl {' '.join(args)}")
+    if not os.path.exists(KUBECONFIG):
+        print("The connection to the server 127.0.0.1:6443 was refused", file=sys.stderr)
+        return 1
+    words, skip = [], False
+    for a in args:  # the positional words: options dropped, and the values of -o and -n
+        if skip:
+            skip = False
+        elif a in ("-o", "-n", "--namespace", "--output"):
+            skip = True
+        elif not a.startswith("-"):
+            words.append(a)
+    known = nodes(words[2:3] if words[:2] in (["get", "lease"],) else words[2:] if words[:2] == ["get", "nodes"] else ())
+    if words[:2] == ["get", "nodes"]:
+        names = words[2:] or sorted(known)
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_json(known[n]) for n in names if n in known]}))
+    elif words[:2] == ["get", "node"]:
+        if words[2] in known:
+            print(f"node/{words[2]}")
+    elif words[:2] == ["get", "lease"]:
+        name = words[2]
+        if name in known and "renewTime" in known[name]:
+            print(json.dumps(lease_json(known[name])))
+        elif "--ignore-not-found" not in args:
+            print(f'Error from server (NotFound): leases.coordination.k8s.io "{name}" not found', file=sys.stderr)
+            return 1
+    elif words[:1] in (["cordon"], ["uncordon"], ["drain"]):
+        if os.path.isdir(API) and words[1] in known:
+            write_node(words[1], unschedulable=words[0] != "uncordon")
+    elif words[:2] == ["delete", "node"]:
+        if os.path.isdir(API):
+            try:
+                os.unlink(node_path(words[2]))
+            except FileNotFoundError:
+                pass
+        elif os.path.exists("/etc/flakefleet/standin-nodes"):
+            kept = [n for n in read("/etc/flakefleet/standin-nodes").split() if n != words[2]]
+            with open("/etc/flakefleet/standin-nodes", "w") as f:
+                f.write(" ".join(kept) + "\n")
+    return 0
+
+
+def main():
+    argv = sys.argv[1:]
+    if argv[:1] in (["server"], ["agent"]):
+        return start(argv[0], argv[1:])
+    if argv[:1] == ["kubectl"]:
+        return kubectl(argv[1:])
+    print(f"stand-in k3s: unsupported: {' '.join(argv)}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
