@@ -25,7 +25,7 @@ from program.config import load_stack
 from program.last_update import announce_changes, last_update, refuse_cni_switch
 from program.outputs import node_table
 from program.restore import plan_restore
-from program.systems import plan_systems
+from program.systems import boot_release, plan_systems
 
 # Config: validated whole, then planned (hosts, zones, subnets, addresses, API endpoint).
 cfg, inventory = load_stack()
@@ -69,7 +69,7 @@ machines = (
         MachinesArgs(
             inventory=inventory,
             pools=tuple(cfg.pools),
-            nixos_release=cfg.cluster.nixos_release,
+            nixos_release=boot_release(cfg),
             subnet_ids=network.private_subnet_ids,
             security_group_ids=network.security_group_ids,
             cache_arn=storage.cache_arn if storage else None,

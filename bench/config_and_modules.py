@@ -1,4 +1,4 @@
-"""Validation and module evaluation costs: what issues 10, 12 and 16 added to every preview.
+"""Validation and module evaluation costs: what issues 10, 12, 16 and 24 added to every preview.
 
     .venv/bin/python bench/config_and_modules.py      # FLAKEFLEET_NIXPKGS_LIB=<nixpkgs lib/> adds the real one
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from flakefleet.config import parse_stack_config  # noqa: E402
 from flakefleet.config.stackfile import read_stack_file, stack_names  # noqa: E402
-from tests.test_nix_modules import CNI_SETTINGS, all_specs, combination_specs  # noqa: E402
+from tests.test_nix_modules import CNI_SETTINGS, all_specs, combination_specs, matrix_specs  # noqa: E402
 
 DEPLOY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM deploy"
 
@@ -81,6 +81,10 @@ def module_rows() -> list[str]:
         specs = combination_specs(CNI_SETTINGS[cni])
         for label, lib in libs.items():
             rows.append(f"| {len(specs)} systems: {cni}, GPU pools, a workload | {label} | {eval_seconds(lib, specs):.2f} |")
+    # Issue 24: the feature matrix of nixos/configurations.json, with nixpkgs' declarations restated.
+    specs = matrix_specs()
+    for label, lib in libs.items():
+        rows.append(f"| {len(specs)} systems of the feature matrix | {label} | {eval_seconds(lib, specs):.2f} |")
     return rows
 
 

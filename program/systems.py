@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from flakefleet.config import StackConfig
-from flakefleet.facts.flake import resolve_flake
+from flakefleet.facts.flake import nixpkgs_release, resolve_flake
 from flakefleet.nixos import configurations
 from flakefleet.nixos.evaluate import EvaluationError, evaluate_systems
 from flakefleet.plan.contract import System
@@ -33,3 +33,23 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
         pulumi.log.warn(f"{configurations.FILE_NAME} does not list this stack's systems as they are now "
                         "(the flake's nixosConfigurations): run `make configurations` and commit it")
     return systems
+
+
+def boot_release(cfg: StackConfig) -> str | None:
+    """The NixOS release the EC2 hosts' AMI is of: the release the flake's lock pins, unless the
+    stack pins another, which the preview then says in one line (the hosts boot one release and
+    their first delivery switches them to the other). None for a fleet without EC2 hosts."""
+    if not cfg.uses_ec2:
+        return None
+    flake = resolve_flake(cfg.delivery.flake)
+    locked = nixpkgs_release(flake)
+    pinned = cfg.cluster.nixos_release
+    if pinned is None and locked is None:
+        raise pulumi.RunError(
+            f"flakefleet:cluster.nixos_release: {flake}/flake.lock pins no NixOS release branch "
+            "(nixos-YY.MM); set the release of the AMI the EC2 hosts boot")
+    if pinned is not None and locked is not None and pinned != locked:
+        pulumi.log.warn(
+            f"flakefleet:cluster.nixos_release {pinned} differs from the flake's nixpkgs (nixos-{locked}): EC2 "
+            f"hosts boot the {pinned} AMI and their first delivery switches them to {locked}")
+    return pinned or locked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flakefleet.nixos import configurations
+from flakefleet.nixos import configurations, matrix
 from flakefleet.config import parse_stack_config
 from flakefleet.plan.inventory import plan_inventory
 from flakefleet.plan.specs import system_specs
@@ -31,8 +31,12 @@ def test_names_follow_stack_and_pool():
 
 def test_generated_entries_cover_every_stack_and_keep_known_public_keys():
     first = configurations.generate()
-    assert {name.split("-")[0] for name in first} == {"dev", "local", "prod", "staging"}
-    assert all(spec["stack"] == name.split("-")[0] for name, spec in first.items())
+    stacks = {name: spec for name, spec in first.items() if not name.startswith(matrix.PREFIX)}
+    assert {name.split("-")[0] for name in stacks} == {"dev", "local", "prod", "staging"}
+    assert all(spec["stack"] == name.split("-")[0] for name, spec in stacks.items())
+    # and the feature matrix, one stack per row
+    rows = {spec["stack"] for name, spec in first.items() if name.startswith(matrix.PREFIX)}
+    assert rows == {matrix.PREFIX + row for row in matrix.ROWS}
     existing = {"dev-cp": {**first["dev-cp"], "trusted_public_keys": [KEY]}}
     again = configurations.generate(existing=existing)
     assert again["dev-cp"]["trusted_public_keys"] == [KEY]  # written by hand (the key is a secret); the script keeps it

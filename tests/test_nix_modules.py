@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from flakefleet.config import parse_stack_config
+from flakefleet.config import ConfigError, parse_stack_config
 from flakefleet.plan.inventory import plan_inventory
 from flakefleet.plan.specs import system_specs
 from flakefleet.config.stackfile import read_stack_file, stack_names
+from flakefleet.nixos import matrix
 from tests.conftest import require_tool
 from tests.nix_conformance import CASES, DECLS, Case
 
@@ -142,8 +143,57 @@ def test_flake_nixos_configurations_are_every_stack_pool_and_evaluate(lib, tmp_p
     out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert sorted(result) == sorted(all_specs(per_host=False))
+    assert sorted(result) == sorted({**all_specs(per_host=False), **matrix_specs()})
     assert result["staging-cp"]["role"] == "server" and result["staging-workers"]["role"] == "agent"
+
+
+def matrix_specs() -> dict[str, dict]:
+    """The feature matrix's systems, named as nixos/configurations.json names them."""
+    return {f"{matrix.PREFIX}{row}-{key.replace('/', '-')}": spec
+            for row in matrix.ROWS for key, spec in matrix.row_specs(row).items()}
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
+    """nixos/configurations.json's matrix rows: Cilium's overlays and Hubble, every GPU driver
+    mode, a workload, aarch64, metal with per-host closures; each module of the flake imported
+    by at least one of them, and each evaluates (so `nix flake check` on the real pin does)."""
+    out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert "--flannel-backend=none" in r["matrix-cilium-vxlan-cp"]["flags"]
+    assert {x["from"] for x in r["matrix-cilium-geneve-hubble-workers"]["firewall"]["allowedUDPPortRanges"]} == {6081}
+    assert r["matrix-gpu-gpu"]["nvidia"]["x11"] and r["matrix-gpu-gpu"]["nvidia"]["open"] is True
+    assert r["matrix-gpu-gpu-closed"]["nvidia"]["open"] is False
+    assert r["matrix-gpu-nvswitch-hgx"]["nvidia"]["datacenter"] and not r["matrix-gpu-nvswitch-hgx"]["nvidia"]["x11"]
+    assert "workload-hello" in r["matrix-gpu-cp"]["manifests"] and r["matrix-gpu-gpu"]["images"] == ["hello.tar.gz"]
+    assert r["matrix-metal-metal-metal-0"]["nodeName"] == "metal-0"
+    # metal.nix adds to nixpkgs' initrd modules (a mkDefault list would be dropped by them)
+    assert {"usb_storage", "nvme", "ahci", "i8042"} <= set(r["matrix-metal-metal-metal-0"]["initrdModules"])
+    specs = matrix_specs()
+    assert specs["matrix-aarch64-arm"]["system"] == "aarch64-linux"
+    assert specs["matrix-metal-metal-metal-0"]["hardware"] == "metal"
+    imported = set()
+    for spec in specs.values():
+        imported |= set(modules_for(spec))
+    assert imported == set(FLAKE_MODULES), set(FLAKE_MODULES) - imported
+
+
+# nixos/flake.nix: nixosModules, and the spec keys modulesFor imports each one for.
+FLAKE_MODULES = ["common", "k3s-server", "k3s-agent", "ec2", "metal", "nvidia", "per-host", "cilium",
+                 "workload-images", "cilium-addon", "nvidia-device-plugin", "workloads"]
+
+
+def modules_for(spec: dict) -> list[str]:
+    """The flake's modulesFor, restated (test_nixos.py holds the flake to it)."""
+    server = spec["role"] == "control-plane"
+    cilium = spec.get("cni") == "cilium"
+    return ["common", "k3s-server" if server else "k3s-agent", spec["hardware"]] + [
+        name for name, on in [
+            ("per-host", spec.get("host") is not None), ("cilium", cilium),
+            ("workload-images", bool(spec.get("images"))), ("cilium-addon", server and cilium),
+            ("nvidia-device-plugin", server and spec.get("cluster_gpus", False)),
+            ("workloads", server and bool(spec.get("workloads"))), ("nvidia", spec.get("gpu") is not None)] if on]
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)
@@ -238,16 +288,24 @@ def test_every_combination_of_cni_gpu_and_workloads_evaluates(lib, cni, tmp_path
     assert "flakefleet.io/pool=workers" in r["workers"]["nodeLabel"] and not any(
         label.startswith("flakefleet.io/pool=") for label in r["hgx"]["nodeLabel"])
     # GPUs: the driver mode per family, the toolkit, label and taint; unfree only NVIDIA, only there.
-    assert r["gpu"]["nvidia"] == {"enable": True, "open": True, "datacenter": False, "toolkit": True}
-    assert r["hgx"]["nvidia"] == {"enable": False, "open": True, "datacenter": True, "toolkit": True}
-    assert r["volta"]["nvidia"]["open"] is False  # V100: the closed kernel modules
+    # nvidia.nix's two modes: videoDrivers (with the open or the closed kernel modules) or Data
+    # Center with the fabric manager; the data-center driver on x86_64, production on aarch64.
+    dc, dc_bin = "nvidia-dc-580.159.04-6.12.0", "nvidia-dc-580.159.04-6.12.0-bin"
+    assert r["gpu"]["nvidia"] == {"open": True, "datacenter": False, "x11": True, "toolkit": True,
+                                  "modules": ["nvidia-open-580.159.04-6.12.0"]}
+    assert r["hgx"]["nvidia"] == {"open": True, "datacenter": True, "x11": False, "toolkit": True, "modules": [dc_bin]}
+    assert r["volta"]["nvidia"]["open"] is False and r["volta"]["nvidia"]["modules"] == [dc_bin]  # V100: closed
+    assert r["arm-gpu"]["nvidia"]["modules"] == ["nvidia-open-595.84-6.12.0"]
+    assert "fabricmanager-580.159.04" in r["hgx"]["packages"]
+    assert not any(p.startswith("nvidia-settings") for p in r["gpu"]["packages"] + r["arm-gpu"]["packages"])
     for gpu_pool in ("gpu", "hgx", "volta", "arm-gpu"):
         assert "nvidia.com/gpu=present:NoSchedule" in r[gpu_pool]["nodeTaint"]
         assert "nvidia.com/gpu.present=true" in r[gpu_pool]["nodeLabel"] and r[gpu_pool]["containerdTemplate"]
-        assert r[gpu_pool]["unfree"] == ["nvidia-x11-570.172.08", "nvidia-persistenced-570.172.08",
-                                         "nvidia-fabricmanager-570.172.08"]
+        assert r[gpu_pool]["unfree"] == [dc, "nvidia-x11-595.84-6.12.0", "nvidia-persistenced-580.159.04",
+                                         "fabricmanager-580.159.04", "nvidia-settings-595.84"]
+        assert "nvidia-persistenced-580.159.04" in r[gpu_pool]["packages"] or gpu_pool == "arm-gpu"
     for plain in ("cp", "workers"):
-        assert r[plain]["unfree"] == [] and r[plain]["nvidia"]["toolkit"] is False and not r[plain]["nodeTaint"]
+        assert r[plain]["unfree"] == [] and r[plain]["nvidia"] is None and not r[plain]["nodeTaint"]
     # The firewall follows the CNI: its ports (from ports.json) and its interfaces.
     udp = {x["from"] for x in r["workers"]["firewall"]["allowedUDPPortRanges"]}
     tcp = {x["from"] for x in r["workers"]["firewall"]["allowedTCPPortRanges"]}
@@ -269,6 +327,8 @@ def test_the_combinations_evaluate_as_per_host_closures_too(lib, tmp_path):
     assert r["cp/cp-0"]["clusterInit"] is True and "cilium" in r["cp/cp-0"]["manifests"]
 
 
+# A custom kernel (linuxManualConfig: no `features`, its configuration read at evaluation time)
+# that is too old and lacks CGROUP_BPF.
 OLD_KERNEL = """{ lib, ... }: {
   boot.kernelPackages = lib.mkForce {
     kernel = { version = "5.4.280"; config.isEnabled = option: option != "CGROUP_BPF"; };
@@ -286,7 +346,7 @@ def test_what_cilium_and_workloads_need_fails_evaluation_clearly(lib, case, tmp_
         (tmp_path / "old-kernel.nix").write_text(OLD_KERNEL)
         extra = f"extraModules = [ {tmp_path / 'old-kernel.nix'} ];"
         expected = ["Cilium 1.18.4 needs Linux 5.10 or newer; pool cp boots 5.4.280",
-                    "Cilium needs kernel options CGROUP_BPF, not enabled in pool cp's Linux 5.4.280"]
+                    "CONFIG_CGROUP_BPF is not enabled!"]
     else:
         specs["workers"] = {**specs["workers"], "images": ["nope"]}
         expected = ["flakefleet: no workload nope in nixos/workloads/ (it has: hello)"]
@@ -297,3 +357,67 @@ def test_what_cilium_and_workloads_need_fails_evaluation_clearly(lib, case, tmp_
     assert out.returncode != 0
     for message in expected:
         assert message in out.stderr, out.stderr
+
+
+# Issue 24: what the GPU and Cilium modules of round two did, each of which nixpkgs refuses
+# (read in hardware/video/nvidia.nix, nvidia-x11/generic.nix and kernel/generic.nix); the
+# stand-in declarations must refuse them too, on the pools they were in.
+ROUND_TWO_DEFECTS = {
+    # nvidia.nix has no `enable` (only the read-only `enabled`)
+    "nvidia-enable": ("{ hardware.nvidia.enable = true; }", "hardware.nvidia.enable' does not exist"),
+    # the data-center driver's `settings` is { } (useSettings = false), not a package
+    "dc-driver-settings": ("{ lib, ... }: { hardware.nvidia.nvidiaSettings = lib.mkForce true; }",
+                           "is not of type `package'"),
+    # a nixpkgs kernel's config knows MODULES, FW_LOADER and RUST only while evaluating
+    "kernel-config-at-eval": (
+        '{ config, ... }: { assertions = [ { assertion = config.boot.kernelPackages.kernel.config.isEnabled '
+        '"BPF_SYSCALL"; message = "Cilium needs kernel options BPF_SYSCALL"; } ]; }',
+        "Cilium needs kernel options BPF_SYSCALL"),
+}
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+@pytest.mark.parametrize("defect", list(ROUND_TWO_DEFECTS))
+def test_the_round_two_gpu_and_cilium_defects_fail_evaluation(lib, defect, tmp_path):
+    module, expected = ROUND_TWO_DEFECTS[defect]
+    (tmp_path / "defect.nix").write_text(module)
+    specs = {k: v for k, v in combination_specs(CNI_SETTINGS["cilium-vxlan"]).items() if k in ("gpu", "workers")}
+    if defect != "kernel-config-at-eval":
+        specs = {"gpu": specs["gpu"]}
+    out = evaluate_pools(lib, ROOT / "nixos", specs, tmp_path, extra=f"extraModules = [ {tmp_path / 'defect.nix'} ];")
+    assert out.returncode != 0, out.stdout
+    assert expected in out.stderr, out.stderr
+
+
+def test_nvswitch_on_aarch64_is_refused_before_nix_is_asked():
+    """GB200 (p6e-gb200, aarch64 + NVSwitch) needs the data-center driver, which nixpkgs does not
+    build for aarch64: one line at validation, not an evaluation error on the hosts' pool."""
+    pools = [{"name": "cp", "role": "control-plane", "instance_type": "m7i.large", "count": 1},
+             {"name": "gb", "role": "worker", "instance_type": "p6e-gb200.36xlarge", "arch": "aarch64",
+              "gpu": "nvidia", "count": 1, "build": "target"}]
+    raw = {"flakefleet:cluster": json.dumps({"name": "gb"}), "flakefleet:pools": json.dumps(pools),
+           "flakefleet:delivery": json.dumps({"authorized_keys": [DEPLOY_KEY]})}
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config(raw, "us-east-1")
+    assert err.value.problems == [
+        "flakefleet:pools[1].gpu: p6e-gb200.36xlarge's GB200 GPUs hang off NVSwitch, which needs NVIDIA's "
+        "data-center driver with the fabric manager; nixpkgs builds it for x86_64 only"]
+
+
+def test_every_restated_declaration_names_the_nixpkgs_file_it_was_read_from():
+    """tests/nixlib/nixpkgs-options.nix: no declaration, and no restated part of a module's
+    config, comes before a comment naming a nixpkgs file in its section (a new declaration
+    added at the top of a section without its file fails; review keeps the rest honest)."""
+    lines = (NIXLIB / "nixpkgs-options.nix").read_text().splitlines()
+    start = lines.index("  options = {")
+    cited, missing = None, []
+    for number, line in enumerate(lines[start + 1:], start + 2):
+        if line.startswith("    # "):
+            cited = line if ".nix" in line else cited
+        elif line.startswith("    ") and not line.startswith("     ") and line.strip() not in ("", "};", "];", "})", ")"):
+            if line.startswith("    (") or "=" in line:
+                if cited is None:
+                    missing.append(f"{number}: {line.strip()}")
+        elif line.startswith("  ") and not line.startswith("   "):
+            cited = None  # a new top-level section (`config = ...`) needs its own citations
+    assert missing == []

@@ -343,6 +343,30 @@ def test_the_standin_flake_locks_no_nixpkgs_so_any_nix_with_flakes_will_do():
     assert systems_mod.check_nix_version(Path(STANDIN_FLAKE), (2, 8, 0)) is None
 
 
+def test_the_boot_release_is_the_one_the_flake_locks():
+    """The AMI's release follows nixos/flake.lock's nixpkgs branch; the stand-in's lock names the
+    same release in a node no input uses."""
+    from flakefleet.facts.flake import nixpkgs_release
+
+    assert nixpkgs_release(NIXOS) == "26.05"
+    standin = json.loads((Path(STANDIN_FLAKE) / "flake.lock").read_text())
+    assert standin["nodes"]["nixpkgs"] == json.loads((NIXOS / "flake.lock").read_text())["nodes"]["nixpkgs"]
+    assert standin["nodes"]["root"] == {} and nixpkgs_release(Path(STANDIN_FLAKE)) == "26.05"
+
+
+@pytest.mark.parametrize(("ref", "release"), [("nixos-26.05", "26.05"), ("nixos-25.11-small", "25.11"),
+                                              ("nixos-unstable", None), ("nixpkgs-unstable", None), ("", None)])
+def test_the_boot_release_is_read_from_the_lock_s_branch(tmp_path, ref, release):
+    from flakefleet.facts.flake import nixpkgs_release
+
+    lock = {"nodes": {"root": {"inputs": {"nixpkgs": "nixpkgs_2"}},
+                      "nixpkgs_2": {"original": {"type": "github", "owner": "NixOS", "repo": "nixpkgs", "ref": ref}}},
+            "root": "root", "version": 7}
+    (tmp_path / "flake.lock").write_text(json.dumps(lock))
+    assert nixpkgs_release(tmp_path) == release
+    assert nixpkgs_release(tmp_path / "absent") is None
+
+
 def test_an_old_nix_stops_planning_with_one_line(nix_eval_ready, tmp_path, monkeypatch):
     monkeypatch.setattr(systems_mod, "installed_nix_version", lambda: (2, 8, 0))
     cfg, inv = stack("local")

@@ -120,9 +120,36 @@ def test_ami_lookup_is_official_nixos_per_architecture():
     assert lookups
     for args in lookups:
         assert args["owners"] == ["427812963091"] and args["mostRecent"] is True
-        assert {"name": "name", "values": ["nixos/25.11*"]} in args["filters"]
+        assert {"name": "name", "values": ["nixos/26.05*"]} in args["filters"]
     arches = {f["values"][0] for args in lookups for f in args["filters"] if f["name"] == "architecture"}
     assert arches == {"x86_64"}  # prod's aarch64 pool has count 0: no lookup, no machine
+
+
+def ami_release_run(cluster: dict) -> tuple[list[str], list[str]]:
+    """The AMI name filters and the warnings of a dev run with `cluster` as its cluster key."""
+    config = read_stack_file("dev")
+    config["flakefleet:cluster"] = json.dumps(cluster)
+    warned: list[str] = []
+    original = pulumi.log.warn
+    pulumi.log.warn = lambda message, *a, **k: warned.append(message)
+    try:
+        run = run_program(config, stack="dev")
+    finally:
+        pulumi.log.warn = original
+    names = sorted({v for token, args in run.calls if token == "aws:ec2/getAmi:getAmi"
+                    for f in args["filters"] if f["name"] == "name" for v in f["values"]})
+    return names, [w for w in warned if "nixos_release" in w]
+
+
+def test_the_ami_release_follows_the_flake_unless_pinned():
+    """No pin: the release nixos/flake.lock's nixpkgs branch names, silently. A pin: that AMI,
+    and one line saying the hosts boot one release and switch to another."""
+    assert ami_release_run({"name": "ff-dev"}) == (["nixos/26.05*"], [])
+    assert ami_release_run({"name": "ff-dev", "nixos_release": "26.05"}) == (["nixos/26.05*"], [])
+    names, warned = ami_release_run({"name": "ff-dev", "nixos_release": "25.11"})
+    assert names == ["nixos/25.11*"]
+    assert warned == ["flakefleet:cluster.nixos_release 25.11 differs from the flake's nixpkgs (nixos-26.05): "
+                      "EC2 hosts boot the 25.11 AMI and their first delivery switches them to 26.05"]
 
 
 def test_aarch64_pool_looks_up_arm64_ami():

@@ -48,10 +48,12 @@ class ClusterConfig(Model):
         description="k3s release line from the pinned nixpkgs: `stable` is nixpkgs' `k3s`, `1.NN` is `k3s_1_NN`. "
         "Default `stable`.",
     )
-    nixos_release: Annotated[str, Field(pattern=r"^\d{2}\.\d{2}$")] = Field(
-        "25.11",
+    nixos_release: Annotated[str, Field(pattern=r"^\d{2}\.\d{2}$")] | None = Field(
+        None,
         description="NixOS release of the boot AMI (`nixos/<release>*` by owner 427812963091); delivery then "
-        "switches each host to the flake's closure. Default `25.11`.",
+        "switches each host to the flake's closure. Pin an older one only while the flake's release has no AMI "
+        "yet (the preview warns: hosts then boot one release and switch to another). Default: the release "
+        "`nixos/flake.lock` pins (`nixos-26.05` -> `26.05`).",
     )
     cni: Literal["flannel", "cilium"] = Field(
         "flannel",

@@ -150,9 +150,15 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
                         "(delivery then waits for its long boot)")
     if pool.bare_metal and not shape.metal:
         problems.append(f"{at}.bare_metal: true but {pool.instance_type} is virtual; use a *.metal type")
-    if pool.gpu == "nvidia" and nvidia_gpu(pool.instance_type) is None:
+    known = nvidia_gpu(pool.instance_type)
+    if pool.gpu == "nvidia" and known is None:
         families = ", ".join(gpu_families(shape.arch))
         problems.append(f"{at}.gpu: {pool.instance_type} has no NVIDIA GPU; {shape.arch} GPU families: {families}")
+    elif pool.gpu == "nvidia" and known.nvswitch and shape.arch != "x86_64":
+        # nixpkgs' data-center drivers, the only ones with the fabric manager NVSwitch needs, are
+        # built for x86_64 alone (pkgs/os-specific/linux/nvidia-x11/default.nix: no aarch64 hash).
+        problems.append(f"{at}.gpu: {pool.instance_type}'s {known.gpu} GPUs hang off NVSwitch, which needs "
+                        "NVIDIA's data-center driver with the fabric manager; nixpkgs builds it for x86_64 only")
     return problems
 
 

@@ -7,7 +7,9 @@ The program, `plan` and the tests all resolve the flake the same way: FLAKEFLEET
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,22 @@ def workload_names(flake: Path) -> list[str] | None:
     if not folder.is_dir():
         return None
     return sorted(p.stem for p in folder.glob("*.nix") if p.name != "default.nix")
+
+
+def nixpkgs_release(flake: Path) -> str | None:
+    """The NixOS release the flake's lock pins (`nixos-26.05` -> `26.05`): its `nixpkgs` input's
+    branch. None when that follows no release branch (unstable, a fork's branch) or there is no
+    lock. (The offline test stand-in uses no nixpkgs; its lock names, in an unused node, the
+    release of the flake it stands in for.)"""
+    try:
+        lock = json.loads((flake / "flake.lock").read_text())
+        nodes = lock["nodes"]
+        node = nodes[lock["root"]].get("inputs", {}).get("nixpkgs", "nixpkgs")
+        ref = nodes[node]["original"].get("ref", "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    match = re.fullmatch(r"nixos-(\d{2}\.\d{2})(-small)?", ref)
+    return match.group(1) if match else None
 
 
 def default_cache_dir() -> Path:

@@ -5,7 +5,8 @@ written to a checked-in JSON file the flake reads: `<stack>-<pool>` for a shared
 `<stack>-<pool>-<host>` for per-host closures. Then `nix build
 ./nixos#nixosConfigurations.dev-workers.config.system.build.toplevel` and `nixos-rebuild
 build-vm --flake ./nixos#dev-cp` work as every NixOS user expects, and `nix flake check`
-evaluates every one of them.
+evaluates every one of them. The feature matrix (flakefleet/nixos/matrix.py) adds a
+configuration for every module a stack can switch on, so the check covers what no stack uses yet.
 
 One writer keeps it current: `scripts/nixos_configurations.py` (`make configurations`), from the
 stack files. The signing key's public half, which each spec carries, is not in the stack files
@@ -22,6 +23,7 @@ from pathlib import Path
 from flakefleet.config import ConfigError, parse_stack_config
 from flakefleet.config.stackfile import STACKS, read_stack_file, stack_names
 from flakefleet.facts.flake import DEFAULT_FLAKE
+from flakefleet.nixos import matrix
 from flakefleet.plan.inventory import plan_inventory
 from flakefleet.plan.specs import system_specs
 
@@ -68,6 +70,12 @@ def generate(stacks_dir: Path = STACKS, existing: dict[str, dict] | None = None)
         for name, spec in stack_configurations(stack, stack_specs(stack, system_specs(cfg, plan_inventory(cfg)))).items():
             keys = existing.get(name, {}).get("trusted_public_keys")
             entries[name] = {**spec, "trusted_public_keys": keys} if keys and not spec["trusted_public_keys"] else spec
+    for row in matrix.ROWS:
+        try:
+            specs = matrix.row_specs(row, stacks_dir)
+        except ConfigError as err:
+            raise ConfigError([f"feature matrix row {row}: {p}" for p in err.problems]) from None
+        entries.update(stack_configurations(matrix.PREFIX + row, stack_specs(matrix.PREFIX + row, specs)))
     return entries
 
 

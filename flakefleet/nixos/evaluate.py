@@ -38,8 +38,11 @@ def required_nix(flake: Path) -> tuple[int, ...] | None:
     lock = flake / "flake.lock"
     if not lock.is_file():
         return None
-    nodes = json.loads(lock.read_text()).get("nodes", {})
-    locks_nixpkgs = any(n.get("locked", {}).get("repo") == "nixpkgs" for n in nodes.values())
+    lock_data = json.loads(lock.read_text())
+    nodes = lock_data.get("nodes", {})
+    # Only the inputs the flake uses (the root node's); an unused node is never fetched.
+    used = nodes.get(lock_data.get("root", "root"), {}).get("inputs", {}).values()
+    locks_nixpkgs = any(nodes.get(n, {}).get("locked", {}).get("repo") == "nixpkgs" for n in used if isinstance(n, str))
     return NIXPKGS_MIN_NIX if locks_nixpkgs else None
 
 

@@ -5,8 +5,10 @@
       "nix-command"
       "flakes"
     ];
-    # Closures arrive by `nix copy` from the deployer; only paths signed by the fleet's key are
-    # accepted, so a stolen SSH session alone cannot plant a system.
+    # Closures arrive by `nix copy` from the deployer or from the stack's cache; only paths signed
+    # by a trusted key are accepted, so a stolen SSH session alone cannot plant a system. The
+    # trusted keys are the fleet's and cache.nixos.org's (nixpkgs' config/nix.nix always adds
+    # the latter; it signs only what Hydra built from nixpkgs).
     require-sigs = true;
     trusted-public-keys = config.flakefleet.trustedPublicKeys;
   };

@@ -4,7 +4,9 @@
 {
   boot.loader.systemd-boot.enable = lib.mkDefault true;
   boot.loader.efi.canTouchEfiVariables = lib.mkDefault true;
-  boot.initrd.availableKernelModules = lib.mkDefault [
+  # Added to nixpkgs' own list (system/boot/kernel.nix defines its defaults at normal priority:
+  # under mkDefault this list would be dropped, usb_storage with it); a host adds more the same way.
+  boot.initrd.availableKernelModules = [
     "nvme"
     "ahci"
     "xhci_pci"

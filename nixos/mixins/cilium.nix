@@ -6,8 +6,23 @@
 let
   cfg = config.flakefleet;
   kernel = config.boot.kernelPackages.kernel;
-  # What Cilium's eBPF datapath needs of the kernel (Cilium's system requirements).
-  requiredKernelOptions = [
+in
+{
+  assertions = [
+    {
+      assertion = lib.versionAtLeast kernel.version "5.10";
+      message = "flakefleet: Cilium ${cfg.cilium.version} needs Linux 5.10 or newer; pool ${cfg.pool} boots ${kernel.version} (boot.kernelPackages)";
+    }
+  ];
+
+  # What Cilium's eBPF datapath needs of the kernel (Cilium's system requirements), said the
+  # NixOS way: nixos/modules/system/boot/kernel.nix checks system.requiredKernelConfig against
+  # the kernel's configuration. It does so for kernels without `features`, the ones whose
+  # configuration can be read at evaluation time (a custom `linuxManualConfig` kernel); nixpkgs'
+  # own kernels are "assumed to have all required features" (their common-config.nix enables
+  # these), and their `config.isEnabled` knows only MODULES, FW_LOADER and RUST while evaluating
+  # (pkgs/os-specific/linux/kernel/generic.nix), so asking it directly would fail on every one.
+  system.requiredKernelConfig = map config.lib.kernelConfig.isEnabled [
     "BPF"
     "BPF_SYSCALL"
     "BPF_JIT"
@@ -17,19 +32,6 @@ let
     "CRYPTO_USER_API_HASH"
     "VXLAN"
     "GENEVE"
-  ];
-  missing = builtins.filter (o: !(kernel.config.isEnabled o)) requiredKernelOptions;
-in
-{
-  assertions = [
-    {
-      assertion = lib.versionAtLeast kernel.version "5.10";
-      message = "flakefleet: Cilium ${cfg.cilium.version} needs Linux 5.10 or newer; pool ${cfg.pool} boots ${kernel.version} (boot.kernelPackages)";
-    }
-    {
-      assertion = missing == [ ];
-      message = "flakefleet: Cilium needs kernel options ${lib.concatStringsSep ", " missing}, not enabled in pool ${cfg.pool}'s Linux ${kernel.version}";
-    }
   ];
 
   services.k3s.extraFlags = lib.optionals (cfg.role == "control-plane") [

@@ -37,17 +37,78 @@ let
         imageTag = "00000000000000000000000000000000";
       };
     linuxPackages = {
-      kernel = drv "linux-6.12.0" // {
-        version = "6.12.0";
-        # nixpkgs' kernel.config: what the kernel's configuration enables.
-        config.isEnabled = _: true;
-      };
+      kernel = linux;
       nvidiaPackages = {
-        dc = drv "nvidia-x11-570.172.08-6.12.0";
-        stable = drv "nvidia-x11-580.95.05-6.12.0";
+        dc = nvidiaDriver {
+          version = "580.159.04";
+          dataCenter = true;
+          # dc_580 has only sha256_64bit: generic.nix's meta.platforms is x86_64 alone.
+          platforms = [ "x86_64-linux" ];
+        };
+        stable = nvidiaDriver {
+          version = "595.84";
+          dataCenter = false;
+          platforms = [
+            "x86_64-linux"
+            "aarch64-linux"
+          ];
+        };
       };
     };
   };
+  # pkgs/os-specific/linux/kernel/generic.nix and build.nix: a nixpkgs kernel has `features`
+  # (so nixos/modules/system/boot/kernel.nix trusts it to have what modules require), and while
+  # evaluating its `config` knows only the three options generic.nix passes in.
+  linux =
+    let
+      known = {
+        CONFIG_MODULES = "y";
+        CONFIG_FW_LOADER = "y";
+        CONFIG_RUST = "n";
+      };
+      value = option: known."CONFIG_${option}" or null;
+    in
+    drv "linux-6.12.0"
+    // {
+      version = "6.12.0";
+      features = { };
+      config = known // {
+        isSet = option: known ? "CONFIG_${option}";
+        getValue = value;
+        isYes = option: value option == "y";
+        isNo = option: value option == "n";
+        isModule = option: value option == "m";
+        isEnabled = option: value option == "m" || value option == "y";
+        isDisabled = option: value option == null || value option == "n";
+      };
+    };
+  # pkgs/os-specific/linux/nvidia-x11/generic.nix (and default.nix's dc_580 / production): the
+  # attributes nixos/modules/hardware/video/nvidia.nix uses. A data-center driver
+  # (useFabricmanager) is named nvidia-dc-*, has no nvidia-settings (`settings = { }`) and has
+  # a fabric manager; the others are named nvidia-x11-*, have nvidia-settings and
+  # `fabricmanager = { }`. Both branches here have open kernel modules (openSha256) and so a
+  # `firmware` output.
+  nvidiaDriver =
+    {
+      version,
+      dataCenter,
+      platforms,
+    }:
+    let
+      name = "nvidia-${if dataCenter then "dc" else "x11"}-${version}-6.12.0";
+    in
+    drv name
+    // {
+      inherit version;
+      bin = drv "${name}-bin";
+      firmware = drv "${name}-firmware";
+      lib32 = drv "${name}-lib32";
+      open = drv "nvidia-open-${version}-6.12.0";
+      settings = if dataCenter then { } else drv "nvidia-settings-${version}";
+      persistenced = drv "nvidia-persistenced-${version}";
+      fabricmanager = if dataCenter then drv "fabricmanager-${version}" else { };
+      meta.platforms = platforms;
+    };
   named = builtins.listToAttrs (
     map
       (name: {
@@ -70,12 +131,30 @@ let
         "darkhttpd"
       ]
   );
+  # nixpkgs' misc/nixpkgs.nix hands every module the package set of the system's
+  # nixpkgs.hostPlatform; here that is the stand-in set with that platform's stdenv.
+  platformOf =
+    modules:
+    let
+      set = builtins.filter (m: builtins.isAttrs m && m ? nixpkgs && m.nixpkgs ? hostPlatform) modules;
+    in
+    if set == [ ] then "x86_64-linux" else (builtins.head set).nixpkgs.hostPlatform;
+  pkgsFor =
+    system:
+    pkgs
+    // {
+      stdenv.hostPlatform = {
+        inherit system;
+        isx86_64 = system == "x86_64-linux";
+        isAarch64 = system == "aarch64-linux";
+      };
+    };
   nixosSystem =
     { modules, ... }:
     lib.evalModules {
       modules = modules ++ [ ./nixpkgs-options.nix ] ++ extraModules;
       specialArgs = {
-        inherit pkgs;
+        pkgs = pkgsFor (platformOf modules);
         modulesPath = toString ./modules;
       };
     };
@@ -127,7 +206,7 @@ let
     else if config.warnings != [ ] then
       throw "${name}: warnings:\n- ${builtins.concatStringsSep "\n- " config.warnings}"
     else
-      builtins.deepSeq config {
+      builtins.deepSeq (if config.hardware.nvidia.enabled then config else config // { hardware = removeAttrs config.hardware [ "nvidia" ]; }) {
         inherit (config.services.k3s)
           role
           serverAddr
@@ -146,20 +225,35 @@ let
         firewall = {
           inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces;
         };
-        nvidia = {
-          inherit (config.hardware.nvidia) enable open;
-          datacenter = config.hardware.nvidia.datacenter.enable;
-          toolkit = config.hardware.nvidia-container-toolkit.enable;
-        };
-        # Which packages this system lets nixpkgs build although unfree (none without a predicate).
+        nvidia =
+          let
+            n = config.hardware.nvidia;
+          in
+          if n.enabled then
+            {
+              inherit (n) open;
+              datacenter = n.datacenter.enable;
+              x11 = builtins.elem "nvidia" config.services.xserver.videoDrivers;
+              toolkit = config.hardware.nvidia-container-toolkit.enable;
+              modules = map (p: p.name) config.boot.extraModulePackages;
+            }
+          else
+            null;
+        packages = map (p: p.name) config.environment.systemPackages;
+        initrdModules = config.boot.initrd.availableKernelModules;
+        # Which packages this system lets nixpkgs build although unfree (none without a
+        # predicate), by the names nixpkgs gives them (nvidia-x11/generic.nix, persistenced.nix,
+        # fabricmanager.nix, settings.nix).
         unfree =
           let
             allowed = config.nixpkgs.config.allowUnfreePredicate or (_: false);
           in
           builtins.filter (name: allowed { inherit name; }) [
-            "nvidia-x11-570.172.08"
-            "nvidia-persistenced-570.172.08"
-            "nvidia-fabricmanager-570.172.08"
+            "nvidia-dc-580.159.04-6.12.0"
+            "nvidia-x11-595.84-6.12.0"
+            "nvidia-persistenced-580.159.04"
+            "fabricmanager-580.159.04"
+            "nvidia-settings-595.84"
             "cuda_cudart-12.8.90"
             "steam-1.0"
           ];

@@ -415,6 +415,12 @@ let
       check = isInt;
       merge = mergeEqualOption;
     };
+    float = mkOptionType {
+      name = "float";
+      description = "floating point number";
+      check = builtins.isFloat;
+      merge = mergeEqualOption;
+    };
     ints.unsigned = mkOptionType {
       name = "unsignedInt";
       description = "unsigned integer, meaning >=0";
@@ -588,6 +594,7 @@ let
       mkMerge
       mkOverride
       mkOrder
+      mergeOneOption
       mkOptionType
       types
       evalModules
@@ -629,6 +636,14 @@ let
     reverseList = xs: builtins.genList (i: builtins.elemAt xs (length xs - 1 - i)) (length xs);
     toList = x: if isList x then x else [ x ];
     versionAtLeast = v: min: builtins.compareVersions v min >= 0;
+    versionOlder = v: than: builtins.compareVersions v than < 0;
+    hasSuffix =
+      suffix: s:
+      let
+        n = builtins.stringLength s;
+        k = builtins.stringLength suffix;
+      in
+      k <= n && builtins.substring (n - k) k s == suffix;
     toInt =
       s:
       let

@@ -2,7 +2,9 @@
 # offline with builder = /bin/sh and no nixpkgs. A system is laid out as a NixOS toplevel:
 # bin/switch-to-configuration and activate (nixos.py: NixOS' switch rules, the boot loaders),
 # init (stage 2), etc/systemd/system (its units, k3s' with nixpkgs' settings), sw/bin/k3s
-# (k3s.py), kernel, initrd, kernel-modules, kernel-params, nixos-version.
+# (k3s.py), kernel, initrd, kernel-modules, kernel-params, nixos-version. Its flake.lock has
+# nixos/flake.lock's nixpkgs node, unused (no input names it, so nothing fetches it): the
+# release the program then boots EC2 hosts with, as it would with nixos/.
 {
   description = "flakefleet test stand-in: NixOS-shaped systems that build offline";
 
