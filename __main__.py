@@ -21,7 +21,7 @@ from components.storage import Storage, StorageArgs
 from components.tokens import ClusterTokens, ClusterTokensArgs
 from flakefleet.ops.drift import split_pools
 from flakefleet.plan.specs import host_system
-from program.config import load_stack
+from program.config import cache_arn, load_stack
 from program.last_update import announce_changes, last_update, refuse_cni_switch
 from program.outputs import node_table
 from program.restore import plan_restore
@@ -72,7 +72,7 @@ machines = (
             nixos_release=boot_release(cfg),
             subnet_ids=network.private_subnet_ids,
             security_group_ids=network.security_group_ids,
-            cache_arn=storage.cache_arn if storage else None,
+            cache_arn=cache_arn(cfg, storage),
             snapshot_arn=storage.snapshot_arn if storage else None,
             authorized_keys=tuple(cfg.delivery.authorized_keys),
             signing_public_key=cfg.signing_public_key,

@@ -6,6 +6,7 @@ import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env, is_config_secret
 
 from flakefleet.config import ConfigError, StackConfig, parse_stack_config
+from flakefleet.plan.iam import bucket_arn
 from flakefleet.plan.inventory import Inventory, plan_inventory
 
 
@@ -22,3 +23,11 @@ def load_stack() -> tuple[StackConfig, Inventory]:
         raise pulumi.RunError(
             f"invalid configuration for stack {pulumi.get_stack()}:\n  " + "\n  ".join(err.problems)
         ) from None
+
+
+def cache_arn(cfg: StackConfig, storage) -> pulumi.Input[str] | None:
+    """The binary cache the hosts substitute from, as the instance profiles are granted it: the
+    bucket `delivery.cache.bucket` names when set (hosts read that one), else the stack's own."""
+    if cfg.delivery.cache.bucket:
+        return bucket_arn(cfg.delivery.cache.bucket, cfg.cache_region or cfg.region)
+    return storage.cache_arn if storage else None

@@ -100,7 +100,42 @@ def test_control_plane_policy_is_scoped_to_its_cluster_folder():
     write = next(s for s in policy["Statement"] if "s3:PutObject" in s["Action"])
     assert write["Resource"] == "arn:aws:s3:::snap/c/*"
     listing = next(s for s in policy["Statement"] if s["Sid"] == "ListSnapshots")
-    assert listing["Condition"]["StringLike"]["s3:prefix"] == ["c/*", "c/"]
+    assert listing["Condition"]["StringLikeIfExists"]["s3:prefix"] == ["c/*", "c/"]
+
+
+def allows(statement: dict, context: dict[str, str]) -> bool:
+    """An Allow statement's condition as IAM evaluates StringLike and StringLikeIfExists (a key
+    absent from the request fails StringLike and passes its IfExists form)."""
+    import fnmatch
+
+    for operator, keys in statement.get("Condition", {}).items():
+        for key, patterns in keys.items():
+            if key not in context:
+                if not operator.endswith("IfExists"):
+                    return False
+            elif not any(fnmatch.fnmatchcase(context[key], p) for p in patterns):
+                return False
+    return True
+
+
+@pytest.mark.parametrize(("request_context", "allowed"), [
+    ({}, True),  # HeadBucket: k3s' BucketExists check before every snapshot (pkg/etcd/s3/s3.go)
+    ({"s3:prefix": "c/"}, True),  # its retention listing of the cluster's folder
+    ({"s3:prefix": "c/etcd-snapshot-1"}, True),
+    ({"s3:prefix": "other/"}, False),  # another cluster's folder
+])
+def test_the_snapshot_listing_lets_k3s_check_the_bucket_and_list_only_its_folder(request_context, allowed):
+    policy = node_policy("control-plane", "c", None, "arn:aws:s3:::snap")
+    listing = next(s for s in policy["Statement"] if s["Sid"] == "ListSnapshots")
+    assert allows(listing, request_context) is allowed
+
+
+@pytest.mark.parametrize(("region", "arn"), [("eu-west-1", "arn:aws:s3:::b"), ("cn-north-1", "arn:aws-cn:s3:::b"),
+                                             ("us-gov-west-1", "arn:aws-us-gov:s3:::b"), (None, "arn:aws:s3:::b")])
+def test_a_named_cache_bucket_is_granted_in_its_partition(region, arn):
+    from flakefleet.plan.iam import bucket_arn
+
+    assert bucket_arn("b", region) == arn
 
 
 def test_no_policy_without_buckets():

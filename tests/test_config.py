@@ -242,6 +242,9 @@ BAD = [
      "flakefleet:pools[1].reboot: Input should be 'auto', 'always' or 'never'"),
     ("root-volume-tiny", mutate(pools__1__root_volume={"size_gib": 4}),
      "flakefleet:pools[1].root_volume.size_gib: Input should be greater than or equal to 16"),
+    ("ssh-user-not-root", mutate(delivery={"authorized_keys": [DEPLOY], "ssh_user": "admin"}),
+     "flakefleet:delivery.ssh_user: 'admin': delivery logs in as root (the nodes authorize the deploy keys for root "
+     "only, nixos/common/openssh.nix, and switching a system needs root); leave it out or set root"),
 ]
 
 

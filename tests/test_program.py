@@ -427,3 +427,16 @@ def test_no_resource_of_an_existing_stack_is_renamed_or_reparented():
         registered = {r.urn for r in run_stack(stack).resources}
         missing = [u for u in golden if u.startswith(f"urn:pulumi:{stack}::") and u not in registered]
         assert missing == [], f"stack {stack}: {missing[:3]}"
+
+
+def test_hosts_are_granted_the_cache_they_substitute_from():
+    """With `delivery.cache.bucket` set the hosts substitute from that bucket (their nix.conf),
+    so that is the bucket their instance profiles may read, not the stack's own cache."""
+    config = read_stack_file("dev")
+    config["flakefleet:delivery"] = json.dumps({**json.loads(config["flakefleet:delivery"]),
+                                                "cache": {"bucket": "shared-fleet-cache"}})
+    run = run_program(config, stack="dev")
+    for policy in run.of_type("aws:iam/rolePolicy:RolePolicy"):
+        doc = json.loads(policy.inputs["policy"])
+        cache = [s["Resource"] for s in doc["Statement"] if s["Sid"] in ("ReadCache", "ListCache")]
+        assert cache == ["arn:aws:s3:::shared-fleet-cache/*", "arn:aws:s3:::shared-fleet-cache"], policy.name

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 NAMESPACE = "flakefleet"
 Role = Literal["control-plane", "worker"]
@@ -22,6 +22,17 @@ Arch = Literal["x86_64", "aarch64"]
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+
+
+def _root_only(user: str) -> str:
+    if user != "root":
+        raise ValueError(f"{user!r}: delivery logs in as root (the nodes authorize the deploy keys for root only, "
+                         "nixos/common/openssh.nix, and switching a system needs root); leave it out or set root")
+    return user
+
+
+# The SSH user of delivery: root, the only one that can work (no sudo path exists).
+SshUser = Annotated[str, AfterValidator(_root_only)]
 
 
 class ConfigError(Exception):

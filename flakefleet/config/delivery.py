@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from flakefleet.config.base import NAMESPACE, Model
+from flakefleet.config.base import NAMESPACE, Model, SshUser
 from flakefleet.config.rules import ANY_HOST_KEY_TYPES, bucket_problem, host_key_problem, region_problem, ssh_key_problem
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class DeliveryConfig(Model):
         "security keys such as sk-ssh-ed25519@openssh.com): at least the deploy key, which must stay authorized "
         "after a switch. Required.",
     )
-    ssh_user: str = Field("root", description="SSH user for delivery. Default `root`.")
+    ssh_user: SshUser = Field("root", description="SSH user for delivery: `root`, the only user the nodes "
+                              "authorize the deploy keys for. Default `root`.")
     boot_timeout_s: Annotated[int, Field(ge=1, le=7200)] = Field(
         600, description="Seconds delivery waits for a host's SSH to come up. Default 600."
     )

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from flakefleet.facts.addresses import PoolBlocks, allocate_blocks, block_size
 from flakefleet.facts.aws import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
-from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role
+from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role, SshUser
 from flakefleet.config.network import zone_names
 from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
 
@@ -57,7 +57,8 @@ class MetalHost(Model):
         "every host of the stack is a loopback test host). Required."
     )
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = Field(22, description="SSH port. Default 22.")
-    ssh_user: str | None = Field(None, description="SSH user. Default: `delivery.ssh_user`.")
+    ssh_user: SshUser | None = Field(None, description="SSH user: `root` (see `delivery.ssh_user`). Default: "
+                                     "`delivery.ssh_user`.")
     ssh_host_key: str | None = Field(
         None,
         description="The host's SSH public ed25519 host key (`ssh-ed25519 AAAA...`, the only host key our NixOS "

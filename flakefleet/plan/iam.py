@@ -25,14 +25,37 @@ def node_policy(role: str, cluster: str, cache_arn: str | None, snapshot_arn: st
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                 "Resource": f"{snapshot_arn}/{cluster}/*",
             },
+            # Listing is confined to the cluster's folder, but k3s first checks that the bucket
+            # exists (pkg/etcd/s3/s3.go: minio's BucketExists, a HeadBucket), which S3 authorizes
+            # as s3:ListBucket with no s3:prefix in the request: under StringLike that check is
+            # refused and no snapshot is ever written, so the condition applies where a prefix is
+            # given (IfExists). A request without one lists the stack's own snapshot bucket's keys.
             {
                 "Sid": "ListSnapshots",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
                 "Resource": snapshot_arn,
-                "Condition": {"StringLike": {"s3:prefix": [f"{cluster}/*", f"{cluster}/"]}},
+                "Condition": {"StringLikeIfExists": {"s3:prefix": [f"{cluster}/*", f"{cluster}/"]}},
             },
             # k3s checks the bucket's region before it writes a snapshot.
             {"Sid": "LocateSnapshots", "Effect": "Allow", "Action": "s3:GetBucketLocation", "Resource": snapshot_arn},
         ]
     return {"Version": "2012-10-17", "Statement": statements} if statements else None
+
+
+def bucket_arn(bucket: str, region: str | None) -> str:
+    """The ARN of an S3 bucket named by the stack (`delivery.cache.bucket`), in the partition of the
+    stack's region (aws, aws-cn, aws-us-gov, ...: botocore's endpoint data)."""
+    return f"arn:{partition(region)}:s3:::{bucket}"
+
+
+def partition(region: str | None) -> str:
+    import re
+
+    import botocore.session
+
+    data = botocore.session.get_session().get_data("endpoints")
+    for p in data["partitions"]:
+        if region and (region in p["regions"] or re.match(p["regionRegex"], region)):
+            return p["partition"]
+    return "aws"
