@@ -237,6 +237,31 @@ def test_every_file_a_host_gets_names_the_units_that_read_it():
     assert readers[K3S_DROP_IN_PATH] == readers[SNAPSHOTS_DROP_IN] == ("k3s.service",)
     assert readers[CACHE_CONF_PATH] == ("nix-daemon.service",)
     assert all(units == ("k3s.service",) for path, units in readers.items() if "/secrets/" in path)
+    assert readers["/etc/flakefleet/peers.json"] == ("firewall.service",)
+
+
+def test_every_host_is_told_the_fleet_s_addresses_by_role():
+    """The peers file nixos/common/firewall.nix admits to etcd, the kubelet and the overlay: every
+    host of the stack by role, the same on every host, at the path the Nix side reads."""
+    from flakefleet.config import parse_stack_config
+    from flakefleet.config.stackfile import read_stack_file
+    from flakefleet.plan.contract import PEERS_PATH
+    from flakefleet.plan.inventory import plan_inventory
+    from flakefleet.plan.specs import host_files
+    from tests.test_nixos import nix_eval
+    import json as _json
+
+    raw = read_stack_file("prod")
+    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    inv = plan_inventory(cfg)
+    contents = {next(f.content for f in host_files(cfg, inv, h) if f.path == PEERS_PATH) for h in inv.hosts}
+    assert len(contents) == 1
+    peers = _json.loads(contents.pop())
+    assert peers == {"control-plane": sorted((str(h.address) for h in inv.control_planes),
+                                             key=lambda a: tuple(map(int, a.split(".")))),
+                     "worker": sorted((str(h.address) for h in inv.workers), key=lambda a: tuple(map(int, a.split("."))))}
+    assert len(peers["control-plane"]) == 3 and len(peers["worker"]) == 9
+    assert nix_eval("(import ./nixos/lib).paths.peers") == PEERS_PATH
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -162,7 +162,7 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert "--flannel-backend=none" in r["matrix-cilium-vxlan-cp"]["flags"]
-    assert {x["from"] for x in r["matrix-cilium-geneve-hubble-workers"]["firewall"]["allowedUDPPortRanges"]} == {6081}
+    assert opened_ports(r["matrix-cilium-geneve-hubble-workers"]["firewall"], "udp") == {6081}
     assert r["matrix-gpu-gpu"]["nvidia"]["x11"] and r["matrix-gpu-gpu"]["nvidia"]["open"] is True
     assert r["matrix-gpu-gpu-closed"]["nvidia"]["open"] is False
     assert r["matrix-gpu-nvswitch-hgx"]["nvidia"]["datacenter"] and not r["matrix-gpu-nvswitch-hgx"]["nvidia"]["x11"]
@@ -248,6 +248,16 @@ CNI_SETTINGS = {
 }
 
 
+def opened_ports(firewall: dict, protocol: str) -> set[int]:
+    """The first ports a system's firewall opens for `protocol`: to anyone (its allowed ranges) or
+    to the fleet's addresses (the rules its extraCommands add)."""
+    import re
+
+    key = "allowedTCPPortRanges" if protocol == "tcp" else "allowedUDPPortRanges"
+    peers = re.findall(rf"-p {protocol} -s \"\$addr\" --dport (\d+):", firewall["extraCommands"])
+    return {r["from"] for r in firewall[key]} | {int(p) for p in peers}
+
+
 def combination_specs(cni: dict, per_host: bool = False) -> dict[str, dict]:
     """One stack with every kind of pool: plain workers, GPU pools (Ada, NVSwitch H100, Volta with
     closed kernel modules, aarch64 T4G), and the example workload on the workers and a GPU pool."""
@@ -307,8 +317,7 @@ def test_every_combination_of_cni_gpu_and_workloads_evaluates(lib, cni, tmp_path
     for plain in ("cp", "workers"):
         assert r[plain]["unfree"] == [] and r[plain]["nvidia"] is None and not r[plain]["nodeTaint"]
     # The firewall follows the CNI: its ports (from ports.json) and its interfaces.
-    udp = {x["from"] for x in r["workers"]["firewall"]["allowedUDPPortRanges"]}
-    tcp = {x["from"] for x in r["workers"]["firewall"]["allowedTCPPortRanges"]}
+    udp, tcp = opened_ports(r["workers"]["firewall"], "udp"), opened_ports(r["workers"]["firewall"], "tcp")
     assert udp == ({6081} if "geneve" in cni else {8472})
     assert (4240 in tcp) == cilium and (4244 in tcp) == ("hubble" in cni)
     assert ("lxc+" in r["workers"]["firewall"]["trustedInterfaces"]) == cilium
@@ -421,3 +430,68 @@ def test_every_restated_declaration_names_the_nixpkgs_file_it_was_read_from():
         elif line.startswith("  ") and not line.startswith("   "):
             cited = None  # a new top-level section (`config = ...`) needs its own citations
     assert missing == []
+
+
+# ----------------------------------------------------------------------------- the firewall
+
+def firewall_verdicts(rules: list[tuple], packets: list[tuple]) -> list[bool]:
+    """nixos-fw as nixpkgs' firewall-iptables.nix builds it, reduced to what our rules use: the
+    allowed port ranges accept from anyone, extraCommands' rules from their `-s` address, and
+    everything else reaches the final refuse rule. rules: (protocol, source or None, low, high)."""
+    def accepted(proto, source, port):
+        return any(p == proto and (s is None or s == source) and lo <= port <= hi for p, s, lo, hi in rules)
+    return [accepted(*packet) for packet in packets]
+
+
+def iptables_rules(extra_commands: str, peers: dict, tmp_path: Path) -> list[tuple]:
+    """Run a system's extraCommands as the firewall's start script would, with a recording
+    iptables and the real jq, against a peers file; the accept rules it adds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "iptables").write_text('#!/bin/sh\necho "$*" >> "$RULES"\n')
+    (bin_dir / "iptables").chmod(0o755)
+    peers_file = tmp_path / "peers.json"
+    peers_file.write_text(json.dumps(peers))
+    script = extra_commands.replace("/etc/flakefleet/peers.json", str(peers_file))
+    script = script.replace("/nix/store/00000000000000000000000000000000-jq/bin/jq", shutil.which("jq") or "jq")
+    rules_file = tmp_path / "rules"
+    subprocess.run(["sh", "-e", "-c", script], check=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin",
+                                                                    "RULES": str(rules_file)})
+    recorded = []
+    for line in (rules_file.read_text().splitlines() if rules_file.exists() else []):
+        words = line.split()
+        lo, _, hi = words[words.index("--dport") + 1].partition(":")
+        recorded.append((words[words.index("-p") + 1], words[words.index("-s") + 1], int(lo), int(hi or lo)))
+    return recorded
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_metal_firewall_admits_etcd_kubelet_and_the_overlay_only_from_the_fleet(lib, tmp_path):
+    """Bring-your-own metal has no security group: the NixOS firewall alone decides. etcd is
+    closed to a machine that is not a control plane, the kubelet and VXLAN to one that is not a
+    node, SSH and the API stay reachable; without a peers file nothing only nodes may reach opens."""
+    require_tool("jq")
+    out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path)
+    assert out.returncode == 0, out.stderr
+    systems = json.loads(out.stdout)
+    peers = {"control-plane": ["192.168.40.2"], "worker": ["192.168.40.10", "192.168.40.11"]}
+    cp_member, worker_member, stranger = "192.168.40.2", "192.168.40.10", "192.168.40.99"
+    for name in ("matrix-metal-cp", "matrix-metal-metal-metal-0"):
+        fw = systems[name]["firewall"]
+        open_rules = [(proto, None, r["from"], r["to"]) for proto, key in (("tcp", "allowedTCPPortRanges"),
+                      ("udp", "allowedUDPPortRanges")) for r in fw[key]]
+        work = tmp_path / name
+        work.mkdir()
+        rules = open_rules + iptables_rules(fw["extraCommands"], peers, work)
+        packets = [("tcp", stranger, 22), ("tcp", stranger, 10250), ("udp", stranger, 8472),
+                   ("tcp", worker_member, 10250), ("udp", cp_member, 8472)]
+        expected = [True, False, False, True, True]
+        if name == "matrix-metal-cp":
+            packets += [("tcp", stranger, 2379), ("tcp", worker_member, 2380), ("tcp", cp_member, 2380),
+                        ("tcp", stranger, 6443)]
+            expected += [False, False, True, True]
+        assert firewall_verdicts(rules, packets) == expected, name
+        empty = tmp_path / f"{name}-none"
+        empty.mkdir()
+        script = fw["extraCommands"].replace("/etc/flakefleet/peers.json", str(empty / "absent.json"))
+        assert subprocess.run(["sh", "-e", "-c", script], env={"PATH": "/usr/bin:/bin"}).returncode == 0

@@ -37,7 +37,10 @@ class NetworkConfig(Model):
     nat: Literal["none", "single", "per-az"] = Field(
         "single",
         description="NAT gateways for the private node subnets: `single` (cheapest), `per-az` (zone-independent "
-        "egress) or `none` (air-gapped; S3 still reachable through the gateway endpoint). Default `single`.",
+        "egress) or `none` (no route to the internet; S3 still reachable through the gateway endpoint). With `none` the "
+        "hosts substitute only from the stack's cache, and what comes from the internet (store paths only "
+        "cache.nixos.org holds, the Cilium chart, container images k3s pulls) does not arrive: not an air-gapped "
+        "mode. Default `single`.",
     )
     flow_logs: bool = Field(True, description="VPC flow logs to an S3 bucket (CIS AWS 3.7). Default `true`.")
 

@@ -164,7 +164,13 @@ refresh_readers() { # stage file: restart the units that read changed files, unl
   while read -r unit before; do
     now=$(invocation "$unit")
     if [ -n "$now" ] && [ "$now" = "${before:-}" ]; then
-      systemctl try-restart "$unit" && log "restarted $unit: files it reads changed ($(tr '\n' ' ' <"$1/changed"))"
+      # A unit that can reload (the firewall: its reload drops traffic while it rebuilds the rules,
+      # a restart would leave the host open in between) reloads; the others restart.
+      if [ "$(systemctl show -p CanReload --value "$unit" 2>/dev/null)" = yes ]; then
+        systemctl try-reload-or-restart "$unit" && log "reloaded $unit: files it reads changed ($(tr '\n' ' ' <"$1/changed"))"
+      else
+        systemctl try-restart "$unit" && log "restarted $unit: files it reads changed ($(tr '\n' ' ' <"$1/changed"))"
+      fi
     fi
   done <"$1/$2"
 }

@@ -27,6 +27,7 @@ PRUNE_PLAN_ENV = "FLAKEFLEET_PRUNE"
 
 # Where delivery writes what a shared pool closure reads at runtime (nixos/lib/default.nix: paths).
 FACTS_PATH = "/etc/flakefleet/host.json"
+PEERS_PATH = "/etc/flakefleet/peers.json"  # nixos/lib/default.nix: paths.peers
 K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 
 # Exit codes of the runner.

@@ -75,6 +75,13 @@ class Inventory:
         """`https://<api address>:6443`, known at preview time."""
         return f"https://{self.api_address}:{API_PORT}"
 
+    @functools.cached_property  # written to every host: computed once
+    def peers(self) -> dict[str, list[str]]:
+        """Every host's address by role: the sources of the ports only nodes may reach
+        (nixos/common/firewall.nix reads them from /etc/flakefleet/peers.json)."""
+        return {role: [str(a) for a in sorted(h.address for h in self.hosts if h.role == role)]
+                for role in ("control-plane", "worker")}
+
     @functools.cached_property  # asked once per host by the rollout: O(hosts) each time was O(hosts²)
     def control_planes(self) -> tuple[Host, ...]:
         """Control-plane hosts; the first one initializes the cluster."""

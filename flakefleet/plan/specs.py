@@ -14,7 +14,7 @@ import json
 
 from flakefleet.config import StackConfig
 from flakefleet.facts.aws import nvidia_gpu
-from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, NIX_SYSTEMS, FileSpec
+from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, NIX_SYSTEMS, PEERS_PATH, FileSpec
 from flakefleet.plan.inventory import Host, Inventory
 
 SPEC_SCHEMA = 1
@@ -156,6 +156,8 @@ CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix inclu
 K3S = ("k3s.service",)
 NIX_DAEMON = ("nix-daemon.service",)
 HOSTNAME = ("flakefleet-hostname.service",)
+# nixos/common/firewall.nix's rules for ports only nodes may reach read the peers file at start.
+FIREWALL = ("firewall.service",)
 
 
 def host_files(
@@ -163,7 +165,8 @@ def host_files(
 ) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
     environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
-    store URL, included by nixos/common/nix.nix) and, for shared closures, its facts and k3s drop-in."""
+    store URL, included by nixos/common/nix.nix), the fleet's addresses its firewall admits to the
+    ports only nodes may reach, and, for shared closures, its facts and k3s drop-in."""
     tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
     secrets = tuple(FileSpec(path, "0600", secret_env=env, restart=K3S) for path, env in tokens)
     if cache:
@@ -172,6 +175,8 @@ def host_files(
     if host.role == "control-plane":
         content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
         secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content, restart=K3S), *secrets)
+    peers = FileSpec(PEERS_PATH, "0644", content=json.dumps(inv.peers, sort_keys=True) + "\n", restart=FIREWALL)
+    secrets = (peers, *secrets)
     pool = cfg.pool(host.pool)
     if pool.per_host_closures:
         return secrets

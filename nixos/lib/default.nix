@@ -7,12 +7,25 @@ let
   # A rule applies when the cluster has every feature its `when` lists (no `when`: always).
   applies = features: r: builtins.all (f: builtins.elem f features) (r.when or [ ]);
 
+  roles = [
+    "control-plane"
+    "worker"
+  ];
+  # A rule only the fleet's own nodes may reach (etcd, kubelet, the overlay): every source is a
+  # role. The others (SSH from the admins, the API from kubectl and the load balancer) come from
+  # addresses a host cannot know, so they stay open to any source, as before.
+  peersOnly = r: builtins.all (source: builtins.elem source roles) r.sources;
+
+  rulesFor =
+    role: features: protocol:
+    builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol && applies features r) portTable.rules;
+
   rangesFor =
     role: features: protocol:
     map (r: {
       from = r.from_port;
       to = r.to_port;
-    }) (builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol && applies features r) portTable.rules);
+    }) (builtins.filter (r: !(peersOnly r)) (rulesFor role features protocol));
 in
 rec {
   inherit portTable;
@@ -23,11 +36,22 @@ rec {
     { cni, tunnel ? "vxlan", hubble ? false }:
     if cni != "cilium" then [ cni ] else [ "cilium" tunnel ] ++ (if hubble then [ "hubble" ] else [ ]);
 
-  # role, cluster features -> the NixOS firewall ranges that role's hosts open, in table order.
+  # role, cluster features -> the NixOS firewall ranges that role's hosts open to any source, in
+  # table order: the rules with a source that is not a node role.
   firewallFor = role: features: {
     allowedTCPPortRanges = rangesFor role features "tcp";
     allowedUDPPortRanges = rangesFor role features "udp";
   };
+
+  # role, cluster features -> the rules whose sources are all node roles, as
+  # { protocol, ports = "from:to", sources }: opened only to the addresses of those roles' hosts,
+  # read at firewall start from paths.peers (nixos/common/firewall.nix).
+  peerRulesFor =
+    role: features:
+    map (r: {
+      inherit (r) protocol sources;
+      ports = "${toString r.from_port}:${toString r.to_port}";
+    }) (builtins.filter peersOnly (rulesFor role features "tcp" ++ rulesFor role features "udp"));
 
   # Interfaces pod traffic arrives on, per CNI: the host firewall trusts them (the CNI's own
   # network policy filters pod traffic; the host firewall would only break it).
@@ -105,6 +129,8 @@ rec {
   # Where delivery writes what the shared pool closure reads at runtime (never the store).
   paths = {
     facts = "/etc/flakefleet/host.json";
+    # { "<role>": [ address... ] }: the fleet's hosts per role (delivery writes it when they change).
+    peers = "/etc/flakefleet/peers.json";
     k3sDropIn = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml";
     secrets = "/var/lib/flakefleet/secrets";
   };

@@ -223,7 +223,7 @@ let
         hostName = config.networking.hostName;
         sysctl = config.boot.kernel.sysctl;
         firewall = {
-          inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces;
+          inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces extraCommands;
         };
         nvidia =
           let

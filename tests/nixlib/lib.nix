@@ -632,6 +632,7 @@ let
     mapAttrsToList = f: set: map (n: f n set.${n}) (attrNames set);
     concatStringsSep = concatStringsSep;
     concatMapStringsSep = sep: f: xs: concatStringsSep sep (map f xs);
+    concatMapStrings = f: xs: concatStringsSep "" (map f xs);
     last = xs: builtins.elemAt xs (length xs - 1);
     reverseList = xs: builtins.genList (i: builtins.elemAt xs (length xs - 1 - i)) (length xs);
     toList = x: if isList x then x else [ x ];

@@ -128,6 +128,8 @@ in
       allowedTCPPortRanges = optDefault (types.listOf (types.attrsOf types.port)) [ ];
       allowedUDPPortRanges = optDefault (types.listOf (types.attrsOf types.port)) [ ];
       trustedInterfaces = strList;
+      # services/networking/firewall-iptables.nix: run just before the final refuse rule
+      extraCommands = optDefault types.lines "";
     };
 
     # services/networking/ssh/sshd.nix
