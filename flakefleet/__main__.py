@@ -6,6 +6,7 @@
     python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
     python -m flakefleet dr list --bucket B --cluster C    # etcd snapshots; also verify, pick
     python -m flakefleet rollback --stack S --host H       # back to the previous generation (or --pool P)
+    python -m flakefleet remove --stack S --host H --force # a dead host out of the cluster (Node, etcd member)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from flakefleet.ops import rollback
 
         return rollback.main(argv[1:])
+    if argv[:1] == ["remove"]:
+        from flakefleet.ops import remove
+
+        return remove.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flakefleet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="validate a stack file and print every host's planned address")
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.ops.drift -h)")
     sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.ops.dr -h)")
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.ops.rollback -h)")
+    sub.add_parser("remove", help="a dead host out of the cluster, forced (see python -m flakefleet.ops.remove -h)")
     args = parser.parse_args(argv)
 
     if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:

@@ -136,6 +136,33 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
     assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start
 
 
+def test_a_re_imaged_first_control_plane_that_reaches_no_peer_stops_instead_of_starting_a_second_cluster(formed):
+    """The stack delivered cp-0 before (its Command's last report names a system); the machine now
+    answering as cp-0 has no etcd data and cp-1 does not answer (here: a port nothing listens on,
+    as a partition or a security group would leave it): the delivery fails with one clear line and
+    k3s never starts with cluster-init."""
+    from dataclasses import replace
+
+    from flakefleet.plan.contract import PREVIOUS_STDOUT_ENV, Endpoint
+
+    fleet, hosts = formed
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    fresh = add_machine(fleet, "cp-0-reimaged", "127.0.0.45")
+    running = hosts["cp-0"]  # named cp-1 below, at a port nothing listens on
+    plan = replace(
+        plans["cp-0"], address=fresh.address, host_key=fresh.host_key, ready_via=(), batch=(),
+        control_planes=(Endpoint("cp-0", fresh.address, fresh.port, "root", fresh.host_key),
+                        Endpoint("cp-1", running.address, 1, "root", running.host_key)),
+    )
+    previous = json.dumps({"system": plans["cp-0"].system, "outcome": "activated"})
+    proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"],
+                           {PLAN_ENV: plan.to_json(), PREVIOUS_STDOUT_ENV: previous, **TOKENS})
+    assert proc.returncode != 0
+    assert "refusing to start a second, empty cluster" in proc.stderr, proc.stderr
+    assert "asked: cp-1" in proc.stderr
+    assert not any(" start " in line for line in k3s_log(fresh))
+
+
 def drift(fleet, outputs_file):
     return run_as_deployer(fleet, ["flakefleet", "drift", "--outputs", str(outputs_file), "--json"], {})
 

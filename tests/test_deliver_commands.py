@@ -237,12 +237,14 @@ def test_every_file_a_host_gets_names_the_units_that_read_it():
     assert readers[K3S_DROP_IN_PATH] == readers[SNAPSHOTS_DROP_IN] == ("k3s.service",)
     assert readers[CACHE_CONF_PATH] == ("nix-daemon.service",)
     assert all(units == ("k3s.service",) for path, units in readers.items() if "/secrets/" in path)
-    assert readers["/etc/flakefleet/peers.json"] == ("firewall.service",)
+    assert readers["/etc/flakefleet/peers.json"] == ("firewall.service",)  # the local stack: metal
 
 
 def test_every_host_is_told_the_fleet_s_addresses_by_role():
-    """The peers file nixos/common/firewall.nix admits to etcd, the kubelet and the overlay: every
-    host of the stack by role, the same on every host, at the path the Nix side reads."""
+    """The peers file nixos/common/firewall.nix admits to etcd, the kubelet and the overlay on
+    bring-your-own metal: every host of the stack by role (EC2 ones too), the same on every metal
+    host, at the path the Nix side reads; EC2 hosts have security groups instead and no file (so
+    scaling an EC2 pool touches no EC2 host)."""
     from flakefleet.config import parse_stack_config
     from flakefleet.config.stackfile import read_stack_file
     from flakefleet.plan.contract import PEERS_PATH
@@ -254,13 +256,22 @@ def test_every_host_is_told_the_fleet_s_addresses_by_role():
     raw = read_stack_file("prod")
     cfg = parse_stack_config(raw, raw.get("aws:region"))
     inv = plan_inventory(cfg)
-    contents = {next(f.content for f in host_files(cfg, inv, h) if f.path == PEERS_PATH) for h in inv.hosts}
+    assert all(PEERS_PATH not in {f.path for f in host_files(cfg, inv, h)} for h in inv.hosts)  # EC2: groups
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"
+    pools = _json.loads(raw["flakefleet:pools"])
+    raw["flakefleet:pools"] = _json.dumps(pools + [{"name": "byo", "role": "worker", "provider": "metal", "hosts": [
+        {"name": "byo-0", "address": "192.168.7.10", "ssh_host_key": key}]}])
+    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    inv = plan_inventory(cfg)
+    metal = [h for h in inv.hosts if h.provider == "metal"]
+    assert metal
+    contents = {next(f.content for f in host_files(cfg, inv, h) if f.path == PEERS_PATH) for h in metal}
     assert len(contents) == 1
     peers = _json.loads(contents.pop())
     assert peers == {"control-plane": sorted((str(h.address) for h in inv.control_planes),
                                              key=lambda a: tuple(map(int, a.split(".")))),
                      "worker": sorted((str(h.address) for h in inv.workers), key=lambda a: tuple(map(int, a.split("."))))}
-    assert len(peers["control-plane"]) == 3 and len(peers["worker"]) == 9
+    assert len(peers["control-plane"]) == 3 and len(peers["worker"]) == 10 and "192.168.7.10" in peers["worker"]
     assert nix_eval("(import ./nixos/lib).paths.peers") == PEERS_PATH
 
 

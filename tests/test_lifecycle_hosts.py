@@ -19,7 +19,7 @@ from flakefleet.plan.rollout import waves
 from tests.lifecycle import LocalCommand
 from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack, write_stack_file
 from tests.machines.machine import add_machine
-from tests.testhosts import run_command_as_deployer
+from tests.testhosts import poll, run_command_as_deployer
 
 ADDRESSES = {"cp-0": "127.0.0.51", "worker-0": "127.0.0.52", "worker-1": "127.0.0.53"}
 
@@ -114,10 +114,11 @@ def test_a_replaced_instance_is_delivered_again_and_never_removed(cluster):
 
 
 def test_bookkeeping_changes_run_nothing_on_any_host(cluster):
-    """Removing worker-1 changes worker-0's plan (its batch): recorded, no SSH to worker-0."""
+    """Batches of one instead of two change worker-0's plan (its batch): recorded, no SSH to
+    worker-0. (Removing a host is not bookkeeping on metal: the others' firewalls learn it.)"""
     fleet, hosts, commands, (cfg, inv, plans) = cluster
     logs = {h: hosts[h].path("/var/lib/flakefleet/deliveries.log").read_text() for h in ("cp-0", "worker-0")}
-    cfg2, inv2, _, plans2 = stack(hosts, fleet, drop={"worker-1"})
+    cfg2, inv2, _, plans2 = stack(hosts, fleet, max_parallel=1)
     assert plans2["worker-0"].batch != plans["worker-0"].batch and plans2["worker-0"].system == plans["worker-0"].system
     previous = commands["worker-0"].stdout
     steps = up({h: commands[h] for h in plans2}, inv2, cfg2, plans2)
@@ -141,6 +142,35 @@ def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
         "delete node worker-1 --ignore-not-found",
     ]
     assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
+
+
+def test_a_dead_host_is_removed_by_force_and_then_leaves_the_stack(cluster, tmp_path):
+    """worker-1 dies (no boot comes up): a plain removal could not drain it. `flakefleet remove
+    --force` deletes its Node through cp-0; then its delivery Command's delete (the host taken
+    out of the stack) finds the Node gone and succeeds without the host."""
+    fleet, hosts, commands, _ = cluster
+    dead = hosts["worker-1"]
+    dead.sh("systemctl start k3s.service")  # whatever an earlier test left: its Node registered
+    poll(lambda: (fleet.apiserver / "nodes" / "worker-1.json").exists(), 120, "worker-1's Node registered")
+    dead.hold()
+    dead.power_cut()
+    try:
+        write_stack_file(tmp_path, stack(hosts, fleet, raw_only=True))
+        asked = run_command_as_deployer(
+            fleet, f"./scripts/flakefleet remove --stack local --host worker-1 --stacks-dir {tmp_path}", {})
+        assert asked.returncode == 1 and "pass --force" in asked.stderr  # never implicit
+        proc = run_command_as_deployer(
+            fleet, f"./scripts/flakefleet remove --stack local --host worker-1 --force --stacks-dir {tmp_path}", {})
+        assert proc.returncode == 0, proc.stderr
+        assert "worker-1: Node deleted through cp-0" in proc.stdout
+        step = commands["worker-1"].destroy()
+        assert step.proc.returncode == 0, step.proc.stderr
+        assert "worker-1: its Node is gone already (asked cp-0); nothing to drain" in step.proc.stderr
+        again = run_command_as_deployer(
+            fleet, f"./scripts/flakefleet remove --stack local --host worker-1 --force --stacks-dir {tmp_path}", {})
+        assert again.returncode == 0 and "no Node in the cluster" in again.stdout
+    finally:
+        dead.reset()
 
 
 def test_a_failed_host_in_a_batch_is_named_and_its_pool_reported_split(cluster):

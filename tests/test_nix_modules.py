@@ -495,3 +495,6 @@ def test_metal_firewall_admits_etcd_kubelet_and_the_overlay_only_from_the_fleet(
         empty.mkdir()
         script = fw["extraCommands"].replace("/etc/flakefleet/peers.json", str(empty / "absent.json"))
         assert subprocess.run(["sh", "-e", "-c", script], env={"PATH": "/usr/bin:/bin"}).returncode == 0
+    # EC2 hosts keep every port of the table in their ranges: their security groups restrict it.
+    ec2 = systems["matrix-gpu-workers"]["firewall"]
+    assert ec2["extraCommands"] == "" and 10250 in {r["from"] for r in ec2["allowedTCPPortRanges"]}

@@ -61,17 +61,20 @@ def test_nixos_firewall_and_security_groups_come_from_one_table(role, cni, tunne
     assert frozenset(nix_features) == features
     nix_list = json.dumps(sorted(features)).replace(",", " ")
     fw = nix_eval(f'(import ./nixos/lib).firewallFor "{role}" {nix_list}')
+    assert [(r["from"], r["to"]) for r in fw["allowedTCPPortRanges"]] == listening_ports(role, "tcp", features)
+    assert [(r["from"], r["to"]) for r in fw["allowedUDPPortRanges"]] == listening_ports(role, "udp", features)
+    # Metal: open to any source the rules with a non-node source; to the fleet's addresses the others.
+    open_fw = nix_eval(f'(import ./nixos/lib).firewallOpenFor "{role}" {nix_list}')
     peers = nix_eval(f'(import ./nixos/lib).peerRulesFor "{role}" {nix_list}')
-    # Open to any source: the rules with a non-node source; to the fleet's addresses: the others.
     peer_ports = {(p["protocol"], tuple(map(int, p["ports"].split(":")))) for p in peers}
     assert all(set(p["sources"]) <= {"control-plane", "worker"} for p in peers)
     for protocol, key in (("tcp", "allowedTCPPortRanges"), ("udp", "allowedUDPPortRanges")):
-        opened = [(r["from"], r["to"]) for r in fw[key]]
+        opened = [(r["from"], r["to"]) for r in open_fw[key]]
         assert sorted(opened + [ports for proto, ports in peer_ports if proto == protocol]) == sorted(
             listening_ports(role, protocol, features))
         assert not set(opened) & {ports for proto, ports in peer_ports if proto == protocol}
     if role == "control-plane":
-        assert ("tcp", (2379, 2380)) in peer_ports  # etcd: never open to any source
+        assert ("tcp", (2379, 2380)) in peer_ports  # etcd: never open to any source on metal
     opened = {(r.from_port, r.protocol) for r in security_group_rules([], [], False, features) if r.group == role
               and r.direction == "ingress"}
     listening = {(a, "tcp") for a, _ in listening_ports(role, "tcp", features)} | {

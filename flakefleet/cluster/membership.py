@@ -40,7 +40,10 @@ def existing_cluster_check(run: HostSession, contents: list[HostFile], state: di
     """An initializing control plane joins instead when it has no etcd data of its own while
     another control plane already runs the cluster (it was replaced): a second `cluster-init`
     would split the cluster. A host that joined that way keeps joining; one with its own etcd
-    data keeps its planned files."""
+    data keeps its planned files. Initializing is for the stack's first delivery of this host,
+    or a restore: a host this stack delivered before (its Command's last report names a system)
+    that lost its etcd data and reaches no other control plane stops instead (a partition, a
+    security group that blocks etcd) rather than start a second, empty cluster."""
     joining = join_instead_of_init(contents)
     if joining is None:
         return contents
@@ -48,12 +51,18 @@ def existing_cluster_check(run: HostSession, contents: list[HostFile], state: di
         return joining
     if state.get("etcd_data") == "yes":
         return contents
-    for cp in run.plan.control_planes:
-        if cp.host == run.plan.host:
-            continue
+    others = [cp for cp in run.plan.control_planes if cp.host != run.plan.host]
+    for cp in others:
         if run.ssh([K3S, "kubectl", "get", "nodes", "-o", "name"], to=cp, timeout=20).returncode == 0:
             run.say(f"the cluster already runs on {cp.host}: joining it instead of initializing one")
             return joining
+    if run.previous.get("system") and run.plan.restore_id is None:
+        asked = ", ".join(cp.host for cp in others) or "none in the stack"
+        raise DeliveryFailed(
+            f"{run.plan.host} initialized this stack's cluster before (delivered {run.previous['system']}) and "
+            f"has no etcd data now, and no other control plane answers (asked: {asked}): refusing to start a "
+            "second, empty cluster. Make the other control planes reachable (ports 6443 and 2379-2380 from this "
+            "host), or rebuild the cluster from a snapshot (docs/disaster-recovery.md)")
     return contents
 
 
@@ -94,8 +103,9 @@ def remove(run: HostSession) -> str:
     """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
     Node. Does nothing when a newer delivery holds the host: Pulumi deletes the old Command of
     every replacement (forced, trigger, instance) after the new one has claimed the host.
-    Draining that fails stops the removal; with no control plane left to ask (the whole
-    cluster is being destroyed), there is nothing to drain."""
+    Draining that fails stops the removal (a dead host: `flakefleet remove --force` deletes its
+    Node first, and then this finds nothing to drain); with no control plane left to ask (the
+    whole cluster is being destroyed), there is nothing to drain."""
     plan = run.plan
     state = run.hostctl("state", timeout=30)
     if superseded(run, state):
@@ -104,6 +114,11 @@ def remove(run: HostSession) -> str:
     via = next((cp for cp in others if run.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
     if via is None:
         return f"{plan.host}: no other control plane reachable; nothing to drain (cluster being removed)"
+    if node_exists(run, via) is False:
+        # Taken out already (`flakefleet remove --force` for a dead host): nothing left to drain.
+        if state.returncode == 0:
+            run.hostctl("retire", timeout=60)
+        return f"{plan.host}: its Node is gone already (asked {via.host}); nothing to drain"
     for argv in drain_commands(plan.host, plan.health_timeout_s):
         res = run.ssh(argv, to=via, timeout=plan.health_timeout_s + 60)
         if res.returncode != 0:

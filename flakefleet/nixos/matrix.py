@@ -58,11 +58,14 @@ ROWS: dict[str, dict[str, object]] = {
              "count": 1},
         ],
     },
-    # Bring-your-own metal with per-host closures (nixos/hardware/metal.nix, mixins/per-host.nix).
+    # Bring-your-own metal, no EC2 at all, with per-host closures (nixos/hardware/metal.nix,
+    # mixins/per-host.nix, the firewall's peer rules).
     "metal": {
         "flakefleet:cluster": {"name": "ff-mx-metal"},
         "flakefleet:pools": [
-            CP,
+            {"name": "cp", "role": "control-plane", "provider": "metal", "hosts": [
+                {"name": "cp-0", "address": "192.168.40.2",
+                 "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"}]},
             {"name": "metal", "role": "worker", "provider": "metal", "per_host_closures": True, "hosts": [
                 {"name": "metal-0", "address": "192.168.40.10",
                  "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"},

@@ -165,8 +165,8 @@ def host_files(
 ) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
     environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
-    store URL, included by nixos/common/nix.nix), the fleet's addresses its firewall admits to the
-    ports only nodes may reach, and, for shared closures, its facts and k3s drop-in."""
+    store URL, included by nixos/common/nix.nix), on metal the fleet's addresses its firewall
+    admits to the ports only nodes may reach, and, for shared closures, its facts and k3s drop-in."""
     tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
     secrets = tuple(FileSpec(path, "0600", secret_env=env, restart=K3S) for path, env in tokens)
     if cache:
@@ -175,8 +175,9 @@ def host_files(
     if host.role == "control-plane":
         content = json.dumps(snapshot_config(cfg, snapshot_bucket), sort_keys=True) + "\n"
         secrets = (FileSpec(SNAPSHOTS_DROP_IN, "0600", content=content, restart=K3S), *secrets)
-    peers = FileSpec(PEERS_PATH, "0644", content=json.dumps(inv.peers, sort_keys=True) + "\n", restart=FIREWALL)
-    secrets = (peers, *secrets)
+    if host.provider == "metal":  # its firewall admits the fleet to the ports only nodes may reach
+        peers = FileSpec(PEERS_PATH, "0644", content=json.dumps(inv.peers, sort_keys=True) + "\n", restart=FIREWALL)
+        secrets = (peers, *secrets)
     pool = cfg.pool(host.pool)
     if pool.per_host_closures:
         return secrets

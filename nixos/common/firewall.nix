@@ -12,6 +12,9 @@ let
     inherit (cfg.cilium) tunnel hubble;
   };
   jq = "${pkgs.jq}/bin/jq";
+  # EC2 hosts sit behind security groups built from the same table; bring-your-own metal has
+  # nothing in front of it, so there the firewall itself admits only the fleet to those ports.
+  metal = cfg.hardware == "metal";
   # One accept rule per peer address for each rule only the fleet's nodes may reach (etcd, the
   # kubelet, the overlay). networking.firewall.extraCommands runs just before the final refuse
   # rule of the nixos-fw chain (nixpkgs services/networking/firewall-iptables.nix), so these
@@ -27,11 +30,14 @@ in
   networking.firewall = {
     enable = true;
     # The role's ports come from ports.json, the table the AWS security groups are built from,
-    # with the rules of this cluster's CNI (flannel, or Cilium's tunnel, health and Hubble).
-    # Ports only nodes may reach are opened to the fleet's addresses below; the rest (SSH, the
-    # API) to any source, as their clients' addresses cannot be known here.
-    inherit (ff.firewallFor cfg.role features) allowedTCPPortRanges allowedUDPPortRanges;
-    extraCommands = ''
+    # with the rules of this cluster's CNI (flannel, or Cilium's tunnel, health and Hubble). On
+    # metal, ports only nodes may reach are opened to the fleet's addresses below; the rest (SSH,
+    # the API) to any source there, as their clients' addresses cannot be known on the host.
+    inherit (if metal then ff.firewallOpenFor cfg.role features else ff.firewallFor cfg.role features)
+      allowedTCPPortRanges
+      allowedUDPPortRanges
+      ;
+    extraCommands = lib.optionalString metal ''
       if [ -s ${ff.paths.peers} ]; then
       ${lib.concatMapStrings peerRule (ff.peerRulesFor cfg.role features)}
       fi

@@ -20,12 +20,10 @@ let
     role: features: protocol:
     builtins.filter (r: builtins.elem role r.targets && r.protocol == protocol && applies features r) portTable.rules;
 
-  rangesFor =
-    role: features: protocol:
-    map (r: {
-      from = r.from_port;
-      to = r.to_port;
-    }) (builtins.filter (r: !(peersOnly r)) (rulesFor role features protocol));
+  asRanges = map (r: {
+    from = r.from_port;
+    to = r.to_port;
+  });
 in
 rec {
   inherit portTable;
@@ -36,11 +34,18 @@ rec {
     { cni, tunnel ? "vxlan", hubble ? false }:
     if cni != "cilium" then [ cni ] else [ "cilium" tunnel ] ++ (if hubble then [ "hubble" ] else [ ]);
 
-  # role, cluster features -> the NixOS firewall ranges that role's hosts open to any source, in
-  # table order: the rules with a source that is not a node role.
+  # role, cluster features -> the NixOS firewall ranges that role's hosts open, in table order
+  # (on EC2, where the security groups built from the same table restrict the sources).
   firewallFor = role: features: {
-    allowedTCPPortRanges = rangesFor role features "tcp";
-    allowedUDPPortRanges = rangesFor role features "udp";
+    allowedTCPPortRanges = asRanges (rulesFor role features "tcp");
+    allowedUDPPortRanges = asRanges (rulesFor role features "udp");
+  };
+
+  # The same without the rules only nodes may reach (on bring-your-own metal, which has no
+  # security group: those are opened to the fleet's addresses, peerRulesFor).
+  firewallOpenFor = role: features: {
+    allowedTCPPortRanges = asRanges (builtins.filter (r: !(peersOnly r)) (rulesFor role features "tcp"));
+    allowedUDPPortRanges = asRanges (builtins.filter (r: !(peersOnly r)) (rulesFor role features "udp"));
   };
 
   # role, cluster features -> the rules whose sources are all node roles, as

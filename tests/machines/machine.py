@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.machines import grub
+from tests.machines.hostroot import make_fleet_host
 from tests.machines.image import image
 from tests.testhosts import TestFleet, keypair, make_fleet, poll, port_open
 
@@ -339,23 +340,7 @@ def prepare(fleet: TestFleet, name: str, address: str, port: int, apiserver: Pat
         shutil.copy(host_key_file, key)
         shutil.copy(host_key_file.with_suffix(".pub"), key.with_suffix(".pub"))
     host_key = keypair(key, name)
-    ssh = merged / "etc/ssh"
-    shutil.copy(key, ssh / "ssh_host_ed25519_key")
-    shutil.copy(key.with_suffix(".pub"), ssh / "ssh_host_ed25519_key.pub")
-    (ssh / "sshd_config.d/flakefleet.conf").write_text(
-        f"ListenAddress {address}:{port}\nHostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-    )
-    (merged / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
-    (merged / "root/.ssh/authorized_keys").write_text(fleet.client_public + "\n")
-    (merged / "etc/nix").mkdir(exist_ok=True)
-    (merged / "etc/nix/nix.conf").write_text(
-        "experimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\nsubstituters =\n"
-        f"require-sigs = true\ntrusted-public-keys = {fleet.signing_public}\n"
-    )
-    standin = merged / "etc/flakefleet-standin"
-    standin.mkdir(parents=True, exist_ok=True)
-    (standin / "bootloader").write_text(bootloader + "\n")
+    make_fleet_host(merged, fleet, key, bootloader, sshd_extra=f"ListenAddress {address}:{port}\n")
     (merged / "boot/grub" if bootloader == "grub" else merged / "boot/loader").mkdir(parents=True, exist_ok=True)
     unit = f"flakefleet-{os.getpid()}-{secrets.token_hex(3)}-{name}"
     machine = Machine(name, address, port, root, host_key, apiserver, bootloader, unit=unit)

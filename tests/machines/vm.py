@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.machines.hostroot import make_fleet_host
 from tests.machines.image import DEFAULT_MIRROR, INCLUDE, SUITE, cache_root, configure, in_chroot, run
 from tests.testhosts import TestFleet, keypair, make_fleet, poll, port_open
 
@@ -152,23 +153,8 @@ def guest(root: Path, image: VMImage) -> None:
         (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
     fleet = make_fleet(image.fleet_root)
     keypair(image.host_key_file, "flakefleet-vm")
-    ssh = root / "etc/ssh"
-    shutil.copy(image.host_key_file, ssh / "ssh_host_ed25519_key")
-    shutil.copy(image.host_key_file.with_suffix(".pub"), ssh / "ssh_host_ed25519_key.pub")
-    (ssh / "sshd_config.d/flakefleet.conf").write_text(
-        "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nUseDNS no\n"
-    )
-    (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
-    (root / "root/.ssh/authorized_keys").write_text(fleet.client_public + "\n")
-    (root / "etc/nix").mkdir(exist_ok=True)
-    (root / "etc/nix/nix.conf").write_text(
-        "experimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\nsubstituters =\n"
-        f"require-sigs = true\ntrusted-public-keys = {fleet.signing_public}\n"
-    )
+    make_fleet_host(root, fleet, image.host_key_file, "grub", sshd_extra="UseDNS no\n")
     standin = root / "etc/flakefleet-standin"
-    standin.mkdir(exist_ok=True)
-    (standin / "bootloader").write_text("grub\n")
     (standin / "grub-extra-config").write_text(GRUB_SERIAL)  # boot.loader.grub.extraConfig, as a host would set it
     shutil.copy(root / "vmlinuz", image.kernel)  # what the stand-in systems' kernel derivation copies
     shutil.copy(root / "initrd.img", image.initrd)

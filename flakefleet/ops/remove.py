@@ -1,0 +1,113 @@
+"""Take a dead host out of the cluster: the forced, explicit removal.
+
+    python -m flakefleet remove --stack S --host H --force [--outputs outputs.json]
+
+A host leaving the stack is normally drained and deleted by its delivery Command's delete (the
+host answers, its pods move). A host that no longer answers cannot be drained: its pods never
+leave, `kubectl drain` times out, and the removal stops with the host "still in the cluster".
+This command is the way out, and it is explicit (`--force`): through a control plane that
+answers, it deletes the host's Node. For a server, k3s then removes its etcd member (k3s
+pkg/etcd/member_controller.go: the managed etcd controller's OnRemove calls RemovePeer), and the
+Node's pods are garbage-collected. It refuses to remove the last control plane, or one whose
+etcd quorum would not survive. Then take the host out of the stack file and `pulumi up`: the
+delivery Command's delete finds the Node gone and the host silent, and succeeds.
+
+Hosts are reached as delivery reaches them (stack file addresses, pinned keys from the stack
+file or `pulumi stack output --json`). Exit 0: removed (or already gone); 1: bad input;
+3: it could not be removed (it says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flakefleet.cluster.kubectl import delete_node_command, node_query, ready_nodes
+from flakefleet.cluster.kubectl import K3S
+from flakefleet.config.stackfile import STACKS
+from flakefleet.host.session import HostSession
+from flakefleet.ops.rollback import host_keys, rollback_plan
+from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
+from flakefleet.plan.load import load_stack_or_report
+
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"  # k3s labels its servers so
+
+
+def servers_in(listing: str) -> set[str]:
+    """Names of the Nodes labelled as control planes in `kubectl get nodes -o json`."""
+    try:
+        items = json.loads(listing).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return set()
+    return {i["metadata"]["name"] for i in items if CONTROL_PLANE_LABEL in i.get("metadata", {}).get("labels", {})}
+
+
+def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str:
+    """Delete `host`'s Node through the first control plane of `session`'s plan that answers;
+    refuse when the etcd members left could not keep quorum. Raises DeliveryFailed with one line."""
+    for cp in session.plan.control_planes:
+        if cp.host == host:
+            continue
+        probe = session.ssh(node_query(host), to=cp, timeout=30)
+        if probe.returncode != 0:
+            continue
+        if not probe.stdout.strip():
+            return f"{host}: no Node in the cluster (asked {cp.host}); nothing to remove"
+        listing = session.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=cp, timeout=30)
+        members = sorted(set(servers) | servers_in(listing.stdout))
+        if host in members:
+            ready = ready_nodes(listing.stdout) if listing.returncode == 0 else set()
+            live = [s for s in members if s != host and s in ready]
+            left = len(members) - 1
+            if left == 0 or len(live) <= left // 2:
+                raise DeliveryFailed(f"{host}: removing it leaves {left} etcd members of which {len(live)} Ready "
+                                 f"({', '.join(live) or 'none'}): no quorum; refused")
+        res = session.ssh(delete_node_command(host), to=cp, timeout=120)
+        if res.returncode != 0:
+            raise DeliveryFailed(f"{host}: deleting its Node on {cp.host} failed: {res.stderr.strip()[-500:]}")
+        member = " and its etcd member (k3s removes it with the Node)" if host in members else ""
+        return f"{host}: Node deleted{member} through {cp.host}"
+    raise DeliveryFailed(f"{host}: no control plane answers; nothing was changed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flakefleet remove", description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--host", required=True, help="the dead host (in the stack file or already taken out)")
+    parser.add_argument("--force", action="store_true", help="required: the host is not drained, its pods are dropped")
+    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
+    parser.add_argument("--stacks-dir", type=Path, default=STACKS)
+    args = parser.parse_args(argv)
+    if not args.force:
+        print("remove skips the drain (the host is dead, its pods are dropped): pass --force to do it", file=sys.stderr)
+        return 1
+    if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
+        return 1
+    cfg, inv = loaded
+    outputs = json.loads(args.outputs.read_text()) if args.outputs else None
+    keys = host_keys(inv, outputs)
+    planes = [cp for cp in inv.control_planes if cp.name != args.host and keys.get(cp.name)]
+    if not planes:
+        print("no other control plane with a pinned host key: pass --outputs (pulumi stack output --json)",
+              file=sys.stderr)
+        return 1
+    servers = [cp.name for cp in inv.control_planes]
+    session = HostSession(rollback_plan(planes[0], keys, inv, cfg), dict(os.environ))
+    try:
+        print(remove_dead_host(session, args.host, servers), flush=True)
+    except DeliveryFailed as err:
+        print(err, file=sys.stderr, flush=True)
+        return ROLLED_BACK
+    finally:
+        session.close()
+    print(f"Now take {args.host} out of stacks/Pulumi.{args.stack}.yaml (if it is still there) and run "
+          f"`pulumi up --stack {args.stack}`: its delivery Command's delete finds the Node gone.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
