@@ -115,6 +115,15 @@ def not_ready(fleet, *names: str) -> None:
     (fleet.apiserver / "notready").write_text("".join(f"{n}\n" for n in names))
 
 
+def waves_with_not_ready(fleet, names: tuple[str, ...], cfg, inv, plans) -> dict:
+    """A rollout (run_waves) while the stand-in API server reports `names` not Ready; all clear after."""
+    not_ready(fleet, *names)
+    try:
+        return run_waves(fleet, cfg, inv, plans)
+    finally:
+        not_ready(fleet)
+
+
 def register_nodes(fleet, *names: str) -> None:
     """Nodes the API server knows without a kubelet behind them (e.g. left in a restored snapshot)."""
     import time

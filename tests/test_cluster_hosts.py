@@ -16,7 +16,7 @@ import pytest
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
 from flakefleet.common.ssh import known_hosts_line, ssh_options
 from flakefleet.plan.specs import AGENT_TOKEN
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack
+from tests.local_fleet import TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack, waves_with_not_ready
 from tests.machines.machine import add_machine
 from tests.testhosts import run_as_deployer
 
@@ -84,11 +84,7 @@ def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(formed):
     fleet, hosts = formed
     before = {n: h.current_system() for n, h in hosts.items()}
     cfg, inv, systems, plans = stack(hosts, fleet, labels={"rollout": "2"}, health_timeout_s=10)
-    not_ready(fleet, "worker-1")
-    try:
-        results = run_waves(fleet, cfg, inv, plans)
-    finally:
-        not_ready(fleet)
+    results = waves_with_not_ready(fleet, ("worker-1",), cfg, inv, plans)
     assert results["cp-0"].returncode == 0
     for w in ("worker-0", "worker-1"):  # the whole batch, the Ready worker too
         assert results[w].returncode == ROLLED_BACK, results[w].stderr

@@ -19,7 +19,8 @@ from dataclasses import replace
 import pytest
 
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack, write_stack_file
+from tests.local_fleet import (TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack, waves_with_not_ready,
+                               write_stack_file)
 from tests.testhosts import ROOT, poll, run_as_deployer, run_command_as_deployer
 
 ADDRESSES = {"cp-0": "127.0.0.81", "worker-0": "127.0.0.82", "worker-1": "127.0.0.83"}
@@ -109,11 +110,7 @@ def test_unhealthy_after_the_reboot_goes_back_at_the_boot_loader(booted):
     fleet, hosts = booted
     previous = {n: h.current_system() for n, h in hosts.items()}
     cfg, inv, _, plans = stack(hosts, fleet, spec_extra={"standin_kernel": "6.14.0"}, health_timeout_s=10)
-    not_ready(fleet, "worker-1")
-    try:
-        results = run_waves(fleet, cfg, inv, plans)
-    finally:
-        not_ready(fleet)
+    results = waves_with_not_ready(fleet, ("worker-1",), cfg, inv, plans)
     assert results["cp-0"].returncode == 0, results["cp-0"].stderr
     for name in ("worker-0", "worker-1"):  # the batch: neither is confirmed, both go back
         proc = results[name]
