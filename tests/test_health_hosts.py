@@ -21,7 +21,7 @@ from flakefleet.plan.contract import K3S_DROP_IN_PATH, ROLLED_BACK, DeliveryPlan
 from tests.conftest import STANDIN_FLAKE
 from tests.local_fleet import require_machines
 from tests.machines.machine import running_machines
-from tests.test_delivery_hosts import SECRET, deliver, report
+from tests.test_delivery_hosts import deliver, report
 from tests.testhosts import poll
 
 SERVER_TOKEN = "K10-server-token-for-the-health-tests"

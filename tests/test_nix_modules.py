@@ -23,6 +23,7 @@ from flakefleet.plan.inventory import plan_inventory
 from flakefleet.plan.specs import system_specs
 from flakefleet.config.stackfile import read_stack_file, stack_names
 from flakefleet.nixos import matrix
+from tests import test_nixos as nixos_tests
 from tests.conftest import require_tool
 from tests.nix_conformance import CASES, DECLS, Case
 
@@ -173,27 +174,13 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     specs = matrix_specs()
     assert specs["matrix-aarch64-arm"]["system"] == "aarch64-linux"
     assert specs["matrix-metal-metal-metal-0"]["hardware"] == "metal"
-    imported = set()
-    for spec in specs.values():
-        imported |= set(modules_for(spec))
-    assert imported == set(FLAKE_MODULES), set(FLAKE_MODULES) - imported
-
-
-# nixos/flake.nix: nixosModules, and the spec keys modulesFor imports each one for.
-FLAKE_MODULES = ["common", "k3s-server", "k3s-agent", "ec2", "metal", "nvidia", "per-host", "cilium",
-                 "workload-images", "cilium-addon", "nvidia-device-plugin", "workloads"]
-
-
-def modules_for(spec: dict) -> list[str]:
-    """The flake's modulesFor, restated (test_nixos.py holds the flake to it)."""
-    server = spec["role"] == "control-plane"
-    cilium = spec.get("cni") == "cilium"
-    return ["common", "k3s-server" if server else "k3s-agent", spec["hardware"]] + [
-        name for name, on in [
-            ("per-host", spec.get("host") is not None), ("cilium", cilium),
-            ("workload-images", bool(spec.get("images"))), ("cilium-addon", server and cilium),
-            ("nvidia-device-plugin", server and spec.get("cluster_gpus", False)),
-            ("workloads", server and bool(spec.get("workloads"))), ("nvidia", spec.get("gpu") is not None)] if on]
+    # The flake's own modulesFor (tests/test_nixos.py evaluates it): every nixosModules entry is
+    # imported by some row.
+    imported = {m for spec in specs.values() for m in nixos_tests.modules_for(spec)}
+    outputs = nixos_tests.flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {nixos_tests.STUB_NIXPKGS}; }}")
+    every = nixos_tests.nix_eval(f"let outputs = ({outputs}); in map (m: baseNameOf (dirOf m) + \"/\" + baseNameOf m) "
+                                 "(builtins.attrValues outputs.nixosModules)")
+    assert len(every) == 12 and set(every) <= imported, set(every) - imported
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)

@@ -18,7 +18,7 @@ from flakefleet.plan.rollout import RestorePoint, waves
 from flakefleet.plan.hostplans import delivery_plans
 from flakefleet.config.stackfile import read_stack_file
 from flakefleet.nixos.evaluate import evaluate_systems
-from tests.conftest import STANDIN_FLAKE, require
+from tests.conftest import STANDIN_FLAKE
 from tests.local_fleet import local_fleet, register_nodes
 from tests.testhosts import run_as_deployer
 

@@ -24,7 +24,8 @@ from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK, DeliveryPlan
 from tests.conftest import STANDIN_FLAKE, require
 from tests.machines import grub
 from tests.machines.vm import KERNEL_PARAMS, VM, prerequisites, ssh, vm_fleet, vm_image, wait_ssh
-from tests.test_health_hosts import SECRET, files, spec
+from tests.test_delivery_hosts import SECRET
+from tests.test_health_hosts import files, spec
 from tests.testhosts import prerequisites as host_prerequisites
 from tests.testhosts import run_as_deployer
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
-import functools
 import re
 from datetime import datetime
 from ipaddress import IPv4Address
 
 from cronsim import CronSim, CronSimError
+
+from flakefleet.facts.aws import partitions
 
 # ----------------------------------------------------------------------------- SSH keys
 
@@ -170,21 +171,12 @@ def bucket_problem(name: str) -> str | None:
     return None
 
 
-@functools.cache
-def _partitions() -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Each AWS partition's region pattern and its regions, from botocore's endpoint data."""
-    import botocore.session
-
-    data = botocore.session.get_session().get_data("endpoints")
-    return tuple((p["regionRegex"], tuple(p["regions"])) for p in data["partitions"])
-
-
 def region_problem(region: str) -> str | None:
     """Why `region` is not an AWS region, or None: a region botocore lists, or one newer than this
     botocore that follows a partition's region pattern with a direction regions use (east, ...)."""
-    known = [r for _, regions in _partitions() for r in regions]
+    known = [r for _, _, regions in partitions() for r in regions]
     directions = {r.rsplit("-", 2)[-2] for r in known}
-    if region in known or (any(re.match(pattern, region) for pattern, _ in _partitions())
+    if region in known or (any(re.match(pattern, region) for _, pattern, _ in partitions())
                            and region.rsplit("-", 2)[-2] in directions):
         return None
     close = difflib.get_close_matches(region, known, n=1, cutoff=0.8)

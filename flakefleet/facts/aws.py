@@ -148,3 +148,23 @@ def instance_type_problem(instance_type: str) -> str | None:
     close = difflib.get_close_matches(instance_type, known, n=3, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else " (botocore's EC2 model lists every type)"
     return f"{instance_type!r} is not an EC2 instance type{hint}"
+
+
+@functools.cache
+def partitions() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """Each AWS partition (aws, aws-cn, aws-us-gov, ...) with its region pattern and its regions,
+    from botocore's endpoint data (loaded once per process)."""
+    import botocore.session
+
+    data = botocore.session.get_session().get_data("endpoints")
+    return tuple((p["partition"], p["regionRegex"], tuple(p["regions"])) for p in data["partitions"])
+
+
+def partition_of(region: str | None) -> str:
+    """The partition a region belongs to (listed, else matching its pattern); `aws` when unknown."""
+    import re
+
+    for name, pattern, regions in partitions():
+        if region and (region in regions or re.match(pattern, region)):
+            return name
+    return "aws"

@@ -20,6 +20,9 @@ from flakefleet.plan.specs import system_specs
 BASE = "dev"
 PREFIX = "matrix-"
 
+# The metal hosts' pinned key (the example deploy key's: these stacks are evaluated, never deployed).
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"
+
 CP = {"name": "cp", "role": "control-plane", "instance_type": "t3.large", "count": 1}
 WORKERS = {"name": "workers", "role": "worker", "instance_type": "t3.large", "count": 1}
 
@@ -65,12 +68,12 @@ ROWS: dict[str, dict[str, object]] = {
         "flakefleet:pools": [
             {"name": "cp", "role": "control-plane", "provider": "metal", "hosts": [
                 {"name": "cp-0", "address": "192.168.40.2",
-                 "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"}]},
+                 "ssh_host_key": HOST_KEY}]},
             {"name": "metal", "role": "worker", "provider": "metal", "per_host_closures": True, "hosts": [
                 {"name": "metal-0", "address": "192.168.40.10",
-                 "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"},
+                 "ssh_host_key": HOST_KEY},
                 {"name": "metal-1", "address": "192.168.40.11",
-                 "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN30/nfDsSmW47nLWwLC8oqUHyjih9e4Wn9nniwWLhmM"},
+                 "ssh_host_key": HOST_KEY},
             ]},
         ],
     },

@@ -25,8 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from flakefleet.cluster.kubectl import delete_node_command, node_query, ready_nodes
-from flakefleet.cluster.kubectl import K3S
+from flakefleet.cluster.kubectl import K3S, delete_node_command, node_query, ready_nodes
 from flakefleet.config.stackfile import STACKS
 from flakefleet.host.session import HostSession
 from flakefleet.ops.rollback import host_keys, rollback_plan

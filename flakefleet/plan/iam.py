@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flakefleet.facts.aws import partition_of
+
 ASSUME_EC2 = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -46,16 +48,4 @@ def node_policy(role: str, cluster: str, cache_arn: str | None, snapshot_arn: st
 def bucket_arn(bucket: str, region: str | None) -> str:
     """The ARN of an S3 bucket named by the stack (`delivery.cache.bucket`), in the partition of the
     stack's region (aws, aws-cn, aws-us-gov, ...: botocore's endpoint data)."""
-    return f"arn:{partition(region)}:s3:::{bucket}"
-
-
-def partition(region: str | None) -> str:
-    import re
-
-    import botocore.session
-
-    data = botocore.session.get_session().get_data("endpoints")
-    for p in data["partitions"]:
-        if region and (region in p["regions"] or re.match(p["regionRegex"], region)):
-            return p["partition"]
-    return "aws"
+    return f"arn:{partition_of(region)}:s3:::{bucket}"

@@ -30,7 +30,6 @@
 #   fail  switch, then exit 4 as NixOS does when some units failed to start
 #   cut   switch, then drop the SSH connections (the one that ran the activation among them)
 #   hang  switch, then keep the activation running for 20 s (a slow activation)
-import json
 import os
 import re
 import subprocess
