@@ -144,13 +144,26 @@ def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
     assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
 
 
+def test_a_host_added_back_after_leaving_rejoins_the_cluster(cluster):
+    """worker-1 leaves the stack (drained, k3s stopped, Node deleted) and is added back with the
+    same system: its new Command switches it again, which starts k3s, so its Node registers."""
+    fleet, hosts, commands, (cfg, inv, plans) = cluster
+    assert commands["worker-1"].destroy().proc.returncode == 0
+    assert not (fleet.apiserver / "nodes" / "worker-1.json").exists()
+    commands["worker-1"] = LocalCommand(lambda cmd, env: run_command_as_deployer(fleet, cmd, env))
+    steps = up(commands, inv, cfg, plans)
+    assert ops(steps["worker-1"]) == ["create"] and steps["worker-1"][0].proc.returncode == 0
+    assert "nothing to do" not in steps["worker-1"][0].proc.stderr  # switched again, not only claimed
+    assert hosts["worker-1"].sh("systemctl is-active k3s.service").stdout.strip() == "active"
+    poll(lambda: (fleet.apiserver / "nodes" / "worker-1.json").exists(), 120, "worker-1's Node registered again")
+
+
 def test_a_dead_host_is_removed_by_force_and_then_leaves_the_stack(cluster, tmp_path):
     """worker-1 dies (no boot comes up): a plain removal could not drain it. `flakefleet remove
     --force` deletes its Node through cp-0; then its delivery Command's delete (the host taken
     out of the stack) finds the Node gone and succeeds without the host."""
     fleet, hosts, commands, _ = cluster
     dead = hosts["worker-1"]
-    dead.sh("systemctl start k3s.service")  # whatever an earlier test left: its Node registered
     poll(lambda: (fleet.apiserver / "nodes" / "worker-1.json").exists(), 120, "worker-1's Node registered")
     dead.hold()
     dead.power_cut()

@@ -544,6 +544,9 @@ retire)
   if has_systemd; then
     systemctl stop k3s.service
   fi
+  # What was applied no longer runs (k3s stopped, its Node deleted): a host added back to the
+  # stack with the same system must be switched again (which starts k3s), not only claimed.
+  rm -f "$APPLIED"
   log "retired: removed from the cluster, k3s stopped"
   ;;
 *)
