@@ -22,7 +22,7 @@ from components.tokens import ClusterTokens, ClusterTokensArgs
 from flakefleet.ops.drift import split_pools
 from flakefleet.plan.specs import host_system
 from program.config import cache_arn, load_stack
-from program.last_update import announce_changes, last_update, refuse_cni_switch
+from program.last_update import announce_changes, last_update, pinned_host_keys, refuse_cni_switch
 from program.outputs import node_table
 from program.restore import plan_restore
 from program.systems import boot_release, plan_systems
@@ -61,8 +61,8 @@ network = (
 # Storage: binary cache and etcd snapshots, private, TLS-only, versioned, encrypted.
 storage = Storage(cfg.cluster.name, StorageArgs(cfg.storage, tags), checked) if cfg.storage.enabled else None
 
-# Machines: instance profiles, boot AMIs and pinned SSH host keys for the EC2 hosts (the
-# instances themselves are made by the rollout below); bring-your-own hosts need none.
+# Machines: instance profiles and boot AMIs for the EC2 hosts; the instances themselves, and
+# their host keys checked against their consoles, are made by the rollout below.
 machines = (
     Machines(
         cfg.cluster.name,
@@ -76,6 +76,8 @@ machines = (
             snapshot_arn=storage.snapshot_arn if storage else None,
             authorized_keys=tuple(cfg.delivery.authorized_keys),
             signing_public_key=cfg.signing_public_key,
+            region=cfg.region or "",
+            boot_timeout_s=cfg.delivery.metal_boot_timeout_s,
             tags=tags,
         ),
         checked,
@@ -101,8 +103,10 @@ api_lb = (
     else None
 )
 
-# Cluster secrets: k3s server and agent tokens (Pulumi secrets, delivered as 0600 files).
-tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token", ClusterTokensArgs(server_token=cfg.server_token), checked)
+# Cluster secrets: k3s' CAs and its server and agent tokens (Pulumi secrets, delivered as 0600
+# files); every join presents a secure token, which pins the server CA.
+tokens = ClusterTokens(f"{cfg.cluster.name}-k3s-token",
+                       ClusterTokensArgs(cluster=cfg.cluster.name, server_token=cfg.server_token), checked)
 
 # Binary cache: each pool's system built once (here, or on its builder) and uploaded once to the
 # signed cache the hosts substitute from, before the first wave.
@@ -130,6 +134,8 @@ delivery = Delivery(
         restore=restore,
         uploads=publish.steps,
         cache_bucket=cache_bucket,
+        ca_hash=tokens.ca_hash,
+        known_host_keys=pinned_host_keys(last),
     ),
     checked,
 )

@@ -39,7 +39,7 @@ class DeliveryArgs:
     systems: Mapping[str, System]
     """System name (pool, or pool/host) -> evaluated system."""
     generated_host_keys: Mapping[str, pulumi.Input[str]]
-    """EC2 host name -> the SSH host key the stack generated; bring-your-own hosts' keys come from config."""
+    """EC2 host name -> its SSH host key, checked against its console; bring-your-own hosts' keys come from config."""
     signing_key: pulumi.Input[str]
     """The Nix signing key (a secret); reaches the runner only through its environment."""
     secret_environment: Mapping[str, pulumi.Input[str]]
@@ -56,6 +56,12 @@ class DeliveryArgs:
     """The pools' publish steps (build once, upload once): the first wave waits for them."""
     cache_bucket: pulumi.Input[str] | None = None
     """The binary cache hosts substitute from (None: SSH copies from the deployer)."""
+    ca_hash: pulumi.Input[str] = ""
+    """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
+    known_host_keys: pulumi.Input[Mapping[str, str]] = ()
+    """Host name -> the key the last update pinned (its `nodes` output): an EC2 control plane of
+    a later wave is made after the earlier ones' deliveries, so their plans name it by this key
+    (none on the first update: it does not exist yet)."""
 
 
 def host_outputs(stdout: str, instance_id: str | None) -> dict:
@@ -102,6 +108,8 @@ class Delivery(pulumi.ComponentResource):
             for h in args.inventory.hosts
         }
         self._waves = waves(args.config, args.inventory)
+        self._wave_of = {h.name: n for n, wave in enumerate(self._waves) for h in wave}
+        self._known = pulumi.Output.from_input(args.known_host_keys or {})
         # One secret Output each, shared by every host's environment (not one wrapper per host).
         self._secrets = {
             SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
@@ -150,12 +158,17 @@ class Delivery(pulumi.ComponentResource):
         machine = args.machines.instance(host, waits) if host.provider == "ec2" else None
         # A plan needs its own host's key and the control planes' (readiness is asked there), never
         # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
-        needed = list(dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]))
-        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, *(self.host_keys[n] for n in needed)).apply(
-            lambda v: host_plan(
-                cfg, inv, host, wave, args.systems, dict(zip(needed, v[2:])), v[0], args.restore, v[1]
-            ).to_json()
-        )
+        # EC2 control planes of later waves are made after this one: known from the last update.
+        later = {h.name for h in inv.control_planes
+                 if h.provider == "ec2" and self._wave_of[h.name] > self._wave_of[host.name]}
+        needed = [n for n in dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]) if n not in later]
+
+        def plan_json(v: list) -> str:
+            keys = {**{n: k for n, k in v[3].items() if n in later}, **dict(zip(needed, v[4:]))}
+            return host_plan(cfg, inv, host, wave, args.systems, keys, v[0], args.restore, v[1], v[2]).to_json()
+
+        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, args.ca_hash, self._known,
+                                 *(self.host_keys[n] for n in needed)).apply(plan_json)
         cmd = command.local.Command(
             f"{self._name}-{host.name}",
             create=CREATE,

@@ -1,4 +1,4 @@
-"""EC2 machines, virtual and `*.metal`: official NixOS AMI, IMDSv2, encrypted gp3 root, fixed private IP, scoped S3 access."""
+"""EC2 machines, virtual and `*.metal`: official NixOS AMI, IMDSv2, encrypted gp3 root, fixed private IP, scoped S3 access, host keys checked against the console."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import asyncio
+
 import pulumi
 import pulumi_aws as aws
-import pulumi_tls as tls
+import pulumi_command as command
 
 from flakefleet.config import PoolConfig, RootVolume
+from flakefleet.delivery.hostkey import TARGET_ENV
+from flakefleet.plan.contract import INSTANCE_ENV
 from flakefleet.plan.firstboot import first_boot_user_data
 from flakefleet.plan.iam import ASSUME_EC2, node_policy
 from flakefleet.plan.inventory import Host, Inventory
@@ -18,6 +22,7 @@ from flakefleet.plan.inventory import Host, Inventory
 NIXOS_AMI_OWNER = "427812963091"  # the NixOS project's AWS account, publisher of the official AMIs
 AMI_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
 MACHINE_TYPE = "flakefleet:index:Machine"  # the component instances once sat in
+HOST_KEY = "./scripts/flakefleet host-key"
 
 
 def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None) -> pulumi.Output[str]:
@@ -70,9 +75,13 @@ def instance(
         tags=dict(tags),
         # The AMI and the user data only boot the host (first boot pins its SSH key); delivery
         # owns its system from then on. Neither may replace or restart a running node.
+        # pulumi-aws applies a new instance type by stop and start as this resource's own step,
+        # behind the rollout's drain and health gate: the host's delivery resizes it in its wave
+        # instead (flakefleet/delivery/resize.py), so the type is ignored here.
         # A fixed private address cannot be held by two instances: replace by delete first.
         opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(ignore_changes=["ami", "user_data"], delete_before_replace=True)
+            opts,
+            pulumi.ResourceOptions(ignore_changes=["ami", "user_data", "instance_type"], delete_before_replace=True),
         ),
     )
 
@@ -95,6 +104,10 @@ class MachinesArgs:
     """Deploy keys authorized for root at first boot."""
     signing_public_key: str = ""
     """The Nix signing key hosts trust from first boot."""
+    boot_timeout_s: float = 600
+    region: str = ""
+    """The stack's region (the console is read there)."""
+    """How long a new instance may take to print its host key fingerprints on its console."""
     cache_arn: pulumi.Input[str] | None = None
     """Binary-cache bucket every node may read."""
     snapshot_arn: pulumi.Input[str] | None = None
@@ -110,7 +123,8 @@ class Machines(pulumi.ComponentResource):
     instance_ids: dict[str, pulumi.Output[str]]
     """Host name -> instance id (filled as the rollout creates the machines)."""
     host_keys: dict[str, pulumi.Output[str]]
-    """Host name -> the SSH public host key the stack generated and installs at first boot."""
+    """Host name -> the SSH host key the host made at first boot, checked against its console
+    (known once the rollout has made its instance)."""
     role_arns: dict[str, pulumi.Output[str]]
     """Node role -> IAM role ARN."""
 
@@ -140,15 +154,14 @@ class Machines(pulumi.ComponentResource):
 
         self.instance_ids, self.host_keys = {}, {}
         self._args, self._name, self._profiles, self._amis, self._pools = args, name, profiles, amis, pools
-        self._user_data: dict[str, pulumi.Output[str]] = {}
+        # No private key in the user data: only the deploy keys and the signing key's public half.
+        self._user_data = first_boot_user_data(list(args.authorized_keys), args.signing_public_key)
+        self._keys: dict[str, asyncio.Future] = {}
         for host in ec2_hosts:
-            # Generated before any machine so the deployer knows the key first: no trust on first use.
-            key = tls.PrivateKey(f"{name}-{host.name}-host-key", algorithm="ED25519", opts=child)
-            self._user_data[host.name] = pulumi.Output.all(key.private_key_openssh, key.public_key_openssh).apply(
-                lambda k: first_boot_user_data(k[0], k[1], list(args.authorized_keys), args.signing_public_key)
-            )
-            self.host_keys[host.name] = key.public_key_openssh.apply(lambda k: k.strip())
-        self.register_outputs({"host_keys": self.host_keys, "role_arns": self.role_arns})
+            # Known once the rollout made the instance and its console showed the key (instance()).
+            self._keys[host.name] = asyncio.get_event_loop().create_future()
+            self.host_keys[host.name] = pulumi.Output.from_input(self._keys[host.name]).apply(lambda out: out)
+        self.register_outputs({"role_arns": self.role_arns})
 
     def instance(self, host: Host, depends_on: pulumi.Input[list[pulumi.Resource]]) -> aws.ec2.Instance:
         """The host's instance, made by the rollout so that it waits for `depends_on` (the previous
@@ -163,7 +176,7 @@ class Machines(pulumi.ComponentResource):
             security_group_id=args.security_group_ids[host.role],
             instance_profile=self._profiles[host.role],
             root_volume=pools[host.pool].root_volume,
-            user_data=pulumi.Output.secret(self._user_data[host.name]),
+            user_data=self._user_data,
             tags={
                 **args.tags,
                 "Name": f"{args.inventory.cluster}-{host.name}",
@@ -179,4 +192,17 @@ class Machines(pulumi.ComponentResource):
             ),
         )
         self.instance_ids[host.name] = made.id
+        key = command.local.Command(
+            f"{name}-host-key",
+            create=HOST_KEY,
+            environment={
+                INSTANCE_ENV: made.id,
+                TARGET_ENV: json.dumps({"host": host.name, "address": str(host.address), "port": host.ssh_port,
+                                        "region": args.region, "timeout_s": args.boot_timeout_s}, sort_keys=True),
+            },
+            triggers=[made.id],  # a new instance makes a new key
+            logging=command.local.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[made]),
+        )
+        self._keys[host.name].set_result(key.stdout.apply(lambda out: out.strip()))
         return made

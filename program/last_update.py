@@ -70,3 +70,14 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
 
     last.apply(log)
     return mine
+
+
+def pinned_host_keys(last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]:
+    """Host name -> the SSH host key the last update pinned (its `nodes` output; {} before the first)."""
+    def keys(outputs: dict) -> dict[str, str]:
+        nodes = outputs.get("nodes")
+        if not isinstance(nodes, dict):
+            return {}
+        return {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
+
+    return last.apply(keys)

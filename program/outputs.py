@@ -13,7 +13,7 @@ def node_table(
     host_keys: dict[str, pulumi.Output[str]],
     wanted: dict[str, str],
 ) -> pulumi.Output[dict[str, dict]]:
-    """Stack output `nodes`: host name -> role, pool, address, instance id (None for bring-your-own),
+    """Stack output `nodes`: host name -> role, pool, address, instance type and id (None for bring-your-own),
     the system the stack wants on it, the system its last delivery confirmed there, whether it
     still boots an older kernel (`reboot: never`), and how to reach it over pinned SSH (port,
     user, host key: what `flakefleet drift` needs). `delivered` is the rollout's `hosts`."""
@@ -26,6 +26,7 @@ def node_table(
                 "role": h.role,
                 "pool": h.pool,
                 "address": str(h.address),
+                "instance_type": h.instance_type if h.provider == "ec2" else None,
                 "instance_id": outs[h.name]["instance_id"],
                 "wanted": wanted[h.name],
                 "system": outs[h.name]["system"],

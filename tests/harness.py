@@ -6,6 +6,7 @@ are secret; the stack's exports are resolved. Used by the tier-2 tests and by `b
 
 from __future__ import annotations
 
+import base64
 import json
 import runpy
 from dataclasses import asdict, dataclass, field
@@ -100,9 +101,18 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(name=args.name, arn=f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{args.name}")
         elif t == "tls:index/privateKey:PrivateKey":
             pub = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{args.name[-20:]:A>43} {args.name}"
-            out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----")
+            out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----",
+                       privateKeyPem=f"-----BEGIN EC PRIVATE KEY-----\nTEST{args.name}\n-----END EC PRIVATE KEY-----\n")
+        elif t == "tls:index/selfSignedCert:SelfSignedCert":
+            # The provider returns the certificate as PEM, with its trailing newline.
+            body = base64.b64encode(f"test certificate {args.name}".encode()).decode()
+            out.update(certPem=f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
         elif t == "random:index/randomPassword:RandomPassword":
             out.update(result=f"token-{args.name}-{'x' * 20}")
+        elif t == "command:local:Command" and args.name.endswith("-host-key"):
+            # What `flakefleet host-key` prints: the host's own key, checked against its console.
+            host = args.name[: -len("-host-key")]
+            out.update(stdout=f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{host[-20:]:A>43}\n", stderr="")
         elif t == "command:local:Command" and "-kubeconfig" in args.name:
             out.update(stdout=STANDIN_KUBECONFIG, stderr="")
         elif t == "command:local:Command" and PLAN_ENV in (env := rpc.unwrap_rpc_secret(args.inputs.get("environment") or {})):

@@ -13,7 +13,8 @@ from components.delivery import CREATE, DELETE, UPDATE
 from flakefleet.config import parse_stack_config
 from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, DeliveryPlan
 from flakefleet.plan.inventory import plan_inventory
-from flakefleet.plan.specs import AGENT_TOKEN, SERVER_TOKEN, system_specs
+from components.tokens import ca_hash
+from flakefleet.plan.specs import AGENT_TOKEN, K3S_CAS, SERVER_TOKEN, system_specs
 from flakefleet.plan.hostplans import delivery_plans
 from flakefleet.plan.rollout import waves
 from flakefleet.config.stackfile import read_stack_file
@@ -23,7 +24,14 @@ from tests.machines.image import prerequisites as machine_prerequisites
 from tests.machines.machine import running_machines
 from tests.testhosts import prerequisites, run_as_deployer
 
-TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210"}
+# The stack's CAs as the tests hold them (the stand-in k3s reads them as bytes; the program makes
+# real ones with pulumi-tls): every environment carries them, the first control plane gets them.
+TEST_CAS = {env: f"-----BEGIN {'EC PRIVATE KEY' if env.endswith('_KEY') else 'CERTIFICATE'}-----\n"
+                 f"test {env}\n-----END {'EC PRIVATE KEY' if env.endswith('_KEY') else 'CERTIFICATE'}-----\n"
+            for pair in K3S_CAS.values() for env in pair}
+TEST_CA_HASH = ca_hash(TEST_CAS[K3S_CAS["server-ca"][0]])
+TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210",
+          **TEST_CAS}
 
 
 def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False, spec_extra=None, reboot=None,
@@ -59,7 +67,8 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False,
     inv = plan_inventory(cfg)
     specs = {key: {**spec, **(spec_extra or {})} for key, spec in system_specs(cfg, inv).items()}
     systems, _ = evaluate_systems(Path(STANDIN_FLAKE), specs)
-    plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts})
+    plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts},
+                           cluster_cas=TEST_CA_HASH)
     return cfg, inv, systems, plans
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
 from flakefleet.common.ssh import known_hosts_line, ssh_options
-from flakefleet.plan.specs import AGENT_TOKEN
-from tests.local_fleet import TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack, waves_with_not_ready
+from flakefleet.plan.specs import AGENT_TOKEN, K3S_CAS, SERVER_TOKEN
+from tests.local_fleet import TEST_CA_HASH, TEST_CAS, TOKENS, k3s_log, local_fleet, not_ready, run_waves, stack, waves_with_not_ready
 from tests.machines.machine import add_machine
 from tests.testhosts import run_as_deployer
 
@@ -70,7 +70,38 @@ def test_facts_and_tokens_on_each_host(formed):
         assert {p.name for p in secrets.iterdir()} == expected
         for p in secrets.iterdir():
             assert p.stat().st_mode & 0o777 == 0o600
-        assert (secrets / "k3s-agent-token").read_text() == TOKENS[AGENT_TOKEN[1]]
+        # Every join presents a secure token pinning the stack's server CA (docs.k3s.io/cli/token).
+        agent = TOKENS[AGENT_TOKEN[1]]
+        assert (secrets / "k3s-agent-token").read_text() == (agent if name == "cp-0" else f"K10{TEST_CA_HASH}::node:{agent}")
+        if name == "cp-0":
+            server = TOKENS[SERVER_TOKEN[1]]
+            assert (secrets / "k3s-server-token").read_text() == f"K10{TEST_CA_HASH}::server:{server}"
+    # The stack's CAs on the first server only, placed before k3s first started (it used them).
+    tls = hosts["cp-0"].path("/var/lib/rancher/k3s/server/tls")
+    assert (tls / "server-ca.crt").read_text() == TEST_CAS[K3S_CAS["server-ca"][0]]
+    assert (tls / "etcd" / "peer-ca.key").stat().st_mode & 0o777 == 0o600
+    assert hosts["cp-0"].path("/var/lib/rancher/k3s/server/token").read_text().startswith(f"K10{TEST_CA_HASH}::server:")
+    assert not hosts["worker-0"].path("/var/lib/rancher/k3s/server/tls").exists()
+
+
+def test_a_join_to_a_server_with_another_ca_is_refused_and_rolled_back(formed):
+    """Something else answers at the API endpoint (its CA is not the cluster's): the worker's
+    secure token pins the CA its delivery read on cp-0 over pinned SSH, so k3s refuses to send
+    the secret, the worker is not healthy, and its delivery rolls back."""
+    fleet, hosts = formed
+    cacerts = fleet.apiserver / "cacerts"  # what the endpoint serves at /cacerts (tests/standin/k3s.py)
+    genuine = cacerts.read_text()
+    cfg, inv, systems, plans = stack(hosts, fleet, labels={"pin": "impostor"}, health_timeout_s=10)
+    cacerts.write_text("-----BEGIN CERTIFICATE-----\nimpostor\n-----END CERTIFICATE-----\n")
+    try:
+        proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans["worker-0"].to_json(), **TOKENS},
+                               timeout=300)
+    finally:
+        cacerts.write_text(genuine)
+    assert proc.returncode == ROLLED_BACK, proc.stderr
+    refused = [l for l in k3s_log(hosts["worker-0"]) if "refused: token CA hash does not match" in l]
+    assert refused and refused[-1].split("refused: token CA hash does not match the Cluster CA certificate hash: ")[1] \
+        .startswith(f"{TEST_CA_HASH} != ")
 
 
 def test_worker_batch_readiness_was_asked_on_the_control_plane(formed):

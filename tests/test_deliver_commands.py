@@ -98,17 +98,15 @@ def test_backoff_grows_and_is_capped():
     assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
-def test_first_boot_user_data_pins_the_host_key_and_trusts_the_fleet():
+def test_first_boot_user_data_trusts_the_fleet_and_holds_no_key_of_the_host():
     from flakefleet.plan.firstboot import first_boot_user_data
 
-    data = first_boot_user_data("-----BEGIN TEST-----\nabc\n-----END TEST-----\n", KEY + " cp-0", ["ssh-ed25519 AAAA deploy"],
-                                "fleet-1:pub=")
+    data = first_boot_user_data(["ssh-ed25519 AAAA deploy"], "fleet-1:pub=")
     assert data.startswith("#!/bin/sh\n")  # amazon-init executes scripts that start with #!
-    assert "-----BEGIN TEST-----\nabc\n-----END TEST-----\nFLAKEFLEET_EOF" in data
-    assert f"'{KEY} cp-0' > /etc/ssh/ssh_host_ed25519_key.pub" in data
     assert "ssh-ed25519 AAAA deploy" in data
     assert "extra-trusted-public-keys = fleet-1:pub=" in data
-    assert "systemctl restart nix-daemon.service sshd.service" in data
+    assert "ssh_host" not in data and "PRIVATE" not in data  # the host makes its own key
+    assert "systemctl restart nix-daemon.service" in data
 
 
 def test_signing_public_key_matches_nix():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 
@@ -200,16 +201,40 @@ def test_a_changed_pool_changes_only_what_its_hosts_are_given():
     assert changed == {"workers-0", "workers-1", "workers-2"}
 
 
-def test_ec2_host_keys_are_generated_and_installed_at_first_boot():
-    run = run_stack("staging")
-    keys = run.of_type("tls:index/privateKey:PrivateKey")
-    assert len(keys) == 6 and {k.inputs["algorithm"] for k in keys} == {"ED25519"}
-    for name, reg in commands(run).items():
-        instance = next(r for r in run.of_type("aws:ec2/instance:Instance") if r.name.endswith(f"-{name}"))
-        assert "userData" in instance.secret_inputs  # it carries the private host key
-        assert instance.inputs["userData"].startswith("#!/bin/sh")
-        assert plan(reg).host_key in instance.inputs["userData"]
+PRIVATE_KEY_MARKERS = ("PRIVATE KEY", "b3BlbnNzaC1rZXktdjE")  # PEM/OpenSSH armour; base64 of "openssh-key-v1"
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_no_user_data_holds_private_key_material(stack):
+    """User data stays readable (DescribeInstanceAttribute, the metadata service): it carries the
+    deploy keys and the signing key's public half only, in plain inputs, and no host key is made
+    by the stack."""
+    run = run_stack(stack)
+    assert [k.name for k in run.of_type("tls:index/privateKey:PrivateKey") if k.name.endswith("-host-key")] == []
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        data = instance.inputs["userData"]
+        assert data.startswith("#!/bin/sh") and "userData" not in instance.secret_inputs
+        assert not any(marker in data for marker in PRIVATE_KEY_MARKERS), instance.name
+        assert "ssh_host_" not in data  # the host makes its own key
         assert "userData" in instance.options["ignore_changes"]
+
+
+def test_ec2_host_keys_are_read_off_each_hosts_console_and_pinned_by_every_plan():
+    run = run_stack("staging")
+    keys = {r.name.split("ff-staging-", 1)[1].rsplit("-host-key", 1)[0]: r
+            for r in run.of_type(COMMAND) if r.name.endswith("-host-key")}
+    assert set(keys) == set(commands(run))
+    for name, reg in commands(run).items():
+        key = keys[name]
+        made = instance(run, name)
+        assert key.inputs["create"] == "./scripts/flakefleet host-key" and made.urn in key.dependencies
+        target = json.loads(key.inputs["environment"]["FLAKEFLEET_HOST_KEY_TARGET"])
+        assert target == {"host": name, "address": made.inputs["privateIp"], "port": 22, "region": "eu-west-1",
+                          "timeout_s": target["timeout_s"]}
+        assert key.inputs["environment"][INSTANCE_ENV] == key.inputs["triggers"][0]  # a new instance, a new key
+        # What the console check printed (the mocks answer as `flakefleet host-key` does).
+        assert plan(reg).host_key == f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{key.name[:-9][-20:]:A>43}"
+        assert key.urn in reg.dependencies
 
 
 @pytest.mark.parametrize(
@@ -267,11 +292,14 @@ def test_each_host_waits_for_its_batch_to_be_ready_on_the_control_planes():
 def test_token_files_by_role():
     run = run_stack("local")
     for name, reg in commands(run).items():
-        secrets = {f.path.rsplit("/", 1)[1]: f.secret_env for f in plan(reg).files if f.secret_env}
+        tokens = {f.path.rsplit("/", 1)[1]: f for f in plan(reg).files if f.path.endswith("-token")}
         expected = {"k3s-agent-token"} | ({"k3s-server-token"} if name.startswith("cp-") else set())
-        assert set(secrets) == expected
-        for env in secrets.values():
-            assert reg.inputs["environment"][env].startswith("token-")  # from the mocked RandomPassword
+        assert set(tokens) == expected
+        for f in tokens.values():
+            assert reg.inputs["environment"][f.secret_env].startswith("token-")  # from the mocked RandomPassword
+        # Every join presents a secure token; a server's agent token only defines what agents present.
+        assert {n: f.k3s_token for n, f in tokens.items()} == (
+            {"k3s-server-token": "server", "k3s-agent-token": ""} if name.startswith("cp-") else {"k3s-agent-token": "node"})
     assert len(run.of_type("random:index/randomPassword:RandomPassword")) == 2
     exported = json.dumps({k: v for k, v in run.exports.items() if k != "k3s_server_token"})
     assert "token-" not in exported  # no token in any other output
@@ -311,7 +339,9 @@ def test_kubeconfig_and_tokens_are_secret_in_the_stack_outputs():
 
 
 def test_removing_a_host_drains_it_before_its_machine_goes():
-    run = run_stack("staging")
+    first = run_stack("staging")
+    run = run_program(read_stack_file("staging"), stack="staging",
+                      monitor=RecordingMonitor(FleetMocks(previous_outputs=first.exports)))
     for reg in commands(run).values():
         assert reg.inputs["delete"] == "./scripts/flakefleet deliver --remove"
         assert [e.host for e in plan(reg).control_planes] == ["cp-0", "cp-1", "cp-2"]
@@ -335,11 +365,28 @@ def test_host_outputs_tolerate_any_stdout():
         assert host_outputs(junk, None) == {"system": None, "found": {}, "reboot_pending": False, "instance_id": None}
 
 
+def test_control_planes_of_later_waves_are_named_by_the_keys_the_last_update_pinned():
+    """cp-1's instance is made after cp-0's delivery, so cp-0's plan cannot wait for cp-1's key:
+    on the first update it names the control planes made so far; afterwards, the keys the last
+    update pinned (its `nodes` output), and a second update changes no plan."""
+    first = run_stack("staging")
+    cps = {n: [e.host for e in plan(r).control_planes] for n, r in commands(first).items()}
+    assert cps["cp-0"] == ["cp-0"] and cps["cp-1"] == ["cp-0", "cp-1"] and cps["workers-0"] == ["cp-0", "cp-1", "cp-2"]
+    second = run_program(read_stack_file("staging"), stack="staging",
+                         monitor=RecordingMonitor(FleetMocks(previous_outputs=first.exports)))
+    third = run_program(read_stack_file("staging"), stack="staging",
+                        monitor=RecordingMonitor(FleetMocks(previous_outputs=second.exports)))
+    pinned = {n: row["host_key"] for n, row in first.exports["nodes"].items()}
+    for name, reg in commands(second).items():
+        assert {e.host: e.host_key for e in plan(reg).control_planes} == {c: pinned[c] for c in ("cp-0", "cp-1", "cp-2")}
+    assert {n: plan(r) for n, r in commands(third).items()} == {n: plan(r) for n, r in commands(second).items()}
+
+
 def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
     """Not on every host's key: that made registration quadratic in fleet size."""
     run = run_stack("staging")
     keys = {r.name.rsplit("-host-key", 1)[0].split("ff-staging-", 1)[1]: r.urn
-            for r in run.of_type("tls:index/privateKey:PrivateKey")}
+            for r in run.of_type(COMMAND) if r.name.endswith("-host-key")}
     deps = set(commands(run)["workers-2"].dependencies)
     assert {keys["workers-2"], keys["cp-0"], keys["cp-1"], keys["cp-2"]} <= deps
     assert keys["workers-0"] not in deps and keys["workers-1"] not in deps
@@ -468,3 +515,52 @@ def test_runner_reports_are_kept_in_state_but_not_logged():
     logged = {r.name: r.inputs.get("logging") for r in run.of_type("command:local:Command")
               if "-deliver-" in r.name or "-publish-" in r.name}
     assert logged and set(logged.values()) == {"stderr"}, logged
+
+
+def test_a_new_instance_type_is_applied_by_the_hosts_delivery_in_its_wave():
+    """pulumi-aws would apply a type change by stop and start as the Instance's own step, behind
+    the rollout: the Instance ignores it, and the change reaches the pool's delivery Commands
+    (their plans), which run one control plane, one batch, at a time."""
+    before = {n: plan(r) for n, r in commands(run_stack("staging")).items()}
+    config = read_stack_file("staging")
+    pools = json.loads(config["flakefleet:pools"])
+    pools[0]["instance_type"] = "m7i.xlarge"
+    config["flakefleet:pools"] = json.dumps(pools)
+    run = run_program(config, stack="staging")
+    for instance in run.of_type("aws:ec2/instance:Instance"):
+        assert "instanceType" in instance.options["ignore_changes"], instance.name
+    after = {n: plan(r) for n, r in commands(run).items()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {h for h in after if after[h].host.startswith("cp-")}
+    assert {after[h].instance_type for h in changed} == {"m7i.xlarge"}
+    assert {p.region for p in after.values()} == {read_stack_file("staging")["aws:region"]}
+    assert {before[h].instance_type for h in changed} == {"m7i.large"}
+
+
+def test_the_stack_makes_the_cluster_cas_and_only_the_first_server_gets_them_where_none_is():
+    from components.tokens import ca_hash
+    from flakefleet.plan.specs import K3S_CAS, K3S_TLS_DIR
+
+    run = run_stack("staging")
+    certs = {r.name: r for r in run.of_type("tls:index/selfSignedCert:SelfSignedCert")}
+    assert len(certs) == 5 and all(c.inputs["isCaCertificate"] for c in certs.values())
+    keys = [k for k in run.of_type("tls:index/privateKey:PrivateKey") if not k.name.endswith("-host-key")]
+    assert {(k.inputs["algorithm"], k.inputs["ecdsaCurve"]) for k in keys} == {("ECDSA", "P256")}
+    plans = {n: plan(r) for n, r in commands(run).items()}
+    server_ca = next(c for n, c in certs.items() if n.endswith("-server-ca") and "etcd" not in n)
+    for name, reg in commands(run).items():
+        p = plans[name]
+        # The mocks' certificate PEM (tests/harness.py), hashed as k3s hashes a one-certificate bundle.
+        body = base64.b64encode(f"test certificate {server_ca.name}".encode()).decode()
+        assert p.ca_hash == ca_hash(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        ca_paths = {f.path for f in p.files if f.path.startswith(K3S_TLS_DIR)}
+        if name == "cp-0":
+            assert ca_paths == {f"{K3S_TLS_DIR}/{ca}.{k}" for ca in K3S_CAS for k in ("crt", "key")}
+            assert all(f.create_only and f.secret_env for f in p.files if f.path in ca_paths)
+            for env in (e for pair in K3S_CAS.values() for e in pair):
+                assert "environment" in reg.secret_inputs and env in reg.inputs["environment"]
+        else:
+            assert ca_paths == set()  # joining servers take the CAs from the cluster's bootstrap data
+    assert len({p.ca_hash for p in plans.values()}) == 1
+    exported = json.dumps(run.exports)
+    assert "EC PRIVATE KEY" not in exported

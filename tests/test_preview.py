@@ -186,6 +186,23 @@ def test_a_kernel_change_reboots_the_pools_hosts_in_their_waves():
     assert not never.reboots and "reboot pending (reboot: never)" in pool_text(never)
 
 
+def test_a_new_instance_type_names_the_hosts_that_restart_in_their_waves():
+    base, head = two_pools(mf("w", BASE_PKGS, UNITS))
+    base = Side({**base.pools, "workers": PoolHosts(base.pools["workers"].hosts, instance_type="m7i.large")}, base.manifests)
+    head = Side({**head.pools, "workers": PoolHosts(head.pools["workers"].hosts, instance_type="m7i.xlarge")}, head.manifests)
+    [cp, workers] = compare(base, head)
+    assert cp.status == "unchanged" and workers.status == "changed" and workers.hosts == ()
+    assert workers.resize == ("m7i.large", "m7i.xlarge") and workers.resized == (("w-0", 1), ("w-1", 1))
+    assert pool_text(workers) == "\n".join([
+        "pool workers: system unchanged",
+        "  instance type: m7i.large → m7i.xlarge: w-0 (wave 1), w-1 (wave 1) restart (drained, health-gated, in their waves)"])
+    assert summary([cp, workers]) == "1 of 2 pools change, 0 hosts reboot, 2 hosts restart for a new instance type"
+    assert "w-0 (wave 1) restarts as m7i.xlarge" in markdown("staging", "main", [cp, workers])
+    # A last update from before types were exported compares nothing.
+    unknown = Side({**base.pools, "workers": PoolHosts(base.pools["workers"].hosts)}, base.manifests)
+    assert [c.status for c in compare(unknown, head)] == ["unchanged", "unchanged"]
+
+
 def test_a_rebuild_at_the_same_version_is_named_apart_from_version_changes():
     base, head = two_pools(mf("w2", {**BASE_PKGS, "rebuilt": "1.0"}, UNITS))
     base.manifests["workers"].packages["rebuilt"] = {"1.0": "old-build"}

@@ -48,8 +48,8 @@ def test_exports_node_table_with_every_planned_host(run):
     nodes = run.exports["nodes"]
     assert nodes, "no nodes exported"
     for name, row in nodes.items():
-        assert set(row) == {"role", "pool", "address", "instance_id", "wanted", "system", "reboot_pending",
-                            "ssh_port", "ssh_user", "host_key"}
+        assert set(row) == {"role", "pool", "address", "instance_type", "instance_id", "wanted", "system",
+                            "reboot_pending", "ssh_port", "ssh_user", "host_key"}
         assert row["reboot_pending"] is False
         assert row["role"] in ("control-plane", "worker")
         assert row["wanted"] == run.exports["systems"][row["pool"]]
@@ -58,6 +58,9 @@ def test_exports_node_table_with_every_planned_host(run):
     for row in nodes.values():
         if row["instance_id"] is not None:
             assert row["address"] in by_instance
+            assert row["instance_type"] == by_instance[row["address"]].inputs["instanceType"]
+        else:
+            assert row["instance_type"] is None
 
 
 def test_exports_api_endpoint_known_from_config(run):

@@ -67,3 +67,9 @@ def ready_nodes(kubectl_json: str) -> set[str]:
 def node_names(kubectl_json: str) -> list[str]:
     """Every node's name in `kubectl get nodes -o json`, sorted."""
     return sorted(i["metadata"]["name"] for i in json.loads(kubectl_json).get("items", []))
+
+
+# The CA hash in the secure server token k3s writes once a server runs (docs.k3s.io/cli/token:
+# "The server token is always written to /var/lib/rancher/k3s/server/token in secure format").
+SERVER_TOKEN_FILE = "/var/lib/rancher/k3s/server/token"
+CA_HASH_QUERY = ["sed", "-n", "s/^K10\\([0-9a-f]\\{64\\}\\)::.*/\\1/p", SERVER_TOKEN_FILE]

@@ -8,7 +8,7 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
-from flakefleet.cluster.kubectl import K3S, delete_node_command, drain_commands
+from flakefleet.cluster.kubectl import CA_HASH_QUERY, K3S, delete_node_command, drain_commands
 from flakefleet.cluster.readiness import node_exists
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import parse_state
@@ -64,6 +64,23 @@ def existing_cluster_check(run: HostSession, contents: list[HostFile], state: di
             "second, empty cluster. Make the other control planes reachable (ports 6443 and 2379-2380 from this "
             "host), or rebuild the cluster from a snapshot (docs/disaster-recovery.md)")
     return contents
+
+
+def cluster_ca(run: HostSession) -> None:
+    """The CA hash this host's secure tokens carry: the cluster's own, read off a server that runs
+    it (this host when it is one, else the control planes delivered before it, over pinned SSH),
+    else the stack's server CA (the first server starts with it). A cluster older than the stack's
+    CAs made its own; its joins pin that one."""
+    me = [cp for cp in run.plan.control_planes if cp.host == run.plan.host]
+    for cp in (*me, *(cp for cp in run.plan.ready_via if cp.host != run.plan.host)):
+        found = run.ssh(CA_HASH_QUERY, to=None if cp.host == run.plan.host else cp, timeout=30).stdout.strip()
+        if len(found) == 64:
+            if found != run.plan.ca_hash and found != run.ca_hash:
+                run.say(f"the cluster's CA is its own, not the stack's (it predates it): joins pin it "
+                        f"(sha256 {found[:12]}…, read on {cp.host})")
+            run.ca_hash = found
+            break
+    run.report.ca_hash = run.ca_hash
 
 
 def forget_stale_node(run: HostSession) -> None:

@@ -27,7 +27,8 @@ def stage(run: HostSession, contents: list[HostFile], what: str = "staging files
     with the units that read each file."""
     start = time.monotonic()
     restarts = {f.path: f.restart for f in run.plan.files}
-    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, HOSTCTL.read_text(), contents, restarts))
+    create_only = frozenset(f.path for f in run.plan.files if f.create_only)
+    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, HOSTCTL.read_text(), contents, restarts, create_only))
     if staged.returncode != 0:
         raise DeliveryFailed(f"{what} on {run.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
     run.timed("stage", start)

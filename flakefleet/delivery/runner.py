@@ -26,6 +26,7 @@ from flakefleet.cluster.restore import restore
 from flakefleet.delivery import reboot, transfer
 from flakefleet.delivery.activation import activate, confirm, stage
 from flakefleet.delivery.build import build_here
+from flakefleet.delivery.resize import current_type, resize
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import HostSession, parse_state
 from flakefleet.plan.contract import FAILED, OK, PLAN_ENV, PREVIOUS_STDOUT_ENV, DeliveryFailed, DeliveryPlan, Report
@@ -52,6 +53,8 @@ class HostDelivery(HostSession):
         build_here(self)
         self.wait_for_ssh()
         state = self.inspect()
+        resize(self)  # a new instance type first: its restart is drained and health-gated
+        membership.cluster_ca(self)  # the CA its secure tokens pin
         contents, digest = self.files_for(state)
         restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
         if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
@@ -111,13 +114,18 @@ class HostDelivery(HostSession):
         pending = f"; reboot pending ({', '.join(why)} changed, reboot: never)" if why else ""
         self.say(f"switched to {self.plan.system} and confirmed healthy{pending}")
 
-    def update(self) -> Report | None:
+    def update(self) -> Report | dict | None:
         """pulumi-command's `update` (an input changed, no replacement): deliver only when what the
         host is given changed; otherwise record the new inputs and touch no host (None)."""
         reasons = needs_delivery(self.plan, self.previous, files_digest(self.plan.system, self.file_contents()),
                                  self.report.instance)
         if not reasons:
-            return None
+            found = current_type(self)  # asks EC2 only, never the host
+            if found is None:
+                return None
+            if found[1] == self.plan.instance_type:  # a report from before types were recorded
+                return {**self.previous, "instance_type": found[1]}
+            reasons = [f"instance type {found[1]} -> {self.plan.instance_type}"]
         self.say("delivering: " + ", ".join(reasons))
         return self.deliver()
 
@@ -145,6 +153,9 @@ def main() -> int:
         delivery.close()
     if isinstance(result, str):  # a removal says what it did
         print(f"[{plan.host}] {result}", file=sys.stderr, flush=True)
+    elif isinstance(result, dict):  # only bookkeeping changed, and the report learnt something
+        print(f"[{plan.host}] only bookkeeping changed; no command on the host", file=sys.stderr)
+        print(json.dumps(result), flush=True)
     elif result is None:  # an update with nothing for the host: Pulumi keeps the last delivery's report
         print(f"[{plan.host}] only bookkeeping changed (e.g. its batch); no command on the host", file=sys.stderr)
         print(os.environ.get(PREVIOUS_STDOUT_ENV, "").strip(), flush=True)

@@ -20,12 +20,13 @@ HostFile = tuple[str, str, bytes]
 
 
 def staging_script(token: str, hostctl: str, files: list[HostFile],
-                   restarts: Mapping[str, tuple[str, ...]] | None = None) -> str:
+                   restarts: Mapping[str, tuple[str, ...]] | None = None, create_only: frozenset[str] = frozenset()) -> str:
     """A shell script (sent on stdin, never as arguments) that stages files for `hostctl activate`.
 
     `files` holds (absolute path, octal mode, content); `restarts`, the units that read a path
-    (hostctl restarts them when the file changed). Contents travel base64-encoded inside
-    here-documents; nothing of them appears on any command line.
+    (hostctl restarts them when the file changed); `create_only`, paths hostctl writes only where
+    the host has no such file (staged apart, under `create-only/`). Contents travel
+    base64-encoded inside here-documents; nothing of them appears on any command line.
     """
     stage = f"/run/flakefleet/{token}"
     lines = [
@@ -41,7 +42,7 @@ def staging_script(token: str, hostctl: str, files: list[HostFile],
     for path, mode, content in files:
         if not SAFE_PATH.match(path) or "/../" in path or path.endswith("/.."):
             raise ValueError(f"unsafe path for a host file: {path!r}")
-        target = f"{stage}/files{path}"
+        target = f"{stage}/{'create-only' if path in create_only else 'files'}{path}"
         lines += [
             f"mkdir -p {shlex.quote(os.path.dirname(target))}",
             f"base64 -d > {shlex.quote(target)} <<'FLAKEFLEET_EOF'",

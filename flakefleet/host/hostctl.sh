@@ -127,6 +127,18 @@ install_files() { # stage: install; TOKEN/changed lists the paths whose content 
     cp -p "$1/files/$rel" "$dest.flakefleet-new"
     mv -f "$dest.flakefleet-new" "$dest"
   done
+  # Files placed only where none is yet (the stack's k3s CAs): an existing one is never replaced.
+  if [ -d "$1/create-only" ]; then
+    (cd "$1/create-only" && find . -type f) | while IFS= read -r rel; do
+      rel=${rel#./}
+      dest=/$rel
+      [ -e "$dest" ] && continue
+      mkdir -p "$(dirname "$dest")"
+      printf '%s\n' "$dest" >>"$1/created"
+      cp -p "$1/create-only/$rel" "$dest.flakefleet-new"
+      mv -f "$dest.flakefleet-new" "$dest"
+    done
+  fi
 }
 
 restore_files() { # stage
@@ -490,6 +502,12 @@ reboot)
   log "$1 rebooting"
   reboot_now "$1"
   ;;
+restart-pending)
+  # The instance is about to be stopped and started from outside (its type changes): the same
+  # marker a reboot leaves, so `check-boot` says "not rebooted yet" until the new boot.
+  mkdir -p "$RUN/$1"
+  log "$1 instance restart pending: $2"
+  ;;
 check-boot)
   token=$1 out=$2 settle=${3:-0}
   [ -d "$RUN/$token" ] && { echo "not rebooted yet" >&2; exit 3; }
@@ -550,7 +568,7 @@ retire)
   log "retired: removed from the cluster, k3s stopped"
   ;;
 *)
-  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|forget-boot|retire ..." >&2
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|forget-boot|restart-pending|retire ..." >&2
   exit 64
   ;;
 esac

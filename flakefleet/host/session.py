@@ -60,6 +60,8 @@ class HostSession:
             instance=env.get(INSTANCE_ENV, ""),
             owner=self.previous.get("owner") or pysecrets.token_hex(8),
         )
+        # What secure k3s tokens carry: what the last delivery found, else the stack's server CA.
+        self.ca_hash = self.previous.get("ca_hash") or plan.ca_hash
         self.token = f"{int(time.time())}-{pysecrets.token_hex(4)}"
         self.remote = PinnedSSH((plan, *plan.ready_via, *plan.control_planes), plan.identity_file)
 
@@ -92,6 +94,8 @@ class HostSession:
                 if not f.secret_env.startswith(SECRET_ENV_PREFIX) or f.secret_env not in self.env:
                     raise DeliveryFailed(f"secret for {f.path} is missing from the environment ({f.secret_env})")
                 data = self.env[f.secret_env].encode()
+                if f.k3s_token and self.ca_hash:  # docs.k3s.io/cli/token: K10<CA hash>::<user>:<password>
+                    data = f"K10{self.ca_hash}::{f.k3s_token}:".encode() + data
             else:
                 data = (f.content or "").encode()
             contents.append((f.path, f.mode, data))

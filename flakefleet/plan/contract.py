@@ -63,6 +63,11 @@ class FileSpec:
     # The units that read it: NixOS' switch restarts only units whose unit files changed, so
     # delivery restarts these when the file changes and the switch did not restart them.
     restart: tuple[str, ...] = ()
+    # Written only where the host has no such file yet (never replaced, never restored).
+    create_only: bool = False
+    # A k3s token file: the runner writes the secret as a secure token for this user ("server",
+    # "node"): K10<the cluster's CA hash>::<user>:<secret>.
+    k3s_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,14 @@ class DeliveryPlan:
     push: dict | None = None
     await_build: bool = False
     build_wait_s: float = 3600
+    # An EC2 host: the instance type the stack wants and the stack's region. The Instance
+    # ignores type changes (pulumi-aws would stop and start it behind the rollout); this host's
+    # delivery resizes it in its wave: drained, stopped, modified, started, health-gated.
+    instance_type: str = ""
+    region: str = ""
+    # The CA hash of the stack's server CA: what secure tokens carry until the cluster says
+    # otherwise (a cluster older than the stack's CAs keeps its own; delivery reads it there).
+    ca_hash: str = ""
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -173,6 +186,10 @@ class Report:
     owner: str = ""
     # The system's boot files differ from the booted ones and `reboot: never` kept it live.
     reboot_pending: bool = False
+    # An EC2 host's instance type, as EC2 reported it after this delivery.
+    instance_type: str = ""
+    # The CA hash this delivery's secure tokens carry.
+    ca_hash: str = ""
 
 
 def report_in(stdout: str | None) -> dict:

@@ -82,15 +82,19 @@ def host_plan(
     snapshot_bucket: str | None = None,
     restore: RestorePoint | None = None,
     cache_bucket: str | None = None,
+    cluster_cas: str = "",
 ) -> DeliveryPlan:
-    """One host's plan; `host_keys` needs this host's key and the control planes' keys only.
+    """One host's plan; `cluster_cas`, the hash of the stack's server CA when the stack made the
+    cluster's CAs (the first control plane gets them, every secure token pins it); `host_keys` needs this host's key and the control planes' keys only (those
+    of later waves when known).
 
     The host's batch is its wave: it is confirmed only when all of the wave's nodes are Ready,
     asked on the control planes delivered so far (the initializing one first). With a restore
     point, the first control plane restores it and the other control planes wipe their etcd.
     """
     control = inv.control_planes
-    endpoints = tuple(Endpoint.of(h, host_keys[h.name]) for h in control)
+    # A control plane whose key is not known yet (made later in this first update) is left out.
+    endpoints = tuple(Endpoint.of(h, host_keys[h.name]) for h in control if h.name in host_keys)
     delivered_cps = endpoints[: [h.name for h in control].index(host.name) + 1] if host.role == "control-plane" else endpoints
     pool = cfg.pool(host.pool)
     system = systems[host_system(cfg, host)]
@@ -102,7 +106,8 @@ def host_plan(
         host_key=host_keys[host.name],
         system=system.out,
         drv=system.drv,
-        files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket)),
+        files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket), bool(cluster_cas)),
+        ca_hash=cluster_cas,
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
         settle_s=cfg.delivery.settle_s,
@@ -114,6 +119,8 @@ def host_plan(
         restore_id=restore.id if restore and host.role == "control-plane" else None,
         restore_args=restore.k3s_args() if restore and host.name == control[0].name else (),
         substituters=substituters(cfg, host, cache_bucket),
+        instance_type=host.instance_type or "" if host.provider == "ec2" else "",
+        region=cfg.region or "" if host.provider == "ec2" else "",
         **target_build(cfg, inv, host, cache_bucket),
     )
 
@@ -125,10 +132,11 @@ def delivery_plans(
     host_keys: Mapping[str, str],
     snapshot_bucket: str | None = None,
     restore: RestorePoint | None = None,
+    cluster_cas: str = "",
 ) -> dict[str, DeliveryPlan]:
     """Every host's plan, in rollout order (see host_plan)."""
     return {
-        host.name: host_plan(cfg, inv, host, wave, systems, host_keys, snapshot_bucket, restore)
+        host.name: host_plan(cfg, inv, host, wave, systems, host_keys, snapshot_bucket, restore, None, cluster_cas)
         for wave in waves(cfg, inv)
         for host in wave
     }

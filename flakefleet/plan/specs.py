@@ -22,6 +22,15 @@ SECRETS_DIR = "/var/lib/flakefleet/secrets"
 # Token files (nixos/roles: tokenFile, agentTokenFile) -> the runner's environment variable.
 SERVER_TOKEN = (f"{SECRETS_DIR}/k3s-server-token", "FLAKEFLEET_SECRET_K3S_SERVER_TOKEN")
 AGENT_TOKEN = (f"{SECRETS_DIR}/k3s-agent-token", "FLAKEFLEET_SECRET_K3S_AGENT_TOKEN")
+# The cluster's CAs, made by the stack: k3s uses a CA whose certificate and key both exist in its
+# tls directory and makes the others (pkg/daemons/control/deps/deps.go, createSigningCertKey). CA
+# name -> (certificate env, key env); the files are <tls>/<name>.crt and .key.
+K3S_TLS_DIR = "/var/lib/rancher/k3s/server/tls"
+K3S_CAS = {
+    ca: (f"FLAKEFLEET_SECRET_K3S_{ca.upper().replace('/', '_').replace('-', '_')}_CRT",
+         f"FLAKEFLEET_SECRET_K3S_{ca.upper().replace('/', '_').replace('-', '_')}_KEY")
+    for ca in ("server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca")
+}
 
 
 def host_facts(inv: Inventory, host: Host) -> dict:
@@ -161,14 +170,16 @@ FIREWALL = ("firewall.service",)
 
 
 def host_files(
-    cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None
+    cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None,
+    cluster_cas: bool = False,
 ) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
     environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
     store URL, included by nixos/common/nix.nix), on metal the fleet's addresses its firewall
-    admits to the ports only nodes may reach, and, for shared closures, its facts and k3s drop-in."""
-    tokens = (SERVER_TOKEN, AGENT_TOKEN) if host.role == "control-plane" else (AGENT_TOKEN,)
-    secrets = tuple(FileSpec(path, "0600", secret_env=env, restart=K3S) for path, env in tokens)
+    admits to the ports only nodes may reach, and, for shared closures, its facts and k3s drop-in.
+    With `cluster_cas` (the stack made them), the first control plane also gets the cluster's CAs."""
+    first = host.name == inv.control_planes[0].name
+    secrets = token_files(host) + (ca_files() if cluster_cas and first else ())
     if cache:
         secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n", restart=NIX_DAEMON),
                    *secrets)
@@ -188,6 +199,29 @@ def host_files(
         FileSpec(K3S_DROP_IN_PATH, "0600", content=json.dumps(k3s_host_config(facts), sort_keys=True) + "\n",
                  restart=K3S),
         *secrets,
+    )
+
+
+def token_files(host: Host) -> tuple[FileSpec, ...]:
+    """The k3s token files. Every join presents a secure token (`K10<CA hash>::<user>:<secret>`,
+    docs.k3s.io/cli/token), so the joining node checks the server's CA before it sends the
+    secret: the server token on control planes (which the first one starts with too: its CA is
+    the stack's, known before it starts), the agent token on workers. A control plane's agent
+    token is the bare secret: it only defines what agents present (its `--agent-token`)."""
+    if host.role == "control-plane":
+        return (FileSpec(SERVER_TOKEN[0], "0600", secret_env=SERVER_TOKEN[1], restart=K3S, k3s_token="server"),
+                FileSpec(AGENT_TOKEN[0], "0600", secret_env=AGENT_TOKEN[1], restart=K3S))
+    return (FileSpec(AGENT_TOKEN[0], "0600", secret_env=AGENT_TOKEN[1], restart=K3S, k3s_token="node"),)
+
+
+def ca_files() -> tuple[FileSpec, ...]:
+    """The stack's CAs on the first control plane, placed only where none is yet (before k3s'
+    first start: a cluster that made its own CAs keeps them; joining servers take theirs from
+    the cluster's bootstrap data)."""
+    return tuple(
+        FileSpec(f"{K3S_TLS_DIR}/{ca}.{kind}", mode, secret_env=env, create_only=True)
+        for ca, (crt, key) in K3S_CAS.items()
+        for kind, mode, env in (("crt", "0644", crt), ("key", "0600", key))
     )
 
 

@@ -23,6 +23,8 @@ class PoolHosts:
 
     hosts: tuple[tuple[str, int, str], ...]
     reboot: str = "auto"
+    instance_type: str = ""
+    """An EC2 pool's instance type ("": bring-your-own, or not known)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class PoolChange:
     hosts_removed: tuple[str, ...] = ()
     size: tuple[int, int] = (0, 0)
     """(packages, units) of the new system: what an added pool brings."""
+    resize: tuple[str, str] | None = None
+    """(old, new) instance type of an EC2 pool: its hosts restart, drained, in their waves."""
+    resized: tuple[tuple[str, int], ...] = ()
+    """The hosts that restart for the new type, with their waves."""
 
     @property
     def reboots(self) -> bool:
@@ -168,14 +174,17 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
     added = tuple((h, w) for h, w, _ in head.hosts if h not in was)
     staying = {h for h, _, _ in head.hosts}
     removed = tuple(h for h, _, _ in base.hosts if h not in staying)
-    status = "changed" if changed or added or removed else "unchanged"
+    resize = (base.instance_type, head.instance_type) if base.instance_type and head.instance_type \
+        and base.instance_type != head.instance_type else None
+    resized = tuple((h, w) for h, w, _ in head.hosts if h in was) if resize else ()
+    status = "changed" if changed or added or removed or resized else "unchanged"
     return PoolChange(
         pool, status, hosts=tuple(changed),
         packages=tuple(sorted(_merge(packages), key=lambda c: (c.name, c.before, c.after))),
         rebuilt=tuple(sorted(set(rebuilt) - {c.name for c in packages})),
         units=tuple(sorted(_merge(units), key=lambda u: u.name)),
         boot=tuple(p for p in BOOT_PARTS if p in boot), kernel=kernels[0] if kernels else None,
-        reboot=head.reboot, hosts_added=added, hosts_removed=removed,
+        reboot=head.reboot, hosts_added=added, hosts_removed=removed, resize=resize, resized=resized,
     )
 
 

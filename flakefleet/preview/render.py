@@ -68,6 +68,9 @@ def pool_text(change: PoolChange, cap: int = TEXT_CAP) -> str:
         lines.append("  services: " + ", ".join(capped([unit_text(u) for u in change.units], cap)))
     if change.boot:
         lines.append(f"  reboot: {reboot_text(change)}")
+    if change.resize:
+        lines.append(f"  instance type: {change.resize[0]} → {change.resize[1]}: {hosts_text(change.resized)} "
+                     "restart (drained, health-gated, in their waves)")
     if change.configuration_only:
         lines.append("  configuration only: no package, service or boot file changes")
     if change.hosts_added:
@@ -81,7 +84,9 @@ def summary(changes: Sequence[PoolChange]) -> str:
     """`1 of 3 pools change, 2 hosts reboot`."""
     changed = sum(1 for c in changes if c.status != "unchanged")
     reboots = sum(len(c.hosts) for c in changes if c.status == "changed" and c.reboots)
-    return f"{changed} of {len(changes)} pools change, {reboots} host{'s' if reboots != 1 else ''} reboot"
+    restarts = sum(len(c.resized) for c in changes)
+    resized = f", {restarts} host{'s' if restarts != 1 else ''} restart for a new instance type" if restarts else ""
+    return f"{changed} of {len(changes)} pools change, {reboots} host{'s' if reboots != 1 else ''} reboot{resized}"
 
 
 def text(stack: str, against: str, changes: Sequence[PoolChange]) -> str:
@@ -108,6 +113,7 @@ def _row(c: PoolChange) -> str:
         packages.append(f"{len(c.rebuilt)} rebuilt at the same version: " + ", ".join(capped(c.rebuilt, CELL_CAP)))
     hosts = [hosts_text([h]) for h in c.hosts] + [f"{hosts_text([h])} added" for h in c.hosts_added] + [
         f"{h} removed" for h in c.hosts_removed]
+    hosts += [f"{hosts_text([h])} restarts as {c.resize[1]}" for h in c.resized] if c.resize else []
     change = "configuration" if c.configuration_only else "changed"
     return (f"| {_md(c.pool)} | {change} | {_cell(packages)} | {_cell([unit_text(u) for u in c.units])} "
             f"| {_md(_reboot_cell(c))} | {_cell(hosts)} |")

@@ -19,7 +19,13 @@ def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:
     for n, wave in enumerate(waves(cfg, inv)):
         for host in wave:
             pools.setdefault(host.pool, []).append((host.name, n, host_system(cfg, host)))
-    return {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot) for name, hosts in sorted(pools.items())}
+    return {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot, ec2_type(cfg, name)) for name, hosts in sorted(pools.items())}
+
+
+def ec2_type(cfg: StackConfig, pool: str) -> str:
+    """An EC2 pool's instance type; "" for bring-your-own."""
+    config = cfg.pool(pool)
+    return config.instance_type or "" if config.provider == "ec2" else ""
 
 
 def stack_side(cfg: StackConfig, inv: Inventory, manifests: Mapping[str, Manifest]) -> Side:
@@ -35,9 +41,11 @@ def deployed_side(outputs: Mapping) -> Side | None:
         return None
     manifests = {name: m for name, text in packed.items() if (m := Manifest.unpack(text)) is not None}
     pools: dict[str, list] = {}
+    types: dict[str, str] = {}
     for host, node in sorted(nodes.items()):
         pool = node.get("pool") if isinstance(node, Mapping) else None
         if pool:
             key = pool if pool in manifests else f"{pool}/{host}"
             pools.setdefault(pool, []).append((host, -1, key))
-    return Side({name: PoolHosts(tuple(hosts)) for name, hosts in pools.items()}, manifests)
+            types.setdefault(pool, node.get("instance_type") or "")  # absent before types were exported
+    return Side({name: PoolHosts(tuple(hosts), instance_type=types[name]) for name, hosts in pools.items()}, manifests)

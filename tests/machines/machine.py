@@ -180,6 +180,13 @@ class Machine:
         self.sh("systemctl reboot --no-block")
         poll(lambda: self.boot_id() not in (None, before) and self.running(), timeout, f"{self.name} rebooted", 0.1)
 
+    def shutdown(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """`systemctl poweroff` inside (a clean shutdown, as EC2's StopInstances makes); returns once
+        the machine is off. It stays off until `start`."""
+        self.sh("systemctl poweroff --no-block")
+        poll(lambda: self._thread is None or not self._thread.is_alive(), timeout, f"{self.name} powered off", 0.1)
+        self._thread = None
+
     def hold(self) -> None:
         """The next boot never comes up (a kernel that hangs): its boot-loader choice is made and
         consumed, but the machine stays down until `reset`."""

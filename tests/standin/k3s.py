@@ -16,6 +16,18 @@
 # Without systemd (the namespace test hosts) a start is logged and returns; Nodes are then the
 # names in /etc/flakefleet/standin-nodes, all Ready but those in /etc/flakefleet/standin-notready.
 #
+# Under systemd, the cluster's trust as k3s keeps it:
+#   - a server uses a CA whose certificate and key both exist in its tls directory, else makes one
+#     (pkg/daemons/control/deps/deps.go, createSigningCertKey); the first server's server CA is the
+#     cluster's (the API server directory's `cacerts`, what k3s serves at /cacerts); a joining
+#     server takes the cluster's (its bootstrap data);
+#   - a running server writes its server token in secure format to /var/lib/rancher/k3s/server/token
+#     (docs.k3s.io/cli/token), K10<hash>::server:<password>, the hash being the SHA256 of the
+#     one-certificate bundle's bytes (pkg/clientaccess/token.go, hashCA);
+#   - a joining node (an agent, or a server with `server` in its drop-in) given a secure token
+#     checks the cluster's CA against the token's hash before anything else and stops with
+#     "token CA hash does not match the Cluster CA certificate hash: X != Y" (token.go).
+#
 # Faults, from /etc/flakefleet/standin-fault (lines "<fault> <toplevel>", for the running system):
 #   crashloop     exits 1 a second after starting, every start (systemd restarts it)
 #   hang          never becomes ready (a server's start job never ends: TimeoutStartSec=0)
@@ -132,9 +144,61 @@ def node_name(args):
         return socket.gethostname()
 
 
+TLS = "/var/lib/rancher/k3s/server/tls"
+SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"
+
+
+def option(args, name):
+    """An option's value from k3s' arguments (`--name value` or `--name=value`)."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def trust(role, args):
+    """The CA and token rules above; returns an error message, or None."""
+    import hashlib
+    token = read(option(args, "--token-file") or "/nonexistent").strip()
+    joining = role == "agent" or "server" in json.loads(read(DROP_IN, "{}") or "{}")
+    cacerts = os.path.join(API, "cacerts")
+    if joining:
+        cluster = read(cacerts)
+        if token.startswith("K10") and "::" in token:
+            want, have = token[3:].split("::", 1)[0], hashlib.sha256(cluster.encode()).hexdigest()
+            if want and want != have:
+                return f"token CA hash does not match the Cluster CA certificate hash: {want} != {have}"
+    if role != "server":
+        return None
+    os.makedirs(os.path.join(TLS, "etcd"), exist_ok=True)
+    crt, key = os.path.join(TLS, "server-ca.crt"), os.path.join(TLS, "server-ca.key")
+    if joining and read(cacerts):
+        with open(crt, "w") as f:
+            f.write(read(cacerts))
+    elif not (os.path.exists(crt) and os.path.exists(key)):
+        with open(key, "w") as f:
+            f.write(f"-----BEGIN EC PRIVATE KEY-----\nstandin {time.time()}\n-----END EC PRIVATE KEY-----\n")
+        with open(crt, "w") as f:
+            f.write(f"-----BEGIN CERTIFICATE-----\nstandin-server-ca@{int(time.time())}\n-----END CERTIFICATE-----\n")
+    if not joining:
+        with open(cacerts, "w") as f:
+            f.write(read(crt))
+    password = token.split("::", 1)[1].split(":", 1)[1] if token.startswith("K10") and "::" in token else token
+    digest = hashlib.sha256(read(crt).encode()).hexdigest()
+    with open(SERVER_TOKEN, "w") as f:
+        f.write(f"K10{digest}::server:{password}\n")
+    return None
+
+
 def run(role, args):
     """The daemon under systemd: ready, then a Lease renewed every `lease_renew_s`."""
     fault = faults()
+    if os.path.isdir(API) and (problem := trust(role, args)):
+        log(f"refused: {problem}")
+        print(problem, file=sys.stderr)
+        sys.exit(1)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     name = node_name(args)
     if "hang" in fault:
