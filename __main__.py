@@ -77,7 +77,6 @@ machines = (
             authorized_keys=tuple(cfg.delivery.authorized_keys),
             signing_public_key=cfg.signing_public_key,
             region=cfg.region or "",
-            boot_timeout_s=cfg.delivery.metal_boot_timeout_s,
             tags=tags,
         ),
         checked,

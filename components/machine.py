@@ -197,9 +197,13 @@ class Machines(pulumi.ComponentResource):
             create=HOST_KEY,
             environment={
                 INSTANCE_ENV: made.id,
+                # Only what identifies the host: any other input change would run the step again.
                 TARGET_ENV: json.dumps({"host": host.name, "address": str(host.address), "port": host.ssh_port,
-                                        "region": args.region, "timeout_s": args.boot_timeout_s}, sort_keys=True),
+                                        "region": args.region}, sort_keys=True),
             },
+            # An update (say, the stack's region spelled anew) checks the host still presents the key
+            # verified before (its stdout): the console of a long-running host may have moved on.
+            update=HOST_KEY,
             triggers=[made.id],  # a new instance makes a new key
             logging=command.local.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[made]),

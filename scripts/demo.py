@@ -6,7 +6,7 @@
 The local stack (stacks/Pulumi.local.yaml) names three bring-your-own hosts on 127.0.0.11-13.
 `up` starts them as test hosts (tests/testhosts.py: an sshd per address in its own mount
 namespace with its own /nix), with host keys that match what the stack pins, and delivers the
-offline stand-in systems (tests/standin) to them: with the Pulumi CLI and its command and random
+offline stand-in systems (tests/standin) to them: with the Pulumi CLI and its command, random and tls
 plugins on PATH through `pulumi up --stack local` (file backend and passphrase under .demo/, no
 login, no network); without them through the same per-host plans, in the same waves, with the
 same runner, as a rollout without Pulumi state. Then it shows each host's generation and system,
@@ -173,7 +173,8 @@ def stream(command: list[str] | str, env: dict[str, str], prefix: str = "") -> s
 
 def pulumi_tools() -> list[str]:
     """What is missing for the real engine: the CLI, the Python language host, the plugins."""
-    needed = ["pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random"]
+    needed = ["pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random",
+              "pulumi-resource-tls"]  # tls: the cluster's CAs
     return [t for t in needed if shutil.which(t) is None]
 
 

@@ -20,7 +20,7 @@ from tests.local_fleet import TOKENS, k3s_log, local_fleet, run_waves, stack
 from flakefleet.delivery.hostkey import TARGET_ENV
 from tests.testhosts import keypair, run_as_deployer, run_command_as_deployer
 
-ADDRESSES = {"cp-0": "127.0.0.141", "worker-0": "127.0.0.142", "worker-1": "127.0.0.143"}
+ADDRESSES = {"cp-0": "127.0.0.151", "worker-0": "127.0.0.152", "worker-1": "127.0.0.153"}
 OLD, NEW = "m6i.large", "m6i.xlarge"
 
 
@@ -130,7 +130,7 @@ def test_an_unchanged_type_recorded_runs_nothing_anywhere(cluster):
 
 def host_key_step(fleet, ec2, host, name, instance):
     """The host's host-key Command (components/machine.py), as pulumi-command runs it."""
-    target = {"host": name, "address": host.address, "port": host.port, "region": REGION, "timeout_s": 60}
+    target = {"host": name, "address": host.address, "port": host.port, "region": REGION}
     env = {INSTANCE_ENV: instance, TARGET_ENV: json.dumps(target), **ec2.env}
     return run_command_as_deployer(fleet, "./scripts/flakefleet host-key", env)
 

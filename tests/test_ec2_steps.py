@@ -165,3 +165,18 @@ def test_the_key_an_older_first_boot_installed_is_found_in_its_user_data(host_ke
 
     assert hostkey.installed_key(Client(""), "i-0abc") == " ".join(public.split()[:2])
     assert hostkey.installed_key(ConsoleClient(""), "i-0abc") is None
+
+
+def test_an_update_of_the_step_wants_the_key_it_verified_before(host_key, monkeypatch):
+    public, _ = host_key
+    key = " ".join(public.split()[:2])
+
+    class NoConsole(ConsoleClient):
+        def get_console_output(self, InstanceId, Latest=False):
+            raise AssertionError("the console is not read again")
+
+    monkeypatch.setattr(hostkey, "scanned_key", lambda address, port: key)
+    assert hostkey.learn(NoConsole(""), "i-0abc", "10.0.1.10", 22, 5, verified=key) == key
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+    with pytest.raises(ValueError, match="something else answers"):
+        hostkey.learn(NoConsole(""), "i-0abc", "10.0.1.10", 22, 5, verified=other)

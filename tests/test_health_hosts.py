@@ -24,7 +24,7 @@ from tests.machines.machine import running_machines
 from tests.test_delivery_hosts import deliver, report
 from tests.testhosts import poll
 
-SERVER_TOKEN = "K10-server-token-for-the-health-tests"
+SERVER_TOKEN = "servertokenforthehealthtests"  # a bare secret, as pulumi-random makes them
 CP, WORKER = "127.0.0.121", "127.0.0.122"
 
 

@@ -16,6 +16,9 @@ through its authenticated API (GetConsoleOutput). So this step:
 A key that does not match is refused (something else answers at the host's address): the step
 fails and nothing connects. It runs once per instance (a replaced instance makes a new key).
 
+An update of the step (an input changed, the instance did not) checks the host still presents
+the key verified before (pulumi-command hands it the last stdout).
+
 An instance made before flakefleet stopped generating host keys got its key from the stack in
 its user data, and its first boot may have scrolled off the console: its key is the public key
 that user data installed (read through the same authenticated API, DescribeInstanceAttribute).
@@ -33,9 +36,10 @@ import sys
 import time
 
 from flakefleet.common.retry import poll
-from flakefleet.plan.contract import FAILED, INSTANCE_ENV, OK
+from flakefleet.plan.contract import FAILED, INSTANCE_ENV, OK, PREVIOUS_STDOUT_ENV
 
-TARGET_ENV = "FLAKEFLEET_HOST_KEY_TARGET"  # {"host", "address", "port", "region", "timeout_s"}
+TARGET_ENV = "FLAKEFLEET_HOST_KEY_TARGET"  # {"host", "address", "port", "region"}
+TIMEOUT_S = 1800  # a *.metal instance's first boot, then sshd, then print-host-key
 BEGIN, END = "-----BEGIN SSH HOST KEY FINGERPRINTS-----", "-----END SSH HOST KEY FINGERPRINTS-----"
 FINGERPRINT = re.compile(r"^\d+ (SHA256:[A-Za-z0-9+/]+) .*\((ED25519)\)\s*$")
 
@@ -115,16 +119,19 @@ def expected_fingerprint(client, instance: str, deadline: float, timeout_s: floa
     return found
 
 
-def learn(client, instance: str, address: str, port: int, timeout_s: float) -> str:
-    """Steps 1-3 above: the verified key, or ValueError/TimeoutError saying what was not right."""
+def learn(client, instance: str, address: str, port: int, timeout_s: float, verified: str = "") -> str:
+    """Steps 1-3 above: the verified key, or ValueError/TimeoutError saying what was not right.
+    `verified`: the key this step verified before (an update of the step): the host must still
+    present it; the console is not read again (it may have moved on)."""
     deadline = time.monotonic() + timeout_s
-    expected = expected_fingerprint(client, instance, deadline, timeout_s)
+    expected = fingerprint(verified) if verified else expected_fingerprint(client, instance, deadline, timeout_s)
     answered, key = poll(lambda: (bool(k := scanned_key(address, port)), k or ""), deadline, first=1, cap=10)
     if not answered:
         raise TimeoutError(f"{address}:{port} presented no ed25519 host key within {timeout_s:.0f}s")
     if fingerprint(key) != expected:
+        source = "verified for it before" if verified else "printed on its console"
         raise ValueError(f"the ed25519 key {address}:{port} presents ({fingerprint(key)}) is not the one instance "
-                         f"{instance} printed on its console ({expected}): something else answers at its address; "
+                         f"{instance} {source} ({expected}): something else answers at its address; "
                          "refusing to connect")
     return key
 
@@ -138,9 +145,12 @@ def main() -> int:
         return FAILED
     import boto3
 
+    verified = os.environ.get(PREVIOUS_STDOUT_ENV, "").strip()  # set by pulumi-command for an update
+    verified = verified if verified.startswith("ssh-ed25519 ") else ""
     try:
         client = boto3.client("ec2", region_name=target.get("region") or None)
-        key = learn(client, instance, target["address"], int(target.get("port", 22)), float(target.get("timeout_s", 600)))
+        key = learn(client, instance, target["address"], int(target.get("port", 22)),
+                    float(target.get("timeout_s", TIMEOUT_S)), verified)
     except Exception as err:
         print(f"[{target.get('host', instance)}] host key: {err}", file=sys.stderr)
         return FAILED

@@ -158,18 +158,39 @@ def option(args, name):
     return None
 
 
+def parse_token(token):
+    """(CA hash, user, password) as k3s' parseToken splits a token (pkg/clientaccess/token.go):
+    a bare password, or K10<hash>::<user>:<password>; ValueError with k3s' message otherwise."""
+    if not token:
+        raise ValueError("token must not be empty")
+    if not token.startswith("K10"):
+        return "", "", token
+    parts = token[3:].split("::", 1)
+    digest, creds = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
+    if digest and len(digest) != 64:
+        raise ValueError("invalid token CA hash length")
+    user, sep, password = creds.partition(":")
+    if not sep or not password:
+        raise ValueError("invalid token format")
+    return digest, user, password
+
+
 def trust(role, args):
     """The CA and token rules above; returns an error message, or None."""
     import hashlib
     token = read(option(args, "--token-file") or "/nonexistent").strip()
     joining = role == "agent" or "server" in json.loads(read(DROP_IN, "{}") or "{}")
+    if not token and not joining:  # the first server makes a random one (deps.go, getServerPass)
+        token = f"standin{time.time()}"
+    try:
+        want, _, password = parse_token(token)
+    except ValueError as err:
+        return str(err)
     cacerts = os.path.join(API, "cacerts")
     if joining:
-        cluster = read(cacerts)
-        if token.startswith("K10") and "::" in token:
-            want, have = token[3:].split("::", 1)[0], hashlib.sha256(cluster.encode()).hexdigest()
-            if want and want != have:
-                return f"token CA hash does not match the Cluster CA certificate hash: {want} != {have}"
+        have = hashlib.sha256(read(cacerts).encode()).hexdigest()
+        if want and want != have:
+            return f"token CA hash does not match the Cluster CA certificate hash: {want} != {have}"
     if role != "server":
         return None
     os.makedirs(os.path.join(TLS, "etcd"), exist_ok=True)
@@ -185,7 +206,6 @@ def trust(role, args):
     if not joining:
         with open(cacerts, "w") as f:
             f.write(read(crt))
-    password = token.split("::", 1)[1].split(":", 1)[1] if token.startswith("K10") and "::" in token else token
     digest = hashlib.sha256(read(crt).encode()).hexdigest()
     with open(SERVER_TOKEN, "w") as f:
         f.write(f"K10{digest}::server:{password}\n")
