@@ -22,7 +22,8 @@ from components.tokens import ClusterTokens, ClusterTokensArgs
 from flakefleet.ops.drift import split_pools
 from flakefleet.plan.specs import host_system
 from program.config import cache_arn, load_stack
-from program.last_update import announce_changes, last_update, pinned_host_keys, refuse_cni_switch
+from program.last_update import (announce_changes, last_update, pinned_host_keys, refuse_unsafe_changes,
+                                 upgrade_snapshot)
 from program.outputs import node_table
 from program.restore import plan_restore
 from program.systems import boot_release, plan_systems
@@ -35,14 +36,18 @@ tags = {"flakefleet:cluster": cfg.cluster.name, "flakefleet:stack": pulumi.get_s
 # pools change (cached on disk: an unchanged preview evaluates nothing).
 systems = plan_systems(cfg, inventory)
 
-# The last update's outputs: a CNI switch is refused before any resource (every component waits
-# for this check), and each pool's system is compared with what it deployed.
+# What changes in each pool's system since the last update (this stack's own outputs), one
+# preview line per pool: packages, services restarted, reboots (kernel, initrd, modules,
+# parameters), hosts and their waves, and a k3s upgrade's order.
 last = last_update()
-checked = pulumi.ResourceOptions(depends_on=refuse_cni_switch(cfg, last))
-
-# What changes in each pool's system since the last update, one preview line per pool: packages,
-# services restarted, reboots (kernel, initrd, modules, parameters), hosts and their waves.
 manifests = announce_changes(cfg, inventory, systems, last)
+
+# Refused before any resource (every component waits for these checks): a CNI switch, and a k3s
+# change against Kubernetes' version skew policy (downgrade, skipped minor, workers ahead, etcd).
+checked = pulumi.ResourceOptions(depends_on=refuse_unsafe_changes(cfg, inventory, manifests, last))
+
+# A k3s minor upgrade: the first server to move takes an etcd snapshot first (named in the outputs).
+snapshots_before = upgrade_snapshot(cfg, inventory, manifests, last)
 
 # Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
 restore = plan_restore(cfg)
@@ -135,6 +140,7 @@ delivery = Delivery(
         cache_bucket=cache_bucket,
         ca_hash=tokens.ca_hash,
         known_host_keys=pinned_host_keys(last),
+        upgrade_snapshot=snapshots_before,
     ),
     checked,
 )
@@ -182,6 +188,7 @@ pulumi.export("system_manifests", {name: m.pack() for name, m in manifests.items
 pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export("drift", delivery.hosts.apply(lambda hosts: {h: out["found"] for h, out in hosts.items()}))  # what each host's last delivery found; live: python -m flakefleet drift
+pulumi.export("upgrade_snapshot", snapshots_before)  # the etcd snapshot taken before a k3s minor upgrade, if any
 pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",

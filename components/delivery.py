@@ -57,6 +57,8 @@ class DeliveryArgs:
     cache_bucket: pulumi.Input[str] | None = None
     """The binary cache hosts substitute from (None: SSH copies from the deployer)."""
     ca_hash: pulumi.Input[str] = ""
+    upgrade_snapshot: pulumi.Input[Mapping[str, str]] = ()
+    """Host -> the etcd snapshot it takes before a k3s minor upgrade (the first server to move)."""
     """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
     known_host_keys: pulumi.Input[Mapping[str, str]] = ()
     """Host name -> the key the last update pinned (its `nodes` output): an EC2 control plane of
@@ -66,13 +68,15 @@ class DeliveryArgs:
 
 def host_outputs(stdout: str, instance_id: str | None) -> dict:
     """What a host's last delivery report says, for the stack outputs: the system it confirmed
-    (None when unknown), what it found before acting, whether a reboot is pending."""
+    (None when unknown), what it found before acting, whether a reboot is pending, its outcome
+    (activated, rebooted, up to date)."""
     report = report_in(stdout)
     return {
         "system": report.get("system") or None,
         "found": report.get("found", {}),
         "reboot_pending": bool(report.get("reboot_pending")),
         "instance_id": instance_id,
+        "outcome": report.get("outcome") or None,
     }
 
 
@@ -110,6 +114,7 @@ class Delivery(pulumi.ComponentResource):
         self._waves = waves(args.config, args.inventory)
         self._wave_of = {h.name: n for n, wave in enumerate(self._waves) for h in wave}
         self._known = pulumi.Output.from_input(args.known_host_keys or {})
+        self._snapshots = pulumi.Output.from_input(args.upgrade_snapshot or {})
         # One secret Output each, shared by every host's environment (not one wrapper per host).
         self._secrets = {
             SIGNING_KEY_ENV: pulumi.Output.secret(args.signing_key),
@@ -164,10 +169,11 @@ class Delivery(pulumi.ComponentResource):
         needed = [n for n in dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]) if n not in later]
 
         def plan_json(v: list) -> str:
-            keys = {**{n: k for n, k in v[3].items() if n in later}, **dict(zip(needed, v[4:]))}
-            return host_plan(cfg, inv, host, wave, args.systems, keys, v[0], args.restore, v[1], v[2]).to_json()
+            keys = {**{n: k for n, k in v[3].items() if n in later}, **dict(zip(needed, v[5:]))}
+            return host_plan(cfg, inv, host, wave, args.systems, keys, v[0], args.restore, v[1], v[2],
+                             v[4].get(host.name, "")).to_json()
 
-        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, args.ca_hash, self._known,
+        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, args.ca_hash, self._known, self._snapshots,
                                  *(self.host_keys[n] for n in needed)).apply(plan_json)
         cmd = command.local.Command(
             f"{self._name}-{host.name}",

@@ -4,6 +4,7 @@
     python -m flakefleet plan --stack dev --outputs o.json # ... and which hosts reboot (evaluates, needs Nix)
     python -m flakefleet diff --stack dev [--base REF]     # what a change does to each pool's system
     python -m flakefleet drift --outputs outputs.json      # hosts against what the stack wants
+    python -m flakefleet status --outputs outputs.json     # per host: Ready, k3s, etcd, system, last delivery
     python -m flakefleet dr list --bucket B --cluster C    # etcd snapshots; also verify, pick
     python -m flakefleet rollback --stack S --host H       # back to the previous generation (or --pool P)
     python -m flakefleet remove --stack S --host H --force # a dead host out of the cluster (Node, etcd member)
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from flakefleet.ops import drift
 
         return drift.main(argv[1:])
+    if argv[:1] == ["status"]:
+        from flakefleet.ops import status
+
+        return status.main(argv[1:])
     if argv[:1] == ["dr"]:
         from flakefleet.ops import dr
 
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                       "pool's system (needs Nix) and say which hosts reboot for it")
     sub.add_parser("diff", help="what a change does to each pool's NixOS system (see python -m flakefleet diff -h)")
     sub.add_parser("drift", help="compare every host with what the stack wants (see python -m flakefleet.ops.drift -h)")
+    sub.add_parser("status", help="the fleet in one table: Ready, k3s, etcd, system, last delivery "
+                   "(see python -m flakefleet.ops.status -h)")
     sub.add_parser("dr", help="etcd snapshots: list, verify, pick (see python -m flakefleet.ops.dr -h)")
     sub.add_parser("rollback", help="hosts back to their previous generation (see python -m flakefleet.ops.rollback -h)")
     sub.add_parser("remove", help="a dead host out of the cluster, forced (see python -m flakefleet.ops.remove -h)")

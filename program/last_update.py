@@ -1,5 +1,6 @@
 """What the stack's last update exported, and what the program does with it before any resource:
-refuse a CNI switch, and say per pool what changes since then."""
+refuse a CNI switch or a k3s change against the version skew policy, and say per pool what
+changes since then."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from flakefleet.config import StackConfig
 from flakefleet.facts.flake import default_cache_dir
 from flakefleet.plan.contract import System
 from flakefleet.plan.inventory import Inventory
-from flakefleet.plan.rollout import reboot_notes
+from flakefleet.plan.rollout import reboot_notes, waves
 from flakefleet.preview.compare import compare
 from flakefleet.preview.derivations import ShowError
 from flakefleet.preview.manifest import Manifest, manifests
 from flakefleet.preview.render import pool_text
 from flakefleet.preview.sides import deployed_side, stack_side
+from flakefleet.preview.upgrade import Upgrade, k3s_versions
+from flakefleet.preview.upgrade import problems as skew_problems
+from flakefleet.preview.upgrade import upgrade as planned_upgrade
 
 DIAGNOSTIC_CAP = 10  # lines of packages or services per pool in a preview
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
@@ -29,21 +33,43 @@ def last_update() -> pulumi.Output[dict]:
     return pulumi.runtime.invoke_output(READ_STACK_OUTPUTS, {"name": name}).apply(lambda r: (r or {}).get("outputs") or {})
 
 
-def refuse_cni_switch(cfg: StackConfig, last: pulumi.Output[dict]) -> pulumi.Output[list]:
-    """An Output every top-level component depends on: it fails, in one line, when the cluster's
-    last update ran another CNI, so nothing is created, changed or delivered. Pods keep their
-    addresses and policies from the old CNI: switching needs a rebuild, not a rollout."""
-
-    def check(previous) -> list:
-        if previous and previous != cfg.cluster.cni:
-            raise pulumi.RunError(
-                f"flakefleet:cluster.cni: the cluster runs {previous}; switching a running cluster to "
+def cni_problem(cfg: StackConfig, previous: str | None) -> str | None:
+    """One line when the cluster's last update ran another CNI. Pods keep their addresses and
+    policies from the old CNI: switching needs a rebuild, not a rollout."""
+    if previous and previous != cfg.cluster.cni:
+        return (f"flakefleet:cluster.cni: the cluster runs {previous}; switching a running cluster to "
                 f"{cfg.cluster.cni} is refused (pods keep {previous}'s addresses and policies): rebuild the "
-                f"cluster with {cfg.cluster.cni} (docs/nixos.md) or keep cni: {previous}"
-            )
+                f"cluster with {cfg.cluster.cni} (docs/nixos.md) or keep cni: {previous}")
+    return None
+
+
+def skew_check(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest], previous: dict
+               ) -> tuple[list[str], Upgrade | None]:
+    """The k3s version change against the last update: problems (one line each) and the upgrade."""
+    before = deployed_side(previous) if mine else None
+    if before is None:
+        return [], None
+    head = stack_side(cfg, inventory, mine)
+    old, new = k3s_versions(before), k3s_versions(head)
+    roles = {h.name: h.role for h in inventory.hosts}
+    order = [h.name for wave in waves(cfg, inventory) for h in wave]
+    return skew_problems(old, new, roles), planned_upgrade(old, new, roles, order)
+
+
+def refuse_unsafe_changes(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest],
+                          last: pulumi.Output[dict]) -> pulumi.Output[list]:
+    """An Output every top-level component depends on: it fails, one line per problem, all at
+    once, so nothing is created, changed or delivered, when this update would switch the CNI of a
+    running cluster or change k3s against the version skew policy (flakefleet/preview/upgrade.py)."""
+
+    def check(previous: dict) -> list:
+        found = [p for p in [cni_problem(cfg, previous.get("cluster_cni"))] if p]
+        found += skew_check(cfg, inventory, mine, previous)[0]
+        if found:
+            raise pulumi.RunError("\n".join(found))
         return []
 
-    return last.apply(lambda outputs: check(outputs.get("cluster_cni")))
+    return last.apply(check)
 
 
 def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, System],
@@ -65,6 +91,8 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
         else:
             changes = compare(before, stack_side(cfg, inventory, mine))
             lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
+            found, planned = skew_check(cfg, inventory, mine, previous)
+            lines += [planned.text()] if planned and not found else []
         for line in lines:
             pulumi.log.info(line)
 
@@ -81,3 +109,17 @@ def pinned_host_keys(last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]
         return {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
 
     return last.apply(keys)
+
+
+def upgrade_snapshot(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest],
+                     last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]:
+    """Host -> the etcd snapshot it takes before a k3s minor upgrade: the first server to move,
+    once (`flakefleet-pre-k3s-1-34`); {} when this update is no minor upgrade."""
+
+    def pick(previous: dict) -> dict[str, str]:
+        found, planned = skew_check(cfg, inventory, mine, previous)
+        if found or planned is None or not planned.servers:
+            return {}
+        return {planned.servers[0]: "flakefleet-pre-k3s-" + planned.after.replace(".", "-")}
+
+    return last.apply(pick)

@@ -31,6 +31,7 @@ def node_table(
                 "wanted": wanted[h.name],
                 "system": outs[h.name]["system"],
                 "reboot_pending": outs[h.name]["reboot_pending"],
+                "last_outcome": outs[h.name].get("outcome"),
                 "ssh_port": h.ssh_port,
                 "ssh_user": h.ssh_user,
                 "host_key": keys[h.name],

@@ -323,7 +323,8 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     wanted = {h.name: systems[host_system(cfg, h)].out for h in inv.hosts}
     nodes = {h.name: {"role": h.role, "pool": h.pool, "address": str(h.address), "ssh_port": h.ssh_port,
                       "ssh_user": h.ssh_user, "host_key": h.ssh_host_key, "wanted": wanted[h.name],
-                      "system": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("system")}
+                      "system": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("system"),
+                      "last_outcome": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("outcome")}
              for h in inv.hosts}
     return {"nodes": nodes, "api_endpoint": inv.api_endpoint}
 
@@ -374,6 +375,7 @@ runs `pulumi up` instead and prints how to run pulumi on its state."""
 Next (after `source {env}`):
   - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
     only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
+  - .venv/bin/python -m flakefleet status --outputs {outputs}   # Ready, k3s, etcd voter, system, last delivery
   - .venv/bin/python -m flakefleet drift --outputs {outputs}
   - after such a change, put a host back on its previous system, through the same confirm and dead-man path:
     .venv/bin/python -m flakefleet rollback --stack local --host worker-0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -238,3 +239,89 @@ def test_drift_report_finds_a_host_switched_by_hand(cluster, tmp_path):
     found = json.loads(fixed.stdout.strip().splitlines()[-1])["found"]
     assert found == {"running": other_plans["worker-0"].system, "outside_flakefleet": True}
     assert drift(fleet, outputs).returncode == 0
+
+
+def test_a_control_plane_that_is_not_a_voting_etcd_member_is_not_confirmed(formed):
+    """Ready is not etcd health: a server whose etcd member is still a learner (k3s' EtcdIsVoter
+    condition False) fails the gate and rolls back, so the next control plane never starts."""
+    fleet, hosts = formed
+
+    def cp_label(raw):
+        pools = json.loads(raw["flakefleet:pools"])
+        for pool in pools:
+            if pool["role"] == "control-plane":
+                pool["labels"] = {"etcd": "learner-test"}
+        raw["flakefleet:pools"] = json.dumps(pools)
+
+    cfg, inv, systems, plans = stack(hosts, fleet, edit=cp_label, health_timeout_s=10)
+    before = hosts["cp-0"].current_system()
+    (fleet.apiserver / "learners").write_text("cp-0\n")
+    try:
+        proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS},
+                               timeout=300)
+    finally:
+        (fleet.apiserver / "learners").unlink()
+    assert proc.returncode == ROLLED_BACK, proc.stderr
+    assert "not a voting etcd member: cp-0 (MemberIsLearner: Node has not been promoted" in proc.stderr
+    assert hosts["cp-0"].current_system() == before
+
+
+def test_status_shows_every_host_as_the_cluster_and_the_hosts_report_it(formed, tmp_path):
+    fleet, hosts = formed
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    nodes = {h.name: {"role": h.role, "pool": h.pool, "address": hosts[h.name].address, "ssh_port": hosts[h.name].port,
+                      "ssh_user": "root", "host_key": hosts[h.name].host_key, "wanted": plans[h.name].system,
+                      "system": plans[h.name].system, "reboot_pending": False, "last_outcome": "activated"}
+             for h in inv.hosts}
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"nodes": nodes}))
+
+    def status():
+        proc = run_as_deployer(fleet, ["flakefleet", "status", "--outputs", str(outputs), "--json"], {}, timeout=120)
+        return proc.returncode, {r["host"]: r for r in json.loads(proc.stdout)["hosts"]}
+
+    code, rows = status()
+    assert code == 0, rows
+    version = "v" + next(iter(running_k3s(hosts["cp-0"])))
+    assert {h: (r["ready"], r["k3s"], r["etcd"], r["system"]) for h, r in rows.items()} == {
+        "cp-0": ("yes", version, "voter", "in sync"),
+        "worker-0": ("yes", version, "-", "in sync"), "worker-1": ("yes", version, "-", "in sync")}
+    (fleet.apiserver / "learners").write_text("cp-0\n")
+    try:
+        code, rows = status()
+    finally:
+        (fleet.apiserver / "learners").unlink()
+    assert code == 2 and rows["cp-0"]["etcd"].startswith("MemberIsLearner")
+
+
+def running_k3s(host) -> list[str]:
+    """The k3s version the host's running system carries (its store path's name)."""
+    import re
+    k3s = host.sh("readlink -f /run/current-system/sw/bin/k3s").stdout
+    return re.findall(r"-k3s-(\d+\.\d+\.\d+\+k3s\d+)/", k3s)
+
+
+def test_a_k3s_minor_upgrade_moves_the_servers_first_then_the_workers(formed):
+    """The systems carry k3s 1.32 instead of 1.31 (the stand-in's package bumped): cp-0 runs the
+    new k3s, Ready and a voting etcd member, before any worker's k3s is restarted."""
+    fleet, hosts = formed
+    cfg, inv, systems, plans = stack(hosts, fleet, spec_extra={"standin_packages": {"k3s": "1.32.4+k3s1"}})
+    plans["cp-0"] = replace(plans["cp-0"], snapshot_before="flakefleet-pre-k3s-1-32")  # as the program plans it
+    results = run_waves(fleet, cfg, inv, plans)
+    assert all(r.returncode == 0 for r in results.values()), {n: r.stderr for n, r in results.items()}
+    assert "etcd snapshot flakefleet-pre-k3s-1-32 taken before the k3s upgrade" in results["cp-0"].stderr
+    assert json.loads(results["cp-0"].stdout.splitlines()[-1])["snapshot"] == "flakefleet-pre-k3s-1-32"
+    log = k3s_log(hosts["cp-0"])
+    saved = next(i for i, l in enumerate(log) if "etcd-snapshot save --name flakefleet-pre-k3s-1-32" in l)
+    assert any(" start " in l for l in log[saved:])  # the snapshot came before the new k3s started
+    starts = {}
+    for name, host in hosts.items():
+        starts[name] = float([l for l in k3s_log(host) if " start " in l][-1].split()[0])  # the upgrade's restart
+        assert running_k3s(host) == ["1.32.4+k3s1"]
+    assert starts["cp-0"] < min(starts["worker-0"], starts["worker-1"])
+    nodes = json.loads(hosts["cp-0"].sh("/run/current-system/sw/bin/k3s kubectl get nodes -o json").stdout)["items"]
+    assert {n["metadata"]["name"]: n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes} == {
+        "cp-0": "v1.32.4+k3s1", "worker-0": "v1.32.4+k3s1", "worker-1": "v1.32.4+k3s1"}
+    # Back to the stack's own k3s for the other tests (a downgrade the program would refuse).
+    cfg, inv, systems, plans = stack(hosts, fleet)
+    assert all(r.returncode == 0 for r in run_waves(fleet, cfg, inv, plans).values())

@@ -360,9 +360,10 @@ def test_host_outputs_tolerate_any_stdout():
 
     out = host_outputs('[h] copied 0 paths\n{"found": {"running": "/nix/store/x"}, "system": "/nix/store/s"}', "i-1")
     assert out == {"system": "/nix/store/s", "found": {"running": "/nix/store/x"}, "reboot_pending": False,
-                   "instance_id": "i-1"}
+                   "instance_id": "i-1", "outcome": None}
     for junk in ("", "not json"):
-        assert host_outputs(junk, None) == {"system": None, "found": {}, "reboot_pending": False, "instance_id": None}
+        assert host_outputs(junk, None) == {"system": None, "found": {}, "reboot_pending": False, "instance_id": None,
+                                            "outcome": None}
 
 
 def test_control_planes_of_later_waves_are_named_by_the_keys_the_last_update_pinned():

@@ -49,7 +49,8 @@ def test_exports_node_table_with_every_planned_host(run):
     assert nodes, "no nodes exported"
     for name, row in nodes.items():
         assert set(row) == {"role", "pool", "address", "instance_type", "instance_id", "wanted", "system",
-                            "reboot_pending", "ssh_port", "ssh_user", "host_key"}
+                            "reboot_pending", "last_outcome", "ssh_port", "ssh_user", "host_key"}
+        assert row["last_outcome"] == "activated"  # what the (mocked) runner's report said
         assert row["reboot_pending"] is False
         assert row["role"] in ("control-plane", "worker")
         assert row["wanted"] == run.exports["systems"][row["pool"]]

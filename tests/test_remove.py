@@ -15,6 +15,8 @@ class FakeSession:
 
         self.plan = DeliveryPlan(host=planes[0], address="10.0.0.1", port=22, user="root", host_key="k", system="",
                                  drv="", control_planes=tuple(Endpoint(p, "10.0.0.1", 22, "root", "k") for p in planes))
+        nodes = dict(nodes)
+        self.learners = set(nodes.pop("learners", ()))
         self.nodes, self.answering, self.calls = nodes, answering, []
 
     def ssh(self, argv, to, timeout):
@@ -26,8 +28,11 @@ class FakeSession:
         if argv[2:4] == ["get", "node"]:
             return subprocess.CompletedProcess(argv, 0, f"node/{argv[4]}\n" if argv[4] in self.nodes else "", "")
         if argv[2:4] == ["get", "nodes"]:
+            # k3s' etcd member controller marks servers' Nodes (EtcdIsVoter, pkg/etcd/etcd.go).
             items = [{"metadata": {"name": n, "labels": {}}, "status": {"conditions": [
-                {"type": "Ready", "status": "True" if ready else "Unknown"}]}} for n, ready in self.nodes.items()]
+                {"type": "Ready", "status": "True" if ready else "Unknown"},
+                *([{"type": "EtcdIsVoter", "status": "False" if n in self.learners else "True"}] if n.startswith("cp-") else [])]}}
+                for n, ready in self.nodes.items()]
             return subprocess.CompletedProcess(argv, 0, json.dumps({"items": items}), "")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
@@ -40,7 +45,10 @@ class FakeSession:
      "cp-2: Node deleted and its etcd member (k3s removes it with the Node) through cp-0"),
     # a dead server while another is down too: one Ready of two members left, no quorum
     ("cp-2", {"cp-0": True, "cp-1": False, "cp-2": False}, {"cp-0"},
-     "cp-2: removing it leaves 2 etcd members of which 1 Ready (cp-0): no quorum; refused"),
+     "cp-2: removing it leaves 2 etcd members of which 1 Ready and voting (cp-0): no quorum; refused"),
+    # two Ready servers left, but one is still a learner: no voting majority
+    ("cp-2", {"cp-0": True, "cp-1": True, "cp-2": False, "learners": ("cp-1",)}, {"cp-0"},
+     "cp-2: removing it leaves 2 etcd members of which 1 Ready and voting (cp-0): no quorum; refused"),
     ("w-9", {"cp-0": True}, {"cp-0"}, "w-9: no Node in the cluster (asked cp-0); nothing to remove"),
     ("w-9", {"cp-0": True, "w-9": False}, set(), "w-9: no control plane answers; nothing was changed"),
 ])

@@ -64,6 +64,27 @@ def ready_nodes(kubectl_json: str) -> set[str]:
     }
 
 
+def etcd_not_voting(kubectl_json: str, names: set[str]) -> dict[str, str]:
+    """Of `names`, the nodes that are not voting etcd members, with why: k3s' member controller
+    sets the Node condition EtcdIsVoter on every etcd node, True (MemberNotLearner) for a voter,
+    False for a learner, an unhealthy member or none (pkg/etcd/etcd.go, setEtcdStatusCondition);
+    not set yet: not known to be a voter."""
+    try:
+        items = json.loads(kubectl_json).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return {n: "no answer" for n in names}
+    found = {}
+    for item in items:
+        name = item.get("metadata", {}).get("name")
+        if name in names:
+            cond = next((c for c in item.get("status", {}).get("conditions", []) if c.get("type") == "EtcdIsVoter"), None)
+            if cond is None:
+                found[name] = "no EtcdIsVoter condition yet"
+            elif cond.get("status") != "True":
+                found[name] = f"{cond.get('reason', '')}: {cond.get('message', '')}"
+    return found
+
+
 def node_names(kubectl_json: str) -> list[str]:
     """Every node's name in `kubectl get nodes -o json`, sorted."""
     return sorted(i["metadata"]["name"] for i in json.loads(kubectl_json).get("items", []))
@@ -73,3 +94,28 @@ def node_names(kubectl_json: str) -> list[str]:
 # "The server token is always written to /var/lib/rancher/k3s/server/token in secure format").
 SERVER_TOKEN_FILE = "/var/lib/rancher/k3s/server/token"
 CA_HASH_QUERY = ["sed", "-n", "s/^K10\\([0-9a-f]\\{64\\}\\)::.*/\\1/p", SERVER_TOKEN_FILE]
+
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"  # k3s labels its servers so
+
+
+def servers_in(listing: str) -> set[str]:
+    """Names of the Nodes labelled as control planes in `kubectl get nodes -o json`."""
+    try:
+        items = json.loads(listing).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return set()
+    return {i["metadata"]["name"] for i in items if CONTROL_PLANE_LABEL in i.get("metadata", {}).get("labels", {})}
+
+
+def quorum_problem(listing: str, host: str, members: list[str]) -> str | None:
+    """Why removing `host`'s etcd member from `members` would lose quorum (None: it would not): the
+    members left must hold a majority of themselves that are Ready voting members (EtcdIsVoter)."""
+    ready = ready_nodes(listing)
+    learning = etcd_not_voting(listing, set(members))
+    live = [m for m in members if m != host and m in ready and m not in learning]
+    left = len(members) - 1
+    if left == 0 or len(live) <= left // 2:
+        return (f"removing it leaves {left} etcd members of which {len(live)} Ready and voting "
+                f"({', '.join(live) or 'none'}): no quorum")
+    return None

@@ -8,7 +8,8 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
-from flakefleet.cluster.kubectl import CA_HASH_QUERY, K3S, delete_node_command, drain_commands
+from flakefleet.cluster.kubectl import (CA_HASH_QUERY, K3S, delete_node_command, drain_commands, quorum_problem,
+                                       servers_in)
 from flakefleet.cluster.readiness import node_exists
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import parse_state
@@ -136,6 +137,12 @@ def remove(run: HostSession) -> str:
         if state.returncode == 0:
             run.hostctl("retire", timeout=60)
         return f"{plan.host}: its Node is gone already (asked {via.host}); nothing to drain"
+    if plan.host in {cp.host for cp in plan.control_planes}:
+        # Its etcd member goes with its Node: the members left must keep a voting majority.
+        listing = run.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=via, timeout=30)
+        members = sorted({cp.host for cp in plan.control_planes} | servers_in(listing.stdout))
+        if problem := quorum_problem(listing.stdout if listing.returncode == 0 else "", plan.host, members):
+            raise DeliveryFailed(f"{plan.host}: {problem} (asked {via.host}); it stays in the cluster")
     for argv in drain_commands(plan.host, plan.health_timeout_s):
         res = run.ssh(argv, to=via, timeout=plan.health_timeout_s + 60)
         if res.returncode != 0:

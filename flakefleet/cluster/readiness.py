@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flakefleet.cluster.kubectl import lease_query, lease_renewed, node_query, nodes_query, ready_nodes
+from flakefleet.cluster.kubectl import etcd_not_voting, lease_query, lease_renewed, node_query, nodes_query, ready_nodes
 from flakefleet.plan.contract import Endpoint
 
 if TYPE_CHECKING:
@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 def batch_ready(run: HostSession, heartbeat_after: float | None = None) -> tuple[bool, str]:
-    """Whether every node of the host's batch reports Ready, asked on the first reachable control
-    plane; with `heartbeat_after` (seconds since the epoch, the host's clock), also whether this
+    """Whether every node of the host's batch reports Ready (and every control plane of it is a
+    voting etcd member), asked on the first reachable control plane; with `heartbeat_after` (seconds since the epoch, the host's clock), also whether this
     host's kubelet renewed its Lease since then: a Node stays Ready for a while after its kubelet
     stopped, so Ready alone does not say the new system's k3s is up."""
     problems = []
@@ -25,6 +25,11 @@ def batch_ready(run: HostSession, heartbeat_after: float | None = None) -> tuple
         missing = sorted(set(run.plan.batch) - ready_nodes(res.stdout))
         if missing:
             return False, f"not Ready: {', '.join(missing)} (asked {cp.host})"
+        # A control plane counts only as a voting etcd member: Ready is not etcd health.
+        servers = set(run.plan.batch) & {e.host for e in run.plan.control_planes}
+        if learners := etcd_not_voting(res.stdout, servers):
+            return False, "not a voting etcd member: " + "; ".join(f"{n} ({why})" for n, why in sorted(learners.items())) \
+                + f" (asked {cp.host})"
         if heartbeat_after is not None and run.plan.host in run.plan.batch:
             return heartbeat_since(run, cp, heartbeat_after)
         return True, ""

@@ -37,6 +37,24 @@ def restore(run: HostSession) -> None:
     run.say(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else what)
 
 
+def snapshot_before_upgrade(run: HostSession, state: dict[str, str]) -> None:
+    """The first server of a k3s minor upgrade: an on-demand etcd snapshot before its new system
+    (on the node's local snapshot directory and, with `dr`, the stack's bucket: k3s' etcd-snapshot
+    reads the same config as the server), once; a snapshot that fails stops the upgrade."""
+    name = run.plan.snapshot_before
+    if not name or state.get("etcd_data") != "yes" or state.get("current") == run.plan.system:
+        return
+    if run.previous.get("snapshot") == name:
+        run.report.snapshot = name
+        return
+    res = run.ssh([K3S, "etcd-snapshot", "save", "--name", name], timeout=900)
+    if res.returncode != 0:
+        raise DeliveryFailed(f"the etcd snapshot before the k3s upgrade failed on {run.plan.host}; nothing was changed: "
+                             f"{res.stderr.strip()[-500:]}")
+    run.report.snapshot = name
+    run.say(f"etcd snapshot {name} taken before the k3s upgrade")
+
+
 def stale_nodes(kubectl_json: str, keep: set[str]) -> list[str]:
     """Node names in `kubectl get nodes -o json` that are not hosts of this stack (pure)."""
     return [name for name in node_names(kubectl_json) if name not in keep]

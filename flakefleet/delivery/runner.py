@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 
 from flakefleet.cluster import membership
-from flakefleet.cluster.restore import restore
+from flakefleet.cluster.restore import restore, snapshot_before_upgrade
 from flakefleet.delivery import reboot, transfer
 from flakefleet.delivery.activation import activate, confirm, stage
 from flakefleet.delivery.build import build_here
@@ -66,6 +66,7 @@ class HostDelivery(HostSession):
         stage(self, contents)
         if self.plan.restore_id:
             restore(self)
+        snapshot_before_upgrade(self, state)
         self.switch(digest, state.get("current", ""))
         self.timed("total", total)
         return self.report

@@ -25,24 +25,12 @@ import os
 import sys
 from pathlib import Path
 
-from flakefleet.cluster.kubectl import K3S, delete_node_command, node_query, ready_nodes
+from flakefleet.cluster.kubectl import K3S, delete_node_command, node_query, quorum_problem, servers_in
 from flakefleet.config.stackfile import STACKS
 from flakefleet.host.session import HostSession
 from flakefleet.ops.rollback import host_keys, rollback_plan
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
 from flakefleet.plan.load import load_stack_or_report
-
-
-CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"  # k3s labels its servers so
-
-
-def servers_in(listing: str) -> set[str]:
-    """Names of the Nodes labelled as control planes in `kubectl get nodes -o json`."""
-    try:
-        items = json.loads(listing).get("items", [])
-    except (json.JSONDecodeError, AttributeError):
-        return set()
-    return {i["metadata"]["name"] for i in items if CONTROL_PLANE_LABEL in i.get("metadata", {}).get("labels", {})}
 
 
 def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str:
@@ -58,13 +46,8 @@ def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str
             return f"{host}: no Node in the cluster (asked {cp.host}); nothing to remove"
         listing = session.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=cp, timeout=30)
         members = sorted(set(servers) | servers_in(listing.stdout))
-        if host in members:
-            ready = ready_nodes(listing.stdout) if listing.returncode == 0 else set()
-            live = [s for s in members if s != host and s in ready]
-            left = len(members) - 1
-            if left == 0 or len(live) <= left // 2:
-                raise DeliveryFailed(f"{host}: removing it leaves {left} etcd members of which {len(live)} Ready "
-                                 f"({', '.join(live) or 'none'}): no quorum; refused")
+        if host in members and (problem := quorum_problem(listing.stdout if listing.returncode == 0 else "", host, members)):
+            raise DeliveryFailed(f"{host}: {problem}; refused")
         res = session.ssh(delete_node_command(host), to=cp, timeout=120)
         if res.returncode != 0:
             raise DeliveryFailed(f"{host}: deleting its Node on {cp.host} failed: {res.stderr.strip()[-500:]}")

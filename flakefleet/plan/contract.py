@@ -140,6 +140,9 @@ class DeliveryPlan:
     # The CA hash of the stack's server CA: what secure tokens carry until the cluster says
     # otherwise (a cluster older than the stack's CAs keeps its own; delivery reads it there).
     ca_hash: str = ""
+    # The first server of a k3s minor upgrade: `k3s etcd-snapshot save --name <this>` before its
+    # new system, once (docs.k3s.io/cli/etcd-snapshot), so the upgrade can be undone by a rebuild.
+    snapshot_before: str = ""
 
     @staticmethod
     def from_json(text: str) -> DeliveryPlan:
@@ -190,6 +193,8 @@ class Report:
     instance_type: str = ""
     # The CA hash this delivery's secure tokens carry.
     ca_hash: str = ""
+    # The on-demand etcd snapshot this delivery took before switching (snapshot_before).
+    snapshot: str = ""
 
 
 def report_in(stdout: str | None) -> dict:

@@ -83,6 +83,7 @@ def host_plan(
     restore: RestorePoint | None = None,
     cache_bucket: str | None = None,
     cluster_cas: str = "",
+    snapshot_before: str = "",
 ) -> DeliveryPlan:
     """One host's plan; `cluster_cas`, the hash of the stack's server CA when the stack made the
     cluster's CAs (the first control plane gets them, every secure token pins it); `host_keys` needs this host's key and the control planes' keys only (those
@@ -108,6 +109,7 @@ def host_plan(
         drv=system.drv,
         files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket), bool(cluster_cas)),
         ca_hash=cluster_cas,
+        snapshot_before=snapshot_before,
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
         settle_s=cfg.delivery.settle_s,

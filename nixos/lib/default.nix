@@ -131,6 +131,19 @@ rec {
   k3sAttr =
     channel: if channel == "stable" then "k3s" else "k3s_" + builtins.replaceStrings [ "." ] [ "_" ] channel;
 
+  # The k3s package of a channel from the pinned nixpkgs; a channel it does not have is named in
+  # one line with the ones it has (nixpkgs keeps k3s_1_NN only for maintained minors).
+  k3sPackage =
+    pkgs: channel:
+    let
+      attr = k3sAttr channel;
+      have = builtins.filter (n: builtins.match "k3s_1_[0-9]+" n != null) (builtins.attrNames pkgs);
+    in
+    if pkgs ? ${attr} then
+      pkgs.${attr}
+    else
+      throw "flakefleet:cluster.k3s_channel: ${channel}: the pinned nixpkgs has no ${attr} (it has: ${builtins.concatStringsSep ", " have})";
+
   # Where delivery writes what the shared pool closure reads at runtime (never the store).
   paths = {
     facts = "/etc/flakefleet/host.json";

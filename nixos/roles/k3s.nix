@@ -12,7 +12,7 @@ in
 {
   services.k3s = {
     enable = true;
-    package = lib.mkDefault pkgs.${ff.k3sAttr cfg.k3sChannel};
+    package = lib.mkDefault (ff.k3sPackage pkgs cfg.k3sChannel);
     nodeLabel = ff.nodeLabels cfg.labels;
     nodeTaint = cfg.taints;
     # Drain pods cleanly when the host shuts down (rolling reboots, spot reclaim).

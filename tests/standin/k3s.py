@@ -212,6 +212,13 @@ def trust(role, args):
     return None
 
 
+def own_version():
+    """The kubelet version this k3s reports (`v1.31.2+k3s1`), from its store path's name."""
+    import re
+    found = re.search(r"-k3s-(\d+\.\d+\.\d+\+k3s\d+)", os.path.realpath(__file__))
+    return f"v{found.group(1)}" if found else ""
+
+
 def run(role, args):
     """The daemon under systemd: ready, then a Lease renewed every `lease_renew_s`."""
     fault = faults()
@@ -226,7 +233,7 @@ def run(role, args):
             time.sleep(3600)
     started = time.time()
     if os.path.isdir(API) and "no-heartbeat" not in fault:
-        write_node(name, registered=started, status_time=started, renewTime=started, role=role)
+        write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version())
     notify("READY=1")
     while True:
         time.sleep(1.0 if "crashloop" in fault else api_config()["lease_renew_s"])
@@ -282,8 +289,22 @@ def node_json(node):
         status, reason = "True", "KubeletReady"
     condition = {"type": "Ready", "status": status, "reason": reason,
                  "lastHeartbeatTime": rfc3339(node.get("status_time", node.get("renewTime", 0)))}
+    conditions = [condition]
+    # k3s' etcd member controller on etcd nodes (pkg/etcd/etcd.go, setEtcdStatusCondition): servers
+    # (on the namespace hosts, where roles are not known, every node) are voters, but the names
+    # in the API server's `learners`, which have not been promoted yet.
+    if node.get("role", "server") == "server":
+        if node["name"] in set(read(os.path.join(API, "learners")).split()):
+            conditions.append({"type": "EtcdIsVoter", "status": "False", "reason": "MemberIsLearner",
+                               "message": "Node has not been promoted to voting member of the etcd cluster"})
+        else:
+            conditions.append({"type": "EtcdIsVoter", "status": "True", "reason": "MemberNotLearner",
+                               "message": "Node is a voting member of the etcd cluster"})
+    status_ = {"conditions": conditions}
+    if node.get("kubelet"):
+        status_["nodeInfo"] = {"kubeletVersion": node["kubelet"]}
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node["name"]},
-            "spec": {"unschedulable": True} if node.get("unschedulable") else {}, "status": {"conditions": [condition]}}
+            "spec": {"unschedulable": True} if node.get("unschedulable") else {}, "status": status_}
 
 
 def lease_json(node):
@@ -335,12 +356,31 @@ def kubectl(args):
     return 0
 
 
+def etcd_snapshot_save(args):
+    """`k3s etcd-snapshot save --name N` (docs.k3s.io/cli/etcd-snapshot): a snapshot named
+    <name>-<node>-<unix time> in the server's snapshot directory; the server must run."""
+    log(f"etcd-snapshot save {' '.join(args)}")
+    if not os.path.isdir("/var/lib/rancher/k3s/server/db"):
+        print("etcd datastore is not running on this node", file=sys.stderr)
+        return 1
+    name = option(args, "--name") or "on-demand"
+    directory = "/var/lib/rancher/k3s/server/db/snapshots"
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}-{socket.gethostname()}-{int(time.time())}")
+    with open(path, "w") as f:
+        f.write("stand-in etcd snapshot\n")
+    print(f"Snapshot {os.path.basename(path)} saved.", file=sys.stderr)
+    return 0
+
+
 def main():
     argv = sys.argv[1:]
     if argv[:1] in (["server"], ["agent"]):
         return start(argv[0], argv[1:])
     if argv[:1] == ["kubectl"]:
         return kubectl(argv[1:])
+    if argv[:2] == ["etcd-snapshot", "save"]:
+        return etcd_snapshot_save(argv[2:])
     print(f"stand-in k3s: unsupported: {' '.join(argv)}", file=sys.stderr)
     return 1
 

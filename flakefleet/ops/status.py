@@ -1,0 +1,137 @@
+"""Status: one table of the fleet, from the stack's outputs and the cluster itself.
+
+    python -m flakefleet status --outputs outputs.json [--json]
+    python -m flakefleet status --stack S [--json]      # runs `pulumi stack output --json --stack S`
+
+Per host: pool, role, Ready, the k3s its kubelet reports, whether it is a voting etcd member
+(k3s' EtcdIsVoter Node condition; control planes only), the system wanted against the one it
+runs (asked on the host over pinned SSH, as drift does), a pending reboot, and its last
+delivery's outcome. The cluster is asked on the first control plane that answers. Exit 0 when
+every host is Ready, in sync and every control plane votes; 2 when not; 3 when any host or the
+whole cluster could not be asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
+from flakefleet.common.ssh import pinned_ssh, remote_command
+from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
+from flakefleet.plan.contract import IDENTITY_ENV
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    pool: str
+    role: str
+    ready: str  # yes | no | unknown
+    k3s: str
+    etcd: str  # voter | the reason it is not | - (workers)
+    system: str  # in sync | drifted | unreachable
+    reboot_pending: bool
+    last_delivery: str
+    detail: str
+
+
+def cluster_view(nodes: dict[str, dict], identity: str | None) -> tuple[str, str]:
+    """(`kubectl get nodes <every host> -o json` from the first control plane that answers, which
+    one or why none)."""
+    problems = []
+    for name, node in sorted(nodes.items()):
+        if node.get("role") != "control-plane":
+            continue
+        with pinned_ssh(node["address"], node["ssh_port"], node["ssh_user"], node["host_key"], identity) as ssh:
+            try:
+                res = subprocess.run([*ssh, remote_command(nodes_query(tuple(sorted(nodes))))],
+                                     capture_output=True, text=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                res = subprocess.CompletedProcess(ssh, 255, "", "timed out")
+        if res.returncode == 0:
+            return res.stdout, name
+        problems.append(f"{name}: {res.stderr.strip()[-200:] or f'exit {res.returncode}'}")
+    return "", "no control plane answered: " + "; ".join(problems)
+
+
+def kubelet_versions(listing: str) -> dict[str, str]:
+    try:
+        items = json.loads(listing).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return {i["metadata"]["name"]: i.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "") for i in items}
+
+
+def combine(nodes: dict[str, dict], drift: list[HostDrift], listing: str) -> list[HostStatus]:
+    """The table's rows (pure): the outputs, the hosts' own state, the cluster's view."""
+    by_host = {d.host: d for d in drift}
+    ready = ready_nodes(listing) if listing else set()
+    versions = kubelet_versions(listing) if listing else {}
+    servers = {h for h, n in nodes.items() if n.get("role") == "control-plane"}
+    learning = etcd_not_voting(listing, servers) if listing else {h: "unknown" for h in servers}
+    rows = []
+    for host, node in sorted(nodes.items()):
+        d = by_host.get(host)
+        etcd = "-" if host not in servers else ("voter" if host not in learning else learning[host])
+        rows.append(HostStatus(
+            host=host, pool=node.get("pool", "?"), role=node.get("role", "?"),
+            ready="unknown" if not listing else ("yes" if host in ready else "no"),
+            k3s=versions.get(host, "") or "-", etcd=etcd,
+            system=d.status if d else UNCHECKED, reboot_pending=bool(d and d.reboot_pending) or bool(node.get("reboot_pending")),
+            last_delivery=node.get("last_outcome") or "-", detail=d.detail if d else "",
+        ))
+    return rows
+
+
+def render(rows: list[HostStatus]) -> str:
+    header = ("host", "pool", "role", "ready", "k3s", "etcd", "system", "reboot", "last delivery")
+    table = [header] + [(r.host, r.pool, r.role, r.ready, r.k3s, r.etcd, r.system,
+                         "pending" if r.reboot_pending else "-", r.last_delivery) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def exit_code(rows: list[HostStatus], cluster_known: bool) -> int:
+    if not cluster_known or any(r.system == UNCHECKED for r in rows):
+        return 3
+    healthy = all(r.ready == "yes" and r.system == IN_SYNC and r.etcd in ("voter", "-") for r in rows)
+    return 0 if healthy else 2
+
+
+def outputs_of(args) -> dict:
+    if args.outputs:
+        return json.loads(args.outputs.read_text())
+    res = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", args.stack], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"pulumi stack output --stack {args.stack} failed: {res.stderr.strip()[-300:]}")
+    return json.loads(res.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flakefleet status", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--outputs", type=Path, help="`pulumi stack output --json` of the stack")
+    source.add_argument("--stack", help="the stack (its outputs are read with the Pulumi CLI)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    nodes = outputs_of(args)["nodes"]
+    identity = os.environ.get(IDENTITY_ENV)
+    listing, via = cluster_view(nodes, identity)
+    rows = combine(nodes, report(nodes, identity), listing)
+    if args.json:
+        print(json.dumps({"cluster": via if listing else None, "problem": None if listing else via,
+                          "hosts": [asdict(r) for r in rows]}, indent=2))
+    else:
+        print(render(rows))
+        print(f"(cluster asked on {via})" if listing else via)
+    return exit_code(rows, bool(listing))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
