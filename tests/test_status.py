@@ -55,3 +55,11 @@ def test_no_control_plane_answering_leaves_the_cluster_columns_unknown():
     rows = combine(NODES, [drift(h) for h in NODES], "")
     assert {(r.ready, r.k3s) for r in rows} == {("unknown", "-")} and rows[0].etcd == "unknown"
     assert exit_code(rows, False) == 3
+
+
+def test_a_manifest_is_tracked_as_the_addon_of_its_base_name():
+    from flakefleet.delivery.prune import addon_name
+
+    assert addon_name("/var/lib/rancher/k3s/server/manifests/workload-hello.yaml") == "workload-hello"
+    assert addon_name("/var/lib/rancher/k3s/server/manifests/cilium.yml") == "cilium"
+    assert addon_name("/var/lib/rancher/k3s/server/manifests/plain") == "plain"

@@ -26,6 +26,7 @@ from flakefleet.cluster.restore import restore, snapshot_before_upgrade
 from flakefleet.delivery import reboot, transfer
 from flakefleet.delivery.activation import activate, confirm, stage
 from flakefleet.delivery.build import build_here
+from flakefleet.delivery.prune import prune
 from flakefleet.delivery.resize import current_type, resize
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import HostSession, parse_state
@@ -107,6 +108,7 @@ class HostDelivery(HostSession):
             reboot.reboot_into(self, digest, why)
             self.report.outcome = "rebooted"
             self.say(f"rebooted into {self.plan.system} and confirmed healthy")
+            self.report.pruned = prune(self)
             return
         self.report.reboot_pending = bool(why)
         activate(self)
@@ -114,6 +116,7 @@ class HostDelivery(HostSession):
         self.report.outcome = "activated"
         pending = f"; reboot pending ({', '.join(why)} changed, reboot: never)" if why else ""
         self.say(f"switched to {self.plan.system} and confirmed healthy{pending}")
+        self.report.pruned = prune(self)
 
     def update(self) -> Report | dict | None:
         """pulumi-command's `update` (an input changed, no replacement): deliver only when what the

@@ -195,6 +195,8 @@ class Report:
     ca_hash: str = ""
     # The on-demand etcd snapshot this delivery took before switching (snapshot_before).
     snapshot: str = ""
+    # Manifest and image links the stack no longer has, removed after the switch (delivery/prune.py).
+    pruned: list[str] = field(default_factory=list)
 
 
 def report_in(stdout: str | None) -> dict:

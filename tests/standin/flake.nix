@@ -82,6 +82,12 @@
       # A workload's image as nixpkgs' dockerTools names it (`<name>.tar.gz`): a tarball that
       # services.k3s.images links into k3s' image directory (rancher/default.nix, tmpfiles L+).
       image = spec: name: sh spec "${name}.tar.gz" "printf 'standin image %s' ${name} > $out" { };
+      # A workload's objects on a control plane: services.k3s.manifests' file, linked into k3s'
+      # manifests directory (`workload-<name>.yaml`, nixos/addons/workloads.nix).
+      manifest =
+        spec: w:
+        sh spec "k3s-manifest-workload-${w.name}"
+          "printf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: workload-%s\\n' ${w.name} > $out" { };
       # What k3s.service asserts before starting (nixos/roles/k3s.nix: AssertPathExists).
       required =
         spec:
@@ -234,6 +240,7 @@
           k3sArgs = builtins.concatStringsSep " " (k3sArgs spec);
           k3sRequired = builtins.concatStringsSep " " (required spec);
           images = map (image spec) (spec.images or [ ]);
+          manifests = map (manifest spec) (spec.workloads or [ ]);
           # Benchmarks only: a payload of this many KiB, so copies move real bytes.
           payloadKib = toString (spec.standin_payload_kib or 0);
           args = [
@@ -273,6 +280,17 @@
               ln -s $systemUnits $out/system-units
               mkdir -p $out/k3s-images
               for i in $images; do ln -s $i $out/k3s-images/''${i#*-}; done
+              # The tmpfiles rules nixpkgs' k3s module writes (rancher/default.nix: settings."10-k3s",
+              # an `L+` per manifest and image; tmpfiles.nix: /etc/tmpfiles.d/10-k3s.conf, each rule
+              # as '<type>' '<path>' '<mode>' '<user>' '<group>' '<age>' <argument>).
+              mkdir -p $out/etc/tmpfiles.d
+              : > $out/etc/tmpfiles.d/10-k3s.conf
+              for i in $images; do
+                printf "'L+' '/var/lib/rancher/k3s/agent/images/%s' '-' '-' '-' '-' %s\n" "''${i#*-}" "$i" >> $out/etc/tmpfiles.d/10-k3s.conf
+              done
+              for m in $manifests; do
+                printf "'L+' '/var/lib/rancher/k3s/server/manifests/%s.yaml' '-' '-' '-' '-' %s\n" "''${m#*-k3s-manifest-}" "$m" >> $out/etc/tmpfiles.d/10-k3s.conf
+              done
               if [ "$payloadKib" -gt 0 ]; then
                 head -c "$((payloadKib * 1024))" /dev/urandom > $out/payload
               fi

@@ -71,9 +71,31 @@ def store_link(path):
     return os.path.islink(path) and os.readlink(path).startswith("/nix/store/")
 
 
+def tmpfiles(top):
+    """/etc/tmpfiles.d/10-k3s.conf from the system (NixOS' /etc), and its `L+` rules applied as
+    systemd-tmpfiles --create does: each listed link made or replaced. A link no rule names any
+    more is left where it is: tmpfiles removes nothing it is not told to (tmpfiles.d(5))."""
+    conf = os.path.join(top, "etc/tmpfiles.d/10-k3s.conf")
+    os.makedirs("/etc/tmpfiles.d", exist_ok=True)
+    if os.path.lexists("/etc/tmpfiles.d/10-k3s.conf"):
+        os.unlink("/etc/tmpfiles.d/10-k3s.conf")
+    if not os.path.exists(conf):
+        return
+    os.symlink(os.path.realpath(conf), "/etc/tmpfiles.d/10-k3s.conf")
+    with open(conf) as f:
+        for line in f:
+            words = line.split()
+            if len(words) == 7 and words[0] == "'L+'":
+                path = words[1].strip("'")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if os.path.lexists(path):
+                    os.unlink(path)
+                os.symlink(words[6], path)
+
+
 def activate(top):
-    """/etc's units from the system (links into the store, as NixOS' /etc/static), k3s' images as
-    services.k3s.images' tmpfiles L+ rules link them, and /run/current-system."""
+    """/etc's units from the system (links into the store, as NixOS' /etc/static), k3s' images and
+    manifests as the k3s module's tmpfiles L+ rules link them, and /run/current-system."""
     new = os.path.join(top, "etc/systemd/system")
     for dirpath, _, files in os.walk(UNITS):
         for name in files:
@@ -89,13 +111,7 @@ def activate(top):
             if os.path.lexists(dest):
                 os.unlink(dest)
             os.symlink(os.path.realpath(os.path.join(new, rel)), dest)
-    os.makedirs(IMAGES, exist_ok=True)
-    for name in os.listdir(IMAGES):
-        if os.path.islink(os.path.join(IMAGES, name)):
-            os.unlink(os.path.join(IMAGES, name))
-    images = os.path.join(top, "k3s-images")
-    for name in sorted(os.listdir(images)) if os.path.isdir(images) else ():
-        os.symlink(os.readlink(os.path.join(images, name)), os.path.join(IMAGES, name))
+    tmpfiles(top)
     tmp = "/run/current-system.tmp"
     if os.path.lexists(tmp):
         os.unlink(tmp)
