@@ -10,6 +10,7 @@ Prints Markdown for docs/benchmarks.md. Needs root.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from flakefleet.delivery.hostkey import TARGET_ENV  # noqa: E402
 from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, PREVIOUS_STDOUT_ENV  # noqa: E402
+from tests.conftest import OFFLINE_NIX_CONFIG, STANDIN_FLAKE  # noqa: E402
 from tests.ec2hosts import REGION, standin_ec2  # noqa: E402
 from tests.local_fleet import TOKENS, local_fleet, run_waves, stack  # noqa: E402
 from tests.testhosts import run_as_deployer, run_command_as_deployer  # noqa: E402
@@ -50,10 +52,12 @@ def resize(fleet, ec2, plan, instance, have, want) -> tuple[float, dict]:
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    os.environ.update(FLAKEFLEET_FLAKE=STANDIN_FLAKE, NIX_CONFIG=OFFLINE_NIX_CONFIG)
     with tempfile.TemporaryDirectory() as tmp, local_fleet(Path(tmp), HOSTS) as (fleet, hosts), standin_ec2() as ec2:
         instances = {n: ec2.add(h, TYPES[0]) for n, h in hosts.items()}
         cfg, inv, _, plans = stack(hosts, fleet, settle_s=10)
-        assert all(r.returncode == 0 for r in run_waves(fleet, cfg, inv, plans).values())
+        first = run_waves(fleet, cfg, inv, plans)
+        assert all(r.returncode == 0 for r in first.values()), {n: r.stderr[-800:] for n, r in first.items()}
         keys = [host_key(fleet, ec2, hosts["worker-0"], "worker-0", instances["worker-0"]) for _ in range(runs)]
         rows = []
         for name in ("worker-0", "cp-0"):

@@ -105,18 +105,22 @@ def bind(backend, ec2: StandinEc2) -> None:
             set_state(instance, then)
         threading.Thread(target=run, daemon=True).start()
 
+    def transition(instance, between: str, after: str, power) -> tuple:
+        """`between` now, `after` once the machine's `power` step is done (at once without one)."""
+        previous = type(instance._state)(instance._state.name, instance._state.code)
+        set_state(instance, between)
+        machine = ec2.machines.get(instance.id)
+        if machine is None:
+            set_state(instance, after)
+        else:
+            in_background(instance, power(machine), after)
+        return instance, previous
+
     def stop_instances(ids):
         done = []
         for instance in backend.get_multi_instances_by_id(ids):
             ec2.calls.append(f"stop {instance.id}")
-            previous = type(instance._state)(instance._state.name, instance._state.code)
-            set_state(instance, "stopping")
-            machine = ec2.machines.get(instance.id)
-            if machine is None:
-                set_state(instance, "stopped")
-            else:
-                in_background(instance, machine.shutdown, "stopped")
-            done.append((instance, previous))
+            done.append(transition(instance, "stopping", "stopped", lambda m: m.shutdown))
         return done
 
     def start_instances(ids):
@@ -126,14 +130,7 @@ def bind(backend, ec2: StandinEc2) -> None:
             if instance.instance_type in ec2.no_capacity:
                 raise EC2ClientError("InsufficientInstanceCapacity",
                                      f"We currently do not have sufficient {instance.instance_type} capacity.")
-            previous = type(instance._state)(instance._state.name, instance._state.code)
-            set_state(instance, "pending")
-            machine = ec2.machines.get(instance.id)
-            if machine is None:
-                set_state(instance, "running")
-            else:
-                in_background(instance, machine.start, "running")
-            done.append((instance, previous))
+            done.append(transition(instance, "pending", "running", lambda m: m.start))
         return done
 
     def modify_instance_attribute(instance_id, key, value):

@@ -63,6 +63,12 @@ def as_ec2(plan, instance_type):
     return replace(plan, instance_type=instance_type, region=REGION)
 
 
+def resize_to(fleet, ec2, plans, instances, host, instance_type=NEW):
+    """The host's delivery, updated to `instance_type` from a last report that recorded OLD."""
+    previous = {"host": host, "system": plans[host].system, "instance": instances[host], "instance_type": OLD}
+    return deliver(fleet, ec2, as_ec2(plans[host], instance_type), instances[host], previous)
+
+
 def changes(hosts, before):
     return [l.split(" kubectl ", 1)[1] for l in k3s_log(hosts["cp-0"])[before:] if " kubectl " in l and " get " not in l]
 
@@ -71,9 +77,7 @@ def test_a_new_type_is_drained_stopped_resized_started_and_health_gated(cluster)
     fleet, hosts, ec2, instances, plans = cluster
     worker = hosts["worker-0"]
     boot, before = worker.boot_id(), len(k3s_log(hosts["cp-0"]))
-    previous = {"host": "worker-0", "system": plans["worker-0"].system, "instance": instances["worker-0"],
-                "instance_type": OLD}
-    proc = deliver(fleet, ec2, as_ec2(plans["worker-0"], NEW), instances["worker-0"], previous)
+    proc = resize_to(fleet, ec2, plans, instances, "worker-0")
     assert proc.returncode == 0, proc.stderr
     assert f"instance type {OLD} -> {NEW}: draining" in proc.stderr
     assert f"resized to {NEW} and confirmed healthy" in proc.stderr
@@ -93,9 +97,7 @@ def test_a_new_type_is_drained_stopped_resized_started_and_health_gated(cluster)
 def test_a_type_without_capacity_gets_the_old_type_back_and_fails(cluster):
     fleet, hosts, ec2, instances, plans = cluster
     ec2.no_capacity.add(NEW)
-    previous = {"host": "worker-1", "system": plans["worker-1"].system, "instance": instances["worker-1"],
-                "instance_type": OLD}
-    proc = deliver(fleet, ec2, as_ec2(plans["worker-1"], NEW), instances["worker-1"], previous)
+    proc = resize_to(fleet, ec2, plans, instances, "worker-1")
     assert proc.returncode != 0
     assert f"EC2 refused worker-1's new type {NEW}; it runs {OLD} again, uncordoned" in proc.stderr
     assert "InsufficientInstanceCapacity" in proc.stderr
@@ -108,9 +110,7 @@ def test_a_host_unhealthy_after_its_restart_stays_cordoned(cluster):
     fleet, hosts, ec2, instances, plans = cluster
     before = len(k3s_log(hosts["cp-0"]))
     hosts["worker-0"].set_fault("crashloop", plans["worker-0"].system)  # k3s fails on the next boot
-    previous = {"host": "worker-0", "system": plans["worker-0"].system, "instance": instances["worker-0"],
-                "instance_type": OLD}
-    proc = deliver(fleet, ec2, as_ec2(plans["worker-0"], NEW), instances["worker-0"], previous)
+    proc = resize_to(fleet, ec2, plans, instances, "worker-0")
     assert proc.returncode != 0
     assert f"worker-0 did not come back healthy after its restart as {NEW}" in proc.stderr
     assert "it stays cordoned and the rollout stops here" in proc.stderr
