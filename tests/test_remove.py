@@ -64,3 +64,19 @@ def test_a_dead_host_s_removal_keeps_etcd_quorum(host, nodes, answering, outcome
     assert said == outcome
     deleted = [c for c in session.calls if c[1][:2] == ["delete", "node"]]
     assert bool(deleted) == ("Node deleted" in outcome)
+
+
+def test_a_control_plane_leaves_only_when_a_voting_majority_stays():
+    """The members are the control planes whose Nodes exist: in a whole-cluster destroy, cp-2
+    went first, so cp-1 may then go with cp-0 alone left; a learner does not count."""
+    from flakefleet.cluster.membership import removal_quorum
+
+    def listing(**servers):
+        return json.dumps({"items": [{"metadata": {"name": n}, "status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "EtcdIsVoter", "status": "True" if voter else "False"}]}}
+            for n, voter in servers.items()]})
+
+    assert removal_quorum(listing(**{"cp-0": True, "cp-1": True, "cp-2": True}), "cp-2") is None
+    assert removal_quorum(listing(**{"cp-0": True, "cp-1": True}), "cp-1") is None  # cp-2 gone already
+    assert "no quorum" in removal_quorum(listing(**{"cp-0": True, "cp-1": False, "cp-2": True}), "cp-2")
+    assert "no quorum" in removal_quorum("", "cp-1")  # nobody answered: nothing is known to stay

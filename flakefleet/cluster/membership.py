@@ -8,8 +8,8 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
-from flakefleet.cluster.kubectl import (CA_HASH_QUERY, K3S, delete_node_command, drain_commands, quorum_problem,
-                                       servers_in)
+from flakefleet.cluster.kubectl import (CA_HASH_QUERY, K3S, delete_node_command, drain_commands, node_names,
+                                       nodes_query, quorum_problem)
 from flakefleet.cluster.readiness import node_exists
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import parse_state
@@ -117,6 +117,16 @@ def superseded(run: HostSession, state: subprocess.CompletedProcess) -> bool:
     return bool(applied) and applied != files_digest(run.plan.system, run.file_contents())
 
 
+def removal_quorum(listing: str, host: str) -> str | None:
+    """Whether `host`'s member may go (pure): the members are the control planes whose Nodes the
+    listing (`kubectl get nodes <control planes> -o json`) holds, and `host`."""
+    try:
+        present = set(node_names(listing))
+    except (ValueError, AttributeError, KeyError):
+        present = set()
+    return quorum_problem(listing, host, sorted(present | {host}))
+
+
 def remove(run: HostSession) -> str:
     """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
     Node. Does nothing when a newer delivery holds the host: Pulumi deletes the old Command of
@@ -138,10 +148,10 @@ def remove(run: HostSession) -> str:
             run.hostctl("retire", timeout=60)
         return f"{plan.host}: its Node is gone already (asked {via.host}); nothing to drain"
     if plan.host in {cp.host for cp in plan.control_planes}:
-        # Its etcd member goes with its Node: the members left must keep a voting majority.
-        listing = run.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=via, timeout=30)
-        members = sorted({cp.host for cp in plan.control_planes} | servers_in(listing.stdout))
-        if problem := quorum_problem(listing.stdout if listing.returncode == 0 else "", plan.host, members):
+        # Its etcd member goes with its Node: the members left must keep a voting majority. The
+        # members are the control planes whose Nodes exist (one removed before is gone already).
+        listing = run.ssh(nodes_query(tuple(cp.host for cp in plan.control_planes)), to=via, timeout=30)
+        if problem := removal_quorum(listing.stdout if listing.returncode == 0 else "", plan.host):
             raise DeliveryFailed(f"{plan.host}: {problem} (asked {via.host}); it stays in the cluster")
     for argv in drain_commands(plan.host, plan.health_timeout_s):
         res = run.ssh(argv, to=via, timeout=plan.health_timeout_s + 60)
