@@ -99,6 +99,20 @@
 
         toplevel = spec: (self.lib.poolSystem spec).config.system.build.toplevel;
 
+        # What the system links into k3s' directories, by the names of the links: nixpkgs'
+        # rancher/default.nix writes a tmpfiles `L+` rule per enabled manifest (at its `target`)
+        # and per image (at its `name`). The preview names a link that goes away: pruning then
+        # deletes its objects (flakefleet/delivery/prune.py), which k3s never does itself.
+        k3sLinks =
+          spec:
+          let
+            k3s = (self.lib.poolSystem spec).config.services.k3s;
+          in
+          {
+            manifests = map (m: m.target) (builtins.filter (m: m.enable) (builtins.attrValues k3s.manifests));
+            images = map (i: i.name) k3s.images;
+          };
+
         # What a host must reboot for when it changes: the store paths of the toplevel's `kernel`,
         # `initrd` and `kernel-modules` links and its `kernel-params` (evaluated, not built).
         boot =

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pulumi
 import pytest
@@ -446,6 +447,21 @@ def test_preview_says_once_per_pool_what_changes_since_the_last_update():
         "  packages (1):", "    k3s: 1.31.1+k3s1 → 1.31.2+k3s1",
         "  services: k3s.service restarts",
         "  reboot: kernel 6.11.9 → 6.12.0; kernel change: the hosts reboot"])]
+
+
+def test_preview_names_a_workload_the_stack_no_longer_runs_as_pruned():
+    """The last update's control planes linked a workload's manifest that this stack's do not (its
+    `links`, from the flake's lib.k3sLinks): the preview says the cluster loses it."""
+    first = run_stack("local")
+    then = {key: Manifest.unpack(packed) for key, packed in first.exports["system_manifests"].items()}
+    now = then["cp"].links
+    assert now is not None and set(now) == {"manifests", "images"}
+    then["cp"] = replace(then["cp"], system="0ld", links={**now, "manifests": (*now["manifests"], "workload-retired.yaml")})
+    notes = preview_notes({"system_manifests": {k: m.pack() for k, m in then.items()}, "nodes": first.exports["nodes"],
+                           "boot": first.exports["boot"]})
+    assert notes == ["\n".join([
+        "pool cp: changes on cp-0 (wave 0)",
+        "  cluster: prunes workload-retired.yaml (its objects deleted after the switch: k3s never deletes them)"])]
 
 
 def test_preview_of_an_unchanged_stack_says_nothing_per_pool():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flakefleet.preview import cli
+from flakefleet.preview import cli, render
 from flakefleet.preview.derivations import parse_drv_name
 from tests.conftest import STANDIN_FLAKE, require_tool
 
@@ -144,6 +144,20 @@ def test_a_pool_added_and_a_pool_removed(repo):
     assert changes["gpu"].size == (6, 3)  # the stand-in system's packages (kernel included) and units
     assert changes["workers"].status == "removed" and [h for h, _ in changes["workers"].hosts] == ["worker-0", "worker-1"]
     assert changes["cp"].status == "unchanged"
+
+
+def test_a_workload_removed_from_the_stack_is_named_as_pruned(repo):
+    """The base runs workload hello on the workers; the working tree drops it: the control planes'
+    system no longer links its manifest (pruned from the cluster), the workers' no longer its image."""
+    hello = "  flakefleet:workloads:\n    - name: hello\n      pools: [workers]\n"
+    repo.write("stacks/Pulumi.t.yaml", stack_file(CP, WORKERS) + hello)
+    repo.commit("run hello")
+    repo.write("stacks/Pulumi.t.yaml", stack_file(CP, WORKERS))
+    changes = by_pool(repo.diff()[1])
+    assert (changes["cp"].prunes, changes["cp"].deploys, changes["cp"].images_removed) == (("workload-hello.yaml",), (), ())
+    assert (changes["workers"].prunes, changes["workers"].images_removed) == ((), ("hello.tar.gz",))
+    assert "  cluster: prunes workload-hello.yaml (its objects deleted after the switch: k3s never deletes them)" \
+        in render.pool_text(changes["cp"])
 
 
 def test_the_base_can_be_any_ref_and_the_working_tree_is_untouched(repo):

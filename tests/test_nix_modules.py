@@ -279,6 +279,9 @@ def test_every_combination_of_cni_gpu_and_workloads_evaluates(lib, cni, tmp_path
     # Control planes deploy Cilium, the device plugin, the workload; agents deploy nothing.
     assert r["cp"]["manifests"] == sorted((["cilium"] if cilium else []) + ["nvidia-device-plugin", "workload-hello"])
     assert all(r[p]["manifests"] == [] for p in r if p != "cp")
+    # lib.k3sLinks (what the preview names when one goes): the same, by their links' names.
+    assert r["cp"]["links"] == {"manifests": [f"{m}.yaml" for m in r["cp"]["manifests"]], "images": []}
+    assert {p: r[p]["links"]["images"] for p in r} == {p: r[p]["images"] for p in r}
     # The image preloaded exactly where the workload runs, and those nodes labelled for it.
     assert {p: r[p]["images"] for p in r} == {"cp": [], "workers": ["hello.tar.gz"], "gpu": ["hello.tar.gz"],
                                               "hgx": [], "volta": [], "arm-gpu": []}

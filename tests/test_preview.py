@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -130,8 +131,11 @@ def test_versions_sort_as_people_read_them():
 
 def test_a_packed_manifest_round_trips_and_junk_unpacks_to_none():
     m = Manifest(system="s", packages={"k3s": {"1.0": "a"}}, units={"k3s.service": ("b", "restart")},
-                 boot={"kernel": "/k"}, derivations=3)
-    assert Manifest.unpack(m.pack()) == m and len(m.pack()) < 200
+                 boot={"kernel": "/k"}, derivations=3, links={"manifests": ("workload-hello.yaml",), "images": ()})
+    assert Manifest.unpack(m.pack()) == m and len(m.pack()) < 220
+    # A manifest packed before links were kept: they are not known (None), not "none".
+    old = Manifest.from_json({k: v for k, v in m.to_json().items() if k != "links"})
+    assert old.links is None and Manifest.unpack(old.pack()) == old
     for junk in (None, 3, "", "z1:not-base64!", "plain"):
         assert Manifest.unpack(junk) is None
 
@@ -248,7 +252,8 @@ def test_the_json_shape_is_uncapped_and_complete():
     doc = as_json("dev", {"ref": "main", "commit": "abc"}, compare(*two_pools(after)))
     assert set(doc) == {"stack", "base", "summary", "pools"} and doc["summary"] == "1 of 2 pools change, 2 hosts reboot"
     workers = doc["pools"][1]
-    assert set(workers) == {"pool", "status", "hosts", "packages", "rebuilt", "units", "reboot", "hosts_added", "hosts_removed"}
+    assert set(workers) == {"pool", "status", "hosts", "packages", "rebuilt", "units", "reboot", "hosts_added",
+                            "hosts_removed", "cluster"}
     assert len(workers["packages"]) == 31 and workers["packages"][0] == {"name": "nano", "change": "removed",
                                                                         "before": ["8.2"], "after": []}
     assert workers["reboot"] == {"parts": ["kernel", "initrd", "modules"], "mode": "reboot",
@@ -275,3 +280,39 @@ def test_the_deployed_side_comes_from_the_last_updates_outputs():
     assert side.pools["workers"].hosts == (("w-0", -1, "workers"),) and side.pools["solo"].hosts == (("s-0", -1, "solo/s-0"),)
     assert side.manifests["workers"] == m and "bad" not in side.manifests
     assert deployed_side({"boot": {}}) is None and deployed_side({"system_manifests": None, "nodes": {}}) is None
+
+
+# What the cluster gets and loses: the links a system makes in k3s' directories (lib.k3sLinks).
+def with_links(m: Manifest, manifests=(), images=()) -> Manifest:
+    return replace(m, links={"manifests": tuple(manifests), "images": tuple(images)})
+
+
+def test_a_removed_workload_is_named_as_pruned_and_an_added_one_as_deployed():
+    cp_before = with_links(mf("c", BASE_PKGS, UNITS), ["workload-api.yaml", "workload-hello.yaml"])
+    cp_after = with_links(mf("c2", BASE_PKGS, UNITS), ["workload-api.yaml", "workload-web.yaml"])
+    base = Side({"cp": PoolHosts((("cp-0", 0, "cp"),)), "workers": PoolHosts((("w-0", 1, "workers"),))},
+                {"cp": cp_before, "workers": with_links(mf("w", BASE_PKGS), images=["hello.tar.gz", "api.tar.gz"])})
+    head = Side(base.pools, {"cp": cp_after, "workers": with_links(mf("w2", BASE_PKGS), images=["api.tar.gz"])})
+    cp, workers = compare(base, head)
+    assert (cp.deploys, cp.prunes, cp.images_removed) == (("workload-web.yaml",), ("workload-hello.yaml",), ())
+    assert (workers.deploys, workers.prunes, workers.images_removed) == ((), (), ("hello.tar.gz",))
+    assert not cp.configuration_only and not workers.configuration_only
+    assert pool_text(cp).splitlines()[1:] == [
+        "  cluster: deploys workload-web.yaml",
+        "  cluster: prunes workload-hello.yaml (its objects deleted after the switch: k3s never deletes them)"]
+    assert pool_text(workers).splitlines()[1:] == ["  images no longer preloaded: hello.tar.gz"]
+    table = markdown("dev", "main", [cp, workers])
+    assert "deploys workload-web.yaml<br>**prunes workload-hello.yaml**" in table and "image hello.tar.gz removed" in table
+    assert as_json("dev", {}, [cp, workers])["pools"][0]["cluster"] == {
+        "deploys": ["workload-web.yaml"], "prunes": ["workload-hello.yaml"], "images_removed": []}
+
+
+@pytest.mark.parametrize("known", ["before", "after"])
+def test_links_not_known_on_one_side_name_nothing(known):
+    """A last update older than the links (None) is not a side that linked nothing."""
+    linked = with_links(mf("c", BASE_PKGS), ["workload-hello.yaml"])
+    bare = mf("c0", BASE_PKGS)
+    before, after = (linked, bare) if known == "before" else (bare, linked)
+    [cp] = compare(Side({"cp": PoolHosts((("cp-0", 0, "cp"),))}, {"cp": before}),
+                   Side({"cp": PoolHosts((("cp-0", 0, "cp"),))}, {"cp": after}))
+    assert cp.status == "changed" and (cp.deploys, cp.prunes, cp.images_removed) == ((), (), ())

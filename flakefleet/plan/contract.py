@@ -47,6 +47,9 @@ class System:
     out: str
     boot: dict | None = None
     """The boot files (kernel, initrd, modules, params) a host reboots for when they change."""
+    links: dict | None = None
+    """The links it makes in k3s' directories: {"manifests": [file name], "images": [file name]}
+    (None when the flake does not say)."""
 
 
 # ----------------------------------------------------------------------------- a host's delivery

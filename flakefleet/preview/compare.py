@@ -1,4 +1,5 @@
-"""Per pool, what changes between two sets of systems (pure): packages, units, reboot, hosts.
+"""Per pool, what changes between two sets of systems (pure): packages, units, reboot, hosts,
+and what is deployed to or pruned from the cluster.
 
 Both sides are manifests by system name plus, per host, which system it runs. Hosts are compared
 one by one (the system it runs at the base against the one it will run), so pools that switch
@@ -82,6 +83,13 @@ class PoolChange:
     """(old, new) instance type of an EC2 pool: its hosts restart, drained, in their waves."""
     resized: tuple[tuple[str, int], ...] = ()
     """The hosts that restart for the new type, with their waves."""
+    deploys: tuple[str, ...] = ()
+    """Manifests its systems link into k3s' manifests directory that they did not before."""
+    prunes: tuple[str, ...] = ()
+    """Manifests its systems no longer link: their objects are deleted from the cluster and the
+    links removed after the switch (flakefleet/delivery/prune.py)."""
+    images_removed: tuple[str, ...] = ()
+    """Images its systems no longer preload: the links are removed after the switch."""
 
     @property
     def reboots(self) -> bool:
@@ -89,8 +97,9 @@ class PoolChange:
 
     @property
     def configuration_only(self) -> bool:
-        """Hosts' systems change, but no package, unit or boot file does (a file in /etc, say)."""
-        return bool(self.hosts) and not (self.packages or self.rebuilt or self.units or self.boot)
+        """Hosts' systems change, but no package, unit, boot file or k3s link does (a file in /etc, say)."""
+        return bool(self.hosts) and not (self.packages or self.rebuilt or self.units or self.boot
+                                         or self.deploys or self.prunes or self.images_removed)
 
 
 def version_key(version: str) -> list:
@@ -134,6 +143,16 @@ def boot_changes(before: Manifest, after: Manifest) -> tuple[tuple[str, ...], tu
     return parts, kernel if "kernel" in parts and all(kernel) and kernel[0] != kernel[1] else None
 
 
+def link_changes(before: Manifest, after: Manifest) -> tuple[set[str], set[str], set[str]]:
+    """(manifests linked now and not before, manifests and images linked before and not now);
+    nothing when either side does not say (a last update older than the links)."""
+    if before.links is None or after.links is None:
+        return set(), set(), set()
+    b, a = before.links, after.links
+    manifests = set(b.get("manifests", ())), set(a.get("manifests", ()))
+    return manifests[1] - manifests[0], manifests[0] - manifests[1], set(b.get("images", ())) - set(a.get("images", ()))
+
+
 def kernel_version(path: str | None) -> str:
     """`/nix/store/<hash>-linux-6.12.8/bzImage` -> `6.12.8` (empty when it does not say)."""
     match = re.match(r"/nix/store/[0-9a-z]{32}-([^/]+)", path or "")
@@ -155,6 +174,7 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
                           size=max(sizes, default=(0, 0)))
     was = {h: k for h, _, k in base.hosts}
     changed, packages, rebuilt, units, boot, kernels, pairs = [], [], [], [], [], [], set()
+    deploys, prunes, images = set(), set(), set()
     for host, wave, key in head.hosts:
         if host not in was or was[host] not in before or key not in after:
             continue
@@ -171,6 +191,8 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
             parts, kernel = boot_changes(old, new)
             boot += parts
             kernels += [kernel] if kernel else []
+            d, p, i = link_changes(old, new)
+            deploys, prunes, images = deploys | d, prunes | p, images | i
     added = tuple((h, w) for h, w, _ in head.hosts if h not in was)
     staying = {h for h, _, _ in head.hosts}
     removed = tuple(h for h, _, _ in base.hosts if h not in staying)
@@ -185,6 +207,7 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
         units=tuple(sorted(_merge(units), key=lambda u: u.name)),
         boot=tuple(p for p in BOOT_PARTS if p in boot), kernel=kernels[0] if kernels else None,
         reboot=head.reboot, hosts_added=added, hosts_removed=removed, resize=resize, resized=resized,
+        deploys=tuple(sorted(deploys)), prunes=tuple(sorted(prunes)), images_removed=tuple(sorted(images)),
     )
 
 

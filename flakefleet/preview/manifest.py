@@ -8,6 +8,8 @@ Read from the system's derivation graph alone (nothing is built):
   nixos/lib/systemd-lib.nix), each with what `switch-to-configuration` does when it changes:
   restart, reload (`X-ReloadIfChanged=true`), keep running (`X-RestartIfChanged=false`).
 - boot: the kernel, initrd, modules and kernel parameters (`lib.boot` of the flake).
+- links: the manifests and images it links into k3s' directories (`lib.k3sLinks` of the flake):
+  one that goes away is pruned from the cluster after the switch (flakefleet/delivery/prune.py).
 
 A manifest is small JSON; the program keeps each pool's in a stack output so the next preview
 can say what changed since the last update without the old derivations.
@@ -19,7 +21,7 @@ import base64
 import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flakefleet.preview.derivations import Drv, base_name, closure, parse_drv_name, show
@@ -34,23 +36,26 @@ UNITS_DRV = "system-units"
 class Manifest:
     """system: build id of the system itself; packages: name -> version -> build id; units:
     name -> (build id, on change); boot: the boot files (None when the flake does not say);
-    derivations: how many it is built from (fetches not counted)."""
+    derivations: how many it is built from (fetches not counted); links: "manifests" and
+    "images" -> the file names it links into k3s' directories (None when the flake does not say)."""
 
     system: str = ""
     packages: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     units: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     boot: Mapping[str, str] | None = None
     derivations: int = 0
+    links: Mapping[str, tuple[str, ...]] | None = None
 
     def to_json(self) -> dict:
         return {"schema": MANIFEST_SCHEMA, "system": self.system, "packages": self.packages,
                 "units": {n: list(u) for n, u in self.units.items()}, "boot": self.boot,
-                "derivations": self.derivations}
+                "derivations": self.derivations,
+                "links": {k: list(v) for k, v in self.links.items()} if self.links is not None else None}
 
     @classmethod
     def from_json(cls, data: Mapping) -> Manifest:
         return cls(system=data.get("system") or "", packages=data.get("packages") or {}, units={n: tuple(u) for n, u in (data.get("units") or {}).items()},
-                   boot=data.get("boot"), derivations=data.get("derivations") or 0)
+                   boot=data.get("boot"), derivations=data.get("derivations") or 0, links=links_of(data.get("links")))
 
     def pack(self) -> str:
         """Compact text for a stack output (a preview shows one changed string, not every package)."""
@@ -67,6 +72,13 @@ class Manifest:
         except (ValueError, zlib.error):
             return None
         return cls.from_json(data) if data.get("schema") == MANIFEST_SCHEMA else None
+
+
+def links_of(data) -> dict[str, tuple[str, ...]] | None:
+    """The `links` of a manifest's JSON or of an evaluated system (None: not said)."""
+    if not isinstance(data, Mapping):
+        return None
+    return {kind: tuple(sorted(str(n) for n in data.get(kind) or ())) for kind in ("manifests", "images")}
 
 
 def on_change(name: str, text: str | None) -> str:
@@ -116,17 +128,18 @@ def manifest_of(graph: Mapping[str, Drv], drv: str, boot: Mapping[str, str] | No
 def manifests(systems: Mapping, cache_dir: Path) -> dict[str, Manifest]:
     """System name -> manifest, for evaluated systems (flakefleet.nixos.evaluate.System); one
     `nix derivation show` for every derivation not seen before (kept in `cache_dir`, by the
-    derivation's store path: the same derivation always has the same manifest)."""
+    derivation's store path: the same derivation always has the same manifest); the links in
+    k3s' directories come from the evaluation (a cache entry older than them has none)."""
     found: dict[str, Manifest] = {}
     entry = {name: cache_dir / f"manifest-{base_name(s.drv)}.json" for name, s in systems.items()}
     for name, path in entry.items():
         if path.is_file():
-            found[name] = Manifest.from_json(json.loads(path.read_text()))
+            found[name] = replace(Manifest.from_json(json.loads(path.read_text())), links=links_of(systems[name].links))
     todo = {name: s for name, s in systems.items() if name not in found}
     if todo:
         graph = show(sorted({s.drv for s in todo.values()}))
         cache_dir.mkdir(parents=True, exist_ok=True)
         for name, system in todo.items():
-            found[name] = manifest_of(graph, system.drv, system.boot)
+            found[name] = replace(manifest_of(graph, system.drv, system.boot), links=links_of(system.links))
             entry[name].write_text(json.dumps(found[name].to_json(), sort_keys=True))
     return found

@@ -71,6 +71,13 @@ def pool_text(change: PoolChange, cap: int = TEXT_CAP) -> str:
     if change.resize:
         lines.append(f"  instance type: {change.resize[0]} → {change.resize[1]}: {hosts_text(change.resized)} "
                      "restart (drained, health-gated, in their waves)")
+    if change.deploys:
+        lines.append("  cluster: deploys " + ", ".join(capped(change.deploys, cap)))
+    if change.prunes:
+        lines.append("  cluster: prunes " + ", ".join(capped(change.prunes, cap))
+                     + " (its objects deleted after the switch: k3s never deletes them)")
+    if change.images_removed:
+        lines.append("  images no longer preloaded: " + ", ".join(capped(change.images_removed, cap)))
     if change.configuration_only:
         lines.append("  configuration only: no package, service or boot file changes")
     if change.hosts_added:
@@ -115,7 +122,9 @@ def _row(c: PoolChange) -> str:
         f"{h} removed" for h in c.hosts_removed]
     hosts += [f"{hosts_text([h])} restarts as {c.resize[1]}" for h in c.resized] if c.resize else []
     change = "configuration" if c.configuration_only else "changed"
-    return (f"| {_md(c.pool)} | {change} | {_cell(packages)} | {_cell([unit_text(u) for u in c.units])} "
+    services = [unit_text(u) for u in c.units] + [f"deploys {m}" for m in c.deploys] + [
+        f"**prunes {m}**" for m in c.prunes] + [f"image {i} removed" for i in c.images_removed]
+    return (f"| {_md(c.pool)} | {change} | {_cell(packages)} | {_cell(services)} "
             f"| {_md(_reboot_cell(c))} | {_cell(hosts)} |")
 
 
@@ -159,6 +168,8 @@ def as_json(stack: str, base: dict, changes: Sequence[PoolChange]) -> dict:
                 if c.boot else None,
                 "hosts_added": [{"name": h, "wave": w} for h, w in c.hosts_added],
                 "hosts_removed": list(c.hosts_removed),
+                "cluster": {"deploys": list(c.deploys), "prunes": list(c.prunes),
+                            "images_removed": list(c.images_removed)},
             }
             for c in changes
         ],

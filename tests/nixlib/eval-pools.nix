@@ -194,7 +194,16 @@ let
     else if specsFile == null then
       outputs.nixosConfigurations
     else
-      builtins.mapAttrs (_: outputs.lib.poolSystem) (builtins.fromJSON (builtins.readFile specsFile));
+      builtins.mapAttrs (_: outputs.lib.poolSystem) specs;
+  specs = builtins.fromJSON (builtins.readFile specsFile);
+  # What the flake says each system links into k3s' directories (its lib.k3sLinks, which the
+  # program reads at plan time), next to what the module system holds.
+  withLinks =
+    name: result:
+    if specsFile != null && !vmNodes && outputs.lib ? k3sLinks then
+      result // { links = outputs.lib.k3sLinks specs.${name}; }
+    else
+      result;
   check =
     name: system:
     let
@@ -259,4 +268,4 @@ let
           ];
       };
 in
-builtins.mapAttrs check systems
+builtins.mapAttrs (name: system: withLinks name (check name system)) systems

@@ -219,6 +219,14 @@
         params = "loglevel=4" + (if spec ? standin_kernel_params then " " + spec.standin_kernel_params else "");
       };
 
+      # As nixos/flake.nix: the links the system makes in k3s' directories, named as this
+      # stand-in's toplevel names them below (workload manifests `workload-<name>.yaml` on
+      # control planes, images `<name>.tar.gz`).
+      lib.k3sLinks = spec: {
+        manifests = map (w: "workload-${w.name}.yaml") (spec.workloads or [ ]);
+        images = map (n: "${n}.tar.gz") (spec.images or [ ]);
+      };
+
       lib.toplevel =
         spec:
         assert spec.schema == 1;
