@@ -84,6 +84,21 @@ def command_inputs(plan: DeliveryPlan, instance: str = "", secrets: dict[str, st
     }
 
 
+def up(commands, inv, cfg, plans, instance=None, replace=()):
+    """One `pulumi up` of the hosts' delivery Commands (tests/lifecycle.py, host -> LocalCommand):
+    each wave's Commands in parallel, the next wave only if this one succeeded."""
+    steps = {}
+    for wave in waves(cfg, inv):
+        def one(host):
+            inputs = command_inputs(plans[host.name], (instance or {}).get(host.name, ""))
+            return host.name, commands[host.name].up(inputs, replace=host.name in replace)
+        with ThreadPoolExecutor(len(wave)) as pool:
+            steps.update(pool.map(one, wave))
+        if any(s.proc.returncode != 0 for h in wave for s in steps[h.name]):
+            break
+    return steps
+
+
 def run_waves(fleet, cfg, inv, plans, timeout: float = 300) -> dict:
     """Each host's runner as its Command's create would run it, wave after wave (a wave's hosts in
     parallel), stopping after the first wave with a failure: host -> completed process."""

@@ -9,15 +9,13 @@ on the stack's system only get claimed), so each passes alone and in any order.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from flakefleet.plan.contract import ROLLED_BACK
 from flakefleet.ops.drift import split_pools
-from flakefleet.plan.rollout import waves
 from tests.lifecycle import LocalCommand
-from tests.local_fleet import command_inputs, k3s_log, local_fleet, stack, write_stack_file
+from tests.local_fleet import k3s_log, local_fleet, stack, up, write_stack_file
 from tests.machines.machine import add_machine
 from tests.testhosts import poll, run_command_as_deployer
 
@@ -28,20 +26,6 @@ ADDRESSES = {"cp-0": "127.0.0.51", "worker-0": "127.0.0.52", "worker-1": "127.0.
 def fleet_hosts(tmp_path_factory):
     with local_fleet(tmp_path_factory.mktemp("lifecycle"), ADDRESSES) as (fleet, hosts):
         yield fleet, hosts
-
-
-def up(commands, inv, cfg, plans, instance=None, replace=()):
-    """One `pulumi up`: each wave's Commands in parallel, the next wave only if this one succeeded."""
-    steps = {}
-    for wave in waves(cfg, inv):
-        def one(host):
-            inputs = command_inputs(plans[host.name], (instance or {}).get(host.name, ""))
-            return host.name, commands[host.name].up(inputs, replace=host.name in replace)
-        with ThreadPoolExecutor(len(wave)) as pool:
-            steps.update(pool.map(one, wave))
-        if any(s.proc.returncode != 0 for h in wave for s in steps[h.name]):
-            break
-    return steps
 
 
 @pytest.fixture

@@ -96,6 +96,30 @@ SERVER_TOKEN_FILE = "/var/lib/rancher/k3s/server/token"
 CA_HASH_QUERY = ["sed", "-n", "s/^K10\\([0-9a-f]\\{64\\}\\)::.*/\\1/p", SERVER_TOKEN_FILE]
 
 
+# The etcd member list, as k3s' supervisor serves it on a server at /db/info (k3s
+# pkg/etcd/etcd.go, infoHandler: {"members": [etcdserverpb.Member]}; newer k3s serve it only to
+# the `k3s:server` role, pkg/server/router.go, which the server token's password has). Run as
+# root on the server: the password is read there from its own token file and handed to curl
+# (a NixOS core package, nixos/modules/config/system-path.nix) on stdin, never on a command line.
+CURL = "/run/current-system/sw/bin/curl"
+ETCD_MEMBERS_QUERY = ["sh", "-c", (
+    f"t=$(cat {SERVER_TOKEN_FILE}) || exit 1; pw=${{t#K10*::server:}}; "
+    "pw=$(printf %s \"$pw\" | sed 's/[\\\\\"]/\\\\&/g'); "
+    f"printf 'user = \"server:%s\"\\n' \"$pw\" | {CURL} -sS --fail --max-time 10 "
+    "--cacert /var/lib/rancher/k3s/server/tls/server-ca.crt -K - https://127.0.0.1:6443/db/info")]
+
+
+def etcd_members_of(info: str, node: str) -> list[str]:
+    """The etcd members of `node` in /db/info's JSON (pure): k3s names a server's member
+    `<node name>-<8 hex>` (pkg/etcd/etcd.go, setName). Raises ValueError on anything else."""
+    try:
+        members = json.loads(info)["members"]
+        names = [m.get("name", "") for m in members]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"not an etcd member list: {info.strip()[:200]!r}") from err
+    return sorted(n for n in names if n.rpartition("-")[0] == node)
+
+
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"  # k3s labels its servers so
 
 

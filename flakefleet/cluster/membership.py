@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
-from flakefleet.cluster.kubectl import (CA_HASH_QUERY, K3S, delete_node_command, drain_commands, node_names,
-                                       nodes_query, quorum_problem)
+from flakefleet.cluster.kubectl import (CA_HASH_QUERY, ETCD_MEMBERS_QUERY, K3S, delete_node_command, drain_commands,
+                                       etcd_members_of, node_names, nodes_query, quorum_problem)
 from flakefleet.cluster.readiness import node_exists
+from flakefleet.common.retry import poll
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import parse_state
-from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, DeliveryFailed
+from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, DeliveryFailed, Endpoint
 
 if TYPE_CHECKING:
     from flakefleet.host.session import HostSession
@@ -127,6 +129,34 @@ def removal_quorum(listing: str, host: str) -> str | None:
     return quorum_problem(listing, host, sorted(present | {host}))
 
 
+def etcd_member_gone(run: HostSession, host: str, via: Endpoint, timeout_s: float) -> str:
+    """Wait, at most `timeout_s`, until `via`'s etcd member list (k3s' /db/info) has no member of
+    `host` any more: k3s' member controller removes it when the Node goes (pkg/etcd/
+    member_controller.go, OnRemove: RemovePeer). Raises DeliveryFailed when it stays, so the
+    machine is not deleted while it is still a member; a list that cannot be read is said, not
+    fatal (the removal has happened; only its check is missing)."""
+    seen: dict[str, list[str]] = {}
+
+    def gone() -> tuple[bool, str]:
+        res = run.ssh(ETCD_MEMBERS_QUERY, to=via, timeout=30)
+        if res.returncode != 0:
+            raise LookupError(res.stderr.strip()[-300:] or f"exit {res.returncode}")
+        seen["left"] = etcd_members_of(res.stdout, host)
+        return not seen["left"], ""
+
+    try:
+        done, _ = poll(gone, time.monotonic() + timeout_s)
+    except (LookupError, ValueError) as err:
+        run.say(f"could not list the etcd members on {via.host} to check that {host}'s is gone: {err}")
+        return "its etcd member not checked"
+    if not done:
+        raise DeliveryFailed(
+            f"{host}: its etcd member {', '.join(seen['left'])} is still listed on {via.host} {timeout_s:.0f}s after "
+            "its Node was deleted (k3s removes it with the Node); the machine is kept. Remove the member "
+            f"(etcdctl member remove on {via.host}), then run the update again")
+    return "its etcd member gone"
+
+
 def remove(run: HostSession) -> str:
     """Take the host out of the cluster: cordon and drain its node, stop k3s on it, delete the
     Node. Does nothing when a newer delivery holds the host: Pulumi deletes the old Command of
@@ -142,12 +172,14 @@ def remove(run: HostSession) -> str:
     via = next((cp for cp in others if run.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
     if via is None:
         return f"{plan.host}: no other control plane reachable; nothing to drain (cluster being removed)"
+    server = plan.host in {cp.host for cp in plan.control_planes}
     if node_exists(run, via) is False:
         # Taken out already (`flakefleet remove --force` for a dead host): nothing left to drain.
         if state.returncode == 0:
             run.hostctl("retire", timeout=60)
-        return f"{plan.host}: its Node is gone already (asked {via.host}); nothing to drain"
-    if plan.host in {cp.host for cp in plan.control_planes}:
+        member = f", {etcd_member_gone(run, plan.host, via, plan.health_timeout_s)}" if server else ""
+        return f"{plan.host}: its Node is gone already (asked {via.host}){member}; nothing to drain"
+    if server:
         # Its etcd member goes with its Node: the members left must keep a voting majority. The
         # members are the control planes whose Nodes exist (one removed before is gone already).
         listing = run.ssh(nodes_query(tuple(cp.host for cp in plan.control_planes)), to=via, timeout=30)
@@ -163,4 +195,9 @@ def remove(run: HostSession) -> str:
     res = run.ssh(delete_node_command(plan.host), to=via, timeout=120)
     if res.returncode != 0:
         raise DeliveryFailed(f"deleting node {plan.host} on {via.host} failed: {res.stderr.strip()[-500:]}")
-    return f"{plan.host} drained, k3s stopped, node deleted (through {via.host})"
+    member = ""
+    if server:
+        member = f", {etcd_member_gone(run, plan.host, via, plan.health_timeout_s)}"
+        if state.returncode == 0:
+            run.hostctl("forget-etcd", timeout=60)  # added back, it joins as a new member
+    return f"{plan.host} drained, k3s stopped, node deleted{member} (through {via.host})"

@@ -24,6 +24,7 @@
 #   hostctl.sh boot-rollback TOKEN REASON     previous generation the default again, files restored
 #   hostctl.sh forget-boot TOKEN              the host runs TOKEN's system: drop what a rollback would restore
 #   hostctl.sh retire                         the host leaves the cluster: stop k3s
+#   hostctl.sh forget-etcd                    its etcd member is removed: set its etcd data aside
 #   hostctl.sh restore ID OUT K3S-ARGS...     once per ID: stop k3s, run OUT's k3s with the arguments
 #   hostctl.sh wipe-etcd ID                   once per ID: stop k3s, remove its etcd data
 #
@@ -567,8 +568,18 @@ retire)
   rm -f "$APPLIED"
   log "retired: removed from the cluster, k3s stopped"
   ;;
+forget-etcd)
+  # The cluster removed this server's member: its data names a member etcd refuses for good
+  # ("the member has been permanently removed from the cluster"), so a host added back must
+  # join as a new one. Set aside as k3s sets aside a tombstoned member's (pkg/etcd/etcd.go,
+  # backupDirWithRetention: `<dir>-backup-<unix time>`), not deleted.
+  if [ -d /var/lib/rancher/k3s/server/db/etcd ]; then
+    mv /var/lib/rancher/k3s/server/db/etcd "/var/lib/rancher/k3s/server/db/etcd-backup-$(date +%s)"
+    log "etcd member removed: its data set aside"
+  fi
+  ;;
 *)
-  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|forget-boot|restart-pending|retire ..." >&2
+  echo "usage: hostctl.sh state|claim|previous|note-rollback|activate|check|confirm|rollback|expire|needs-reboot|boot-stage|reboot|check-boot|confirm-boot|boot-rollback|forget-boot|restart-pending|retire|forget-etcd ..." >&2
   exit 64
   ;;
 esac

@@ -8,7 +8,8 @@ leave, `kubectl drain` times out, and the removal stops with the host "still in 
 This command is the way out, and it is explicit (`--force`): through a control plane that
 answers, it deletes the host's Node. For a server, k3s then removes its etcd member (k3s
 pkg/etcd/member_controller.go: the managed etcd controller's OnRemove calls RemovePeer), and the
-Node's pods are garbage-collected. It refuses to remove the last control plane, or one whose
+Node's pods are garbage-collected; the command waits until the member list (k3s' /db/info on
+that control plane) no longer has it. It refuses to remove the last control plane, or one whose
 etcd quorum would not survive. Then take the host out of the stack file and `pulumi up`: the
 delivery Command's delete finds the Node gone and the host silent, and succeeds.
 
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 from flakefleet.cluster.kubectl import K3S, delete_node_command, node_query, quorum_problem, servers_in
+from flakefleet.cluster.membership import etcd_member_gone
 from flakefleet.config.stackfile import STACKS
 from flakefleet.host.session import HostSession
 from flakefleet.ops.rollback import host_keys, rollback_plan
@@ -51,8 +53,8 @@ def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str
         res = session.ssh(delete_node_command(host), to=cp, timeout=120)
         if res.returncode != 0:
             raise DeliveryFailed(f"{host}: deleting its Node on {cp.host} failed: {res.stderr.strip()[-500:]}")
-        member = " and its etcd member (k3s removes it with the Node)" if host in members else ""
-        return f"{host}: Node deleted{member} through {cp.host}"
+        member = f", {etcd_member_gone(session, host, cp, session.plan.health_timeout_s)}" if host in members else ""
+        return f"{host}: Node deleted through {cp.host}{member}"
     raise DeliveryFailed(f"{host}: no control plane answers; nothing was changed")
 
 

@@ -270,6 +270,8 @@
               chmod +x $out/init
               mkdir -p $out/sw/bin $out/etc/systemd/system/multi-user.target.wants
               ln -s $k3s/bin/k3s $out/sw/bin/k3s
+              # curl (a NixOS core package) as far as k3s answers it: /db/info (k3s.py).
+              ln -s $k3s/bin/k3s $out/sw/bin/curl
               # /etc/systemd/system as NixOS' etc derivation has it: every unit, wanted by
               # multi-user.target.
               for u in $systemUnits/*; do

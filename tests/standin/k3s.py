@@ -28,6 +28,17 @@
 #     checks the cluster's CA against the token's hash before anything else and stops with
 #     "token CA hash does not match the Cluster CA certificate hash: X != Y" (token.go).
 #
+# Under systemd, etcd membership as k3s keeps it: a running server is a member named
+# `<node>-<8 hex>` (pkg/etcd/etcd.go, setName: kept in db/etcd/name, a new one after a reset),
+# kept in the API server directory's members/; deleting a server's Node removes its member
+# (pkg/etcd/member_controller.go, OnRemove: RemovePeer) unless the Node is named in the
+# directory's `members-kept` (a fault: the controller did not); `--cluster-reset` leaves a
+# cluster of this server alone; a server whose data names a removed member does not start
+# (etcd: "the member has been permanently removed from the cluster"). The supervisor's
+# /db/info (etcd.go, infoHandler; served to the `k3s:server` role, pkg/server/router.go) is what
+# `curl` on a stand-in system answers: the one request flakefleet makes there, with the server
+# token's password, from this server's token file.
+#
 # Faults, from /etc/flakefleet/standin-fault (lines "<fault> <toplevel>", for the running system):
 #   crashloop     exits 1 a second after starting, every start (systemd restarts it)
 #   hang          never becomes ready (a server's start job never ends: TimeoutStartSec=0)
@@ -212,6 +223,88 @@ def trust(role, args):
     return None
 
 
+ETCD_NAME = "/var/lib/rancher/k3s/server/db/etcd/name"
+
+
+def member_path(name):
+    return os.path.join(API, "members", f"{name}.json")
+
+
+def member_name(node):
+    """This server's etcd member name, made once as k3s' setName makes it."""
+    name = read(ETCD_NAME).strip()
+    if not name:
+        import uuid
+        name = f"{node}-{uuid.uuid4().hex[:8]}"
+        os.makedirs(os.path.dirname(ETCD_NAME), exist_ok=True)
+        with open(ETCD_NAME, "w") as f:
+            f.write(name)
+    return name
+
+
+def join_etcd(node):
+    """A running server's member in the API server directory (its peer URL from the node IP)."""
+    try:
+        ip = json.loads(read(DROP_IN, "{}") or "{}").get("node-ip") or "127.0.0.1"
+    except ValueError:
+        ip = "127.0.0.1"
+    name = member_name(node)
+    os.makedirs(os.path.join(API, "members"), exist_ok=True)
+    with open(member_path(name), "w") as f:
+        json.dump({"ID": int.from_bytes(name.encode()[-8:], "big"), "name": name,
+                   "peerURLs": [f"https://{ip}:2380"], "clientURLs": [f"https://{ip}:2379"]}, f)
+
+
+def removed_member(node):
+    """etcd's refusal to start a member the cluster removed (its data still names it): the
+    stand-in knows it as a name file whose member is gone from a cluster that has members."""
+    name = read(ETCD_NAME).strip()
+    directory = os.path.join(API, "members")
+    if name and os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(member_path(name)):
+        return f"etcd: the member has been permanently removed from the cluster ({name})"
+    return None
+
+
+def remove_members(node):
+    """k3s' member controller on the removal of `node`'s Node (RemovePeer by its member name)."""
+    if node in set(read(os.path.join(API, "members-kept")).split()):
+        return
+    directory = os.path.join(API, "members")
+    for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+        if entry.rpartition("-")[0] == node:
+            os.unlink(os.path.join(directory, entry))
+
+
+def db_info(args):
+    """`curl ... -K - https://127.0.0.1:6443/db/info` with `user = "server:<password>"` on stdin:
+    the member list, for the server token's password only (as curl --fail reports a 401)."""
+    if args[-1:] != ["https://127.0.0.1:6443/db/info"] or "-K" not in args:
+        print(f"stand-in curl: unsupported: {' '.join(args)}", file=sys.stderr)
+        return 2
+    log("curl /db/info")
+    if not os.path.exists(KUBECONFIG):
+        print("curl: (7) Failed to connect to 127.0.0.1 port 6443 after 0 ms: Couldn't connect to server", file=sys.stderr)
+        return 7
+    import re
+    given = re.fullmatch(r'user = "server:((?:[^"\\]|\\.)*)"\n?', sys.stdin.read())
+    try:
+        want = parse_token(read(SERVER_TOKEN).strip())[2]
+    except ValueError:
+        want = None
+    if not given or want is None or re.sub(r"\\(.)", r"\1", given.group(1)) != want:
+        print("curl: (22) The requested URL returned error: 401", file=sys.stderr)
+        return 22
+    directory = os.path.join(API, "members")
+    members = [json.loads(read(os.path.join(directory, e))) for e in sorted(os.listdir(directory))] \
+        if os.path.isdir(directory) else []
+    learners = set(read(os.path.join(API, "learners")).split())
+    for m in members:
+        if m["name"].rpartition("-")[0] in learners:
+            m["isLearner"] = True
+    print(json.dumps({"members": members}))
+    return 0
+
+
 def own_version():
     """The kubelet version this k3s reports (`v1.31.2+k3s1`), from its store path's name."""
     import re
@@ -234,6 +327,12 @@ def run(role, args):
     started = time.time()
     if os.path.isdir(API) and "no-heartbeat" not in fault:
         write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version())
+    if os.path.isdir(API) and role == "server":
+        if (problem := removed_member(name)):
+            log(f"refused: {problem}")
+            print(problem, file=sys.stderr)
+            sys.exit(1)
+        join_etcd(name)
     notify("READY=1")
     while True:
         time.sleep(1.0 if "crashloop" in fault else api_config()["lease_renew_s"])
@@ -248,8 +347,13 @@ def start(role, args):
     names = sorted(os.listdir(images)) if os.path.isdir(images) else []
     log(f"start {role} {' '.join(args)} | config {read(DROP_IN).replace(chr(10), '')} | images "
         + "".join(f"{n} " for n in names))
-    if "--cluster-reset" in args:
-        return 0  # resets etcd and exits, as k3s does
+    if "--cluster-reset" in args:  # resets etcd to this member alone (a new name) and exits, as k3s does
+        if os.path.isdir(os.path.join(API, "members")):
+            for entry in os.listdir(os.path.join(API, "members")):
+                os.unlink(os.path.join(API, "members", entry))
+        if os.path.exists(ETCD_NAME):
+            os.unlink(ETCD_NAME)
+        return 0
     if role == "server":
         write_kubeconfig()
     if os.environ.get("INVOCATION_ID") and os.getppid() == 1:  # k3s.service: started by systemd
@@ -349,6 +453,7 @@ def kubectl(args):
                 os.unlink(node_path(words[2]))
             except FileNotFoundError:
                 pass
+            remove_members(words[2])
         elif os.path.exists("/etc/flakefleet/standin-nodes"):
             kept = [n for n in read("/etc/flakefleet/standin-nodes").split() if n != words[2]]
             with open("/etc/flakefleet/standin-nodes", "w") as f:
@@ -375,6 +480,8 @@ def etcd_snapshot_save(args):
 
 def main():
     argv = sys.argv[1:]
+    if os.path.basename(sys.argv[0]) == "curl":
+        return db_info(argv)
     if argv[:1] in (["server"], ["agent"]):
         return start(argv[0], argv[1:])
     if argv[:1] == ["kubectl"]:
