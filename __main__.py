@@ -12,6 +12,7 @@ import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
 from components.delivery import Delivery, DeliveryArgs
+from components.install import Installs, InstallsArgs
 from components.kubeconfig import Kubeconfig, KubeconfigArgs
 from components.machine import Machines, MachinesArgs
 from components.network import Network, NetworkArgs
@@ -90,6 +91,14 @@ machines = (
     else None
 )
 
+# Bring-your-own machines the stack installs NixOS on (pools[].bootstrap): their installed host
+# keys now; each install runs in its host's wave below, once.
+installs = (
+    Installs(f"{cfg.cluster.name}-install", InstallsArgs(cfg, inventory, systems), checked)
+    if any(h.install for h in inventory.hosts)
+    else None
+)
+
 # API endpoint: an internal NLB when several control planes run on EC2.
 api_lb = (
     ApiLoadBalancer(
@@ -129,10 +138,11 @@ delivery = Delivery(
         config=cfg,
         inventory=inventory,
         systems=systems,
-        generated_host_keys=machines.host_keys if machines else {},
+        generated_host_keys={**(machines.host_keys if machines else {}), **(installs.host_keys if installs else {})},
         signing_key=pulumi.Output.secret(cfg.signing_key),
         secret_environment=tokens.environment(),
         machines=machines,
+        installs=installs,
         api_ready=[api_lb] if api_lb else [],
         snapshot_bucket=storage.snapshot_bucket if storage and machines else None,
         restore=restore,

@@ -12,6 +12,7 @@ from pulumi.resource import DependencyResource
 
 from components.machine import Machines
 from flakefleet.config import StackConfig
+from components.install import Installs
 from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
@@ -39,13 +40,16 @@ class DeliveryArgs:
     systems: Mapping[str, System]
     """System name (pool, or pool/host) -> evaluated system."""
     generated_host_keys: Mapping[str, pulumi.Input[str]]
-    """EC2 host name -> its SSH host key, checked against its console; bring-your-own hosts' keys come from config."""
+    """EC2 and bootstrapped host name -> the SSH host key the stack checked or made; other
+    bring-your-own hosts' keys come from config."""
     signing_key: pulumi.Input[str]
     """The Nix signing key (a secret); reaches the runner only through its environment."""
     secret_environment: Mapping[str, pulumi.Input[str]]
     """FLAKEFLEET_SECRET_* -> secret value (the k3s tokens), for the host files that name them."""
     machines: Machines | None = None
     """Makes each EC2 host's machine when its wave comes (None: bring-your-own hosts only)."""
+    installs: Installs | None = None
+    """Installs NixOS on each bootstrapped host when its wave comes (None: no pool is bootstrapped)."""
     api_ready: Sequence[pulumi.Resource] = ()
     """What joining hosts need first (the API load balancer): every wave after the first waits for it."""
     snapshot_bucket: pulumi.Input[str] | None = None
@@ -175,6 +179,8 @@ class Delivery(pulumi.ComponentResource):
 
         plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, args.ca_hash, self._known, self._snapshots,
                                  *(self.host_keys[n] for n in needed)).apply(plan_json)
+        # A bootstrapped host gets NixOS first, in its wave too (its plan drains it for a reinstall).
+        install = args.installs.install(host, waits, plan) if host.install and args.installs else None
         cmd = command.local.Command(
             f"{self._name}-{host.name}",
             create=CREATE,
@@ -193,7 +199,7 @@ class Delivery(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The instance waits for the previous wave already; one edge is enough.
-                depends_on=[machine] if machine else waits,
+                depends_on=[machine] if machine else [install] if install else waits,
                 custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
             ),
         )

@@ -1,10 +1,35 @@
 {
   description = "flakefleet: every node's NixOS system, one closure per pool";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    # Installing NixOS on bring-your-own machines (pools[].bootstrap): disko writes the disk
+    # layout, nixos-anywhere installs over SSH from any Linux, kexec-ing into an installer built
+    # from nixos-images with our nixpkgs (not the one it would download at run time). Fetched
+    # only when a bootstrapped pool is evaluated or installed; their test-only inputs are cut off
+    # (follows = "" points them at this flake, never fetched).
+    disko = {
+      url = "github:nix-community/disko";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+    nixos-images = {
+      url = "github:nix-community/nixos-images";
+      inputs.nixos-stable.follows = "nixpkgs";
+      inputs.nixos-unstable.follows = "nixpkgs";
+    };
+    nixos-anywhere = {
+      url = "github:nix-community/nixos-anywhere";
+      inputs.nixpkgs.follows = "nixpkgs";
+      inputs.disko.follows = "disko";
+      inputs.nixos-images.follows = "nixos-images";
+      inputs.nixos-stable.follows = "nixpkgs";
+      inputs.nix-vm-test.follows = "";
+      inputs.treefmt-nix.follows = "";
+    };
+  };
 
   outputs =
-    { self, nixpkgs }:
+    { self, nixpkgs, ... }@inputs:
     let
       systems = [
         "x86_64-linux"
@@ -27,6 +52,7 @@
         per-host = ./mixins/per-host.nix;
         cilium = ./mixins/cilium.nix;
         workload-images = ./mixins/workload-images.nix;
+        install = ./mixins/install.nix;
         cilium-addon = ./addons/cilium.nix;
         nvidia-device-plugin = ./addons/nvidia-device-plugin.nix;
         workloads = ./addons/workloads.nix;
@@ -93,7 +119,21 @@
           self.lib.roleModules spec
           ++ [ self.nixosModules.${spec.hardware} ]
           ++ nixpkgs.lib.optional ((spec.gpu or null) != null) self.nixosModules.nvidia
+          ++ (if (spec.install or null) != null then self.lib.installModules spec.install else [ ])
           ++ [ { nixpkgs.hostPlatform = spec.system; } ];
+
+        # A bootstrapped pool (spec.install = { layout; disk? }): disko's module with the
+        # layout, and the disk (the install's own evaluation names the host's).
+        installModules = install: [
+          inputs.disko.nixosModules.disko
+          self.nixosModules.install
+          ./disko/${install.layout}.nix
+        ]
+        ++ nixpkgs.lib.optional ((install.disk or null) != null) { flakefleet.install.disk = install.disk; };
+
+        # The script nixos-anywhere runs on a bootstrapped host to partition and mount its disks
+        # (disko's system.build.diskoScript), for the spec of that host's install.
+        diskoScript = spec: (self.lib.poolSystem spec).config.system.build.diskoScript;
 
         poolSystem = spec: nixpkgs.lib.nixosSystem { modules = self.lib.modulesFor spec; };
 
@@ -138,6 +178,8 @@
       );
 
       # The workloads' images (nixos/workloads/), e.g. `nix build ./nixos#workload-hello`.
+      # The installer of bootstrapped pools: `nixos-anywhere` and the `kexec-installer` tarball it
+      # boots (flakefleet/bootstrap runs both from here).
       packages = forAllSystems (
         system:
         let
@@ -149,6 +191,19 @@
             inherit (nixpkgs) lib;
           }
         )
+        // {
+          nixos-anywhere = inputs.nixos-anywhere.packages.${system}.nixos-anywhere.overrideAttrs (old: {
+            # nixos-anywhere puts `-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no` first
+            # on every ssh command line (src/nixos-anywhere.sh, sshArgs), and ssh keeps an option's
+            # first value: the pinned known_hosts given with --ssh-option would be ignored. Without
+            # them, the pins apply to ssh, ssh-copy-id and nix copy alike.
+            postPatch = (old.postPatch or "") + ''
+              substituteInPlace src/nixos-anywhere.sh --replace-fail \
+                ' "-o" "UserKnownHostsFile=/dev/null" "-o" "StrictHostKeyChecking=no"' ""
+            '';
+          });
+          kexec-installer = inputs.nixos-images.packages.${system}.kexec-installer-nixos-stable-noninteractive;
+        }
       );
 
       # `nix flake check`: every system of every stack evaluates (listed by derivation, nothing

@@ -99,6 +99,14 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(arn=f"arn:aws:iam::{ACCOUNT_ID}:role/{args.name}", name=args.name)
         elif t == "aws:iam/instanceProfile:InstanceProfile":
             out.update(name=args.name, arn=f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{args.name}")
+        elif t == "tls:index/privateKey:PrivateKey" and args.inputs.get("algorithm") == "ED25519":
+            # terraform-provider-tls: public_key_openssh is an authorized_keys line (ssh
+            # MarshalAuthorizedKey: no comment, a trailing newline); private_key_openssh OpenSSH's format.
+            pub = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{args.name[-20:]:A>43}\n"
+            body = base64.b64encode(f"openssh-key-v1 test {args.name}".encode()).decode()
+            out.update(publicKeyOpenssh=pub,
+                       privateKeyOpenssh=f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n",
+                       privateKeyPem=f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
         elif t == "tls:index/privateKey:PrivateKey":
             pub = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{args.name[-20:]:A>43} {args.name}"
             out.update(publicKeyOpenssh=pub, privateKeyOpenssh=f"-----TEST KEY {args.name}-----",

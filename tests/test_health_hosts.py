@@ -193,7 +193,9 @@ def test_a_rolled_back_file_change_restarts_k3s_with_the_old_files(pair, systems
     worker.clear_fault()
     assert proc.returncode == ROLLED_BACK, proc.stderr
     assert '"node-label": ["a"]' in worker.path(K3S_DROP_IN_PATH).read_text()
-    assert '"node-label": ["a"]' in starts(worker)[-1]  # k3s runs with the restored drop-in
+    # k3s runs with the restored drop-in: the rollback restarted it (systemctl returns once the
+    # agent is exec'd, Type=exec; the stand-in logs its start a moment later: wait for it).
+    poll(lambda: '"node-label": ["a"]' in starts(worker)[-1], 60, "k3s started again with the restored drop-in")
     assert '"node-label": ["b"]' in starts(worker)[-2]
 
 

@@ -177,10 +177,10 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     # The flake's own modulesFor (tests/test_nixos.py evaluates it): every nixosModules entry is
     # imported by some row.
     imported = {m for spec in specs.values() for m in nixos_tests.modules_for(spec)}
-    outputs = nixos_tests.flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {nixos_tests.STUB_NIXPKGS}; }}")
+    outputs = nixos_tests.flake_outputs("./nixos", nixos_tests.STUB_INPUTS)
     every = nixos_tests.nix_eval(f"let outputs = ({outputs}); in map (m: baseNameOf (dirOf m) + \"/\" + baseNameOf m) "
                                  "(builtins.attrValues outputs.nixosModules)")
-    assert len(every) == 12 and set(every) <= imported, set(every) - imported
+    assert len(every) == 13 and set(every) <= imported, set(every) - imported
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)

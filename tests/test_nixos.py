@@ -131,13 +131,17 @@ STUB_NIXPKGS = """
 """
 
 
+# The flake's inputs for these evaluations: the stub nixpkgs, and disko's module as its stand-in.
+STUB_INPUTS = f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; disko.nixosModules.disko = ./tests/nixlib/disko.nix; }}"
+
+
 def flake_outputs(flake_dir: str, inputs: str) -> str:
     return f"let flake = import {flake_dir}/flake.nix; outputs = flake.outputs ({inputs}); in outputs"
 
 
 def modules_for(spec: dict) -> list[str]:
     """The flake's module list for `spec`, each named `folder/file` (a path) or by what it is."""
-    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    outputs = flake_outputs("./nixos", STUB_INPUTS)
     return nix_eval(
         f"let outputs = ({outputs}); spec = builtins.fromJSON {json.dumps(json.dumps(spec))}; "
         "in map (m: if builtins.isPath m then baseNameOf (dirOf m) + \"/\" + baseNameOf m "
@@ -172,7 +176,7 @@ def test_real_flake_imports_a_module_only_where_it_applies(ask, expected):
 def test_the_spec_module_sets_the_options():
     cfg, inv = stack("prod")
     spec = json.dumps(json.dumps(pool_spec(cfg, inv, "cp")))
-    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    outputs = flake_outputs("./nixos", STUB_INPUTS)
     spec_module = nix_eval(
         f"let outputs = ({outputs}); in (outputs.lib.specModule (builtins.fromJSON {spec})).flakefleet"
     )
@@ -182,7 +186,7 @@ def test_the_spec_module_sets_the_options():
 
 
 def test_flake_exposes_what_nixos_users_expect():
-    outputs = flake_outputs("./nixos", f"{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}")
+    outputs = flake_outputs("./nixos", STUB_INPUTS)
     names = nix_eval(
         f"let o = ({outputs}); in {{ top = builtins.attrNames o; "
         "checks = builtins.mapAttrs (_: builtins.attrNames) o.checks; shells = builtins.attrNames o.devShells; }"
@@ -193,7 +197,7 @@ def test_flake_exposes_what_nixos_users_expect():
 
 
 def test_standin_flake_has_the_interface_of_the_real_one():
-    real = nix_eval(f"builtins.attrNames ({flake_outputs('./nixos', f'{{ self = outputs; nixpkgs = {STUB_NIXPKGS}; }}')}).lib")
+    real = nix_eval(f"builtins.attrNames ({flake_outputs('./nixos', STUB_INPUTS)}).lib")
     standin = nix_eval(f"builtins.attrNames ({flake_outputs('./tests/standin', '{ self = outputs; }')}).lib")
     assert "toplevel" in real and "toplevel" in standin
 
@@ -206,7 +210,7 @@ def test_flake_lock_pins_a_real_stable_nixpkgs():
     assert len(locked["rev"]) == 40 and int(locked["rev"], 16) >= 0
     assert locked["narHash"].startswith("sha256-") and len(locked["narHash"]) == 51
     assert locked["lastModified"] > 1780000000  # a 2026 revision of the 26.05 branch
-    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";' in (NIXOS / "flake.nix").read_text()
+    assert '    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";' in (NIXOS / "flake.nix").read_text()
 
 
 def test_no_secret_option_is_used():

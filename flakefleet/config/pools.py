@@ -14,14 +14,17 @@ from pydantic import Field
 
 from flakefleet.facts.addresses import PoolBlocks, allocate_blocks, block_size
 from flakefleet.facts.aws import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
-from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role, SshUser
+from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role, SshUser, did_you_mean
 from flakefleet.config.network import zone_names
-from flakefleet.config.rules import host_address_problem, host_key_problem, label_problem
+from flakefleet.config.rules import ANY_HOST_KEY_TYPES, host_address_problem, host_key_problem, label_problem
+from flakefleet.facts.flake import disk_layouts, resolve_flake
 
 if TYPE_CHECKING:
     from flakefleet.config.parsed import Parsed
 
 MAX_HOST_NAME = 63  # a DNS label: host and Kubernetes node name
+DEFAULT_LAYOUT = "single-disk"  # nixos/disko/single-disk.nix
+INSTALL_ONLY = ("install_host_key", "install_disk", "reinstall")  # host fields of bootstrap pools
 # What `gpu: nvidia` adds to a pool's nodes (nixos/hardware/nvidia.nix: services.k3s.nodeTaint).
 GPU_TAINT = ("nvidia.com/gpu", "present", "NoSchedule")
 
@@ -62,7 +65,24 @@ class MetalHost(Model):
     ssh_host_key: str | None = Field(
         None,
         description="The host's SSH public ed25519 host key (`ssh-ed25519 AAAA...`, the only host key our NixOS "
-        "config serves), pinned before the first connection. Required.",
+        "config serves), pinned before the first connection. Required, but for a host the pool bootstraps (its "
+        "installed system's key is made by the stack).",
+    )
+    install_host_key: str | None = Field(
+        None,
+        description="`bootstrap` pools only: the SSH host key of the Linux the host runs before NixOS is installed "
+        "(`ssh-ed25519 ...`, `ecdsa-sha2-nistp256 ...` or `ssh-rsa ...`; nixos-anywhere's installer keeps it "
+        "after kexec), pinned before the first connection. Required there.",
+    )
+    install_disk: str | None = Field(
+        None,
+        description="`bootstrap` pools only: the disk the layout installs onto (`/dev/disk/by-id/...`). "
+        "Default: the host's only disk, read from its facts before installing.",
+    )
+    reinstall: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None,
+        description="`bootstrap` pools only: a new value wipes the host's disks and installs it again (drained "
+        "and out of etcd first), once. Any text, e.g. a date. Default: installed once, never again.",
     )
 
 
@@ -115,11 +135,27 @@ class PoolConfig(Model):
         "healthy), `always` reboots on every new system, `never` switches live and reports the reboot as pending. "
         "Default `auto`.",
     )
+    bootstrap: Literal["nixos-anywhere"] | None = Field(
+        None,
+        description="`metal` only: `nixos-anywhere` installs NixOS on each host from whatever Linux it runs (kexec "
+        "into an installer, partition with `disk_layout`, install the pool's system) before its first delivery. "
+        "Default: none, the hosts run NixOS already.",
+    )
+    disk_layout: str | None = Field(
+        None,
+        description="`bootstrap` pools only: the disko layout `nixos/disko/<name>.nix` the hosts are partitioned "
+        "with. Default `single-disk` (an EFI system partition and an ext4 root on one disk).",
+    )
     ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
         None,
         description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "
         "from the pool name, so adding or reordering pools leaves addresses alone; pin it in long-lived stacks.",
     )
+
+    @property
+    def layout(self) -> str | None:
+        """The disk layout of a bootstrapped pool (None: not bootstrapped)."""
+        return (self.disk_layout or DEFAULT_LAYOUT) if self.bootstrap else None
 
     @property
     def size(self) -> int:
@@ -129,6 +165,10 @@ class PoolConfig(Model):
 
 def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
     problems = []
+    if pool.bootstrap is not None:
+        problems.append(f"{at}.bootstrap: only for provider metal; an ec2 pool boots the NixOS image itself")
+    if pool.disk_layout is not None:
+        problems.append(f"{at}.disk_layout: only for a metal pool with bootstrap: nixos-anywhere")
     if pool.hosts:
         problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
     if pool.count is None:
@@ -173,14 +213,49 @@ def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
         problems.append(f"{at}.bare_metal: only for provider ec2; metal hosts are bare metal already")
     if not pool.hosts and stack.known(f"pools[{i}].hosts"):
         problems.append(f"{at}.hosts: required for provider metal (name, address, ssh_host_key of each host)")
+    problems += _bootstrap_pool(stack, i, pool)
     for j, host in stack.indexed(f"pools[{i}].hosts", pool.hosts):
         if (why := host_address_problem(host.address, stack.loopback_fleet)) is not None:
             problems.append(f"{at}.hosts[{j}].address: {why}")
-        if host.ssh_host_key is None:
+        if pool.bootstrap is not None:
+            problems += _bootstrap_host(f"{at}.hosts[{j}]", host)
+        elif host.ssh_host_key is None:
             problems.append(f"{at}.hosts[{j}].ssh_host_key: required; host keys are pinned before the first connection "
                             "(read it from the host's /etc/ssh/ssh_host_ed25519_key.pub)")
-        elif (why := host_key_problem(host.ssh_host_key)) is not None:
+        else:
+            problems += [f"{at}.hosts[{j}].{field}: only for a pool with bootstrap: nixos-anywhere"
+                         for field in INSTALL_ONLY if getattr(host, field) is not None]
+        if host.ssh_host_key is not None and (why := host_key_problem(host.ssh_host_key)) is not None:
             problems.append(f"{at}.hosts[{j}].ssh_host_key: {why}")
+    return problems
+
+
+def _bootstrap_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
+    """The layout a bootstrapped pool names is one the flake has."""
+    at = f"{NAMESPACE}:pools[{i}]"
+    if pool.bootstrap is None:
+        return [f"{at}.disk_layout: only with bootstrap: nixos-anywhere"] if pool.disk_layout is not None else []
+    flake = resolve_flake(stack.delivery.flake if stack.delivery else None)
+    offered = disk_layouts(flake) if stack.known("delivery.flake") else None
+    if offered is not None and pool.layout not in offered:
+        return [f"{at}.disk_layout: the flake has no layout {pool.layout!r}{did_you_mean(pool.layout, offered)} "
+                f"({flake.name}/disko/ has: {', '.join(offered) or 'none'})"]
+    return []
+
+
+def _bootstrap_host(at: str, host: MetalHost) -> list[str]:
+    """A host NixOS is installed on: its pre-install key pinned, its installed key the stack's."""
+    problems = []
+    if host.install_host_key is None:
+        problems.append(f"{at}.install_host_key: required with bootstrap; the Linux it runs before the install is "
+                        "pinned before the first connection (read it from its /etc/ssh/ssh_host_ed25519_key.pub)")
+    elif (why := host_key_problem(host.install_host_key, ANY_HOST_KEY_TYPES)) is not None:
+        problems.append(f"{at}.install_host_key: {why}")
+    if host.ssh_host_key is not None:
+        problems.append(f"{at}.ssh_host_key: not with bootstrap; the stack makes the installed system's host key "
+                        "(placed by the install, pinned before it first answers): remove this line")
+    if host.install_disk is not None and not host.install_disk.startswith("/dev/"):
+        problems.append(f"{at}.install_disk: {host.install_disk!r} is not a device path; use /dev/disk/by-id/...")
     return problems
 
 

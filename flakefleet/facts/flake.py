@@ -35,6 +35,15 @@ def workload_names(flake: Path) -> list[str] | None:
     return sorted(p.stem for p in folder.glob("*.nix") if p.name != "default.nix")
 
 
+def disk_layouts(flake: Path) -> list[str] | None:
+    """The disk layouts the flake offers bootstrapped hosts: one `disko/<name>.nix` each (disko
+    configurations). None when the flake has no such folder."""
+    folder = flake / "disko"
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.nix"))
+
+
 def nixpkgs_release(flake: Path) -> str | None:
     """The NixOS release the flake's lock pins (`nixos-26.05` -> `26.05`): its `nixpkgs` input's
     branch. None when that follows no release branch (unstable, a fork's branch) or there is no

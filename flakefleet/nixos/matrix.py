@@ -62,7 +62,7 @@ ROWS: dict[str, dict[str, object]] = {
         ],
     },
     # Bring-your-own metal, no EC2 at all, with per-host closures (nixos/hardware/metal.nix,
-    # mixins/per-host.nix, the firewall's peer rules).
+    # mixins/per-host.nix, the firewall's peer rules), and a pool the deployer installs.
     "metal": {
         "flakefleet:cluster": {"name": "ff-mx-metal"},
         "flakefleet:pools": [
@@ -75,6 +75,9 @@ ROWS: dict[str, dict[str, object]] = {
                 {"name": "metal-1", "address": "192.168.40.11",
                  "ssh_host_key": HOST_KEY},
             ]},
+            # Installed by the deployer (mixins/install.nix, disko's module, disko/single-disk.nix).
+            {"name": "byo", "role": "worker", "provider": "metal", "bootstrap": "nixos-anywhere", "hosts": [
+                {"name": "byo-0", "address": "192.168.40.20", "install_host_key": HOST_KEY}]},
         ],
     },
 }

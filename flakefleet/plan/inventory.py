@@ -41,6 +41,16 @@ class Zone:
 
 
 @dataclass(frozen=True)
+class Install:
+    """How a bring-your-own host gets NixOS before its first delivery (pools[].bootstrap)."""
+
+    layout: str  # nixos/disko/<layout>.nix
+    host_key: str  # of the Linux it runs before, pinned
+    disk: str | None = None  # None: its only disk, from its facts
+    reinstall: str | None = None  # a new value: wiped and installed again, once
+
+
+@dataclass(frozen=True)
 class Host:
     """One Kubernetes node, as planned."""
 
@@ -56,6 +66,7 @@ class Host:
     zone: str | None = None
     subnet: IPv4Network | None = None
     instance_type: str | None = None
+    install: Install | None = None  # bootstrapped hosts only: their installed key is the stack's
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ def plan_inventory(cfg: StackConfig) -> Inventory:
                     ssh_user=h.ssh_user or cfg.delivery.ssh_user,
                     ssh_port=h.ssh_port,
                     ssh_host_key=h.ssh_host_key,
+                    install=Install(pool.layout, h.install_host_key, h.install_disk, h.reinstall)
+                    if pool.bootstrap else None,
                 )
                 for h in pool.hosts
             )

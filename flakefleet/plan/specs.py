@@ -91,6 +91,8 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.size),
         "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
         "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
+        # A bootstrapped pool's disk layout (nixos/disko/); the disk is the install's, per host.
+        **({"install": {"layout": pool.layout}} if pool.bootstrap else {}),
     }
 
 

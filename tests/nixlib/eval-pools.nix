@@ -187,6 +187,8 @@ let
   outputs = (import (flake + "/flake.nix")).outputs {
     self = outputs;
     inherit nixpkgs;
+    # Bootstrapped pools import disko's module: its stand-in here (./disko.nix).
+    disko.nixosModules.disko = ./disko.nix;
   };
   systems =
     if vmNodes then
@@ -230,6 +232,8 @@ let
         images = map (i: i.name) config.services.k3s.images;
         containerdTemplate = config.services.k3s.containerdConfigTemplate != null;
         hostName = config.networking.hostName;
+        fileSystems = builtins.mapAttrs (_: f: { inherit (f) device fsType options; }) config.fileSystems;
+        diskoScript = config.system.build.diskoScript or null;
         sysctl = config.boot.kernel.sysctl;
         firewall = {
           inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces extraCommands;
