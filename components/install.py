@@ -9,12 +9,12 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
-from flakefleet.bootstrap.plan import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, InstallPlan
+from flakefleet.plan.contract import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV
 from flakefleet.config import StackConfig
 from flakefleet.facts.flake import resolve_flake
 from flakefleet.plan.contract import System
 from flakefleet.plan.inventory import Host, Inventory
-from flakefleet.plan.specs import NIX_SYSTEMS, host_system, pool_spec
+from flakefleet.plan.hostplans import install_plan
 
 RUNNER = "./scripts/flakefleet install"
 # create installs (once: a machine that answers with the stack's key is not installed again);
@@ -58,18 +58,10 @@ class Installs(pulumi.ComponentResource):
         """`host`'s install Command, after `waits` (the previous wave: one control plane, one
         batch at a time, as every change to a node)."""
         args = self._args
-        spec = pool_spec(args.config, args.inventory, host.pool)
-        pool = args.config.pool(host.pool)
+        flake = str(resolve_flake(args.config.delivery.flake))
 
         def plan_json(v: list) -> str:
-            return InstallPlan(
-                host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user,
-                install_host_key=host.install.host_key, host_key=v[0], layout=host.install.layout,
-                system=args.systems[host_system(args.config, host)].out, spec=spec, arch=NIX_SYSTEMS[pool.arch],
-                disk=host.install.disk, reinstall=host.install.reinstall,
-                flake=str(resolve_flake(args.config.delivery.flake)),
-                boot_timeout_s=args.config.delivery.metal_boot_timeout_s, delivery=v[1],
-            ).to_json()
+            return install_plan(args.config, args.inventory, host, args.systems, v[0], v[1], flake).to_json()
 
         plan = pulumi.Output.all(self.host_keys[host.name], delivery_plan).apply(plan_json)
         return command.local.Command(

@@ -93,11 +93,31 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
             lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
             found, planned = skew_check(cfg, inventory, mine, previous)
             lines += [planned.text()] if planned and not found else []
-        for line in lines:
+        for line in lines + install_notes(inventory, previous):
             pulumi.log.info(line)
 
     last.apply(log)
     return mine
+
+
+def install_notes(inventory: Inventory, previous: dict) -> list[str]:
+    """What a preview says of bootstrapped hosts against the last update's `nodes`: a host that
+    joins is installed (its disks wiped), a new `reinstall` wipes and installs it again."""
+    nodes = previous.get("nodes") if isinstance(previous.get("nodes"), dict) else {}
+    lines = []
+    for host in (h for h in inventory.hosts if h.install):
+        was = nodes.get(host.name)
+        if not isinstance(was, dict):
+            lines.append(f"{host.name} will be installed: its disks wiped (layout {host.install.layout}), "
+                         f"NixOS installed by nixos-anywhere, then delivered to")
+        elif "install" not in was:
+            lines.append(f"{host.name}: its pool is installed by the stack now, but it runs a delivered system "
+                         "already: its install refuses to wipe it. Set hosts[].reinstall to install it anew, or "
+                         "take bootstrap off its pool")
+        elif was["install"].get("reinstall") != host.install.reinstall and host.install.reinstall:
+            lines.append(f"{host.name} will be wiped and reinstalled (reinstall: {host.install.reinstall}): "
+                         "drained and taken out of the cluster first, in its wave")
+    return lines
 
 
 def pinned_host_keys(last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]:

@@ -16,7 +16,8 @@ def node_table(
     """Stack output `nodes`: host name -> role, pool, address, instance type and id (None for bring-your-own),
     the system the stack wants on it, the system its last delivery confirmed there, whether it
     still boots an older kernel (`reboot: never`), and how to reach it over pinned SSH (port,
-    user, host key: what `flakefleet drift` needs). `delivered` is the rollout's `hosts`."""
+    user, host key: what `flakefleet drift` needs), and a bootstrapped host's install.
+    `delivered` is the rollout's `hosts`."""
     names = [h.name for h in inventory.hosts]
 
     def table(values: list) -> dict[str, dict]:
@@ -35,6 +36,9 @@ def node_table(
                 "ssh_port": h.ssh_port,
                 "ssh_user": h.ssh_user,
                 "host_key": keys[h.name],
+                # A bootstrapped host: its layout and the reinstall it was last asked for (the
+                # next preview says when that changes: the host is wiped).
+                **({"install": {"layout": h.install.layout, "reinstall": h.install.reinstall}} if h.install else {}),
             }
             for h in inventory.hosts
         }

@@ -9,7 +9,9 @@ engine, see docs/delivery.md):
 - a change of any other input: `update` runs (or `create` again when no `update` is given),
   with the new inputs; a failed update keeps the old state;
 - `update` and `delete` get the last create/update's stdout in PULUMI_COMMAND_STDOUT;
-- resource gone from the program: `delete` runs with the inputs in state.
+- resource gone from the program: `delete` runs with the inputs in state (no `delete`: nothing
+  runs, for either half of a replacement: provider/pkg/provider/local/command.go returns
+  before running anything when Delete is nil);
 The commands are the exact strings the Delivery component registers, run through `sh -c` from
 the project directory, as the provider runs them.
 """
@@ -63,8 +65,10 @@ class LocalCommand:
             if created.proc.returncode != 0:
                 return [created]
             old_inputs = self.inputs
-            deleted = self._do("delete", old_inputs, old_inputs["delete"], previous=True)
             self.inputs, self.stdout = inputs, created.proc.stdout
+            if not old_inputs.get("delete"):  # no delete command: nothing runs (pulumi-command)
+                return [created]
+            deleted = self._do("delete", old_inputs, old_inputs["delete"], previous=True)
             return [created, deleted]
         if inputs != self.inputs:
             step = self._do("update", inputs, inputs.get("update") or inputs["create"], previous=True)
@@ -75,6 +79,9 @@ class LocalCommand:
 
     def destroy(self) -> Step:
         """The resource left the program: `delete` with the inputs and stdout in state."""
+        if not self.inputs.get("delete"):
+            self.inputs = None
+            return Step("delete", subprocess.CompletedProcess([], 0, "", ""))
         step = self._do("delete", self.inputs, self.inputs["delete"], previous=True)
         if step.proc.returncode == 0:
             self.inputs = None

@@ -262,7 +262,7 @@ def local_bootstrapped(reinstall: str | None = None) -> dict:
 
 
 def test_each_bootstrapped_host_is_installed_in_its_wave_before_its_delivery():
-    from flakefleet.bootstrap.plan import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, InstallPlan
+    from flakefleet.plan.contract import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, InstallPlan
     from flakefleet.plan.contract import PLAN_ENV, DeliveryPlan
     from tests.harness import run_program
 
@@ -428,3 +428,36 @@ def test_nixos_anywhere_installs_the_built_paths_with_every_connection_pinned(id
     assert argv[-2:] == ["--target-host", "root@192.168.50.10"]
     assert ("-i" in argv) == (identity is not None)
     assert argv[argv.index("--phases") + 1] == "kexec,disko,install,reboot"
+
+
+def install_lines(previous: dict, raw: dict) -> list[str]:
+    """What a preview of `raw` logs about installs, after an update that exported `previous`."""
+    import pulumi
+
+    from tests.harness import FleetMocks, RecordingMonitor, run_program
+
+    logged: list[str] = []
+    original = pulumi.log.info
+    pulumi.log.info = lambda message, *a, **k: logged.append(message)
+    try:
+        run_program(raw, stack="local", preview=True, monitor=RecordingMonitor(FleetMocks(previous_outputs=previous)))
+    finally:
+        pulumi.log.info = original
+    return [m for m in logged if m.startswith("worker-")]
+
+
+def test_the_preview_says_which_hosts_are_wiped():
+    from tests.harness import run_program
+
+    first = run_program(local_bootstrapped(), stack="local").exports
+    assert first["nodes"]["worker-0"]["install"] == {"layout": "single-disk", "reinstall": None}
+    assert install_lines({}, local_bootstrapped()) == [
+        f"worker-{i} will be installed: its disks wiped (layout single-disk), NixOS installed by nixos-anywhere, "
+        "then delivered to" for i in (0, 1)]
+    assert install_lines({"nodes": first["nodes"]}, local_bootstrapped()) == []
+    assert install_lines({"nodes": first["nodes"]}, local_bootstrapped(reinstall="2026-12-02")) == [
+        "worker-1 will be wiped and reinstalled (reinstall: 2026-12-02): drained and taken out of the cluster "
+        "first, in its wave"]
+    before = {n: {k: v for k, v in row.items() if k != "install"} for n, row in first["nodes"].items()}
+    assert install_lines({"nodes": before}, local_bootstrapped())[0].startswith(
+        "worker-0: its pool is installed by the stack now, but it runs a delivered system already")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from flakefleet.bootstrap.command import (FACTS_QUERY, Facts, choose_disk, known_hosts_text, nixos_anywhere_argv,
                                          parse_facts, tools_refusal, wipe_refusal)
-from flakefleet.bootstrap.plan import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, INSTALLED_KEY_PATH, InstallPlan
+from flakefleet.plan.contract import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, INSTALLED_KEY_PATH, InstallPlan
 from flakefleet.common.nix import NIX_FEATURES
 from flakefleet.common.retry import poll
 from flakefleet.common.ssh import known_hosts_line, remote_command, ssh_prefix
@@ -82,12 +82,13 @@ def read_facts(plan: InstallPlan, known: Path) -> Facts:
 
 def build(plan: InstallPlan, what: list[str], tmp: Path) -> str:
     """`nix build` of flake outputs or an expression; the store path."""
-    argv = ["nix", *NIX_FEATURES, "build", "--no-link", "--print-out-paths", *what]
+    argv = ["nix", *NIX_FEATURES, "build", "--no-link", "--json", *what]
     res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
-    if res.returncode != 0:
+    try:
+        return json.loads(res.stdout)[0]["outputs"]["out"]
+    except (ValueError, LookupError, TypeError):
         raise InstallError(f"building {' '.join(what)[-200:]} failed; nothing was changed:\n{res.stderr.strip()[-1500:]}",
-                           REFUSED)
-    return res.stdout.strip().splitlines()[-1]
+                           REFUSED) from None
 
 
 def tools(plan: InstallPlan, disk: str, tmp: Path) -> tuple[str, str, str]:
@@ -126,13 +127,13 @@ def take_out_of_cluster(plan: InstallPlan, env: dict[str, str]) -> None:
     """A node that is to be wiped: drained and deleted (its etcd member removed) as its removal does."""
     if not plan.delivery:
         raise InstallError("it is a node of the cluster, and this install has no delivery plan to drain it with", REFUSED)
-    from flakefleet.cluster.membership import remove
+    from flakefleet.cluster.membership import take_out
     from flakefleet.host.session import HostSession
     from flakefleet.plan.contract import DeliveryFailed, DeliveryPlan
 
     session = HostSession(DeliveryPlan.from_json(plan.delivery), env)
     try:
-        say(plan, remove(session))
+        say(plan, take_out(session, session.hostctl("state", timeout=30)))
     except DeliveryFailed as err:
         raise InstallError(f"taking it out of the cluster first failed; nothing was wiped: {err}", REFUSED) from None
     finally:
@@ -143,7 +144,9 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="flakefleet-install-") as name:
         tmp = Path(name)
         record = installed_record(plan, tmp)
-        if record is not None and record.get("reinstall") == plan.reinstall:
+        # Installed by the stack: again only for a reinstall it was not installed by (taking the
+        # `reinstall` line out afterwards is no request).
+        if record is not None and (plan.reinstall is None or record.get("reinstall") == plan.reinstall):
             say(plan, "installed already (it answers with the stack's host key); not installed again")
             return {"host": plan.host, "installed": "already", "reinstall": plan.reinstall}
         known = tmp / "known_hosts"

@@ -164,10 +164,17 @@ def remove(run: HostSession) -> str:
     Draining that fails stops the removal (a dead host: `flakefleet remove --force` deletes its
     Node first, and then this finds nothing to drain); with no control plane left to ask (the
     whole cluster is being destroyed), there is nothing to drain."""
-    plan = run.plan
     state = run.hostctl("state", timeout=30)
     if superseded(run, state):
-        return f"{plan.host} was superseded by a newer delivery; nothing to remove"
+        return f"{run.plan.host} was superseded by a newer delivery; nothing to remove"
+    return take_out(run, state)
+
+
+def take_out(run: HostSession, state: subprocess.CompletedProcess) -> str:
+    """`remove` once it is known the host is to go (its delivery's delete, or a reinstall that
+    wipes it): drained through another control plane, k3s stopped, its Node and etcd member gone.
+    `state` is the host's `hostctl state` (a host that does not answer has nothing to stop)."""
+    plan = run.plan
     others = [cp for cp in plan.control_planes if cp.host != plan.host]
     via = next((cp for cp in others if run.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
     if via is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flakefleet.config import StackConfig
-from flakefleet.plan.contract import Builder, DeliveryPlan, Endpoint, PublishPlan, System, substituter_url
+from flakefleet.plan.contract import Builder, DeliveryPlan, Endpoint, InstallPlan, PublishPlan, System, substituter_url
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
-from flakefleet.plan.specs import host_files, host_system
+from flakefleet.plan.specs import NIX_SYSTEMS, host_files, host_system, pool_spec
 
 
 def our_cache(cfg: StackConfig, host: Host, cache_bucket: str | None) -> str | None:
@@ -142,3 +142,19 @@ def delivery_plans(
         for wave in waves(cfg, inv)
         for host in wave
     }
+
+
+def install_plan(cfg: StackConfig, inv: Inventory, host: Host, systems: Mapping[str, System], host_key: str,
+                 delivery: str, flake: str) -> InstallPlan:
+    """A bootstrapped host's install: reached as its delivery reaches it, its pre-install key
+    pinned, the pool's system and spec (for its disko script), the stack's key for the installed
+    system, and its delivery plan (JSON, to drain it first when a reinstall wipes a node)."""
+    pool = cfg.pool(host.pool)
+    return InstallPlan(
+        host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user,
+        install_host_key=host.install.host_key, host_key=host_key, layout=host.install.layout,
+        system=systems[host_system(cfg, host)].out, spec=pool_spec(cfg, inv, host.pool), arch=NIX_SYSTEMS[pool.arch],
+        disk=host.install.disk, reinstall=host.install.reinstall, flake=flake,
+        boot_timeout_s=cfg.delivery.metal_boot_timeout_s, delivery=delivery,
+    )
+

@@ -30,7 +30,9 @@ from pathlib import Path
 SUITE = "bookworm"
 INCLUDE = ["systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "procps"]
 # debootstrap cannot resolve nix-bin's virtual dependencies; apt-get installs them after.
-PACKAGES = ["nix-bin", "python3", "grub2-common"]
+# cpio: what a server's Debian has and debootstrap's minimal set lacks; nixos-anywhere needs it
+# (with tar and setsid) on a machine it installs (tests/test_bootstrap_hosts.py).
+PACKAGES = ["nix-bin", "python3", "grub2-common", "cpio"]
 MASKED = [
     "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
     "systemd-resolved.service", "console-getty.service", "getty@.service", "getty.target",

@@ -227,6 +227,29 @@
         images = map (n: "${n}.tar.gz") (spec.images or [ ]);
       };
 
+      # As nixos/flake.nix: a bootstrapped host's disko script. Run on the machine by the stand-in
+      # nixos-anywhere, it leaves what a freshly partitioned disk has: none of the old system's
+      # state (flakefleet's, k3s'), and a log line naming the disk it was given.
+      lib.diskoScript =
+        spec:
+        sh spec "disko-${spec.pool}" "printf '%s' \"$script\" > $out && chmod +x $out" {
+          script = ''
+            #!/bin/sh
+            echo 'disko: wiped and mounted ${spec.install.disk} (layout ${spec.install.layout})' >> /var/lib/standin-disko.log
+            rm -rf /var/lib/flakefleet /var/lib/rancher /etc/rancher /etc/flakefleet
+          '';
+        };
+
+      # As nixos/flake.nix: nixos-anywhere (./nixos-anywhere.sh, restating its steps) and a kexec
+      # tarball named as nixos-images names it.
+      packages.x86_64-linux = {
+        nixos-anywhere = sh { system = "x86_64-linux"; } "nixos-anywhere"
+          "mkdir -p $out/bin && printf '%s' \"$script\" > $out/bin/nixos-anywhere && chmod +x $out/bin/nixos-anywhere"
+          { script = builtins.readFile ./nixos-anywhere.sh; };
+        kexec-installer = sh { system = "x86_64-linux"; } "kexec-tarball"
+          "mkdir -p $out && printf 'stand-in kexec installer' > $out/nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz" { };
+      };
+
       lib.toplevel =
         spec:
         assert spec.schema == 1;
