@@ -33,8 +33,8 @@
 # kept in the API server directory's members/; deleting a server's Node removes its member
 # (pkg/etcd/member_controller.go, OnRemove: RemovePeer) unless the Node is named in the
 # directory's `members-kept` (a fault: the controller did not); `--cluster-reset` leaves a
-# cluster of this server alone; a server whose data names a removed member does not start
-# (etcd: "the member has been permanently removed from the cluster"). The supervisor's
+# cluster of this server alone (a removed member's own refusal to start again, etcd's "the
+# member has been permanently removed from the cluster", is not restated). The supervisor's
 # /db/info (etcd.go, infoHandler; served to the `k3s:server` role, pkg/server/router.go) is what
 # `curl` on a stand-in system answers: the one request flakefleet makes there, with the server
 # token's password, from this server's token file.
@@ -255,16 +255,6 @@ def join_etcd(node):
                    "peerURLs": [f"https://{ip}:2380"], "clientURLs": [f"https://{ip}:2379"]}, f)
 
 
-def removed_member(node):
-    """etcd's refusal to start a member the cluster removed (its data still names it): the
-    stand-in knows it as a name file whose member is gone from a cluster that has members."""
-    name = read(ETCD_NAME).strip()
-    directory = os.path.join(API, "members")
-    if name and os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(member_path(name)):
-        return f"etcd: the member has been permanently removed from the cluster ({name})"
-    return None
-
-
 def remove_members(node):
     """k3s' member controller on the removal of `node`'s Node (RemovePeer by its member name)."""
     if node in set(read(os.path.join(API, "members-kept")).split()):
@@ -328,10 +318,6 @@ def run(role, args):
     if os.path.isdir(API) and "no-heartbeat" not in fault:
         write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version())
     if os.path.isdir(API) and role == "server":
-        if (problem := removed_member(name)):
-            log(f"refused: {problem}")
-            print(problem, file=sys.stderr)
-            sys.exit(1)
         join_etcd(name)
     notify("READY=1")
     while True:
