@@ -65,10 +65,11 @@ class LocalCommand:
             if created.proc.returncode != 0:
                 return [created]
             old_inputs = self.inputs
-            self.inputs, self.stdout = inputs, created.proc.stdout
             if not old_inputs.get("delete"):  # no delete command: nothing runs (pulumi-command)
+                self.inputs, self.stdout = inputs, created.proc.stdout
                 return [created]
-            deleted = self._do("delete", old_inputs, old_inputs["delete"], previous=True)
+            deleted = self._do("delete", old_inputs, old_inputs["delete"], previous=True)  # the old stdout
+            self.inputs, self.stdout = inputs, created.proc.stdout
             return [created, deleted]
         if inputs != self.inputs:
             step = self._do("update", inputs, inputs.get("update") or inputs["create"], previous=True)
