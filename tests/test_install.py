@@ -17,6 +17,7 @@ from flakefleet.config import parse_stack_config
 from flakefleet.facts.flake import ROOT, disk_layouts
 from flakefleet.plan.inventory import plan_inventory
 from flakefleet.plan.specs import system_specs
+from tests.conftest import require
 from tests.test_config_classes import ECDSA, found, host, metal_stack
 from tests.test_nix_modules import MODULE_SYSTEMS, evaluate_pools
 
@@ -139,10 +140,9 @@ def test_a_bootstrapped_pool_mounts_the_layouts_partitions_by_label(lib, tmp_pat
 
 def upstream(name: str) -> Path:
     """A fetched upstream's git directory (FLAKEFLEET_UPSTREAM_<NAME>), else skip: tier 5 is local."""
-    path = os.environ.get(f"FLAKEFLEET_UPSTREAM_{name.upper().replace('-', '_')}")
-    if not path:
-        pytest.skip(f"FLAKEFLEET_UPSTREAM_{name.upper().replace('-', '_')} (a git directory of {name}) not set")
-    return Path(path)
+    variable = f"FLAKEFLEET_UPSTREAM_{name.upper().replace('-', '_')}"
+    require(bool(os.environ.get(variable)), f"{variable} (a git directory of {name})")
+    return Path(os.environ[variable])
 
 
 def locked(name: str) -> dict:
@@ -217,8 +217,7 @@ def test_the_layouts_are_valid_disko_configurations(tmp_path):
     """Each layout through disko's own types (lib/default.nix `toplevel`) on nixpkgs' real lib:
     the partitions, their labels, and the NixOS fileSystems disko derives from them."""
     lib = os.environ.get("FLAKEFLEET_NIXPKGS_LIB")
-    if not lib:
-        pytest.skip("FLAKEFLEET_NIXPKGS_LIB not set")
+    require(bool(lib), "FLAKEFLEET_NIXPKGS_LIB (nixpkgs' lib directory)")
     disko = checkout("disko", tmp_path)
     for layout in disk_layouts(ROOT / "nixos"):
         expr = f"""
