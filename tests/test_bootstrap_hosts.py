@@ -46,9 +46,9 @@ def stack(hosts, installed: str, reinstall: str | None = None):
     """The local stack: cp-0 as it is, its worker pool the one machine the stack installs."""
     raw = read_stack_file("local")
     cp = {"name": "cp", "role": "control-plane", "provider": "metal", "hosts": [
-        {"name": "cp-0", "address": ADDRESSES["cp-0"], "ssh_port": 2222, "ssh_host_key": hosts["cp-0"].host_key}]}
+        {"name": "cp-0", "address": hosts["cp-0"].address, "ssh_port": 2222, "ssh_host_key": hosts["cp-0"].host_key}]}
     byo = {"name": "workers", "role": "worker", "provider": "metal", "bootstrap": "nixos-anywhere", "hosts": [
-        {"name": "byo-0", "address": ADDRESSES["byo-0"], "ssh_port": 2222, "install_host_key": hosts["byo-0"].host_key,
+        {"name": "byo-0", "address": hosts["byo-0"].address, "ssh_port": 2222, "install_host_key": hosts["byo-0"].host_key,
          **({"reinstall": reinstall} if reinstall else {})}]}
     raw["flakefleet:pools"] = json.dumps([cp, byo])
     raw["flakefleet:delivery"] = json.dumps({**json.loads(raw["flakefleet:delivery"]), "settle_s": 1,
@@ -133,6 +133,7 @@ def test_the_first_install_reads_the_facts_and_boots_the_installed_system(fleet_
     assert report["installed"] == "now" and report["disk"].startswith("/dev/")
     assert report["facts"]["arch"] == "x86_64-linux" and report["facts"]["missing"] == []
     assert not report["facts"]["flakefleet"] and not report["facts"]["nixos"]
+    assert list(report["timings"]) == ["check", "facts", "tools", "nixos_anywhere", "first_answer"]
     assert len(byo.boots) > boots and byo.boots[-1] != "debian"  # rebooted into the pool's system
     assert "installing /nix/store/" in step.proc.stderr and "its disks are wiped" in step.proc.stderr
     assert answers_with(fleet, byo, installed) and not answers_with(fleet, byo, byo.host_key)
@@ -179,7 +180,8 @@ def test_a_new_reinstall_drains_the_node_and_installs_it_again(installed_node):
     steps = cmd.up(changed)  # a new trigger: replaced, its create installs again
     assert [s.op for s in steps][:1] == ["create"] and steps[0].proc.returncode == 0, steps[0].proc.stderr
     assert "byo-0 drained, k3s stopped, node deleted (through cp-0)" in steps[0].proc.stderr
-    assert json.loads(steps[0].proc.stdout)["installed"] == "now"
+    report = json.loads(steps[0].proc.stdout)
+    assert report["installed"] == "now" and "take_out" in report["timings"]
     assert answers_with(fleet, byo, installed)
     assert not byo.path("/var/lib/flakefleet/deliveries.log").exists()  # a new disk: delivered to again next
     proc = deliver(fleet, plans["byo-0"])

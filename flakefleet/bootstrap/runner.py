@@ -140,20 +140,35 @@ def take_out_of_cluster(plan: InstallPlan, env: dict[str, str]) -> None:
         session.close()
 
 
+class Clock:
+    """Seconds per phase for the report (as a delivery's timings): each stamp closes one."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.last = time.monotonic()
+
+    def stamp(self, phase: str) -> None:
+        now = time.monotonic()
+        self.timings[phase] = round(now - self.last, 3)
+        self.last = now
+
+
 def install(plan: InstallPlan, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="flakefleet-install-") as name:
-        tmp = Path(name)
+        tmp, clock = Path(name), Clock()
         record = installed_record(plan, tmp)
+        clock.stamp("check")
         # Installed by the stack: again only for a reinstall it was not installed by (taking the
         # `reinstall` line out afterwards is no request).
         if record is not None and (plan.reinstall is None or record.get("reinstall") == plan.reinstall):
             say(plan, "installed already (it answers with the stack's host key); not installed again")
-            return {"host": plan.host, "installed": "already", "reinstall": plan.reinstall}
+            return {"host": plan.host, "installed": "already", "reinstall": plan.reinstall, "timings": clock.timings}
         known = tmp / "known_hosts"
         # Installed before (a reinstall): the installer keeps its host keys, the stack's.
         key = plan.host_key if record is not None else plan.install_host_key
         known.write_text(known_hosts_text(plan.address, plan.port, key))
         facts = read_facts(plan, known)
+        clock.stamp("facts")
         if facts.arch != plan.arch:
             raise InstallError(f"it is {facts.arch}, the pool's system is {plan.arch}; nothing was changed", REFUSED)
         for why in (tools_refusal(facts), wipe_refusal(facts, plan.reinstall)):
@@ -164,14 +179,17 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
             raise InstallError(f"{why}; nothing was changed", REFUSED)
         if facts.flakefleet:
             take_out_of_cluster(plan, env)
+            clock.stamp("take_out")
         program, disko, kexec = tools(plan, disk, tmp)
         files = extra_files(plan, env, tmp)
+        clock.stamp("tools")
         say(plan, f"installing {plan.system} on {disk} (layout {plan.layout}): its disks are wiped")
         argv = nixos_anywhere_argv(env.get("FLAKEFLEET_NIXOS_ANYWHERE") or program, disko, plan.system, kexec, files,
                                    known, plan.address, plan.port, plan.user, plan.identity_file)
         res = subprocess.run(argv, stdout=sys.stderr, stderr=sys.stderr, timeout=plan.boot_timeout_s * 3)
         if res.returncode != 0:
             raise InstallError(f"nixos-anywhere failed (exit {res.returncode}); see its output above")
+        clock.stamp("nixos_anywhere")
         installed = tmp / "installed_known_hosts"
         installed.write_text(known_hosts_line(plan.address, plan.port, plan.host_key))
         up, _ = poll(lambda: (ssh(plan, installed, "true", timeout=30).returncode == 0, ""),
@@ -179,9 +197,10 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
         if not up:
             raise InstallError(f"the installed system did not answer with the stack's host key within "
                                f"{plan.boot_timeout_s:.0f}s")
+        clock.stamp("first_answer")
         say(plan, "installed; it answers with the stack's host key")
         return {"host": plan.host, "installed": "now", "disk": disk, "layout": plan.layout,
-                "reinstall": plan.reinstall, "facts": facts.to_json()}
+                "reinstall": plan.reinstall, "facts": facts.to_json(), "timings": clock.timings}
 
 
 def main(argv: list[str] | None = None) -> int:
