@@ -11,6 +11,7 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
+from components.autoscaling import PulledPools, PulledPoolsArgs
 from components.delivery import Delivery, DeliveryArgs
 from components.install import Installs, InstallsArgs
 from components.kubeconfig import Kubeconfig, KubeconfigArgs
@@ -57,7 +58,8 @@ restore = plan_restore(cfg)
 network = (
     Network(
         cfg.cluster.name,
-        NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags, cfg.cluster.features),
+        NetworkArgs(inventory, cfg.network, cfg.storage.force_destroy, tags, cfg.cluster.features,
+                    reserve_planned=any(p.autoscaling for p in cfg.pools)),
         checked,
     )
     if cfg.uses_ec2
@@ -155,6 +157,29 @@ delivery = Delivery(
     checked,
 )
 
+# Autoscaled worker pools: per pool an Auto Scaling group whose instances pull the pool's signed
+# system from the cache at boot and join with a token from SSM (no per-host resource); a new
+# system is a new launch template version, rolled out by an instance refresh.
+pulled = (
+    PulledPools(
+        f"{cfg.cluster.name}-pulled",
+        PulledPoolsArgs(
+            config=cfg,
+            systems=systems,
+            nixos_release=boot_release(cfg),
+            subnet_ids=network.private_subnet_ids,
+            security_group_id=network.security_group_ids["worker"],
+            cache_bucket=cache_bucket,
+            agent_token=tokens.worker_join_token(),
+            after=[*publish.steps, delivery.first],
+            tags=tags,
+        ),
+        checked,
+    )
+    if network and cache_bucket is not None and any(p.autoscaling for p in cfg.pools)
+    else None
+)
+
 # Cluster: the admin kubeconfig from the first control plane, pointed at the API endpoint.
 first = inventory.control_planes[0]
 kubeconfig = Kubeconfig(
@@ -199,6 +224,7 @@ pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export("drift", delivery.hosts.apply(lambda hosts: {h: out["found"] for h, out in hosts.items()}))  # what each host's last delivery found; live: python -m flakefleet drift
 pulumi.export("upgrade_snapshot", snapshots_before)  # the etcd snapshot taken before a k3s minor upgrade, if any
+pulumi.export("pulled_pools", pulled.group_names if pulled else {})  # pool -> its Auto Scaling group
 pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",

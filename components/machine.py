@@ -25,8 +25,8 @@ MACHINE_TYPE = "flakefleet:index:Machine"  # the component instances once sat in
 HOST_KEY = "./scripts/flakefleet host-key"
 
 
-def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None) -> pulumi.Output[str]:
-    """Id of the newest official NixOS AMI of `release` for `arch`."""
+def nixos_image(release: str, arch: str, opts: pulumi.InvokeOptions | None = None):
+    """The newest official NixOS AMI of `release` for `arch` (id, root device name, ...)."""
     return aws.ec2.get_ami_output(
         owners=[NIXOS_AMI_OWNER],
         most_recent=True,
@@ -35,7 +35,12 @@ def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None)
             {"name": "architecture", "values": [AMI_ARCH[arch]]},
         ],
         opts=opts,
-    ).id
+    )
+
+
+def nixos_ami(release: str, arch: str, opts: pulumi.InvokeOptions | None = None) -> pulumi.Output[str]:
+    """Id of the newest official NixOS AMI of `release` for `arch`."""
+    return nixos_image(release, arch, opts).id
 
 
 def instance(

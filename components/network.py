@@ -11,6 +11,7 @@ import pulumi_aws as aws
 from components.secure_bucket import SecureBucket, SecureBucketArgs
 from flakefleet.config import NetworkConfig
 from flakefleet.plan.inventory import Inventory
+from flakefleet.facts.addresses import block_cidr, planned_blocks
 from flakefleet.facts.ports import security_group_rules
 
 FLOW_LOG_RETENTION_DAYS = 90
@@ -30,6 +31,8 @@ class NetworkArgs:
     """Tags for every taggable child."""
     features: frozenset[str] = frozenset({"flannel"})
     """The cluster's CNI features: which of the port table's conditional rules apply."""
+    reserve_planned: bool = False
+    """Reserve the planned hosts' address blocks (an autoscaled pool's instances take the rest)."""
 
 
 def _flow_log_delivery(bucket_arn: str, account_id: str | None) -> list[dict]:
@@ -117,6 +120,13 @@ class Network(pulumi.ComponentResource):
             )
             private = self._subnet(vpc, zone.name, "private", zone.private)
             self.private_subnet_ids[zone.name] = private.id
+            if self._args.reserve_planned:
+                for block in planned_blocks(self._args.inventory.pool_blocks):
+                    aws.ec2.SubnetCidrReservation(
+                        f"{name}-planned-{zone.name}-{block}", subnet_id=private.id, reservation_type="explicit",
+                        cidr_block=str(block_cidr(zone.private, block)), description="flakefleet: planned hosts",
+                        opts=child,
+                    )
             if cfg.nat == "per-az" or (cfg.nat == "single" and z == 0):
                 eip = aws.ec2.Eip(f"{name}-nat-{zone.name}", domain="vpc", tags=tags, opts=child)
                 nat = aws.ec2.NatGateway(

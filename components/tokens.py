@@ -83,3 +83,9 @@ class ClusterTokens(pulumi.ComponentResource):
             **{K3S_CAS[ca][0]: self.ca_certificates[ca] for ca in K3S_CAS},
             **{K3S_CAS[ca][1]: self.ca_keys[ca] for ca in K3S_CAS},
         }
+
+    def worker_join_token(self) -> pulumi.Output[str]:
+        """A worker's token file as delivery writes it (`K10<CA hash>::node:<secret>`,
+        docs.k3s.io/cli/token): what an autoscaled pool's instances read from SSM (a secret)."""
+        return pulumi.Output.secret(pulumi.Output.all(self.ca_hash, self.agent_token).apply(
+            lambda v: f"K10{v[0]}::node:{v[1]}"))

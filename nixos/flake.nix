@@ -53,6 +53,7 @@
         cilium = ./mixins/cilium.nix;
         workload-images = ./mixins/workload-images.nix;
         install = ./mixins/install.nix;
+        pull = ./mixins/pull.nix;
         cilium-addon = ./addons/cilium.nix;
         nvidia-device-plugin = ./addons/nvidia-device-plugin.nix;
         workloads = ./addons/workloads.nix;
@@ -108,6 +109,7 @@
           ++ optional ((spec.host or null) != null) m.per-host
           ++ optional cilium m.cilium
           ++ optional ((spec.images or [ ]) != [ ]) m.workload-images
+          ++ optional (spec.pull or false) m.pull
           ++ optional (server && cilium) m.cilium-addon
           ++ optional (server && (spec.cluster_gpus or false)) m.nvidia-device-plugin
           ++ optional (server && (spec.workloads or [ ]) != [ ]) m.workloads
@@ -136,6 +138,11 @@
         diskoScript = spec: (self.lib.poolSystem spec).config.system.build.diskoScript;
 
         poolSystem = spec: nixpkgs.lib.nixosSystem { modules = self.lib.modulesFor spec; };
+
+        # An autoscaled pool's pull agent (./host), built with the pool system's own pkgs
+        # (nixos/lib/eval-config.nix returns them as `.pkgs`): the very path mixins/pull.nix
+        # puts in its closure, which the launch template's user data names.
+        pullAgent = spec: import ./host { pkgs = (self.lib.poolSystem spec).pkgs; };
 
         toplevel = spec: (self.lib.poolSystem spec).config.system.build.toplevel;
 

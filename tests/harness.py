@@ -138,6 +138,19 @@ class FleetMocks(pulumi.runtime.Mocks):
             out.update(stdout=json.dumps(asdict(report)), stderr="")
         elif t == "command:local:Command":
             out.update(stdout="", stderr="")
+        elif t == "aws:ssm/parameter:Parameter":
+            # terraform-provider-aws: the ARN is `parameter` + the name when it starts with "/".
+            name = args.inputs["name"]
+            rid = name
+            out.update(arn=f"arn:aws:ssm:eu-west-1:{ACCOUNT_ID}:parameter{name if name.startswith('/') else '/' + name}",
+                       version=1, tier="Standard")
+        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
+            rid = f"lt-{abs(hash(args.name)) % 16**17:017x}"
+            out.update(arn=f"arn:aws:ec2:eu-west-1:{ACCOUNT_ID}:launch-template/{rid}", latestVersion=1, defaultVersion=1)
+        elif t == "aws:autoscaling/group:Group":
+            rid = args.inputs["name"]  # the group's id is its name
+            out.update(arn=f"arn:aws:autoscaling:eu-west-1:{ACCOUNT_ID}:autoScalingGroup:"
+                           f"00000000-0000-0000-0000-000000000000:autoScalingGroupName/{rid}")
         elif t == "aws:lb/loadBalancer:LoadBalancer":
             out.update(dnsName=f"{args.name}.elb.example", arn=f"arn:aws:elasticloadbalancing:::loadbalancer/{args.name}")
         elif t in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
@@ -149,7 +162,7 @@ class FleetMocks(pulumi.runtime.Mocks):
         if args.token == "pulumi:pulumi:readStackOutputs":
             return {"name": args.args["name"], "outputs": self.previous_outputs, "secretOutputNames": []}
         if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": AMI_ID, "architecture": "x86_64"}
+            return {"id": AMI_ID, "architecture": "x86_64", "rootDeviceName": "/dev/xvda"}
         if args.token == "aws:index/getRegion:getRegion":
             return {"region": "eu-west-1", "name": "eu-west-1", "id": "eu-west-1"}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":

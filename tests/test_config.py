@@ -145,7 +145,7 @@ BAD = [
     ("ec2-no-type", mutate(pools__1__instance_type=DELETE),
      "flakefleet:pools[1].instance_type: required for provider ec2"),
     ("ec2-no-count", mutate(pools__1__count=DELETE),
-     "flakefleet:pools[1].count: required for provider ec2"),
+     "flakefleet:pools[1].count: required for provider ec2 (or autoscaling: {min, max} for a worker pool)"),
     ("ec2-with-hosts", mutate(pools__1__hosts=[{"name": "x", "address": "192.168.1.1", "ssh_host_key": KEY2}]),
      "flakefleet:pools[1].hosts: only for provider metal; an ec2 pool's hosts are created from count"),
     ("metal-with-type", mutate(pools__2__instance_type="m7i.large"),
@@ -245,6 +245,30 @@ BAD = [
     ("ssh-user-not-root", mutate(delivery={"authorized_keys": [DEPLOY], "ssh_user": "admin"}),
      "flakefleet:delivery.ssh_user: 'admin': delivery logs in as root (the nodes authorize the deploy keys for root "
      "only, nixos/common/openssh.nix, and switching a system needs root); leave it out or set root"),
+    # pools[].autoscaling (issue 28): EC2 workers only, sane bounds, a cache to pull from.
+    ("autoscaling-on-a-control-plane", mutate(pools__0__autoscaling={"min": 1, "max": 3}),
+     "flakefleet:pools[0].autoscaling: only for worker pools; a control plane is an etcd member, which a scale-in "
+     "would take away without a quorum-safe removal"),
+    ("autoscaling-on-metal", mutate(pools__2__autoscaling={"min": 0, "max": 2}),
+     "flakefleet:pools[2].autoscaling: only for provider ec2; a metal pool is its list of hosts"),
+    ("autoscaling-min-above-max", mutate(pools__1__count=DELETE, pools__1__autoscaling={"min": 5, "max": 3}),
+     "flakefleet:pools[1].autoscaling.min: 5 is more than max 3"),
+    ("autoscaling-desired-outside", mutate(pools__1__count=DELETE, pools__1__autoscaling={"min": 1, "max": 3, "desired": 9}),
+     "flakefleet:pools[1].autoscaling.desired: 9 is outside min..max (1..3)"),
+    ("autoscaling-with-count", mutate(pools__1__autoscaling={"min": 0, "max": 3}),
+     "flakefleet:pools[1].count: not with autoscaling; the group's size is autoscaling.min..max"),
+    ("autoscaling-on-bare-metal", mutate(pools__1__count=DELETE, pools__1__instance_type="m7i.metal-24xl",
+                                         pools__1__bare_metal=True, pools__1__autoscaling={"min": 0, "max": 3}),
+     "flakefleet:pools[1].instance_type: m7i.metal-24xl is bare metal, which boots in 10+ minutes: too slow for a "
+     "pool that scales with load; use a virtual type"),
+    ("autoscaling-with-per-host-closures", mutate(pools__1__count=DELETE, pools__1__per_host_closures=True,
+                                                  pools__1__autoscaling={"min": 0, "max": 3}),
+     "flakefleet:pools[1].per_host_closures: not with autoscaling; the group's hosts are not known ahead, they share "
+     "the pool's system"),
+    ("autoscaling-without-a-cache", mutate(pools__1__count=DELETE, pools__1__autoscaling={"min": 0, "max": 3},
+                                           storage={"enabled": False}),
+     "flakefleet:pools[1].autoscaling: its instances pull their system from the stack's binary cache; set "
+     "delivery.cache.enabled: true with storage.enabled: true (or a delivery.cache.bucket)"),
 ]
 
 
@@ -272,6 +296,17 @@ def test_bad_case_table_is_large_and_distinct():
     assert len(BAD) >= 30
     assert len({c[0] for c in BAD}) == len(BAD)
     assert len({c[2] for c in BAD}) == len(BAD)
+
+
+def test_an_autoscaled_pool_with_count_is_one_line_and_a_good_one_none():
+    """Only real problems: `count` beside `autoscaling` is one line (not also "count required"),
+    and the same pool without `count` plans no host of its own."""
+    cfg = mutate(pools__1__autoscaling={"min": 0, "max": 200})()
+    assert [line for line in problems(cfg) if "pools[1]" in line] == [
+        "flakefleet:pools[1].count: not with autoscaling; the group's size is autoscaling.min..max"]
+    del cfg["pools"][1]["count"]
+    inv = plan_inventory(parse(cfg))
+    assert not inv.pool_hosts("workers") and len(inv.hosts) == 4
 
 
 def test_every_problem_is_reported_at_once():

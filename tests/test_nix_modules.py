@@ -180,7 +180,7 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     outputs = nixos_tests.flake_outputs("./nixos", nixos_tests.STUB_INPUTS)
     every = nixos_tests.nix_eval(f"let outputs = ({outputs}); in map (m: baseNameOf (dirOf m) + \"/\" + baseNameOf m) "
                                  "(builtins.attrValues outputs.nixosModules)")
-    assert len(every) == 13 and set(every) <= imported, set(every) - imported
+    assert len(every) == 14 and set(every) <= imported, set(every) - imported
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)

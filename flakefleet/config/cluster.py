@@ -107,7 +107,7 @@ def check(stack: Parsed) -> list[str]:
                 if host.address in net:
                     problems.append(f"{p}pools[{i}].hosts[{j}].address: {host.address} lies inside {key} {net}")
     if stack.pools_complete and stack.known("cluster.pod_cidr"):
-        nodes = sum(pool.size for _, pool in stack.valid_pools)
+        nodes = sum(pool.capacity for _, pool in stack.valid_pools)
         room = 2 ** max(0, NODE_CIDR_PREFIX - cluster.pod_cidr.prefixlen)
         if cluster.pod_cidr.prefixlen > NODE_CIDR_PREFIX or nodes > room:
             problems.append(

@@ -51,6 +51,16 @@ class RootVolume(Model):
     )
 
 
+class Autoscaling(Model):
+    """An EC2 worker pool that scales itself: an Auto Scaling group whose hosts pull their system."""
+
+    min: Annotated[int, Field(ge=0, le=10000)] = Field(description="Fewest hosts the group keeps, 0-10000. Required.")
+    max: Annotated[int, Field(ge=1, le=10000)] = Field(description="Most hosts the group may run, 1-10000. Required.")
+    desired: Annotated[int, Field(ge=0, le=10000)] | None = Field(
+        None, description="Hosts to start with, between min and max; later the cluster autoscaler sets it and an "
+        "update leaves it alone. Default: min.")
+
+
 class MetalHost(Model):
     """A bring-your-own host, reached over SSH at `address`."""
 
@@ -146,6 +156,12 @@ class PoolConfig(Model):
         description="`bootstrap` pools only: the disko layout `nixos/disko/<name>.nix` the hosts are partitioned "
         "with. Default `single-disk` (an EFI system partition and an ext4 root on one disk).",
     )
+    autoscaling: Autoscaling | None = Field(
+        None,
+        description="EC2 worker pools only, instead of `count`: `{min, max, desired?}`. The pool is an EC2 Auto Scaling "
+        "group whose instances pull the pool's signed system from the binary cache at boot (no per-host resource); "
+        "a new system reaches them by an instance refresh, `delivery.max_unavailable` at a time. Default: none.",
+    )
     ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
         None,
         description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "
@@ -159,8 +175,13 @@ class PoolConfig(Model):
 
     @property
     def size(self) -> int:
-        """Number of hosts in the pool."""
+        """Number of hosts the stack plans (an autoscaled pool's are the group's: none)."""
         return len(self.hosts) if self.provider == "metal" else (self.count or 0)
+
+    @property
+    def capacity(self) -> int:
+        """Most hosts the pool may have: its planned hosts, or its group's `max`."""
+        return self.autoscaling.max if self.autoscaling is not None else self.size
 
 
 def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
@@ -171,8 +192,9 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
         problems.append(f"{at}.disk_layout: only for a metal pool with bootstrap: nixos-anywhere")
     if pool.hosts:
         problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
-    if pool.count is None:
-        problems.append(f"{at}.count: required for provider ec2")
+    problems += _autoscaling(at, pool)
+    if pool.count is None and pool.autoscaling is None:
+        problems.append(f"{at}.count: required for provider ec2 (or autoscaling: {{min, max}} for a worker pool)")
     elif pool.count and len(f"{pool.name}-{pool.count - 1}") > MAX_HOST_NAME:
         problems.append(f"{at}.name: host names {pool.name}-N would be longer than {MAX_HOST_NAME} characters; "
                         "shorten the pool name")
@@ -186,7 +208,7 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
         return problems
     if arch_known and shape.arch != pool.arch:  # an invalid arch has its own line
         problems.append(f"{at}.instance_type: {pool.instance_type} is {shape.arch} but the pool's arch is {pool.arch}")
-    if shape.metal and not pool.bare_metal:
+    if shape.metal and not pool.bare_metal and pool.autoscaling is None:  # else _autoscaling refuses metal
         problems.append(f"{at}.instance_type: {pool.instance_type} is bare metal; set bare_metal: true on the pool "
                         "(delivery then waits for its long boot)")
     if pool.bare_metal and not shape.metal:
@@ -203,9 +225,39 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
     return problems
 
 
+def _autoscaling(at: str, pool: PoolConfig) -> list[str]:
+    """An autoscaled pool: EC2 workers whose group bounds make sense, on types that suit a group."""
+    scaling = pool.autoscaling
+    if scaling is None:
+        return []
+    problems = []
+    if pool.role == "control-plane":
+        problems.append(f"{at}.autoscaling: only for worker pools; a control plane is an etcd member, which a scale-in "
+                        "would take away without a quorum-safe removal")
+    if pool.count is not None:
+        problems.append(f"{at}.count: not with autoscaling; the group's size is autoscaling.min..max")
+    if scaling.min > scaling.max:
+        problems.append(f"{at}.autoscaling.min: {scaling.min} is more than max {scaling.max}")
+    elif scaling.desired is not None and not scaling.min <= scaling.desired <= scaling.max:
+        problems.append(f"{at}.autoscaling.desired: {scaling.desired} is outside min..max ({scaling.min}..{scaling.max})")
+    if pool.per_host_closures:
+        problems.append(f"{at}.per_host_closures: not with autoscaling; the group's hosts are not known ahead, they "
+                        "share the pool's system")
+    if pool.ip_block is not None:
+        problems.append(f"{at}.ip_block: not with autoscaling; the group's hosts take addresses outside the planned "
+                        "blocks (which are reserved for the planned hosts)")
+    shape = instance_shape(pool.instance_type) if pool.instance_type else None
+    if shape is not None and shape.metal:
+        problems.append(f"{at}.instance_type: {pool.instance_type} is bare metal, which boots in 10+ minutes: too slow "
+                        "for a pool that scales with load; use a virtual type")
+    return problems
+
+
 def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     at = f"{NAMESPACE}:pools[{i}]"
     problems = []
+    if pool.autoscaling is not None:
+        problems.append(f"{at}.autoscaling: only for provider ec2; a metal pool is its list of hosts")
     for field in ("instance_type", "ami", "count", "ip_block"):
         if getattr(pool, field) is not None:
             problems.append(f"{at}.{field}: only for provider ec2; a metal pool is its list of hosts")
@@ -259,12 +311,24 @@ def _bootstrap_host(at: str, host: MetalHost) -> list[str]:
     return problems
 
 
+def _pull_source(stack: Parsed, at: str) -> list[str]:
+    """An autoscaled pool's instances pull from the stack's cache: there must be one."""
+    delivery = stack.delivery
+    if not (stack.known("storage.enabled") and stack.known("delivery.cache")) or delivery is None:
+        return []
+    if not delivery.cache.enabled or not (stack.storage.enabled or delivery.cache.bucket):
+        return [f"{at}.autoscaling: its instances pull their system from the stack's binary cache; set "
+                "delivery.cache.enabled: true with storage.enabled: true (or a delivery.cache.bucket)"]
+    return []
+
+
 def _one_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     at = f"{NAMESPACE}:pools[{i}]"
     problems = []
     if stack.known(f"pools[{i}].provider"):
         if pool.provider == "ec2":
             problems += _ec2_pool(at, pool, stack.known(f"pools[{i}].arch"))
+            problems += _pull_source(stack, at) if pool.autoscaling is not None else []
         else:
             problems += _metal_pool(stack, i, pool)
     for key, value in pool.labels.items():

@@ -47,6 +47,6 @@ def check(stack: Parsed) -> list[str]:
             if name not in pools:
                 if stack.pools_complete:
                     problems.append(f"{p}[{i}].pools[{j}]: no pool {name!r} in this stack{did_you_mean(name, pools)}")
-            elif pools[name].size == 0 and stack.pools_complete:
+            elif pools[name].capacity == 0 and stack.pools_complete:
                 problems.append(f"{p}[{i}].pools[{j}]: pool {name!r} has no hosts to run {workload.name}")
     return problems

@@ -27,6 +27,7 @@ from flakefleet.common.secrets import secret_file
 from flakefleet.common.ssh import pinned_known_hosts
 from flakefleet.delivery.build import BuildFailed, realise, ssh_env, ssh_to
 from flakefleet.facts.flake import default_cache_dir
+from flakefleet.pull.publish import publish_pointer
 from flakefleet.plan.contract import (
     IDENTITY_ENV,
     PUBLISH_ENV,
@@ -194,6 +195,8 @@ def publish(plan: PublishPlan, key: str, client) -> PublishReport:
         export_signed(plan.system, key, staging)
         report.uploaded_bytes = upload(client, plan.bucket, staging, todo)
     report.uploaded = len(todo)
+    if plan.pointer is not None:  # after the upload: a pointer never names what the cache lacks
+        report.pointer = publish_pointer(client, plan, key)
     return report
 
 

@@ -83,3 +83,19 @@ def allocate_blocks(
                     "widen network.vpc_cidr, add zones or shrink the pool"
                 )
     return placed, problems
+
+
+def planned_blocks(blocks: dict[str, tuple[int, int]]) -> list[int]:
+    """The block indexes planned hosts use in every zone's private subnet: block 0 (AWS' reserved
+    addresses, the API load balancer) and each EC2 pool's run. Auto Scaling groups' instances
+    take addresses AWS picks, so with an autoscaled pool these are reserved (explicit subnet CIDR
+    reservations: AWS assigns none of them by itself) and a planned host's address stays free."""
+    return sorted({0, *(b for start, count in blocks.values() for b in range(start, start + count))})
+
+
+def block_cidr(private_subnet, block: int):
+    """One block of a private subnet as a network (blocks are a power of two in size)."""
+    from ipaddress import IPv4Network
+
+    size = private_subnet.num_addresses // BLOCKS_PER_SUBNET
+    return IPv4Network((int(private_subnet.network_address) + block * size, 32 - (size.bit_length() - 1)))

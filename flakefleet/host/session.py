@@ -30,7 +30,9 @@ from flakefleet.plan.contract import (
     report_in,
 )
 
-HOSTCTL = Path(__file__).with_name("hostctl.sh")
+# In the flake's host/ (nixos/host/): pushed hosts get it over SSH, pulled pools' instances in
+# their agent's store path (nixos/host/default.nix).
+HOSTCTL = Path(__file__).resolve().parents[2] / "nixos" / "host" / "hostctl.sh"
 REMOTE_HOSTCTL = "/run/flakefleet/hostctl.sh"  # run as `sh REMOTE_HOSTCTL`: /run may be mounted noexec
 
 

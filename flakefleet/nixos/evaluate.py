@@ -68,13 +68,14 @@ def flake_fingerprint(flake: Path) -> str:
 
 def cache_key(fingerprint: str, spec: dict) -> str:
     """Cache key of one system: flake files plus spec."""
-    # 2: entries carry the boot files too; 3: and the links in k3s' directories.
-    return hashlib.sha256(json.dumps([3, fingerprint, spec], sort_keys=True).encode()).hexdigest()
+    # 2: entries carry the boot files too; 3: and the links in k3s' directories; 4: and the pull agent.
+    return hashlib.sha256(json.dumps([4, fingerprint, spec], sort_keys=True).encode()).hexdigest()
 
 
 def eval_argv(flake: Path, specs_file: Path) -> list[str]:
     """`nix eval` of `lib.toplevel` for every spec in `specs_file` (a JSON object name -> spec),
-    with its boot files (`lib.boot`) and the links it makes in k3s' directories (`lib.k3sLinks`)."""
+    with its boot files (`lib.boot`), the links it makes in k3s' directories (`lib.k3sLinks`) and
+    an autoscaled pool's pull agent (`lib.pullAgent`)."""
     expr = (
         f"let flake = builtins.getFlake {json.dumps('path:' + str(flake))}; "
         f"specs = builtins.fromJSON (builtins.readFile {json.dumps(str(specs_file))}); "
@@ -82,7 +83,9 @@ def eval_argv(flake: Path, specs_file: Path) -> list[str]:
         "in { drv = t.drvPath; out = t.outPath; "
         "boot = if flake.lib ? boot then builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) "
         "(flake.lib.boot spec) else null; "
-        "links = if flake.lib ? k3sLinks then flake.lib.k3sLinks spec else null; }) specs"
+        "links = if flake.lib ? k3sLinks then flake.lib.k3sLinks spec else null; "
+        "agent = if (spec.pull or false) && flake.lib ? pullAgent then (flake.lib.pullAgent spec).outPath else null; "
+        "}) specs"
     )
     # --impure: getFlake of a local path, and reading the spec file, are outside pure evaluation.
     return ["nix", *NIX_FEATURES, "eval", "--json", "--impure", "--expr", expr]

@@ -80,6 +80,15 @@ ROWS: dict[str, dict[str, object]] = {
                 {"name": "byo-0", "address": "192.168.40.20", "install_host_key": HOST_KEY}]},
         ],
     },
+    # An autoscaled pool, whose instances pull their system (nixos/mixins/pull.nix, the pull
+    # agent of nixos/host/ in its closure).
+    "autoscaled": {
+        "flakefleet:cluster": {"name": "ff-mx-asg"},
+        "flakefleet:pools": [
+            CP,
+            {"name": "spot", "role": "worker", "instance_type": "t3.large", "autoscaling": {"min": 0, "max": 10}},
+        ],
+    },
 }
 
 

@@ -50,6 +50,8 @@ class System:
     links: dict | None = None
     """The links it makes in k3s' directories: {"manifests": [file name], "images": [file name]}
     (None when the flake does not say)."""
+    agent: str | None = None
+    """An autoscaled pool's pull agent (in the system's closure), which its user data runs."""
 
 
 # ----------------------------------------------------------------------------- a host's delivery
@@ -247,6 +249,9 @@ class PublishPlan:
     region: str
     upstreams: tuple[str, ...] = ()
     builder: Builder | None = None
+    # A pulled pool (pools[].autoscaling): its signed pointer is written after the upload, as
+    # {"cluster", "pool", "facts"} (flakefleet/pull/pointer.py). None: hosts are pushed to.
+    pointer: dict | None = None
 
     @staticmethod
     def from_json(text: str) -> PublishPlan:
@@ -271,6 +276,7 @@ class PublishReport:
     uploaded: int = 0
     uploaded_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    pointer: str | None = None  # the pointer object's key, for a pulled pool
 
 
 # ----------------------------------------------------------------------------- a host's install

@@ -8,7 +8,7 @@ from flakefleet.config import StackConfig
 from flakefleet.plan.contract import Builder, DeliveryPlan, Endpoint, InstallPlan, PublishPlan, System, substituter_url
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
-from flakefleet.plan.specs import NIX_SYSTEMS, host_files, host_system, pool_spec
+from flakefleet.plan.specs import NIX_SYSTEMS, host_files, host_system, pool_spec, pulled_facts, system_key
 
 
 def our_cache(cfg: StackConfig, host: Host, cache_bucket: str | None) -> str | None:
@@ -69,6 +69,23 @@ def publish_plans(
             builder=Builder(builder.name, str(builder.address), builder.port, builder.user, builder.host_key)
             if builder else None,
         )
+    return plans | pulled_publish_plans(cfg, inv, systems, cache_bucket)
+
+
+def pulled_publish_plans(
+    cfg: StackConfig, inv: Inventory, systems: Mapping[str, System], cache_bucket: str | None
+) -> dict[str, PublishPlan]:
+    """An autoscaled pool's publish: its system uploaded to the stack's cache (built here: its
+    instances pull it), then its signed pointer written next to it."""
+    plans = {}
+    for pool in cfg.pools:
+        if pool.autoscaling is None or cache_bucket is None:
+            continue  # the config's rules require a cache for autoscaling
+        name = system_key(pool.name)
+        plans[name] = PublishPlan(pool=name, system=systems[name].out, drv=systems[name].drv, bucket=cache_bucket,
+                                  region=cfg.cache_region, upstreams=tuple(cfg.delivery.cache.upstreams),
+                                  pointer={"cluster": cfg.cluster.name, "pool": pool.name,
+                                           "facts": pulled_facts(inv, pool.name)})
     return plans
 
 

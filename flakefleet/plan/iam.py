@@ -49,3 +49,28 @@ def bucket_arn(bucket: str, region: str | None) -> str:
     """The ARN of an S3 bucket named by the stack (`delivery.cache.bucket`), in the partition of the
     stack's region (aws, aws-cn, aws-us-gov, ...: botocore's endpoint data)."""
     return f"arn:{partition_of(region)}:s3:::{bucket}"
+
+
+POINTERS = "flakefleet/pointers"  # flakefleet/pull/pointer.py: PREFIX
+
+
+def pulled_pool_policy(cluster: str, pool: str, cache_arn: str, token_arn: str, group_arn: str) -> dict:
+    """What an autoscaled pool's instances may do, and nothing else: read the binary cache's
+    paths (narinfos, NARs, nix-cache-info: the layout Nix's S3 store reads), read their own
+    pool's pointers (not another pool's), read the agent join token's parameter, and complete
+    their own group's launch lifecycle action (the health gate's verdict)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ReadCachePaths", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": [f"{cache_arn}/nix-cache-info", f"{cache_arn}/*.narinfo", f"{cache_arn}/nar/*"]},
+            # As pushed EC2 nodes (node_policy): without it S3 answers a missing path's narinfo
+            # with 403 instead of 404. Keys only: another pool's pointer stays unreadable.
+            {"Sid": "ListCache", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": cache_arn},
+            {"Sid": "ReadOwnPointers", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": f"{cache_arn}/{POINTERS}/{cluster}/{pool}/*"},
+            {"Sid": "ReadJoinToken", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": token_arn},
+            {"Sid": "CompleteOwnLaunch", "Effect": "Allow", "Action": "autoscaling:CompleteLifecycleAction",
+             "Resource": group_arn},
+        ],
+    }

@@ -73,3 +73,24 @@ def reboot_notes(cfg: StackConfig, inv: Inventory, systems: Mapping[str, System]
         who = ", ".join(f"{h.name} (wave {wave_of[h.name]})" for h in hosts)
         lines.append(f"pool {key}: {', '.join(parts)} change; {who} {verb}")
     return lines
+
+
+def pulled_min_healthy(max_unavailable: int | str | None, pool_max: int) -> int:
+    """An autoscaled pool's instance refresh MinHealthyPercentage from `delivery.max_unavailable`:
+    a percentage as is, a count as its share of the pool's most hosts (rounded up); none: AWS'
+    default, 90 (RefreshPreferences.MinHealthyPercentage)."""
+    import math
+
+    if max_unavailable is None:
+        return 90
+    if isinstance(max_unavailable, str):
+        return 100 - int(max_unavailable.rstrip("%"))
+    return max(0, 100 - math.ceil(100 * max_unavailable / max(pool_max, 1)))
+
+
+def pulled_rollout_text(cfg: StackConfig, pool_name: str) -> str:
+    """How an autoscaled pool takes a new system, as the preview and the PR comment say it."""
+    scaling = cfg.pool(pool_name).autoscaling
+    assert scaling is not None
+    batch = 100 - pulled_min_healthy(cfg.delivery.max_unavailable, scaling.max)
+    return f"{scaling.min}..{scaling.max} hosts, new system via instance refresh, {batch}% at a time"

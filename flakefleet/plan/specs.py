@@ -51,6 +51,13 @@ def host_facts(inv: Inventory, host: Host) -> dict:
     }
 
 
+def pulled_facts(inv: Inventory, pool: str) -> dict:
+    """What the instances of an autoscaled pool share of host.json (in their pointer): the rest,
+    `name` and `address`, each reads from its instance metadata at boot."""
+    return {"schema": SPEC_SCHEMA, "cluster": inv.cluster, "pool": pool, "role": "worker",
+            "api_endpoint": inv.api_endpoint, "init": False, "server": None}
+
+
 def k3s_host_config(facts: dict) -> dict:
     """The host's k3s config drop-in. Mirrors nixos/lib/default.nix:k3sHostConfig (a test compares them)."""
     config = {"node-name": facts["name"], "node-ip": facts["address"]}
@@ -88,11 +95,13 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         "cni": cfg.cluster.cni,
         "cilium": cilium_spec(cfg),
         "gpu": gpu_spec(cfg, pool_name),
-        "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.size),
+        "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.capacity),
         "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
         "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
         # A bootstrapped pool's disk layout (nixos/disko/); the disk is the install's, per host.
         **({"install": {"layout": pool.layout}} if pool.bootstrap else {}),
+        # An autoscaled pool: its instances pull it, with the agent in its closure (mixins/pull.nix).
+        **({"pull": True} if pool.autoscaling is not None else {}),
     }
 
 
@@ -124,11 +133,12 @@ def workload_specs(cfg: StackConfig) -> list[dict]:
 
 
 def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:
-    """Every system the stack needs: one per pool with hosts, or one per host where a pool opts in."""
+    """Every system the stack needs: one per pool with hosts (or an autoscaled pool, whose hosts are
+    its group's), or one per host where a pool opts in."""
     specs: dict[str, dict] = {}
     for pool in cfg.pools:
         hosts = inv.pool_hosts(pool.name)
-        if not hosts:
+        if not hosts and pool.autoscaling is None:
             continue
         if pool.per_host_closures:
             specs.update({system_key(pool.name, h.name): pool_spec(cfg, inv, pool.name, h) for h in hosts})

@@ -26,6 +26,9 @@ class PoolHosts:
     reboot: str = "auto"
     instance_type: str = ""
     """An EC2 pool's instance type ("": bring-your-own, or not known)."""
+    pulled: str = ""
+    """An autoscaled pool (no hosts of the stack's; its system is the one named as the pool):
+    how a new system reaches its instances ("" for a pool the stack delivers to)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class PoolChange:
     links removed after the switch (flakefleet/delivery/prune.py)."""
     images_removed: tuple[str, ...] = ()
     """Images its systems no longer preload: the links are removed after the switch."""
+    pulled: str = ""
+    """An autoscaled pool: how its instances take the new system (PoolHosts.pulled)."""
 
     @property
     def reboots(self) -> bool:
@@ -98,7 +103,8 @@ class PoolChange:
     @property
     def configuration_only(self) -> bool:
         """Hosts' systems change, but no package, unit, boot file or k3s link does (a file in /etc, say)."""
-        return bool(self.hosts) and not (self.packages or self.rebuilt or self.units or self.boot
+        moved = bool(self.hosts) or (bool(self.pulled) and self.status == "changed")
+        return moved and not (self.packages or self.rebuilt or self.units or self.boot
                                          or self.deploys or self.prunes or self.images_removed)
 
 
@@ -169,9 +175,12 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
     if head is None:
         return PoolChange(pool, "removed", hosts=tuple((h, -1) for h, _, _ in base.hosts))
     if base is None:
-        sizes = [(len(after[k].packages), len(after[k].units)) for _, _, k in head.hosts if k in after]
+        keys = [k for _, _, k in head.hosts] + ([pool] if head.pulled else [])
+        sizes = [(len(after[k].packages), len(after[k].units)) for k in keys if k in after]
         return PoolChange(pool, "added", hosts=tuple((h, w) for h, w, _ in head.hosts), reboot=head.reboot,
-                          size=max(sizes, default=(0, 0)))
+                          size=max(sizes, default=(0, 0)), pulled=head.pulled)
+    if head.pulled:
+        return pulled_change(pool, head.pulled, before.get(pool), after.get(pool))
     was = {h: k for h, _, k in base.hosts}
     changed, packages, rebuilt, units, boot, kernels, pairs = [], [], [], [], [], [], set()
     deploys, prunes, images = set(), set(), set()
@@ -209,6 +218,18 @@ def pool_change(pool: str, base: PoolHosts | None, head: PoolHosts | None,
         reboot=head.reboot, hosts_added=added, hosts_removed=removed, resize=resize, resized=resized,
         deploys=tuple(sorted(deploys)), prunes=tuple(sorted(prunes)), images_removed=tuple(sorted(images)),
     )
+
+
+def pulled_change(pool: str, pulled: str, old: Manifest | None, new: Manifest | None) -> PoolChange:
+    """An autoscaled pool's change: its one system (named as the pool), which its group's
+    instances take by an instance refresh: new instances, so nothing reboots and nothing is
+    pruned; its hosts are the group's, not the stack's."""
+    if old is None or new is None or old.system == new.system:
+        return PoolChange(pool, "unchanged", pulled=pulled)
+    packages, rebuilt = package_changes(old, new)
+    return PoolChange(pool, "changed", packages=tuple(sorted(_merge(packages), key=lambda c: (c.name, c.before, c.after))),
+                      rebuilt=tuple(sorted(set(rebuilt) - {c.name for c in packages})),
+                      units=tuple(sorted(_merge(unit_changes(old, new)), key=lambda u: u.name)), pulled=pulled)
 
 
 def compare(base: Side, head: Side) -> list[PoolChange]:

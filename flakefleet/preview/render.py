@@ -58,8 +58,12 @@ def pool_text(change: PoolChange, cap: int = TEXT_CAP) -> str:
         return f"{head}: removed; {hosts_text(change.hosts) or 'no hosts'} leave the cluster"
     if change.status == "added":
         packages, units = change.size
-        return f"{head}: added ({packages} packages, {units} units); {hosts_text(change.hosts) or 'no hosts'} join"
-    lines = [f"{head}: " + (f"changes on {hosts_text(change.hosts)}" if change.hosts else "system unchanged")]
+        who = change.pulled or f"{hosts_text(change.hosts) or 'no hosts'} join"
+        return f"{head}: added ({packages} packages, {units} units); {who}"
+    if change.pulled:
+        lines = [f"{head}: {change.pulled}"]
+    else:
+        lines = [f"{head}: " + (f"changes on {hosts_text(change.hosts)}" if change.hosts else "system unchanged")]
     if change.packages:
         lines += [f"  packages ({len(change.packages)}):"] + [f"    {t}" for t in capped([package_text(c) for c in change.packages], cap)]
     if change.rebuilt:
@@ -114,13 +118,15 @@ def _row(c: PoolChange) -> str:
         return f"| {_md(c.pool)} | unchanged | | | | |"
     if c.status in ("added", "removed"):
         what = f"{c.size[0]} packages, {c.size[1]} units" if c.status == "added" else ""
-        return f"| {_md(c.pool)} | **{c.status}** | {what} | | | {_cell([hosts_text([h]) for h in c.hosts])} |"
+        who = [c.pulled] if c.pulled else [hosts_text([h]) for h in c.hosts]
+        return f"| {_md(c.pool)} | **{c.status}** | {what} | | | {_cell(who)} |"
     packages = [package_text(p) for p in c.packages]
     if c.rebuilt:
         packages.append(f"{len(c.rebuilt)} rebuilt at the same version: " + ", ".join(capped(c.rebuilt, CELL_CAP)))
     hosts = [hosts_text([h]) for h in c.hosts] + [f"{hosts_text([h])} added" for h in c.hosts_added] + [
         f"{h} removed" for h in c.hosts_removed]
     hosts += [f"{hosts_text([h])} restarts as {c.resize[1]}" for h in c.resized] if c.resize else []
+    hosts += [c.pulled] if c.pulled else []
     change = "configuration" if c.configuration_only else "changed"
     services = [unit_text(u) for u in c.units] + [f"deploys {m}" for m in c.deploys] + [
         f"**prunes {m}**" for m in c.prunes] + [f"image {i} removed" for i in c.images_removed]

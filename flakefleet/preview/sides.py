@@ -19,7 +19,10 @@ def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:
     for n, wave in enumerate(waves(cfg, inv)):
         for host in wave:
             pools.setdefault(host.pool, []).append((host.name, n, host_system(cfg, host)))
-    return {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot, ec2_type(cfg, name)) for name, hosts in sorted(pools.items())}
+    pushed = {name: PoolHosts(tuple(hosts), cfg.pool(name).reboot, ec2_type(cfg, name)) for name, hosts in pools.items()}
+    pulled = {p.name: PoolHosts((), instance_type=ec2_type(cfg, p.name), pulled=pulled_rollout_text(cfg, p.name))
+              for p in cfg.pools if p.autoscaling is not None}
+    return dict(sorted({**pushed, **pulled}.items()))
 
 
 def ec2_type(cfg: StackConfig, pool: str) -> str:
@@ -48,4 +51,8 @@ def deployed_side(outputs: Mapping) -> Side | None:
             key = pool if pool in manifests else f"{pool}/{host}"
             pools.setdefault(pool, []).append((host, -1, key))
             types.setdefault(pool, node.get("instance_type") or "")  # absent before types were exported
-    return Side({name: PoolHosts(tuple(hosts), instance_type=types[name]) for name, hosts in pools.items()}, manifests)
+    sides = {name: PoolHosts(tuple(hosts), instance_type=types[name]) for name, hosts in pools.items()}
+    # Autoscaled pools (their groups, exported as `pulled_pools`): their system is the pool's name.
+    pulled = outputs.get("pulled_pools") if isinstance(outputs.get("pulled_pools"), Mapping) else {}
+    sides.update({pool: PoolHosts((), pulled="pulled") for pool in pulled if pool in manifests})
+    return Side(sides, manifests)

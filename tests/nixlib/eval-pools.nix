@@ -28,6 +28,12 @@ let
       tools = drv "nvidia-container-toolkit-tools";
     };
     writeTextDir = path: _text: drv (baseNameOf path);
+    # pkgs/build-support/trivial-builders (runCommand name env buildCommand) and
+    # pkgs/development/interpreters/python (python3.withPackages f): what nixos/host/default.nix
+    # builds the pull agent with.
+    runCommand = name: _env: _script: drv name;
+    runtimeShell = "/nix/store/00000000000000000000000000000000-bash/bin/bash";
+    python3.withPackages = _f: drv "python3-env";
     # nixpkgs' dockerTools: an image tarball whose tag is its own hash, without string context.
     dockerTools.buildLayeredImage =
       { name, ... }:

@@ -250,6 +250,28 @@
           "mkdir -p $out && printf 'stand-in kexec installer' > $out/nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz" { };
       };
 
+      # As nixos/host/default.nix: the pull agent of an autoscaled pool with hostctl.sh, run by
+      # the machine's python3 (boto3, cryptography: the test image's Debian packages). This
+      # flake cannot reach nixos/host/ from the store, so a test names that directory in the
+      # spec (`standin_host_dir`, read impurely); without it the agent only says so.
+      lib.pullAgent =
+        spec:
+        let
+          dir = spec.standin_host_dir or null;
+        in
+        sh spec "flakefleet-pull" ''
+          mkdir -p $out/bin $out/share/flakefleet
+          printf '%s' "$hostctl" > $out/share/flakefleet/hostctl.sh
+          printf '%s' "$agent" > $out/share/flakefleet/flakefleet_pull.py
+          printf '%s\n' '#!/bin/sh' 'PATH=/run/current-system/sw/bin:/usr/sbin:/usr/bin:/sbin:/bin' 'export PATH' \
+            "exec /usr/bin/python3 $out/share/flakefleet/flakefleet_pull.py $out/share/flakefleet/hostctl.sh \"\$@\"" \
+            > $out/bin/flakefleet-pull
+          chmod +x $out/bin/flakefleet-pull
+        '' {
+          hostctl = if dir == null then "exit 3" else builtins.readFile (dir + "/hostctl.sh");
+          agent = if dir == null then "raise SystemExit('stand-in: no standin_host_dir')" else builtins.readFile (dir + "/flakefleet_pull.py");
+        };
+
       lib.toplevel =
         spec:
         assert spec.schema == 1;
@@ -272,6 +294,8 @@
           k3sRequired = builtins.concatStringsSep " " (required spec);
           images = map (image spec) (spec.images or [ ]);
           manifests = map (manifest spec) (spec.workloads or [ ]);
+          # mixins/pull.nix: an autoscaled pool's closure holds its pull agent.
+          pullAgent = if spec.pull or false then self.lib.pullAgent spec else "";
           # Benchmarks only: a payload of this many KiB, so copies move real bytes.
           payloadKib = toString (spec.standin_payload_kib or 0);
           args = [
