@@ -224,7 +224,7 @@ pulumi.export("kubeconfig", kubeconfig.kubeconfig)
 pulumi.export("cluster_ca_certificate", kubeconfig.ca_certificate)
 pulumi.export("drift", delivery.hosts.apply(lambda hosts: {h: out["found"] for h, out in hosts.items()}))  # what each host's last delivery found; live: python -m flakefleet drift
 pulumi.export("upgrade_snapshot", snapshots_before)  # the etcd snapshot taken before a k3s minor upgrade, if any
-pulumi.export("pulled_pools", pulled.group_names if pulled else {})  # pool -> its Auto Scaling group
+pulumi.export("pulled_pools", pulled.pools if pulled else {})  # pool -> its group and bucket (status, drift)
 pulumi.export("k3s_server_token", tokens.server_token)  # a secret: what a rebuild of this cluster needs
 pulumi.export(
     "buckets",

@@ -1,6 +1,7 @@
 """How the program scales with fleet size: the real __main__.py under Pulumi mocks.
 
     .venv/bin/python bench/plan_scale.py [sizes...]     # default: 10 100 1000
+    .venv/bin/python bench/plan_scale.py --autoscaled [workers...]   # default: 10 1000 10000
 
 Each size runs in a fresh interpreter so peak memory is that size's own, against the offline
 stand-in flake. Prints a Markdown table: systems evaluated and the evaluation time with an
@@ -48,6 +49,15 @@ def fleet_config(hosts: int) -> dict[str, str]:
     }
 
 
+def autoscaled_config(workers: int) -> dict[str, str]:
+    """3 control planes and one autoscaled pool of up to `workers` (issue 28): no host of its own."""
+    config = fleet_config(6)
+    pools = [json.loads(config["flakefleet:pools"])[0],
+             {"name": "spot", "role": "worker", "instance_type": "m7i.xlarge", "autoscaling": {"min": 0, "max": workers}}]
+    return {**config, "flakefleet:pools": json.dumps(pools),
+            "flakefleet:cluster": json.dumps({"name": "bench", "pod_cidr": "100.64.0.0/10"})}  # 16,384 nodes
+
+
 FLOOR_TYPES = {"tls:index/privateKey:PrivateKey": "key", "aws:ec2/instance:Instance": "instance"}
 
 
@@ -77,6 +87,20 @@ def bare_floor(counts: dict[str, int]) -> float:
     elapsed = time.perf_counter() - start
     assert len(monitor.records) == sum(counts.values())
     return elapsed
+
+
+def measure_autoscaled(workers: int) -> dict:
+    """The whole plan of a stack whose workers are one autoscaled pool: validation, evaluation (cold
+    cache) and the program, in one fresh interpreter."""
+    from tests.harness import run_program
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ.update(FLAKEFLEET_FLAKE=str(STANDIN), FLAKEFLEET_CACHE_DIR=cache)
+        start = time.perf_counter()
+        run = run_program(autoscaled_config(workers), stack="bench")
+        wall = time.perf_counter() - start
+    return {"workers": workers, "resources": len(run.resources), "wall_s": wall,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def measure_one(hosts: int) -> dict:
@@ -126,6 +150,16 @@ def main(argv: list[str]) -> None:
         return
     if argv[:1] == ["--floor"]:
         print(json.dumps(bare_floor(json.loads(argv[1]))))
+        return
+    if argv[:1] == ["--autoscaled-one"]:
+        print(json.dumps(measure_autoscaled(int(argv[1]))))
+        return
+    if argv[:1] == ["--autoscaled"]:
+        print("| autoscaled workers (max) | resources | whole plan (s) | peak RSS (MiB) |")
+        print("|---:|---:|---:|---:|")
+        for n in [int(a) for a in argv[1:]] or [10, 1000, 10000]:
+            r = fresh("--autoscaled-one", str(n))
+            print(f"| {r['workers']} | {r['resources']} | {r['wall_s']:.2f} | {r['peak_rss_mib']:.0f} |")
         return
     sizes = [int(a) for a in argv] or [10, 100, 1000]
     rows = []

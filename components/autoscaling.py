@@ -71,8 +71,8 @@ class PulledPools(pulumi.ComponentResource):
     template (NixOS AMI, IMDSv2, encrypted gp3, user data without secrets), Auto Scaling group
     (private subnets, launch health hook, instance refresh); one SSM token parameter for all."""
 
-    group_names: dict[str, pulumi.Output[str]]
-    """Pool -> Auto Scaling group name."""
+    pools: dict[str, pulumi.Output[dict]]
+    """Pool -> {group, bucket, cluster, region}: where status and drift read it (flakefleet/ops/pulled.py)."""
     token_parameter_arn: pulumi.Output[str]
     """The join token's SSM parameter."""
 
@@ -84,10 +84,12 @@ class PulledPools(pulumi.ComponentResource):
                                   value=pulumi.Output.secret(args.agent_token), tags=dict(args.tags), opts=child)
         self.token_parameter_arn = token.arn
         account = aws.get_caller_identity_output(opts=pulumi.InvokeOptions(parent=self)).account_id
-        self.group_names = {}
+        self.pools = {}
         for pool in (p for p in cfg.pools if p.autoscaling is not None):
-            self.group_names[pool.name] = self._pool(name, pool, args, token, account)
-        self.register_outputs({"group_names": self.group_names, "token_parameter_arn": self.token_parameter_arn})
+            group = self._pool(name, pool, args, token, account)
+            self.pools[pool.name] = pulumi.Output.all(group, args.cache_bucket).apply(
+                lambda v: {"group": v[0], "bucket": v[1], "cluster": cfg.cluster.name, "region": cfg.region or ""})
+        self.register_outputs({"pools": self.pools, "token_parameter_arn": self.token_parameter_arn})
 
     def _profile(self, name: str, pool: PoolConfig, args: PulledPoolsArgs, token, account) -> aws.iam.InstanceProfile:
         cfg, region = args.config, args.config.region or ""

@@ -175,3 +175,45 @@ def test_the_join_token_is_read_decrypted_from_its_secure_string():
     clients = AGENT.clients({"region": "eu-west-1"})
     value = clients["ssm"].get_parameter(Name="/flakefleet/c/k3s-agent-token", WithDecryption=True)["Parameter"]
     assert value["Type"] == "SecureString" and value["Value"].endswith("::node:secret")
+
+
+def test_a_pool_view_sorts_instances_by_their_reports():
+    from flakefleet.ops.pulled import classify
+
+    reports = {"i-1": {"result": "joined", "system": SYSTEM}, "i-2": {"result": "joined", "system": OTHER},
+               "i-3": {"result": "failed", "reason": "unhealthy"}, "i-9": {"result": "joined", "system": SYSTEM}}
+    view = classify("spot", "c-spot", SYSTEM, ["i-4", "i-3", "i-2", "i-1"], reports)
+    assert (view.on_pointer, view.stragglers, view.failed, view.unreported) == (("i-1",), ("i-2",), ("i-3",), ("i-4",))
+    assert view.instances == 4 and not view.healthy
+    assert classify("spot", "c-spot", SYSTEM, ["i-1", "i-4"], reports).healthy  # booting is not a problem
+
+
+@mock_aws
+def test_status_reads_a_pool_from_its_group_pointer_and_reports():
+    """As status and drift read a pulled pool: the group's live instances (moto launches them),
+    the current pointer, the instances' reports as the agent writes them."""
+    from flakefleet.ops.pulled import read_pool, render
+
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    template = ec2.create_launch_template(LaunchTemplateName="c-spot", LaunchTemplateData={
+        "ImageId": "ami-12c6146b", "InstanceType": "m6i.large"})["LaunchTemplate"]["LaunchTemplateId"]
+    subnet = ec2.create_subnet(VpcId=ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"],
+                               CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    autoscaling = boto3.client("autoscaling", region_name="eu-west-1")
+    autoscaling.create_auto_scaling_group(AutoScalingGroupName="c-spot", MinSize=0, MaxSize=5, DesiredCapacity=3,
+                                          LaunchTemplate={"LaunchTemplateId": template, "Version": "1"},
+                                          VPCZoneIdentifier=subnet)
+    live = sorted(i["InstanceId"] for i in autoscaling.describe_auto_scaling_groups(
+        AutoScalingGroupNames=["c-spot"])["AutoScalingGroups"][0]["Instances"])
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3.create_bucket(Bucket="c-cache", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    publish_pointer(s3, PublishPlan(pool="spot", system=SYSTEM, drv="/nix/store/x.drv", bucket="c-cache",
+                                    region="eu-west-1", pointer={"cluster": "c", "pool": "spot", "facts": FACTS}), SECRET)
+    for instance, system in zip(live, (SYSTEM, OTHER)):
+        s3.put_object(Bucket="c-cache", Key=f"{AGENT.REPORTS}/c/spot/{instance}.json",
+                      Body=json.dumps({"instance": instance, "result": "joined", "system": system}).encode())
+    view = read_pool(s3, autoscaling, "spot", {"group": "c-spot", "bucket": "c-cache", "cluster": "c"})
+    assert view.system == SYSTEM and view.instances == 3
+    assert (view.on_pointer, view.stragglers, view.unreported) == ((live[0],), (live[1],), (live[2],))
+    assert render([view])[0] == (f"pool spot (group c-spot): 3 instances, 1 on {SYSTEM.rsplit('/', 1)[-1]}, 1 behind, "
+                                 "0 failed, 1 not reported yet")

@@ -45,6 +45,8 @@ def test_a_pool_is_one_group_and_one_template_and_no_host_resource(run):
     assert not [n for n in names if "spot-0" in n or "spot-1" in n]
     big = run_program(stack(10_000), stack="dev")
     assert Counter(r.type for r in big.resources) == Counter(r.type for r in run.resources)
+    assert run.exports["pulled_pools"] == {"spot": {"group": "ff-dev-spot", "bucket": run.exports["buckets"]["cache"],
+                                                    "cluster": "ff-dev", "region": "eu-west-1"}}
 
 
 def test_instances_boot_with_imdsv2_encrypted_gp3_and_public_user_data(run):
@@ -70,6 +72,7 @@ def test_the_instance_role_reads_its_own_pointer_the_cache_and_the_token_only(ru
     arn = f"arn:aws:s3:::{bucket.name}-bkt"
     assert grants["ReadOwnPointers"] == ("s3:GetObject", f"{arn}/flakefleet/pointers/ff-dev/spot/*")
     assert grants["ReadCachePaths"] == ("s3:GetObject", [f"{arn}/nix-cache-info", f"{arn}/*.narinfo", f"{arn}/nar/*"])
+    assert grants["ReportOutcome"] == ("s3:PutObject", f"{arn}/flakefleet/reports/ff-dev/spot/*")
     assert grants["ReadJoinToken"] == ("ssm:GetParameter", "arn:aws:ssm:eu-west-1:123456789012:parameter/flakefleet/ff-dev/k3s-agent-token")
     action, group = grants["CompleteOwnLaunch"]
     assert action == "autoscaling:CompleteLifecycleAction" and group.endswith(":autoScalingGroupName/ff-dev-spot")

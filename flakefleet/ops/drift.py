@@ -128,18 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", required=True, type=Path, help="`pulumi stack output --json` of the stack")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    nodes = json.loads(args.outputs.read_text())["nodes"]
+    outputs = json.loads(args.outputs.read_text())
+    nodes = outputs["nodes"]
     rows = report(nodes, os.environ.get(IDENTITY_ENV))
     pools = split_pools(nodes, {r.host: r.running for r in rows if r.status != UNCHECKED})
+    from flakefleet.ops import pulled  # autoscaled pools: their instances' reports against the pointer
+
+    groups, problem = pulled.view(outputs)
     if args.json:
-        print(json.dumps({"hosts": [asdict(r) for r in rows], "pools": pools}, indent=2))
+        print(json.dumps({"hosts": [asdict(r) for r in rows], "pools": pools,
+                          "pulled_pools": [asdict(g) for g in groups], "pulled_problem": problem}, indent=2))
     else:
         print(render(rows))
-        for line in render_pools(pools):
+        for line in render_pools(pools) + pulled.render(groups) + ([problem] if problem else []):
             print(line)
-    if any(r.status == UNCHECKED for r in rows):
+    if problem or any(r.status == UNCHECKED for r in rows):
         return 3
-    return 2 if any(r.status == DRIFTED for r in rows) else 0
+    return 2 if any(r.status == DRIFTED for r in rows) or not all(g.healthy for g in groups) else 0
 
 
 if __name__ == "__main__":

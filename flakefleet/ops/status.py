@@ -6,9 +6,11 @@
 Per host: pool, role, Ready, the k3s its kubelet reports, whether it is a voting etcd member
 (k3s' EtcdIsVoter Node condition; control planes only), the system wanted against the one it
 runs (asked on the host over pinned SSH, as drift does), a pending reboot, and its last
-delivery's outcome. The cluster is asked on the first control plane that answers. Exit 0 when
-every host is Ready, in sync and every control plane votes; 2 when not; 3 when any host or the
-whole cluster could not be asked.
+delivery's outcome; then per autoscaled pool, its instances on the pointer's system, behind it,
+failed, and not reported yet (flakefleet/ops/pulled.py). The cluster is asked on the first
+control plane that answers. Exit 0 when every host is Ready, in sync, every control plane votes
+and no pulled instance is behind or failed; 2 when not; 3 when any host, the whole cluster or
+the pulled pools could not be asked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
 from flakefleet.common.ssh import pinned_ssh, remote_command
+from flakefleet.ops import pulled
 from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
 from flakefleet.plan.contract import IDENTITY_ENV
 
@@ -120,17 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--stack", help="the stack (its outputs are read with the Pulumi CLI)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    nodes = outputs_of(args)["nodes"]
+    outputs = outputs_of(args)
+    nodes = outputs["nodes"]
     identity = os.environ.get(IDENTITY_ENV)
     listing, via = cluster_view(nodes, identity)
     rows = combine(nodes, report(nodes, identity), listing)
+    pools, problem = pulled.view(outputs)
     if args.json:
         print(json.dumps({"cluster": via if listing else None, "problem": None if listing else via,
-                          "hosts": [asdict(r) for r in rows]}, indent=2))
+                          "hosts": [asdict(r) for r in rows], "pulled_pools": [asdict(p) for p in pools],
+                          "pulled_problem": problem}, indent=2))
     else:
         print(render(rows))
+        print("\n".join(pulled.render(pools) + ([problem] if problem else [])))
         print(f"(cluster asked on {via})" if listing else via)
-    return exit_code(rows, bool(listing))
+    code = exit_code(rows, bool(listing))
+    return 3 if problem else max(code, 0 if all(p.healthy for p in pools) else 2)
 
 
 if __name__ == "__main__":

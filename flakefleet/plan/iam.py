@@ -52,13 +52,15 @@ def bucket_arn(bucket: str, region: str | None) -> str:
 
 
 POINTERS = "flakefleet/pointers"  # flakefleet/pull/pointer.py: PREFIX
+REPORTS = "flakefleet/reports"  # nixos/host/flakefleet_pull.py: where each instance reports its outcome
 
 
 def pulled_pool_policy(cluster: str, pool: str, cache_arn: str, token_arn: str, group_arn: str) -> dict:
     """What an autoscaled pool's instances may do, and nothing else: read the binary cache's
     paths (narinfos, NARs, nix-cache-info: the layout Nix's S3 store reads), read their own
     pool's pointers (not another pool's), read the agent join token's parameter, and complete
-    their own group's launch lifecycle action (the health gate's verdict)."""
+    their own group's launch lifecycle action (the health gate's verdict), and write their
+    outcome under their pool's reports prefix (status and drift read it)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -69,6 +71,8 @@ def pulled_pool_policy(cluster: str, pool: str, cache_arn: str, token_arn: str, 
             {"Sid": "ListCache", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": cache_arn},
             {"Sid": "ReadOwnPointers", "Effect": "Allow", "Action": "s3:GetObject",
              "Resource": f"{cache_arn}/{POINTERS}/{cluster}/{pool}/*"},
+            {"Sid": "ReportOutcome", "Effect": "Allow", "Action": "s3:PutObject",
+             "Resource": f"{cache_arn}/{REPORTS}/{cluster}/{pool}/*"},
             {"Sid": "ReadJoinToken", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": token_arn},
             {"Sid": "CompleteOwnLaunch", "Effect": "Allow", "Action": "autoscaling:CompleteLifecycleAction",
              "Resource": group_arn},

@@ -43,6 +43,7 @@ AGENT_TOKEN_PATH = "/var/lib/flakefleet/secrets/k3s-agent-token"
 CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix includes it
 RESTARTS = {K3S_DROP_IN_PATH: "k3s.service", AGENT_TOKEN_PATH: "k3s.service", FACTS_PATH: "flakefleet-hostname.service",
             CACHE_CONF_PATH: "nix-daemon.service"}
+REPORTS = "flakefleet/reports"  # flakefleet/ops/pulled.py reads <REPORTS>/<cluster>/<pool>/<instance>.json
 RUN = Path("/run/flakefleet")
 STATE = Path("/var/lib/flakefleet")
 # flakefleet/pull/pointer.py: what is signed, and the schema this agent reads.
@@ -115,6 +116,8 @@ def metadata(base: str) -> dict[str, str]:
 def clients(conf: dict):
     import boto3
 
+    if conf.get("imds"):  # tests: botocore's instance-profile credentials from the same stand-in
+        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = conf["imds"].rstrip("/") + "/"
     endpoints = conf.get("endpoints") or {}
     session = boto3.session.Session(region_name=conf["region"])
     return {name: session.client(name, endpoint_url=endpoints.get(name)) for name in ("s3", "ssm", "autoscaling")}
@@ -176,7 +179,8 @@ def switch(script: Path, system: str, token: str, conf: dict) -> None:
         else:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     back = hostctl(script, "rollback", token, why, timeout=health_s + 60)
-    raise Failed(f"{why}; {back.stdout.strip() or back.stderr.strip()[-300:]}")
+    # hostctl's outcome line ends with the reason it was given.
+    raise Failed(back.stdout.strip() or f"{why}; the rollback exited {back.returncode}: {back.stderr.strip()[-300:]}")
 
 
 def complete(aws: dict, conf: dict, instance: str, result: str) -> None:
@@ -186,9 +190,17 @@ def complete(aws: dict, conf: dict, instance: str, result: str) -> None:
                                                  LifecycleActionResult=result, InstanceId=instance)
 
 
-def record(outcome: dict) -> None:
+def record(aws: dict, conf: dict, outcome: dict) -> None:
+    """The outcome on the host and, for status and drift, in the cache bucket (best effort:
+    nothing in it is secret, and a host that cannot say so is still what it is)."""
     STATE.mkdir(parents=True, exist_ok=True)
-    (STATE / "pull.json").write_text(json.dumps(outcome, sort_keys=True) + "\n")
+    body = json.dumps(outcome, sort_keys=True) + "\n"
+    (STATE / "pull.json").write_text(body)
+    key = f"{REPORTS}/{conf['cluster']}/{conf['pool']}/{outcome['instance']}.json"
+    try:
+        aws["s3"].put_object(Bucket=conf["bucket"], Key=key, Body=body.encode(), ContentType="application/json")
+    except Exception as err:  # noqa: BLE001 - any failure to report leaves the host as it is
+        say(f"could not report to s3://{conf['bucket']}/{key}: {err}")
 
 
 def run(hostctl_script: Path, conf: dict) -> int:
@@ -211,16 +223,16 @@ def run(hostctl_script: Path, conf: dict) -> int:
         switch(RUN / "hostctl.sh", pointer["system"], token, conf)
     except Refused as err:
         say(f"refused the pointer, nothing was realised or activated: {err}")
-        record({**outcome, "result": "refused", "reason": str(err)})
+        record(aws, conf, {**outcome, "result": "refused", "reason": str(err)})
         complete(aws, conf, me["instance"], "ABANDON")
         return REFUSED
     except (Failed, OSError, ValueError, KeyError, BotoCoreError, ClientError) as err:
         say(f"failed: {err}")
-        record({**outcome, "result": "failed", "reason": str(err)})
+        record(aws, conf, {**outcome, "result": "failed", "reason": str(err)})
         complete(aws, conf, me["instance"], "ABANDON")
         return FAILED
     say(f"joined on {pointer['system']}")
-    record({**outcome, "result": "joined", "system": pointer["system"],
+    record(aws, conf, {**outcome, "result": "joined", "system": pointer["system"],
             "digest": hashlib.sha256(pointer["system"].encode()).hexdigest()})
     complete(aws, conf, me["instance"], "CONTINUE")
     return 0

@@ -32,7 +32,9 @@ INCLUDE = ["systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "pro
 # debootstrap cannot resolve nix-bin's virtual dependencies; apt-get installs them after.
 # cpio: what a server's Debian has and debootstrap's minimal set lacks; nixos-anywhere needs it
 # (with tar and setsid) on a machine it installs (tests/test_bootstrap_hosts.py).
-PACKAGES = ["nix-bin", "python3", "grub2-common", "cpio"]
+# python3-boto3, python3-cryptography: what the pull agent of autoscaled pools imports (its Nix
+# package brings nixpkgs' own; the stand-in's runs on the machine's python3).
+PACKAGES = ["nix-bin", "python3", "grub2-common", "cpio", "python3-boto3", "python3-cryptography"]
 MASKED = [
     "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
     "systemd-resolved.service", "console-getty.service", "getty@.service", "getty.target",

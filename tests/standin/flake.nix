@@ -325,6 +325,8 @@
                 ln -s "$(readlink $u)" $out/etc/systemd/system/''${u##*/}
                 ln -s ../''${u##*/} $out/etc/systemd/system/multi-user.target.wants/''${u##*/}
               done
+              # mixins/pull.nix: the pull agent in environment.systemPackages (so in the closure).
+              if [ -n "$pullAgent" ]; then ln -s $pullAgent/bin/flakefleet-pull $out/sw/bin/flakefleet-pull; fi
               printf '%s' "$bootctlScript" > $out/sw/bin/bootctl
               chmod +x $out/sw/bin/bootctl
               ln -s $kernel/bzImage $out/kernel

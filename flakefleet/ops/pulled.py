@@ -1,0 +1,105 @@
+"""Autoscaled pools as status and drift show them: per pool, its group's instances on the pointer's
+system, stragglers (joined on an older system: an instance refresh not done yet), failed switches
+(refused pointers, failed health gates) and instances that have not reported (booting).
+
+The pull agent of each instance writes its outcome to the cache bucket,
+`flakefleet/reports/<cluster>/<pool>/<instance>.json` (nixos/host/flakefleet_pull.py: result,
+system, reason; nothing secret); the pool's current pointer is `current.json` next to its
+pointers; the live instances are the group's (DescribeAutoScalingGroups). The stack exports what
+to read as `pulled_pools` (pool -> group, bucket, cluster).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+REPORTS = "flakefleet/reports"  # nixos/host/flakefleet_pull.py: REPORTS
+
+
+@dataclass(frozen=True)
+class PulledPool:
+    pool: str
+    group: str
+    system: str  # the current pointer's ("" when there is none)
+    instances: int
+    on_pointer: tuple[str, ...] = ()
+    stragglers: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    unreported: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.stragglers or self.failed)
+
+
+def classify(pool: str, group: str, system: str, live: list[str], reports: dict[str, dict]) -> PulledPool:
+    """One pool: each live instance by its last report against the current pointer's system."""
+    on, behind, failed, silent = [], [], [], []
+    for instance in sorted(live):
+        report = reports.get(instance)
+        if report is None:
+            silent.append(instance)
+        elif report.get("result") != "joined":
+            failed.append(instance)
+        elif report.get("system") == system:
+            on.append(instance)
+        else:
+            behind.append(instance)
+    return PulledPool(pool, group, system, len(live), tuple(on), tuple(behind), tuple(failed), tuple(silent))
+
+
+def read_pool(s3, autoscaling, pool: str, spec: dict) -> PulledPool:
+    """A pool's view from AWS: its group's instances, the current pointer, the instances' reports."""
+    bucket, cluster, group = spec["bucket"], spec["cluster"], spec["group"]
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+    live = [i["InstanceId"] for g in groups for i in g.get("Instances", [])
+            if i.get("LifecycleState") not in ("Terminating", "Terminated")]
+    try:
+        current = json.loads(s3.get_object(Bucket=bucket, Key=f"flakefleet/pointers/{cluster}/{pool}/current.json")["Body"].read())
+        system = json.loads(current["pointer"])["system"]
+    except s3.exceptions.NoSuchKey:
+        system = ""
+    reports = {}
+    prefix = f"{REPORTS}/{cluster}/{pool}/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            instance = obj["Key"][len(prefix):].removesuffix(".json")
+            if instance in live:
+                reports[instance] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    return classify(pool, group, system, live, reports)
+
+
+def render(pools: list[PulledPool]) -> list[str]:
+    """One line per pool (and the instances that need a look)."""
+    lines = []
+    for p in pools:
+        lines.append(f"pool {p.pool} (group {p.group}): {p.instances} instances, {len(p.on_pointer)} on "
+                     f"{p.system.rsplit('/', 1)[-1] or 'no pointer'}, {len(p.stragglers)} behind, "
+                     f"{len(p.failed)} failed, {len(p.unreported)} not reported yet")
+        lines += [f"  behind: {i}" for i in p.stragglers] + [f"  failed: {i}" for i in p.failed]
+    return lines
+
+
+def read_all(outputs: dict) -> list[PulledPool]:
+    """Every autoscaled pool the stack exported, read with the deployer's AWS credentials."""
+    import boto3
+
+    pools = []
+    for pool, spec in sorted((outputs.get("pulled_pools") or {}).items()):
+        region = spec.get("region") or None
+        pools.append(read_pool(boto3.client("s3", region_name=region), boto3.client("autoscaling", region_name=region),
+                               pool, spec))
+    return pools
+
+
+def view(outputs: dict) -> tuple[list[PulledPool], str | None]:
+    """The autoscaled pools (their groups and reports in AWS), or why they could not be read."""
+    if not outputs.get("pulled_pools"):
+        return [], None
+    import botocore.exceptions
+
+    try:
+        return read_all(outputs), None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        return [], f"autoscaled pools could not be read from AWS: {err}"

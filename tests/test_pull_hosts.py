@@ -1,0 +1,174 @@
+"""Tier 4: an autoscaled pool's instance pulling its system at first boot, on fresh test machines
+(systemd, plain Debian, as a new instance is before its first switch) beside a delivered control
+plane. Each instance runs the pull part of the user data the launch template carries
+(flakefleet/pull/userdata.py; the first-boot part before it is the EC2 hosts' and tested with
+them), which realises the pull agent from the binary cache and starts it in its own unit. The
+agent talks to what tests/pullhosts.py serves on loopback: its metadata service (IMDSv2), moto's
+S3, SSM and Auto Scaling, and the cache over HTTP (signed narinfos, checked by the machine's Nix).
+
+Checked: a pulled instance switches to the pool's system, is confirmed healthy, joins as a Node
+named by its instance id, and completes its launch hook with CONTINUE, the token never in its
+journal; a pointer with a bad signature is refused with nothing realised or activated (ABANDON);
+a system whose k3s crash-loops fails the health gate, is rolled back by hostctl.sh, and the
+instance is abandoned. A pointer move reaching a batch at a time is the Auto Scaling instance
+refresh's (MinHealthyPercentage), which AWS runs and moto does not: not tested here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+
+from flakefleet.plan.contract import PLAN_ENV, PublishPlan
+from flakefleet.plan.specs import pool_spec, pulled_facts
+from flakefleet.pull.pointer import Pointer, pointer_key, sign, store_hash
+from flakefleet.pull.publish import publish_pointer
+from flakefleet.pull.userdata import pull_config, pulled_user_data
+from flakefleet.nixos.evaluate import evaluate_systems
+from tests import pullhosts
+from tests.conftest import STANDIN_FLAKE
+from tests.local_fleet import TEST_CA_HASH, TOKENS, local_fleet, stack
+from tests.machines.machine import add_machine
+from tests.testhosts import poll, run_as_deployer
+
+ROOT = Path(__file__).resolve().parent.parent
+CP = {"cp-0": "127.0.0.221"}
+CACHE_ADDRESS = "127.0.0.222"
+# Each test's fresh instance, on its own address (its metadata service listens there too).
+INSTANCES = {"joins": "127.0.0.223", "bad-signature": "127.0.0.224", "unhealthy": "127.0.0.225"}
+BUCKET = "ff-test-cache"
+TOKEN_PARAMETER = "/flakefleet/ff-local/k3s-agent-token"
+JOIN_TOKEN = f"K10{TEST_CA_HASH}::node:{TOKENS['FLAKEFLEET_SECRET_K3S_AGENT_TOKEN']}"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The control plane delivered; the pool's system and agent in an HTTP cache; moto's S3
+    holding the pointer and SSM the token."""
+    root = tmp_path_factory.mktemp("pull")
+    with local_fleet(root, CP) as (fleet, hosts), pullhosts.aws() as endpoint:
+        # worker-0 is only named: the pool the instances pull is the workers' spec under its own name.
+        hosts = {**hosts, "worker-0": SimpleNamespace(address="127.0.0.229", host_key=hosts["cp-0"].host_key)}
+        cfg, inv, _, plans = stack(hosts, fleet, drop=("worker-1",))
+        proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plans["cp-0"].to_json(), **TOKENS},
+                               timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cache = root / "cache"
+        systems = {name: build_and_copy(fleet, cache, spec) for name, spec in pulled_specs(cfg, inv).items()}
+        s3 = boto3.client("s3", region_name=pullhosts.REGION, endpoint_url=endpoint,
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": pullhosts.REGION})
+        ssm = boto3.client("ssm", region_name=pullhosts.REGION, endpoint_url=endpoint,
+                           aws_access_key_id="test", aws_secret_access_key="test")
+        ssm.put_parameter(Name=TOKEN_PARAMETER, Value=JOIN_TOKEN, Type="SecureString")
+        facts = pulled_facts(inv, "spot")
+        for system in systems.values():
+            publish_pointer(s3, PublishPlan(pool="spot", system=system.out, drv=system.drv, bucket=BUCKET,
+                                            region=pullhosts.REGION, pointer={"cluster": inv.cluster, "pool": "spot",
+                                                                              "facts": facts}), fleet.signing_secret)
+        with pullhosts.cache_server(cache, CACHE_ADDRESS) as cache_url:
+            yield SimpleNamespace(fleet=fleet, cfg=cfg, systems=systems, endpoint=endpoint, cache_url=cache_url,
+                                  s3=s3, cluster=inv.cluster)
+
+
+def pulled_specs(cfg, inv) -> dict[str, dict]:
+    """The pool's system as the program specs an autoscaled pool (the workers' settings, `pull`),
+    and one whose k3s the stand-in makes crash-loop (a fault keyed by its path)."""
+    spec = {**pool_spec(cfg, inv, "workers"), "pool": "spot", "pull": True,
+            "standin_host_dir": str(ROOT / "nixos" / "host")}
+    return {"good": spec, "crashing": {**spec, "labels": {"flakefleet.io/test": "crashing"}}}
+
+
+def build_and_copy(fleet, cache: Path, spec: dict):
+    [system] = evaluate_systems(Path(STANDIN_FLAKE), {"spot": spec})[0].values()
+    subprocess.run(["nix-store", "--realise", system.drv], check=True, capture_output=True)
+    key = cache.parent / "signing.secret"
+    key.write_text(fleet.signing_secret)
+    subprocess.run(["nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+                    f"file://{cache}?secret-key={key}", system.out], check=True, capture_output=True)
+    return system
+
+
+def boot_instance(world, which: str, system, instance: str, fault: str | None = None):
+    """A fresh machine running the pull part of the launch template's user data for `system`,
+    with its own metadata service (and a stand-in fault for that system); returns (machine, the
+    agent's outcome) once the agent has finished."""
+    address = INSTANCES[which]
+    machine = add_machine(world.fleet, f"pull-{which}", address)
+    if fault:
+        machine.set_fault(fault, system.out)
+    with pullhosts.imds(instance, address) as imds:
+        conf = {**pull_config(world.cluster, "spot", pullhosts.REGION, BUCKET,
+                              pointer_key(world.cluster, "spot", system.out), store_hash(system.out),
+                              world.fleet.signing_public, TOKEN_PARAMETER, f"{world.cluster}-spot", "flakefleet-health",
+                              60, 1),
+                "substituter": world.cache_url, "imds": imds,
+                "endpoints": {"s3": world.endpoint, "ssm": world.endpoint, "autoscaling": world.endpoint}}
+        text = pulled_user_data(conf, system.agent, [], world.fleet.signing_public)
+        pull = text[text.index("# flakefleet pull"):]
+        machine.sh(pull, timeout=300)
+        poll(lambda: machine.show("flakefleet-pull.service", "ActiveState").get("ActiveState") in ("inactive", "failed"),
+             600, f"{which}: the pull agent finished")
+    outcome = json.loads(machine.path("/var/lib/flakefleet/pull.json").read_text())
+    return machine, outcome
+
+
+def completed(instance: str) -> list[str]:
+    return [c["LifecycleActionResult"] for c in pullhosts.COMPLETED if c["InstanceId"] == instance]
+
+
+def profile_system(machine) -> str:
+    return machine.sh("readlink -f /nix/var/nix/profiles/system || true", timeout=60).stdout.strip()
+
+
+def journal(machine) -> str:
+    return machine.sh("journalctl --no-pager -u flakefleet-pull.service 2>&1 || true", timeout=60).stdout
+
+
+def test_a_pulled_instance_switches_joins_and_continues(world):
+    system = world.systems["good"]
+    machine, outcome = boot_instance(world, "joins", system, "i-0aaaaaaaaaaaaaa01")
+    assert outcome["result"] == "joined" and outcome["system"] == system.out, outcome
+    assert machine.current_system() == system.out and profile_system(machine) == system.out  # confirmed
+    poll(lambda: (world.fleet.apiserver / "nodes" / "i-0aaaaaaaaaaaaaa01.json").exists(), 120,
+         "the instance's Node registered")
+    assert completed("i-0aaaaaaaaaaaaaa01") == ["CONTINUE"]
+    report = world.s3.get_object(Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/i-0aaaaaaaaaaaaaa01.json")
+    assert json.loads(report["Body"].read())["system"] == system.out  # what status and drift read
+    facts = json.loads(machine.path("/etc/flakefleet/host.json").read_text())
+    assert facts["name"] == "i-0aaaaaaaaaaaaaa01" and facts["address"] == INSTANCES["joins"] and facts["pool"] == "spot"
+    token = machine.path("/var/lib/flakefleet/secrets/k3s-agent-token")
+    assert token.read_text() == JOIN_TOKEN and token.stat().st_mode & 0o077 == 0
+    secret = TOKENS["FLAKEFLEET_SECRET_K3S_AGENT_TOKEN"]
+    assert secret not in journal(machine)
+    found = subprocess.run(["grep", "-rlF", secret, str(machine.merged / "nix/store")], capture_output=True, text=True)
+    assert found.returncode == 1, found.stdout  # 1: no file holds it
+
+
+def test_a_pointer_with_a_bad_signature_is_refused_and_nothing_activated(world):
+    system = world.systems["good"]
+    key = pointer_key(world.cluster, "spot", system.out)
+    good = world.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    forged = sign(Pointer(world.cluster, "spot", system.out, {}), world.fleet.signing_secret)
+    forged["signature"] = json.loads(good)["signature"]  # the real signature over other facts
+    world.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(forged).encode())
+    try:
+        machine, outcome = boot_instance(world, "bad-signature", system, "i-0bbbbbbbbbbbbbb02")
+    finally:
+        world.s3.put_object(Bucket=BUCKET, Key=key, Body=good)
+    assert outcome["result"] == "refused" and "signature does not verify" in outcome["reason"], outcome
+    assert machine.current_system() is None and Path(system.out).name not in machine.store_paths()
+    assert completed("i-0bbbbbbbbbbbbbb02") == ["ABANDON"]
+    assert "refused the pointer, nothing was realised or activated" in journal(machine)
+
+
+def test_a_system_that_fails_its_health_gate_is_rolled_back_and_abandoned(world):
+    system = world.systems["crashing"]
+    machine, outcome = boot_instance(world, "unhealthy", system, "i-0ccccccccccccccc3", fault="crashloop")
+    assert outcome["result"] == "failed" and "restarted since the activation" in outcome["reason"], outcome
+    assert profile_system(machine) != system.out  # never confirmed: not the profile's, not the boot default
+    assert completed("i-0ccccccccccccccc3") == ["ABANDON"]
