@@ -133,7 +133,7 @@ def test_the_first_install_reads_the_facts_and_boots_the_installed_system(fleet_
     assert report["installed"] == "now" and report["disk"].startswith("/dev/")
     assert report["facts"]["arch"] == "x86_64-linux" and report["facts"]["missing"] == []
     assert not report["facts"]["flakefleet"] and not report["facts"]["nixos"]
-    assert list(report["timings"]) == ["check", "facts", "tools", "nixos_anywhere", "first_answer"]
+    assert set(report["timings"]) == {"check", "facts", "tools", "nixos_anywhere", "first_answer"}
     assert len(byo.boots) > boots and byo.boots[-1] != "debian"  # rebooted into the pool's system
     assert "installing /nix/store/" in step.proc.stderr and "its disks are wiped" in step.proc.stderr
     assert answers_with(fleet, byo, installed) and not answers_with(fleet, byo, byo.host_key)
