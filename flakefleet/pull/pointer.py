@@ -7,8 +7,9 @@ and a rollback of the group is a rollback to a pointer that still exists. The ob
 pointer's canonical JSON as text, the key's name and an Ed25519 signature over
 `flakefleet-pointer-v1\\n` + that text, made with the Nix signing key (`name:base64`, the seed
 and the public half, as `nix key generate-secret` writes it) whose public half the hosts trust.
-An instance verifies it (`openssl pkeyutl -verify -rawin`) before it realises or activates
-anything, and refuses a pointer for another cluster, pool or system than its launch template's.
+The pull agent verifies it (nixos/host/flakefleet_pull.py: `verify`, the one reader) before it
+realises or activates anything, and refuses a pointer for another cluster, pool or system than
+its launch template's; openssl verifies the same bytes in the tests.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
 
 class PointerRefused(ValueError):
-    """A pointer that must not be followed: one line saying why."""
+    """Not something a pointer can be made of (a path that is not a store path, a bad key)."""
 
 
 def store_hash(path: str) -> str:
@@ -86,31 +87,3 @@ def sign(pointer: Pointer, signing_key: str) -> dict:
     text = pointer.canonical()
     signature = Ed25519PrivateKey.from_private_bytes(seed).sign(DOMAIN + text.encode())
     return {"pointer": text, "key": name, "signature": base64.b64encode(signature).decode()}
-
-
-def verify(obj: dict, public_key: str, cluster: str, pool: str, system_hash: str | None = None) -> Pointer:
-    """The pointer in `obj`, when signed by `public_key` and for this cluster, pool (and system)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        text, signature = obj["pointer"], base64.b64decode(obj["signature"], validate=True)
-    except (KeyError, TypeError, ValueError):
-        raise PointerRefused("not a pointer object (pointer, key, signature)") from None
-    name = public_key.strip().partition(":")[0]
-    if obj.get("key") != name:
-        raise PointerRefused(f"signed by key {obj.get('key')!r}, not the trusted {name!r}")
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key_der(public_key)[len(ED25519_SPKI_PREFIX):]).verify(
-            signature, DOMAIN + text.encode())
-    except InvalidSignature:
-        raise PointerRefused(f"its signature does not verify with the trusted key {name!r}") from None
-    body = json.loads(text)
-    if body.get("schema") != POINTER_SCHEMA:
-        raise PointerRefused(f"pointer schema {body.get('schema')!r}, this host reads {POINTER_SCHEMA}")
-    if (body.get("cluster"), body.get("pool")) != (cluster, pool):
-        raise PointerRefused(f"a pointer for {body.get('cluster')}/{body.get('pool')}, this host is {cluster}/{pool}")
-    pointer = Pointer(body["cluster"], body["pool"], body["system"], body["facts"])
-    if system_hash is not None and store_hash(pointer.system) != system_hash:
-        raise PointerRefused(f"it names {pointer.system}, the launch template names {system_hash}")
-    return pointer
