@@ -73,7 +73,7 @@ def test_the_agent_verifies_what_the_publisher_signs():
     (signed(cluster="d"), "a pointer for d/spot; this host is c/spot"),
     (signed(system=OTHER), f"it names {OTHER}; the launch template names {'a' * 32}"),
     ({"pointer": "{}", "key": "fleet-1"}, "not a pointer object signed with a Nix Ed25519 key"),
-])
+], ids=["same-name-other-key", "other-key", "other-pool", "other-cluster", "other-system", "not-a-pointer"])
 def test_the_agent_refuses_a_pointer_it_must_not_follow(obj, why):
     with pytest.raises(AGENT.Refused, match="^" + why.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.") + "$"):
         AGENT.verify(obj, PUBLIC, "c", "spot", "a" * 32)
