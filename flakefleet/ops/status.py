@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                           "pulled_problem": problem}, indent=2))
     else:
         print(render(rows))
-        print("\n".join(pulled.render(pools) + ([problem] if problem else [])))
+        for line in pulled.render(pools) + ([problem] if problem else []):
+            print(line)
         print(f"(cluster asked on {via})" if listing else via)
     code = exit_code(rows, bool(listing))
     return 3 if problem else max(code, 0 if all(p.healthy for p in pools) else 2)
