@@ -22,8 +22,9 @@ from flakefleet.config.stackfile import STACKS, stack_names
 from flakefleet.plan.load import load_stack_or_report
 
 
-def render_plan(stack: str, inv: Inventory) -> str:
-    """The inventory as a table a reviewer can read: every host, its role, pool, zone and address."""
+def render_plan(stack: str, inv: Inventory, pulled: list[str] | None = None) -> str:
+    """The inventory as a table a reviewer can read: every host, its role, pool, zone and address;
+    then the autoscaled pools (`pulled`: a line each), whose hosts are their groups'."""
     rows = [("host", "role", "pool", "zone", "address", "provider")]
     rows += [(h.name, h.role, h.pool, h.zone or "-", str(h.address), h.provider) for h in inv.hosts]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -31,7 +32,7 @@ def render_plan(stack: str, inv: Inventory) -> str:
     if inv.vpc is not None:
         lines.append(f"vpc {inv.vpc}: " + ", ".join(f"{z.name} private {z.private} public {z.public}" for z in inv.zones))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + (pulled or []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
         return 2
     cfg, inv = loaded
-    print(render_plan(args.stack, inv))
+    from flakefleet.plan.rollout import pulled_rollout_text
+
+    pulled = [f"pool {p.name} (autoscaled, its group's hosts): {pulled_rollout_text(cfg, p.name)}"
+              for p in cfg.pools if p.autoscaling is not None]
+    print(render_plan(args.stack, inv, pulled))
     return reboots(cfg, inv, args.outputs) if args.outputs else 0
 
 

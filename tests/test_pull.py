@@ -217,3 +217,23 @@ def test_status_reads_a_pool_from_its_group_pointer_and_reports():
     assert (view.on_pointer, view.stragglers, view.unreported) == ((live[0],), (live[1],), (live[2],))
     assert render([view])[0] == (f"pool spot (group c-spot): 3 instances, 1 on {SYSTEM.rsplit('/', 1)[-1]}, 1 behind, "
                                  "0 failed, 1 not reported yet")
+
+
+def test_the_plan_names_an_autoscaled_pool_and_how_it_rolls(tmp_path):
+    """`python -m flakefleet plan`: the group's pool under the planned hosts, with its bounds."""
+    from flakefleet.__main__ import main
+
+    stack = (ROOT / "stacks/Pulumi.dev.yaml").read_text().replace(
+        "  flakefleet:pools:\n",
+        "  flakefleet:pools:\n    - name: spot\n      role: worker\n      instance_type: m6i.large\n"
+        "      autoscaling: {min: 0, max: 50}\n", 1)
+    (tmp_path / "Pulumi.asg.yaml").write_text(stack)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["plan", "--stack", "asg", "--stacks-dir", str(tmp_path)]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "pool spot (autoscaled, its group's hosts): 0..50 hosts, new system via instance refresh, 10% at a time"
+    assert not [line for line in lines if line.startswith("spot-")]
