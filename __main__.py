@@ -11,7 +11,7 @@ preview shows them all.
 import pulumi
 
 from components.api_endpoint import ApiLoadBalancer, ApiLoadBalancerArgs
-from components.autoscaling import PulledPools, PulledPoolsArgs
+from components.autoscaling import PulledPools, PulledPoolsArgs, group_name
 from components.delivery import Delivery, DeliveryArgs
 from components.install import Installs, InstallsArgs
 from components.kubeconfig import Kubeconfig, KubeconfigArgs
@@ -85,6 +85,7 @@ machines = (
             authorized_keys=tuple(cfg.delivery.authorized_keys),
             signing_public_key=cfg.signing_public_key,
             region=cfg.region or "",
+            autoscaled_groups=tuple(group_name(cfg.cluster.name, p.name) for p in cfg.pools if p.autoscaling),
             tags=tags,
         ),
         checked,

@@ -14,7 +14,7 @@ from components.machine import nixos_image
 from flakefleet.config import PoolConfig, StackConfig
 from flakefleet.facts.aws import partition_of
 from flakefleet.plan.contract import System
-from flakefleet.plan.iam import ASSUME_EC2, pulled_pool_policy
+from flakefleet.plan.iam import ASSUME_EC2, group_arn, pulled_pool_policy
 from flakefleet.plan.rollout import pulled_min_healthy
 from flakefleet.pull.pointer import pointer_key, store_hash
 from flakefleet.pull.userdata import pull_config, pulled_user_data
@@ -95,10 +95,9 @@ class PulledPools(pulumi.ComponentResource):
         cfg, region = args.config, args.config.region or ""
         role = aws.iam.Role(f"{name}-{pool.name}", assume_role_policy=json.dumps(ASSUME_EC2), tags=dict(args.tags),
                             opts=pulumi.ResourceOptions(parent=self))
-        group_arn = pulumi.Output.from_input(account).apply(
-            lambda a: f"arn:{partition_of(region)}:autoscaling:{region}:{a}:autoScalingGroup:*:"
-                      f"autoScalingGroupName/{group_name(cfg.cluster.name, pool.name)}")
-        policy = pulumi.Output.all(args.cache_bucket, token.arn, group_arn).apply(
+        arn = pulumi.Output.from_input(account).apply(
+            lambda a: group_arn(partition_of(region), region, a, group_name(cfg.cluster.name, pool.name)))
+        policy = pulumi.Output.all(args.cache_bucket, token.arn, arn).apply(
             lambda v: json.dumps(pulled_pool_policy(cfg.cluster.name, pool.name, f"arn:{partition_of(region)}:s3:::{v[0]}",
                                                     v[1], v[2])))
         aws.iam.RolePolicy(f"{name}-{pool.name}", role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=self))

@@ -16,7 +16,8 @@ from flakefleet.config import PoolConfig, RootVolume
 from flakefleet.delivery.hostkey import TARGET_ENV
 from flakefleet.plan.contract import INSTANCE_ENV
 from flakefleet.plan.firstboot import first_boot_user_data
-from flakefleet.plan.iam import ASSUME_EC2, node_policy
+from flakefleet.facts.aws import partition_of
+from flakefleet.plan.iam import ASSUME_EC2, group_arn, node_policy
 from flakefleet.plan.inventory import Host, Inventory
 
 NIXOS_AMI_OWNER = "427812963091"  # the NixOS project's AWS account, publisher of the official AMIs
@@ -113,6 +114,8 @@ class MachinesArgs:
     region: str = ""
     """The stack's region (the console is read there)."""
     """How long a new instance may take to print its host key fingerprints on its console."""
+    autoscaled_groups: tuple[str, ...] = ()
+    """The autoscaled pools' group names: the control planes' role lets the cluster autoscaler scale them."""
     cache_arn: pulumi.Input[str] | None = None
     """Binary-cache bucket every node may read."""
     snapshot_arn: pulumi.Input[str] | None = None
@@ -141,12 +144,16 @@ class Machines(pulumi.ComponentResource):
 
         profiles: dict[str, pulumi.Output[str]] = {}
         self.role_arns = {}
+        groups = pulumi.Output.from_input(
+            aws.get_caller_identity_output(opts=pulumi.InvokeOptions(parent=self)).account_id if args.autoscaled_groups
+            else "").apply(lambda account: [group_arn(partition_of(args.region), args.region, account, g)
+                                            for g in args.autoscaled_groups])
         for role in sorted({h.role for h in ec2_hosts}):
             iam_role = aws.iam.Role(f"{name}-{role}", assume_role_policy=json.dumps(ASSUME_EC2), tags=dict(args.tags), opts=child)
-            policy = pulumi.Output.all(args.cache_arn, args.snapshot_arn).apply(
-                lambda arns, role=role: json.dumps(node_policy(role, inv.cluster, arns[0], arns[1]))
+            policy = pulumi.Output.all(args.cache_arn, args.snapshot_arn, groups).apply(
+                lambda arns, role=role: json.dumps(node_policy(role, inv.cluster, arns[0], arns[1], arns[2]))
             )
-            if args.cache_arn is not None or (args.snapshot_arn is not None and role == "control-plane"):
+            if args.cache_arn is not None or (role == "control-plane" and (args.snapshot_arn or args.autoscaled_groups)):
                 aws.iam.RolePolicy(f"{name}-{role}-s3", role=iam_role.id, policy=policy, opts=child)
             profile = aws.iam.InstanceProfile(f"{name}-{role}", role=iam_role.name, tags=dict(args.tags), opts=child)
             profiles[role], self.role_arns[role] = profile.name, iam_role.arn

@@ -56,6 +56,7 @@
         pull = ./mixins/pull.nix;
         cilium-addon = ./addons/cilium.nix;
         nvidia-device-plugin = ./addons/nvidia-device-plugin.nix;
+        cluster-autoscaler = ./addons/cluster-autoscaler.nix;
         workloads = ./addons/workloads.nix;
       };
 
@@ -86,6 +87,7 @@
             cilium = if spec.cilium or null == null then { } else spec.cilium;
             gpu = spec.gpu or null;
             clusterHasGpus = spec.cluster_gpus or false;
+            clusterAutoscaler = spec.cluster_autoscaler or null;
             images = spec.images or [ ];
             workloads = spec.workloads or [ ];
           };
@@ -112,6 +114,7 @@
           ++ optional (spec.pull or false) m.pull
           ++ optional (server && cilium) m.cilium-addon
           ++ optional (server && (spec.cluster_gpus or false)) m.nvidia-device-plugin
+          ++ optional (server && (spec.cluster_autoscaler or null) != null) m.cluster-autoscaler
           ++ optional (server && (spec.workloads or [ ]) != [ ]) m.workloads
           ++ [ (self.lib.specModule spec) ];
 

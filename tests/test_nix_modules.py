@@ -169,6 +169,13 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     assert r["matrix-gpu-nvswitch-hgx"]["nvidia"]["datacenter"] and not r["matrix-gpu-nvswitch-hgx"]["nvidia"]["x11"]
     assert "workload-hello" in r["matrix-gpu-cp"]["manifests"] and r["matrix-gpu-gpu"]["images"] == ["hello.tar.gz"]
     assert r["matrix-metal-metal-metal-0"]["nodeName"] == "metal-0"
+    # The cluster autoscaler on the control planes of a cluster with an autoscaled pool.
+    autoscaler = r["matrix-autoscaled-cp"]["autoscaler"]
+    assert autoscaler["chart"] == "cluster-autoscaler" and autoscaler["version"] == "9.43.1"
+    values = autoscaler["values"]
+    assert values["autoDiscovery"]["clusterName"] == "ff-mx-asg" and values["awsRegion"] == "eu-west-1"
+    assert values["hostNetwork"] is True and values["image"]["tag"].endswith(".0")
+    assert r["matrix-autoscaled-spot"]["autoscaler"] is None and r["matrix-gpu-cp"]["autoscaler"] is None
     # metal.nix adds to nixpkgs' initrd modules (a mkDefault list would be dropped by them)
     assert {"usb_storage", "nvme", "ahci", "i8042"} <= set(r["matrix-metal-metal-metal-0"]["initrdModules"])
     specs = matrix_specs()
@@ -180,7 +187,7 @@ def test_the_feature_matrix_switches_every_module_on(lib, tmp_path):
     outputs = nixos_tests.flake_outputs("./nixos", nixos_tests.STUB_INPUTS)
     every = nixos_tests.nix_eval(f"let outputs = ({outputs}); in map (m: baseNameOf (dirOf m) + \"/\" + baseNameOf m) "
                                  "(builtins.attrValues outputs.nixosModules)")
-    assert len(every) == 14 and set(every) <= imported, set(every) - imported
+    assert len(every) == 15 and set(every) <= imported, set(every) - imported
 
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)

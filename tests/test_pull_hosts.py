@@ -134,8 +134,10 @@ def test_a_pulled_instance_switches_joins_and_continues(world):
     machine, outcome = boot_instance(world, "joins", system, "i-0aaaaaaaaaaaaaa01")
     assert outcome["result"] == "joined" and outcome["system"] == system.out, outcome
     assert machine.current_system() == system.out and profile_system(machine) == system.out  # confirmed
-    poll(lambda: (world.fleet.apiserver / "nodes" / "i-0aaaaaaaaaaaaaa01.json").exists(), 120,
-         "the instance's Node registered")
+    node = world.fleet.apiserver / "nodes" / "i-0aaaaaaaaaaaaaa01.json"
+    poll(lambda: node.exists(), 120, "the instance's Node registered")
+    # What the cluster autoscaler matches its group's instances by (the stand-in IMDS' zone).
+    assert json.loads(node.read_text())["provider_id"] == f"aws:///{pullhosts.REGION}a/i-0aaaaaaaaaaaaaa01"
     assert completed("i-0aaaaaaaaaaaaaa01") == ["CONTINUE"]
     report = world.s3.get_object(Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/i-0aaaaaaaaaaaaaa01.json")
     assert json.loads(report["Body"].read())["system"] == system.out  # what status and drift read

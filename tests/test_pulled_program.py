@@ -124,3 +124,22 @@ def test_the_preview_and_the_pr_comment_say_how_a_new_system_reaches_the_pool():
     assert same.status == "unchanged"
     [added] = compare(Side({}, {}), head)
     assert pool_text(added) == f"pool spot: added (1 packages, 0 units); {pulled}"
+
+
+def test_the_control_planes_may_scale_the_pools_groups_and_nothing_else(run):
+    """The cluster autoscaler runs on the control planes (nixos/addons/cluster-autoscaler.nix)
+    with their instance role: it reads groups anywhere (Describe calls take no resource scope)
+    and resizes or shrinks only the stack's autoscaled groups."""
+    policies = {r.name: json.loads(r.inputs["policy"]) for r in run.of_type("aws:iam/rolePolicy:RolePolicy")}
+    cp = next(doc for name, doc in policies.items() if name.endswith("-control-plane-s3"))
+    grants = {s["Sid"]: s for s in cp["Statement"]}
+    assert grants["AutoscalerScales"]["Resource"] == [
+        "arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:*:autoScalingGroupName/ff-dev-spot"]
+    assert set(grants["AutoscalerScales"]["Action"]) == {"autoscaling:SetDesiredCapacity",
+                                                         "autoscaling:TerminateInstanceInAutoScalingGroup"}
+    assert all(a.split(":")[1].startswith(("Describe", "Get")) for a in grants["AutoscalerReads"]["Action"])
+    worker = next(doc for name, doc in policies.items() if name.endswith("-worker-s3"))
+    assert not [s for s in worker["Statement"] if s["Sid"].startswith("Autoscaler")]
+    plain = run_program(read_stack_file("dev"), stack="dev")
+    assert not [s for r in plain.of_type("aws:iam/rolePolicy:RolePolicy")
+                for s in json.loads(r.inputs["policy"])["Statement"] if s["Sid"].startswith("Autoscaler")]

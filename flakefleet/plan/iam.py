@@ -10,10 +10,31 @@ ASSUME_EC2 = {
 }
 
 
-def node_policy(role: str, cluster: str, cache_arn: str | None, snapshot_arn: str | None) -> dict | None:
+# What the cluster autoscaler reads (kubernetes/autoscaler cluster-autoscaler/cloudprovider/aws/
+# README.md, "IAM Policy", with DescribeTags for auto-discovery and DescribeLaunchTemplateVersions
+# for groups with launch templates; the README's GetInstanceTypesFromInstanceRequirementsPages is
+# the SDK's paginator of the IAM action named here). Describe calls take no resource-level scope.
+AUTOSCALER_READS = [
+    "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeLaunchConfigurations", "autoscaling:DescribeTags", "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplateVersions", "ec2:GetInstanceTypesFromInstanceRequirements",
+]
+
+
+def node_policy(role: str, cluster: str, cache_arn: str | None, snapshot_arn: str | None,
+                autoscaled_groups: list[str] | None = None) -> dict | None:
     """S3 access of one node role: every node reads the binary cache; control planes read and
-    write their cluster's snapshot folder and nothing else. None when there is nothing to grant."""
+    write their cluster's snapshot folder and nothing else, and with autoscaled pools (their
+    groups' ARNs) run the cluster autoscaler, which may resize and shrink those groups only.
+    None when there is nothing to grant."""
     statements: list[dict] = []
+    if autoscaled_groups and role == "control-plane":
+        statements += [
+            {"Sid": "AutoscalerReads", "Effect": "Allow", "Action": AUTOSCALER_READS, "Resource": "*"},
+            {"Sid": "AutoscalerScales", "Effect": "Allow",
+             "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+             "Resource": sorted(autoscaled_groups)},
+        ]
     if cache_arn:
         statements += [
             {"Sid": "ReadCache", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{cache_arn}/*"},
@@ -53,6 +74,11 @@ def bucket_arn(bucket: str, region: str | None) -> str:
 
 POINTERS = "flakefleet/pointers"  # flakefleet/pull/pointer.py: PREFIX
 REPORTS = "flakefleet/reports"  # nixos/host/flakefleet_pull.py: where each instance reports its outcome
+
+
+def group_arn(partition: str, region: str, account: str, name: str) -> str:
+    """An Auto Scaling group's ARN by its name (its id part is not known before it exists)."""
+    return f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{name}"
 
 
 def pulled_pool_policy(cluster: str, pool: str, cache_arn: str, token_arn: str, group_arn: str) -> dict:

@@ -96,6 +96,9 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         "cilium": cilium_spec(cfg),
         "gpu": gpu_spec(cfg, pool_name),
         "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.capacity),
+        # Control planes of a cluster with autoscaled pools run the cluster autoscaler for them.
+        **({"cluster_autoscaler": {"region": cfg.region or ""}}
+           if pool.role == "control-plane" and any(p.autoscaling for p in cfg.pools) else {}),
         "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
         "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
         # A bootstrapped pool's disk layout (nixos/disko/); the disk is the install's, per host.

@@ -125,6 +125,19 @@ in
       default = null;
       description = "The pool's GPUs (hardware/nvidia.nix), or null.";
     };
+    clusterAutoscaler = mkOption {
+      type = types.nullOr (
+        types.submodule {
+          options.region = mkOption {
+            type = types.str;
+            example = "eu-west-1";
+            description = "The AWS region of the cluster's Auto Scaling groups.";
+          };
+        }
+      );
+      default = null;
+      description = "Set when some pool of the cluster is autoscaled: control planes then run the cluster autoscaler (addons/cluster-autoscaler.nix).";
+    };
     clusterHasGpus = mkOption {
       type = types.bool;
       default = false;

@@ -130,14 +130,23 @@ def realise(system: str, substituter: str) -> None:
         raise Failed(f"realising {system} from {substituter} failed: {res.stderr.strip()[-800:]}")
 
 
+def drop_in(me: dict) -> dict:
+    """The instance's k3s drop-in: what a delivery writes (flakefleet/plan/specs.py:k3s_host_config),
+    and the providerID the cluster autoscaler matches its group's instances by
+    (cluster-autoscaler/cloudprovider/aws: `aws:///<zone>/<instance id>`), given to the kubelet:
+    the cloud node controller keeps a providerID the kubelet set (k8s.io/cloud-provider
+    controllers/node), where k3s' embedded one would set `k3s://<name>`."""
+    return {"node-ip": me["address"], "node-name": me["instance"],
+            "kubelet-arg": [f"provider-id=aws:///{me['zone']}/{me['instance']}"]}
+
+
 def stage(token: str, pointer: dict, me: dict, join_token: str, substituter: str) -> Path:
     """The files a delivery would write, in hostctl's staging layout (0700, mirrored paths)."""
     root = RUN / token / "files"
     facts = {**pointer["facts"], "name": me["instance"], "address": me["address"]}
     files = {
         FACTS_PATH: (json.dumps(facts, sort_keys=True) + "\n", 0o644),
-        K3S_DROP_IN_PATH: (json.dumps({"node-ip": me["address"], "node-name": me["instance"]}, sort_keys=True) + "\n",
-                           0o600),
+        K3S_DROP_IN_PATH: (json.dumps(drop_in(me), sort_keys=True) + "\n", 0o600),
         CACHE_CONF_PATH: (f"extra-substituters = {substituter}\n", 0o644),
         AGENT_TOKEN_PATH: (join_token, 0o600),
     }

@@ -123,7 +123,15 @@ let
           type = "derivation";
           inherit name;
           outPath = "/nix/store/00000000000000000000000000000000-${name}";
-        };
+        }
+        # pkgs/applications/networking/cluster/k3s/builder.nix: `version = k3sVersion`, of the
+        # attribute's minor (k3s_1_NN); the patch here is made up, `k3s` taken as 1.34.
+        // (
+          if builtins.substring 0 3 name == "k3s" then
+            { version = if name == "k3s" then "1.34.0+k3s1" else "1.${builtins.substring 6 2 name}.0+k3s1"; }
+          else
+            { }
+        );
       })
       [
         "k3s"
@@ -235,6 +243,14 @@ let
           ;
         flags = config.services.k3s.extraFlags;
         manifests = builtins.attrNames config.services.k3s.manifests;
+        autoscaler =
+          let
+            m = config.services.k3s.manifests;
+          in
+          if m ? cluster-autoscaler then
+            m.cluster-autoscaler.content.spec // { values = builtins.fromJSON m.cluster-autoscaler.content.spec.valuesContent; }
+          else
+            null;
         images = map (i: i.name) config.services.k3s.images;
         containerdTemplate = config.services.k3s.containerdConfigTemplate != null;
         hostName = config.networking.hostName;

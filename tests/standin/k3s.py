@@ -106,6 +106,18 @@ def write_node(name, **fields):
     os.rename(tmp, node_path(name))
 
 
+def provider_id(name):
+    """The Node's spec.providerID: the kubelet's `--provider-id` when given (here as k3s'
+    `kubelet-arg` in the drop-in); else the one k3s' embedded cloud controller sets, `k3s://<name>`
+    (k8s.io/cloud-provider controllers/node: set only while the Node has none)."""
+    try:
+        args = json.loads(read(DROP_IN, "{}") or "{}").get("kubelet-arg") or []
+    except ValueError:
+        args = []
+    given = [a.split("=", 1)[1] for a in args if a.startswith("provider-id=")]
+    return given[-1] if given else f"k3s://{name}"
+
+
 def write_kubeconfig():
     os.makedirs("/var/lib/rancher/k3s/server/db/etcd", exist_ok=True)  # a server keeps etcd here
     os.makedirs(os.path.dirname(KUBECONFIG), exist_ok=True)
@@ -316,7 +328,8 @@ def run(role, args):
             time.sleep(3600)
     started = time.time()
     if os.path.isdir(API) and "no-heartbeat" not in fault:
-        write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version())
+        write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version(),
+                   provider_id=provider_id(name))
     if os.path.isdir(API) and role == "server":
         join_etcd(name)
     notify("READY=1")
