@@ -26,6 +26,13 @@ def plan_systems(cfg: StackConfig, inventory: Inventory) -> dict[str, System]:
             f"cannot evaluate the NixOS systems of stack {pulumi.get_stack()} (flake {flake}):\n  "
             + "\n  ".join(err.problems)
         ) from None
+    # An autoscaled pool's instances run the flake's pull agent (lib.pullAgent): without one
+    # they could not pull their system.
+    agentless = [f"flakefleet:pools[{i}].autoscaling: the flake at {flake} has no pull agent (lib.pullAgent, as "
+                 f"nixos/flake.nix has) for pool {p.name}'s instances to pull their system with"
+                 for i, p in enumerate(cfg.pools) if p.autoscaling is not None and not systems[p.name].agent]
+    if agentless:
+        raise pulumi.RunError("\n".join(agentless))
     evaluated = sorted(name for name, how in origin.items() if how == "eval")
     if evaluated:
         pulumi.log.info(f"evaluated NixOS systems: {', '.join(evaluated)}")

@@ -143,3 +143,23 @@ def test_the_control_planes_may_scale_the_pools_groups_and_nothing_else(run):
     plain = run_program(read_stack_file("dev"), stack="dev")
     assert not [s for r in plain.of_type("aws:iam/rolePolicy:RolePolicy")
                 for s in json.loads(r.inputs["policy"])["Statement"] if s["Sid"].startswith("Autoscaler")]
+
+
+def test_a_flake_without_a_pull_agent_is_one_line(monkeypatch):
+    """A stack's own flake (delivery.flake) without lib.pullAgent: refused before any resource."""
+    import pulumi
+
+    from flakefleet.plan.contract import System
+    from program import systems as program_systems
+
+    real = program_systems.evaluate_systems
+
+    def without_agents(flake, specs, *args):
+        found, origin = real(flake, specs, *args)
+        return {k: System(**{**v.__dict__, "agent": None}) for k, v in found.items()}, origin
+
+    monkeypatch.setattr(program_systems, "evaluate_systems", without_agents)
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(stack(), stack="dev")
+    [line] = str(err.value).splitlines()
+    assert line.startswith("flakefleet:pools[2].autoscaling: the flake at ") and "no pull agent (lib.pullAgent" in line
