@@ -17,7 +17,7 @@ from flakefleet.plan.contract import System
 from flakefleet.plan.iam import ASSUME_EC2, group_arn, pulled_pool_policy
 from flakefleet.plan.rollout import pulled_min_healthy
 from flakefleet.pull.pointer import pointer_key, store_hash
-from flakefleet.pull.userdata import pull_config, pulled_user_data
+from flakefleet.pull.userdata import EC2_USER_DATA_MAX, pull_config, pulled_user_data
 
 LAUNCH_HOOK = "flakefleet-health"  # the launch lifecycle hook the pull agent completes
 BOOT_ALLOWANCE_S = 600  # the instance's boot and its system's download, before the health window
@@ -40,6 +40,21 @@ def autoscaler_tags(cluster: str, pool: PoolConfig) -> dict[str, str]:
     tags.update({f"k8s.io/cluster-autoscaler/node-template/label/{k}": v for k, v in sorted(pool.labels.items())})
     tags.update({f"k8s.io/cluster-autoscaler/node-template/taint/{t.key}": f"{t.value}:{t.effect}" for t in pool.taints})
     return tags
+
+
+def user_data_size(cfg: StackConfig, systems: Mapping[str, System]) -> int:
+    """The largest user data of the stack's autoscaled pools, with a bucket name of S3's longest."""
+    sizes = [0]
+    for pool in (p for p in cfg.pools if p.autoscaling is not None):
+        system = systems[pool.name]
+        conf = pull_config(cfg.cluster.name, pool.name, cfg.region or "", "b" * 63,
+                           pointer_key(cfg.cluster.name, pool.name, system.out), store_hash(system.out),
+                           cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
+                           group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s,
+                           cfg.delivery.settle_s)
+        text = pulled_user_data(conf, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "")
+        sizes.append(len(text.encode()))
+    return max(sizes)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,9 @@ class PulledPools(pulumi.ComponentResource):
     def __init__(self, name: str, args: PulledPoolsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:PulledPools", name, None, opts)
         cfg = args.config
+        if (size := user_data_size(cfg, args.systems)) > EC2_USER_DATA_MAX:
+            raise pulumi.RunError(f"flakefleet:delivery.authorized_keys: an autoscaled pool's user data would be {size} "
+                                  f"bytes, over EC2's {EC2_USER_DATA_MAX}: authorize fewer deploy keys")
         child = pulumi.ResourceOptions(parent=self)
         token = aws.ssm.Parameter(f"{name}-token", name=token_parameter(cfg.cluster.name), type="SecureString",
                                   value=pulumi.Output.secret(args.agent_token), tags=dict(args.tags), opts=child)

@@ -163,3 +163,18 @@ def test_a_flake_without_a_pull_agent_is_one_line(monkeypatch):
         run_program(stack(), stack="dev")
     [line] = str(err.value).splitlines()
     assert line.startswith("flakefleet:pools[2].autoscaling: the flake at ") and "no pull agent (lib.pullAgent" in line
+
+
+def test_user_data_over_ec2s_limit_is_one_line_naming_the_keys():
+    import pulumi
+
+    raw = stack()
+    delivery = json.loads(raw["flakefleet:delivery"])
+    key = delivery["authorized_keys"][0].split()
+    delivery["authorized_keys"] = [f"{key[0]} {key[1]} deploy-{i}" for i in range(200)]
+    raw["flakefleet:delivery"] = json.dumps(delivery)
+    with pytest.raises(pulumi.RunError) as err:
+        run_program(raw, stack="dev")
+    [line] = str(err.value).splitlines()
+    assert line.startswith("flakefleet:delivery.authorized_keys: an autoscaled pool's user data would be ")
+    assert line.endswith("bytes, over EC2's 16384: authorize fewer deploy keys")
