@@ -42,19 +42,18 @@ def autoscaler_tags(cluster: str, pool: PoolConfig) -> dict[str, str]:
     return tags
 
 
+def user_data(cfg: StackConfig, pool: PoolConfig, system: System, bucket: str) -> str:
+    """The launch template's user data of an autoscaled pool (public material only)."""
+    conf = pull_config(cfg.cluster.name, pool.name, cfg.region or "", bucket, pointer_key(cfg.cluster.name, pool.name, system.out),
+                       store_hash(system.out), cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
+                       group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s,
+                       cfg.delivery.settle_s)
+    return pulled_user_data(conf, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "")
+
+
 def user_data_size(cfg: StackConfig, systems: Mapping[str, System]) -> int:
     """The largest user data of the stack's autoscaled pools, with a bucket name of S3's longest."""
-    sizes = [0]
-    for pool in (p for p in cfg.pools if p.autoscaling is not None):
-        system = systems[pool.name]
-        conf = pull_config(cfg.cluster.name, pool.name, cfg.region or "", "b" * 63,
-                           pointer_key(cfg.cluster.name, pool.name, system.out), store_hash(system.out),
-                           cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
-                           group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s,
-                           cfg.delivery.settle_s)
-        text = pulled_user_data(conf, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "")
-        sizes.append(len(text.encode()))
-    return max(sizes)
+    return max([len(user_data(cfg, p, systems[p.name], "b" * 63).encode()) for p in cfg.pools if p.autoscaling] or [0])
 
 
 @dataclass(frozen=True)
@@ -122,14 +121,10 @@ class PulledPools(pulumi.ComponentResource):
         return aws.iam.InstanceProfile(f"{name}-{pool.name}", role=role.name, tags=dict(args.tags),
                                        opts=pulumi.ResourceOptions(parent=self))
 
-    def _template(self, name: str, pool: PoolConfig, args: PulledPoolsArgs, profile, token) -> aws.ec2.LaunchTemplate:
+    def _template(self, name: str, pool: PoolConfig, args: PulledPoolsArgs, profile) -> aws.ec2.LaunchTemplate:
         cfg, system = args.config, args.systems[pool.name]
-        conf = pulumi.Output.from_input(args.cache_bucket).apply(lambda bucket: pull_config(
-            cfg.cluster.name, pool.name, cfg.region or "", bucket, pointer_key(cfg.cluster.name, pool.name, system.out),
-            store_hash(system.out), cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
-            group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s, cfg.delivery.settle_s))
-        user_data = conf.apply(lambda c: base64.b64encode(pulled_user_data(
-            c, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "").encode()).decode())
+        encoded = pulumi.Output.from_input(args.cache_bucket).apply(
+            lambda bucket: base64.b64encode(user_data(cfg, pool, system, bucket).encode()).decode())
         tags = {**args.tags, "Name": f"{cfg.cluster.name}-{pool.name}", "flakefleet:pool": pool.name,
                 "flakefleet:role": pool.role}
         volume = pool.root_volume
@@ -148,7 +143,7 @@ class PulledPools(pulumi.ComponentResource):
             block_device_mappings=[{"device_name": image.root_device_name, "ebs": {
                 "encrypted": "true", "volume_type": "gp3", "volume_size": volume.size_gib, "iops": volume.iops,
                 "throughput": volume.throughput_mibps, "delete_on_termination": "true"}}],
-            user_data=user_data,
+            user_data=encoded,
             tag_specifications=[{"resource_type": kind, "tags": tags} for kind in ("instance", "volume")],
             update_default_version=True,
             tags=dict(args.tags),
@@ -159,7 +154,7 @@ class PulledPools(pulumi.ComponentResource):
         cfg, scaling = args.config, pool.autoscaling
         assert scaling is not None
         profile = self._profile(name, pool, args, token, account)
-        template = self._template(name, pool, args, profile, token)
+        template = self._template(name, pool, args, profile)
         health = cfg.delivery.health_timeout_s + BOOT_ALLOWANCE_S
         tags = {**args.tags, **autoscaler_tags(cfg.cluster.name, pool), "flakefleet:pool": pool.name}
         group = aws.autoscaling.Group(

@@ -115,6 +115,7 @@ def test_the_agent_writes_the_files_delivery_writes():
     assert AGENT.FACTS_PATH == contract.FACTS_PATH and AGENT.K3S_DROP_IN_PATH == contract.K3S_DROP_IN_PATH
     assert AGENT.AGENT_TOKEN_PATH == specs.AGENT_TOKEN[0] and AGENT.CACHE_CONF_PATH == specs.CACHE_CONF_PATH
     assert AGENT.DOMAIN == ptr.DOMAIN and AGENT.POINTER_SCHEMA == ptr.POINTER_SCHEMA
+    assert AGENT.REPORTS == contract.REPORTS
     me = {"instance": "i-0abc", "address": "10.0.3.7", "zone": "eu-west-1b"}
     delivered = specs.k3s_host_config({**FACTS, "name": "i-0abc", "address": "10.0.3.7"})
     assert AGENT.drop_in(me) == {**delivered, "kubelet-arg": ["provider-id=aws:///eu-west-1b/i-0abc"]}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-REPORTS = "flakefleet/reports"  # nixos/host/flakefleet_pull.py: REPORTS
+from flakefleet.plan.contract import REPORTS, current_pointer_key
+
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def read_pool(s3, autoscaling, pool: str, spec: dict) -> PulledPool:
     live = [i["InstanceId"] for g in groups for i in g.get("Instances", [])
             if i.get("LifecycleState") not in ("Terminating", "Terminated")]
     try:
-        current = json.loads(s3.get_object(Bucket=bucket, Key=f"flakefleet/pointers/{cluster}/{pool}/current.json")["Body"].read())
+        current = json.loads(s3.get_object(Bucket=bucket, Key=current_pointer_key(cluster, pool))["Body"].read())
         system = json.loads(current["pointer"])["system"]
     except s3.exceptions.NoSuchKey:
         system = ""

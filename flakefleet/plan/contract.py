@@ -26,6 +26,17 @@ KUBECONFIG_PLAN_ENV = "FLAKEFLEET_KUBECONFIG"
 PRUNE_PLAN_ENV = "FLAKEFLEET_PRUNE"
 
 # Where delivery writes what a shared pool closure reads at runtime (nixos/lib/default.nix: paths).
+# The cache bucket's keys of autoscaled pools, beside Nix's own layout: their signed pointers
+# (flakefleet/pull/pointer.py) and their instances' outcomes (nixos/host/flakefleet_pull.py).
+POINTERS = "flakefleet/pointers"  # <cluster>/<pool>/<system hash>.json, and current.json
+REPORTS = "flakefleet/reports"  # <cluster>/<pool>/<instance id>.json
+
+
+def current_pointer_key(cluster: str, pool: str) -> str:
+    """The bucket key of a pool's newest pointer (a copy, read by status and drift)."""
+    return f"{POINTERS}/{cluster}/{pool}/current.json"
+
+
 FACTS_PATH = "/etc/flakefleet/host.json"
 PEERS_PATH = "/etc/flakefleet/peers.json"  # nixos/lib/default.nix: paths.peers
 K3S_DROP_IN_PATH = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flakefleet.facts.aws import partition_of
+from flakefleet.plan.contract import POINTERS, REPORTS
 
 ASSUME_EC2 = {
     "Version": "2012-10-17",
@@ -72,8 +73,6 @@ def bucket_arn(bucket: str, region: str | None) -> str:
     return f"arn:{partition_of(region)}:s3:::{bucket}"
 
 
-POINTERS = "flakefleet/pointers"  # flakefleet/pull/pointer.py: PREFIX
-REPORTS = "flakefleet/reports"  # nixos/host/flakefleet_pull.py: where each instance reports its outcome
 
 
 def group_arn(partition: str, region: str, account: str, name: str) -> str:

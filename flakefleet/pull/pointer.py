@@ -18,9 +18,10 @@ import base64
 import json
 from dataclasses import dataclass
 
+from flakefleet.plan.contract import POINTERS
+
 POINTER_SCHEMA = 1
 DOMAIN = b"flakefleet-pointer-v1\n"  # what is signed starts so: a pointer signature is never a narinfo's
-PREFIX = "flakefleet/pointers"
 # The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): + the 32-byte key is what openssl reads.
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
@@ -39,12 +40,7 @@ def store_hash(path: str) -> str:
 
 def pointer_key(cluster: str, pool: str, system: str) -> str:
     """The bucket key of a pool's pointer to `system`."""
-    return f"{PREFIX}/{cluster}/{pool}/{store_hash(system)}.json"
-
-
-def current_key(cluster: str, pool: str) -> str:
-    """The bucket key of the pool's newest pointer (a copy, read by status and drift)."""
-    return f"{PREFIX}/{cluster}/{pool}/current.json"
+    return f"{POINTERS}/{cluster}/{pool}/{store_hash(system)}.json"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from flakefleet.plan.contract import PublishPlan
-from flakefleet.pull.pointer import Pointer, current_key, pointer_key, sign
+from flakefleet.plan.contract import PublishPlan, current_pointer_key
+from flakefleet.pull.pointer import Pointer, pointer_key, sign
 
 
 def _holds(client, bucket: str, key: str, body: bytes) -> bool:
@@ -25,7 +25,7 @@ def publish_pointer(client, plan: PublishPlan, signing_key: str) -> str:
     body = json.dumps(sign(Pointer(p["cluster"], p["pool"], plan.system, p["facts"]), signing_key),
                       sort_keys=True).encode()
     key = pointer_key(p["cluster"], p["pool"], plan.system)
-    for where in (key, current_key(p["cluster"], p["pool"])):
+    for where in (key, current_pointer_key(p["cluster"], p["pool"])):
         if not _holds(client, plan.bucket, where, body):
             client.put_object(Bucket=plan.bucket, Key=where, Body=body, ContentType="application/json")
     return key

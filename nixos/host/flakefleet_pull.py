@@ -43,7 +43,7 @@ AGENT_TOKEN_PATH = "/var/lib/flakefleet/secrets/k3s-agent-token"
 CACHE_CONF_PATH = "/etc/flakefleet/nix-cache.conf"  # nixos/common/nix.nix includes it
 RESTARTS = {K3S_DROP_IN_PATH: "k3s.service", AGENT_TOKEN_PATH: "k3s.service", FACTS_PATH: "flakefleet-hostname.service",
             CACHE_CONF_PATH: "nix-daemon.service"}
-REPORTS = "flakefleet/reports"  # flakefleet/ops/pulled.py reads <REPORTS>/<cluster>/<pool>/<instance>.json
+REPORTS = "flakefleet/reports"  # flakefleet/plan/contract.py: REPORTS (status and drift read them)
 RUN = Path("/run/flakefleet")
 STATE = Path("/var/lib/flakefleet")
 # flakefleet/pull/pointer.py: what is signed, and the schema this agent reads.
