@@ -20,6 +20,8 @@ from flakefleet.pull.pointer import pointer_key, store_hash
 from flakefleet.pull.userdata import EC2_USER_DATA_MAX, pull_config, pulled_user_data
 
 LAUNCH_HOOK = "flakefleet-health"  # the launch lifecycle hook the pull agent completes
+DRAIN_HOOK = "flakefleet-drain"  # the termination lifecycle hook flakefleet-drain completes
+DRAIN_MARGIN_S = 60  # the hook outlives the drain: its CONTINUE, not the timeout, ends the wait
 BOOT_ALLOWANCE_S = 600  # the instance's boot and its system's download, before the health window
 
 
@@ -47,7 +49,8 @@ def user_data(cfg: StackConfig, pool: PoolConfig, system: System, bucket: str) -
     conf = pull_config(cfg.cluster.name, pool.name, cfg.region or "", bucket, pointer_key(cfg.cluster.name, pool.name, system.out),
                        store_hash(system.out), cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
                        group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s,
-                       cfg.delivery.settle_s)
+                       cfg.delivery.settle_s, drain_hook=DRAIN_HOOK,
+                       drain_timeout_s=pool.autoscaling.drain_timeout_s if pool.autoscaling else 300)
     return pulled_user_data(conf, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "")
 
 
@@ -167,9 +170,14 @@ class PulledPools(pulumi.ComponentResource):
             # A version number, never $Latest: a new system is a new version, and AWS then refreshes
             # (and can roll back: RefreshPreferences.AutoRollback needs an explicit version).
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
-            # The pull agent's verdict: an instance is in service only once its system is healthy.
-            initial_lifecycle_hooks=[{"name": LAUNCH_HOOK, "lifecycle_transition": "autoscaling:EC2_INSTANCE_LAUNCHING",
-                                      "default_result": "ABANDON", "heartbeat_timeout": health}],
+            # The pull agent's verdict on launch (in service only once its system is healthy); on termination, the instance's own drain
+            # (nixos/host/flakefleet_drain.py) holds it until its pods are evicted, and the group
+            # goes on (CONTINUE) if the drain overruns: a terminating instance is never kept.
+            initial_lifecycle_hooks=[
+                {"name": LAUNCH_HOOK, "lifecycle_transition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+                 "default_result": "ABANDON", "heartbeat_timeout": health},
+                {"name": DRAIN_HOOK, "lifecycle_transition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                 "default_result": "CONTINUE", "heartbeat_timeout": scaling.drain_timeout_s + DRAIN_MARGIN_S}],
             instance_refresh={"strategy": "Rolling", "preferences": {
                 "min_healthy_percentage": pulled_min_healthy(cfg.delivery.max_unavailable, scaling.max),
                 "auto_rollback": True, "skip_matching": True}},

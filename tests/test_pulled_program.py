@@ -88,8 +88,11 @@ def test_the_group_waits_for_its_publish_and_leaves_its_size_to_the_autoscaler(r
     assert reaches(run, group.urn, publish.urn)
     assert group.options["ignore_changes"] == ["desiredCapacity"]
     assert (g["minSize"], g["maxSize"], g["desiredCapacity"]) == (0, 40, 0)
-    [hook] = g["initialLifecycleHooks"]
-    assert hook["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING" and hook["defaultResult"] == "ABANDON"
+    launch, drain = g["initialLifecycleHooks"]
+    assert launch["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING" and launch["defaultResult"] == "ABANDON"
+    # The instance's own drain holds a termination; an overrun goes on with it (never kept).
+    assert drain["name"] == "flakefleet-drain" and drain["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert drain["defaultResult"] == "CONTINUE" and drain["heartbeatTimeout"] == 300 + 60 <= 7200
     prefs = g["instanceRefresh"]["preferences"]
     assert g["instanceRefresh"]["strategy"] == "Rolling" and prefs["autoRollback"] and prefs["minHealthyPercentage"] == 90
     assert g["launchTemplate"]["version"] == "1"  # a version, not $Latest: refreshes and rollbacks need one
@@ -138,8 +141,10 @@ def test_the_control_planes_may_scale_the_pools_groups_and_nothing_else(run):
     assert set(grants["AutoscalerScales"]["Action"]) == {"autoscaling:SetDesiredCapacity",
                                                          "autoscaling:TerminateInstanceInAutoScalingGroup"}
     assert all(a.split(":")[1].startswith(("Describe", "Get")) for a in grants["AutoscalerReads"]["Action"])
+    # flakefleet-node-gc: whether a NotReady Node's instance still exists, nothing more.
+    assert grants["NodeLifecycleReads"]["Action"] == "ec2:DescribeInstances"
     worker = next(doc for name, doc in policies.items() if name.endswith("-worker-s3"))
-    assert not [s for s in worker["Statement"] if s["Sid"].startswith("Autoscaler")]
+    assert not [s for s in worker["Statement"] if s["Sid"].startswith(("Autoscaler", "NodeLifecycle"))]
     plain = run_program(read_stack_file("dev"), stack="dev")
     assert not [s for r in plain.of_type("aws:iam/rolePolicy:RolePolicy")
                 for s in json.loads(r.inputs["policy"])["Statement"] if s["Sid"].startswith("Autoscaler")]

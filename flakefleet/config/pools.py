@@ -59,6 +59,10 @@ class Autoscaling(Model):
     desired: Annotated[int, Field(ge=0, le=10000)] | None = Field(
         None, description="Hosts to start with, between min and max; later the cluster autoscaler sets it and an "
         "update leaves it alone. Default: min.")
+    drain_timeout_s: Annotated[int, Field(ge=30, le=7000)] = Field(
+        300, description="Seconds an instance the group terminates has to drain its node (evict its pods, "
+        "disruption budgets respected) before it goes anyway, 30-7000 (the termination hook's heartbeat is this "
+        "plus a margin, at most AWS' 7200). Default 300.")
 
 
 class MetalHost(Model):

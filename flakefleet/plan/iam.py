@@ -35,6 +35,8 @@ def node_policy(role: str, cluster: str, cache_arn: str | None, snapshot_arn: st
             {"Sid": "AutoscalerScales", "Effect": "Allow",
              "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
              "Resource": sorted(autoscaled_groups)},
+            # flakefleet-node-gc: whether a NotReady Node's instance still exists (no resource scope).
+            {"Sid": "NodeLifecycleReads", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
         ]
     if cache_arn:
         statements += [

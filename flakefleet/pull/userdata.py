@@ -21,11 +21,12 @@ EC2_USER_DATA_MAX = 16384  # bytes, before base64 (RunInstances: "User data is l
 
 def pull_config(cluster: str, pool: str, region: str, bucket: str, pointer: str, system_hash: str,
                 trusted_key: str, token_parameter: str, group: str, hook: str, health_timeout_s: int,
-                settle_s: int) -> dict:
-    """What the agent is told (nixos/host/flakefleet_pull.py reads these keys)."""
+                settle_s: int, *, drain_hook: str = "", drain_timeout_s: int = 300) -> dict:
+    """What the agents are told (nixos/host/flakefleet_pull.py and flakefleet_drain.py read these keys)."""
     return {"cluster": cluster, "pool": pool, "region": region, "bucket": bucket, "pointer": pointer,
             "system_hash": system_hash, "trusted_key": trusted_key, "token_parameter": token_parameter,
             "group": group, "hook": hook, "health_timeout_s": health_timeout_s, "settle_s": settle_s,
+            "drain_hook": drain_hook, "drain_timeout_s": drain_timeout_s,
             "substituter": f"s3://{bucket}?region={region}"}
 
 

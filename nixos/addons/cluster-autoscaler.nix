@@ -3,7 +3,7 @@
 # control planes auto-deploy (services.k3s.manifests), finding the pools' Auto Scaling groups by
 # their tags (components/autoscaling.py sets them). Chart and values as read in
 # kubernetes/autoscaler charts/cluster-autoscaler (README's values table, templates/deployment.yaml).
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 let
   cfg = config.flakefleet.clusterAutoscaler;
   # The autoscaler simulates the scheduler of its own Kubernetes minor: run the one of k3s'
@@ -42,6 +42,21 @@ let
   };
 in
 lib.mkIf (cfg != null) {
+  # The Nodes of instances their groups terminated (../host/flakefleet_node_gc.py): one pass a
+  # minute (Restart=always also restarts a unit that exited cleanly, after RestartSec), with the
+  # control plane's instance role (ec2:DescribeInstances, flakefleet/plan/iam.py).
+  systemd.services.flakefleet-node-gc = {
+    description = "Delete the Nodes of terminated autoscaled instances";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "k3s.service" ];
+    path = [ config.services.k3s.package ];
+    serviceConfig = {
+      ExecStart = "${import ../host { inherit pkgs; }}/bin/flakefleet-node-gc ${cfg.region}";
+      Restart = "always";
+      RestartSec = "60s";
+    };
+  };
+
   services.k3s.manifests.cluster-autoscaler.content = {
     apiVersion = "helm.cattle.io/v1";
     kind = "HelmChart";

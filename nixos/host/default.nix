@@ -15,6 +15,8 @@ pkgs.runCommand "flakefleet-pull" { } ''
   mkdir -p $out/bin $out/share/flakefleet
   cp ${./hostctl.sh} $out/share/flakefleet/hostctl.sh
   cp ${./flakefleet_pull.py} $out/share/flakefleet/flakefleet_pull.py
+  cp ${./flakefleet_drain.py} $out/share/flakefleet/flakefleet_drain.py
+  cp ${./flakefleet_node_gc.py} $out/share/flakefleet/flakefleet_node_gc.py
   # The running system's programs (nix-store, systemctl, coreutils) first, as hostctl.sh does.
   cat > $out/bin/flakefleet-pull <<EOF
   #!${pkgs.runtimeShell}
@@ -22,5 +24,13 @@ pkgs.runCommand "flakefleet-pull" { } ''
   export PATH
   exec ${python}/bin/python3 $out/share/flakefleet/flakefleet_pull.py $out/share/flakefleet/hostctl.sh "\$@"
   EOF
-  chmod +x $out/bin/flakefleet-pull
+  cat > $out/bin/flakefleet-drain <<EOF
+  #!${pkgs.runtimeShell}
+  exec ${python}/bin/python3 $out/share/flakefleet/flakefleet_drain.py "\$@"
+  EOF
+  cat > $out/bin/flakefleet-node-gc <<EOF
+  #!${pkgs.runtimeShell}
+  exec ${python}/bin/python3 $out/share/flakefleet/flakefleet_node_gc.py "\$@"
+  EOF
+  chmod +x $out/bin/flakefleet-pull $out/bin/flakefleet-drain $out/bin/flakefleet-node-gc
 ''
