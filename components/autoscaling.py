@@ -50,7 +50,7 @@ def user_data(cfg: StackConfig, pool: PoolConfig, system: System, bucket: str) -
                        store_hash(system.out), cfg.signing_public_key or "", token_parameter(cfg.cluster.name),
                        group_name(cfg.cluster.name, pool.name), LAUNCH_HOOK, cfg.delivery.health_timeout_s,
                        cfg.delivery.settle_s, drain_hook=DRAIN_HOOK,
-                       drain_timeout_s=pool.autoscaling.drain_timeout_s if pool.autoscaling else 300)
+                       drain_timeout_s=pool.autoscaling.drain_timeout_s)
     return pulled_user_data(conf, system.agent or "", list(cfg.delivery.authorized_keys), cfg.signing_public_key or "")
 
 
@@ -170,8 +170,9 @@ class PulledPools(pulumi.ComponentResource):
             # A version number, never $Latest: a new system is a new version, and AWS then refreshes
             # (and can roll back: RefreshPreferences.AutoRollback needs an explicit version).
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
-            # The pull agent's verdict on launch (in service only once its system is healthy); on termination, the instance's own drain
-            # (nixos/host/flakefleet_drain.py) holds it until its pods are evicted, and the group
+            # The pull agent's verdict on launch (in service only once its system is healthy); on
+            # termination, the instance's own drain (nixos/host/flakefleet_drain.py) holds it until
+            # its pods are evicted, and the group
             # goes on (CONTINUE) if the drain overruns: a terminating instance is never kept.
             initial_lifecycle_hooks=[
                 {"name": LAUNCH_HOOK, "lifecycle_transition": "autoscaling:EC2_INSTANCE_LAUNCHING",

@@ -22,6 +22,10 @@ DECLS = r"""
       type = types.attrsOf (types.submodule { options.after = mkOption { type = types.listOf types.str; default = [ ]; }; });
       default = { };
     };
+    service = mkOption {
+      type = types.addCheck (types.attrsOf types.str) (c: builtins.elem (c.Restart or "no") [ "no" "always" ]);
+      default = { };
+    };
     settings = mkOption {
       type = types.submodule {
         freeformType = types.attrsOf types.str;
@@ -157,6 +161,18 @@ CASES = [
         ['{ settings.extra = "x"; }'],
         "c: c.settings",
         value={"extra": "x", "fixed": True},
+    ),
+    Case(
+        "addcheck-passes-every-definition-that-holds",
+        ['{ service.Restart = "always"; }', '{ service.Type = "exec"; }'],
+        "c: c.service",
+        value={"Restart": "always", "Type": "exec"},
+    ),
+    Case(
+        "addcheck-refuses-a-definition-that-fails-it",
+        ['{ service.Restart = "sometimes"; }'],
+        "c: c.service",
+        error="is not of type",
     ),
     Case(
         "top-level-config-with-other-attributes",

@@ -8,7 +8,7 @@
   `iam/security-credentials/` names the role, `iam/security-credentials/<role>` its credentials
   (Code, Type AWS-HMAC, AccessKeyId, SecretAccessKey, Token, Expiration), as botocore's
   InstanceMetadataFetcher reads them;
-- S3, SSM and Auto Scaling: moto's server, with CompleteLifecycleAction (which moto lacks)
+- S3, SSM, EC2 and Auto Scaling: moto's server, with CompleteLifecycleAction (which moto lacks)
   recorded as the Auto Scaling API takes it (AutoScalingGroupName, LifecycleHookName,
   LifecycleActionResult CONTINUE|ABANDON, InstanceId);
 - the binary cache: a `file://` store (what `nix copy --to` writes, narinfos signed) served over
@@ -47,8 +47,12 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def imds_handler(instance: str, address: str, zone: str):
+def imds_handler(instance: str, address: str, zone: str, answers: dict[str, str] | None = None):
+    """`answers`: more metadata paths, read at each request (a test changes them while it runs),
+    e.g. `autoscaling/target-lifecycle-state` ("InService", "Terminated": AWS' "Retrieve the target
+    lifecycle state through instance metadata")."""
     tokens: set[str] = set()
+    more = answers if answers is not None else {}
 
     class Imds(_Quiet):
         def do_PUT(self):
@@ -67,7 +71,8 @@ def imds_handler(instance: str, address: str, zone: str):
                      "AccessKeyId": "ASIATESTPULLED", "SecretAccessKey": "pulled-secret", "Token": "pulled-session",
                      "Expiration": (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")}
             answers = {"instance-id": instance, "local-ipv4": address, "placement/availability-zone": zone,
-                       "iam/security-credentials/": ROLE, f"iam/security-credentials/{ROLE}": json.dumps(creds)}
+                       "iam/security-credentials/": ROLE, f"iam/security-credentials/{ROLE}": json.dumps(creds),
+                       **more}
             path = self.path.removeprefix("/latest/meta-data/")
             self._send(200, answers[path]) if path in answers else self._send(404, "")
 
@@ -93,9 +98,9 @@ def serve(address: str, handler):
         server.server_close()
 
 
-def imds(instance: str, address: str, zone: str = f"{REGION}a"):
+def imds(instance: str, address: str, zone: str = f"{REGION}a", answers: dict[str, str] | None = None):
     """The metadata service of one instance, on its own address: its base URL."""
-    return serve(address, imds_handler(instance, address, zone))
+    return serve(address, imds_handler(instance, address, zone, answers))
 
 
 def cache_server(directory: Path, address: str):

@@ -97,6 +97,36 @@ def test_a_drain_stops_at_its_deadline_and_says_what_is_left():
     assert 10 <= clock.now < 13
 
 
+def test_the_drain_waits_for_terminated_and_asks_again_when_the_metadata_service_fails(monkeypatch):
+    answers = iter([None, OSError("connection refused"), OSError("connection refused"), "InService",
+                    "Terminated"])
+
+    def state(base):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    said = []
+    monkeypatch.setattr(drain_mod, "lifecycle_state", state)
+    monkeypatch.setattr(drain_mod, "say", said.append)
+    pauses = []
+    assert drain_mod.wait_for_termination("http://imds", pause=pauses.append) == "Terminated"
+    assert len(pauses) == 4  # one per answer before Terminated
+    assert len([m for m in said if "did not answer" in m]) == 1  # said once for the two failures
+
+
+def test_the_drain_adds_to_the_report_and_keeps_the_pull_outcome():
+    pulled = {"instance": ME, "result": "joined", "system": "/nix/store/x-nixos-system-spot", "pointer": "p"}
+    report = drain_mod.with_drain(pulled, ME, {"evicted": ["shop/a"], "left": []}, 1700)
+    assert {k: report[k] for k in pulled} == pulled  # status still counts it on its system
+    assert report["drain"] == {"at": 1700, "result": "drained", "evicted": ["shop/a"], "left": []}
+    stuck = drain_mod.with_drain(pulled, ME, {"evicted": [], "left": ["shop/b"]}, 1700)
+    assert stuck["drain"]["result"] == "incomplete"
+    failed = drain_mod.with_drain({}, ME, {"evicted": [], "left": [], "error": "cordon: forbidden"}, 1700)
+    assert failed["drain"]["result"] == "incomplete" and failed["instance"] == ME
+
+
 def test_the_eviction_is_policy_v1():
     assert drain_mod.eviction("shop", "b") == {"apiVersion": "policy/v1", "kind": "Eviction",
                                                "metadata": {"name": "b", "namespace": "shop"}}

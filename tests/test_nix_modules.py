@@ -504,3 +504,40 @@ def test_a_k3s_channel_the_pinned_nixpkgs_lacks_is_named_with_the_ones_it_has(li
     assert out.returncode != 0, out.stdout
     assert ("flakefleet:cluster.k3s_channel: 1.99: the pinned nixpkgs has no k3s_1_99 "
             "(it has: k3s_1_31, k3s_1_32, k3s_1_33, k3s_1_34, k3s_1_35)") in out.stderr, out.stderr
+
+
+def unit_sections(text: str) -> dict[str, dict[str, str]]:
+    """A unit file's sections and keys (one value per key: what these units have)."""
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+        elif "=" in line and current is not None:
+            key, value = line.split("=", 1)
+            current[key] = value
+    return sections
+
+
+@pytest.mark.parametrize("lib", MODULE_SYSTEMS)
+def test_the_standin_drain_unit_restates_the_pull_mixin(lib, tmp_path):
+    """tests/standin/flake.nix writes flakefleet-drain.service for the host tests; it must say what
+    nixos/mixins/pull.nix makes NixOS write (ordering, condition, restart policy, program, PATH)."""
+    out = evaluate_pools(lib, ROOT / "nixos", None, tmp_path)
+    assert out.returncode == 0, out.stderr
+    mixin = json.loads(out.stdout)["matrix-autoscaled-spot"]["units"]["flakefleet-drain"]
+    spec = {**matrix_specs()["matrix-autoscaled-spot"], "standin_host_dir": str(ROOT / "nixos" / "host")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    standin = nix_instantiate(
+        f"let f = import {ROOT}/tests/standin/flake.nix; o = f.outputs {{ self = o; }}; "
+        f"top = o.lib.toplevel (builtins.fromJSON (builtins.readFile {tmp_path}/spec.json)); "
+        'in (builtins.head (builtins.filter (u: u.name == "unit-flakefleet-drain.service") top.systemUnits.units)).text')
+    assert standin.returncode == 0, standin.stderr
+    unit = unit_sections(json.loads(standin.stdout))
+    assert unit["Unit"]["Description"] == mixin["description"]
+    assert unit["Unit"]["After"].split() == mixin["after"]
+    assert unit["Unit"]["ConditionPathExists"] == mixin["unitConfig"]["ConditionPathExists"]
+    assert {k: unit["Service"][k] for k in mixin["serviceConfig"]} == mixin["serviceConfig"]
+    assert unit["Service"]["ExecStart"].split("/bin/", 1)[1] == mixin["exec"]
+    assert mixin["wantedBy"] == ["multi-user.target"]  # the stand-in links every unit there
+    assert mixin["path"] == ["k3s"] and "-k3s-" in unit["Service"]["Environment"].split(":")[0]

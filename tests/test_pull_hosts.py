@@ -11,18 +11,28 @@ named by its instance id, and completes its launch hook with CONTINUE, the token
 journal; a pointer with a bad signature is refused with nothing realised or activated (ABANDON);
 a system whose k3s crash-loops fails the health gate, is rolled back by hostctl.sh, and the
 instance is abandoned. A pointer move reaching a batch at a time is the Auto Scaling instance
-refresh's (MinHealthyPercentage), which AWS runs and moto does not: not tested here."""
+refresh's (MinHealthyPercentage), which AWS runs and moto does not: not tested here.
+
+And the end of an instance's life: when its metadata says Terminated (the group's termination
+hook holds it), flakefleet-drain.service cordons its own Node and evicts its own pods with the
+kubelet's identity (a disruption budget's 429 retried until it allows), then completes the
+hook with CONTINUE, its report keeping the system it ran; the kubelet's identity can touch no
+other node's pods or Node. On the control plane, the node GC deletes the Nodes of instances EC2
+no longer has, and no other."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
 import pytest
 
+from components.autoscaling import DRAIN_HOOK
 from flakefleet.plan.contract import PLAN_ENV, PublishPlan
 from flakefleet.plan.specs import pool_spec, pulled_facts
 from flakefleet.pull.pointer import Pointer, pointer_key, sign, store_hash
@@ -39,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CP = {"cp-0": "127.0.0.221"}
 CACHE_ADDRESS = "127.0.0.222"
 # Each test's fresh instance, on its own address (its metadata service listens there too).
-INSTANCES = {"joins": "127.0.0.223", "bad-signature": "127.0.0.224", "unhealthy": "127.0.0.225"}
+INSTANCES = {"joins": "127.0.0.223", "bad-signature": "127.0.0.224", "unhealthy": "127.0.0.225",
+             "drains": "127.0.0.226"}
 BUCKET = "ff-test-cache"
 TOKEN_PARAMETER = "/flakefleet/ff-local/k3s-agent-token"
 JOIN_TOKEN = f"K10{TEST_CA_HASH}::node:{TOKENS['FLAKEFLEET_SECRET_K3S_AGENT_TOKEN']}"
@@ -71,7 +82,7 @@ def world(tmp_path_factory):
                                             region=pullhosts.REGION, pointer={"cluster": inv.cluster, "pool": "spot",
                                                                               "facts": facts}), fleet.signing_secret)
         with pullhosts.cache_server(cache, CACHE_ADDRESS) as cache_url:
-            yield SimpleNamespace(fleet=fleet, cfg=cfg, systems=systems, endpoint=endpoint, cache_url=cache_url,
+            yield SimpleNamespace(fleet=fleet, hosts=hosts, cfg=cfg, systems=systems, endpoint=endpoint, cache_url=cache_url,
                                   s3=s3, cluster=inv.cluster)
 
 
@@ -93,19 +104,24 @@ def build_and_copy(fleet, cache: Path, spec: dict):
     return system
 
 
-def boot_instance(world, which: str, system, instance: str, fault: str | None = None):
+def boot_instance(world, which: str, system, instance: str, fault: str | None = None,
+                  keep: contextlib.ExitStack | None = None, answers: dict[str, str] | None = None):
     """A fresh machine running the pull part of the launch template's user data for `system`,
     with its own metadata service (and a stand-in fault for that system); returns (machine, the
-    agent's outcome) once the agent has finished."""
+    agent's outcome) once the agent has finished. With `keep`, the metadata service stays up
+    until that stack closes, answering `answers` too (the target lifecycle state: InService)."""
     address = INSTANCES[which]
     machine = add_machine(world.fleet, f"pull-{which}", address)
     if fault:
         machine.set_fault(fault, system.out)
-    with pullhosts.imds(instance, address) as imds:
+    answers = answers if answers is not None else {}
+    answers.setdefault("autoscaling/target-lifecycle-state", "InService")
+    with contextlib.ExitStack() as own:
+        imds = (keep or own).enter_context(pullhosts.imds(instance, address, answers=answers))
         conf = {**pull_config(world.cluster, "spot", pullhosts.REGION, BUCKET,
                               pointer_key(world.cluster, "spot", system.out), store_hash(system.out),
                               world.fleet.signing_public, TOKEN_PARAMETER, f"{world.cluster}-spot", "flakefleet-health",
-                              60, 1),
+                              60, 1, drain_hook=DRAIN_HOOK, drain_timeout_s=300),
                 "substituter": world.cache_url, "imds": imds,
                 "endpoints": {"s3": world.endpoint, "ssm": world.endpoint, "autoscaling": world.endpoint}}
         text = pulled_user_data(conf, system.agent, [], world.fleet.signing_public)
@@ -117,8 +133,9 @@ def boot_instance(world, which: str, system, instance: str, fault: str | None = 
     return machine, outcome
 
 
-def completed(instance: str) -> list[str]:
-    return [c["LifecycleActionResult"] for c in pullhosts.COMPLETED if c["InstanceId"] == instance]
+def completed(instance: str, hook: str = "flakefleet-health") -> list[str]:
+    return [c["LifecycleActionResult"] for c in pullhosts.COMPLETED
+            if c["InstanceId"] == instance and c["LifecycleHookName"] == hook]
 
 
 def profile_system(machine) -> str:
@@ -174,3 +191,112 @@ def test_a_system_that_fails_its_health_gate_is_rolled_back_and_abandoned(world)
     assert outcome["result"] == "failed" and "restarted since the activation" in outcome["reason"], outcome
     assert profile_system(machine) != system.out  # never confirmed: not the profile's, not the boot default
     assert completed("i-0ccccccccccccccc3") == ["ABANDON"]
+
+
+def put(api: Path, kind: str, namespace: str, name: str, obj: dict) -> Path:
+    """An object in the stand-in API server's directory (tests/standin/k3s.py: pods/, pdbs/)."""
+    path = api / kind / namespace / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def pod(api: Path, namespace: str, name: str, node: str, labels=None, owner=None, mirror=False, phase="Running"):
+    meta = {"name": name, "namespace": namespace, "labels": labels or {}}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner, "name": name.rsplit("-", 1)[0],
+                                    "controller": True}]
+    if mirror:
+        meta["annotations"] = {"kubernetes.io/config.mirror": "0123abcd"}
+    return put(api, "pods", namespace, name, {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                                              "spec": {"nodeName": node}, "status": {"phase": phase}})
+
+
+def budget(api: Path, namespace: str, name: str, match: dict, allowed: int) -> Path:
+    return put(api, "pdbs", namespace, name, {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": match}}, "status": {"disruptionsAllowed": allowed}})
+
+
+def standin_log(machine) -> str:
+    path = machine.path("/var/lib/flakefleet/standin-k3s.log")
+    return path.read_text() if path.exists() else ""
+
+
+def as_kubelet(machine, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`k3s kubectl` on the instance with the kubelet's own kubeconfig, as flakefleet-drain runs it."""
+    words = " ".join(["/run/current-system/sw/bin/k3s", "kubectl", "--kubeconfig",
+                      "/var/lib/rancher/k3s/agent/kubelet.kubeconfig", *args])
+    return machine.sh(f"printf '%s' '{stdin}' | {words}", timeout=60, check=False)
+
+
+def test_a_terminating_instance_drains_its_own_node_then_continues(world):
+    instance, api = "i-0ddddddddddddddd4", world.fleet.apiserver
+    lifecycle: dict[str, str] = {}
+    with contextlib.ExitStack() as keep:
+        machine, outcome = boot_instance(world, "drains", world.systems["good"], instance, keep=keep, answers=lifecycle)
+        assert outcome["result"] == "joined", outcome
+        poll(lambda: machine.show("flakefleet-drain.service", "ActiveState").get("ActiveState") == "active", 120,
+             "flakefleet-drain.service runs, waiting for the lifecycle state")
+        pods = {"web-1": pod(api, "shop", "web-1", instance, labels={"app": "web"}),
+                "cache-1": pod(api, "shop", "cache-1", instance),
+                "flannel": pod(api, "kube-system", "flannel-ab12c", instance, owner="DaemonSet"),
+                "static": pod(api, "kube-system", "static-web-" + instance, instance, mirror=True),
+                "job": pod(api, "shop", "job-1", instance, phase="Succeeded"),
+                "elsewhere": pod(api, "shop", "web-0", "cp-0", labels={"app": "web"})}
+        budget(api, "shop", "web", {"app": "web"}, allowed=0)
+        lifecycle["autoscaling/target-lifecycle-state"] = "Terminated"  # the group wants it gone
+        poll(lambda: not pods["cache-1"].exists(), 120, "cache-1 evicted")
+        poll(lambda: standin_log(machine).count("eviction shop/web-1 refused") >= 2, 120,
+             "web-1's eviction refused by its budget, and asked again")
+        node = json.loads((api / "nodes" / f"{instance}.json").read_text())
+        assert node["unschedulable"] is True  # cordoned: nothing new lands on it meanwhile
+        assert pods["web-1"].exists() and completed(instance, DRAIN_HOOK) == []  # held while the budget says no
+        budget(api, "shop", "web", {"app": "web"}, allowed=1)  # a replacement became ready elsewhere
+        poll(lambda: completed(instance, DRAIN_HOOK) == ["CONTINUE"], 120, "the drain completed its hook")
+    assert not pods["web-1"].exists()
+    assert all(pods[k].exists() for k in ("flannel", "static", "job", "elsewhere"))  # not a drain's to evict
+    report = json.loads(world.s3.get_object(
+        Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/{instance}.json")["Body"].read())
+    assert report["result"] == "joined" and report["system"] == world.systems["good"].out  # what it ran, kept
+    assert report["drain"]["result"] == "drained" and report["drain"]["left"] == []
+    assert report["drain"]["evicted"] == ["shop/cache-1", "shop/web-1"]
+    calls = [l for l in standin_log(machine).splitlines() if " kubectl " in l and "eviction" in l and "create" in l]
+    assert calls and all("--kubeconfig /var/lib/rancher/k3s/agent/kubelet.kubeconfig" in l for l in calls)
+    # What the kubelet's identity may not do: another node's pod, another Node, any Node's deletion.
+    other = as_kubelet(machine, "create", "--raw", "/api/v1/namespaces/shop/pods/web-0/eviction", "-f", "-",
+                       stdin=json.dumps({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0"}}))
+    assert other.returncode != 0 and "can only evict pods with spec.nodeName set to itself" in other.stderr
+    assert "is not allowed to modify node" in as_kubelet(machine, "patch", "node", "cp-0", "--type=merge", "-p",
+                                                         '{"spec":{"unschedulable":true}}').stderr
+    assert 'cannot delete resource "nodes"' in as_kubelet(machine, "delete", "node", "cp-0").stderr
+    assert pods["elsewhere"].exists() and (api / "nodes" / "cp-0.json").exists()
+
+
+def test_the_control_plane_deletes_the_nodes_of_instances_ec2_no_longer_has(world):
+    ec2 = boto3.client("ec2", region_name=pullhosts.REGION, endpoint_url=world.endpoint,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    terminated, running, terminated_ready = [
+        i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=3, MaxCount=3)["Instances"]]
+    ec2.terminate_instances(InstanceIds=[terminated, terminated_ready])
+    never = "i-0123456789abcdef0"  # EC2 has no such instance: NotFound
+    stale, fresh = time.time() - 3600, time.time() + 3600  # a Lease an hour old (Unknown), one that stays young
+    nodes = {terminated: stale, running: stale, terminated_ready: fresh, never: stale}
+    for name, renewed in nodes.items():
+        (world.fleet.apiserver / "nodes" / f"{name}.json").write_text(json.dumps(
+            {"name": name, "renewTime": renewed, "role": "agent", "provider_id": f"aws:///{pullhosts.REGION}a/{name}"}))
+    (world.fleet.apiserver / "nodes" / "pushed-0.json").write_text(json.dumps(
+        {"name": "pushed-0", "renewTime": stale, "role": "agent", "provider_id": "k3s://pushed-0"}))
+    cp = world.hosts["cp-0"]
+    script = cp.path("/root/flakefleet_node_gc.py")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text((ROOT / "nixos" / "host" / "flakefleet_node_gc.py").read_text())
+    # One pass of flakefleet-node-gc.service (nixos/addons/cluster-autoscaler.nix: k3s on its PATH).
+    run = cp.sh("env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test PATH=/run/current-system/sw/bin:/usr/bin:/bin "
+                f"python3 /root/flakefleet_node_gc.py {pullhosts.REGION} {world.endpoint}", timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    left = {p.stem for p in (world.fleet.apiserver / "nodes").glob("*.json")}
+    assert terminated not in left and never not in left
+    assert {running, terminated_ready, "pushed-0", "cp-0"} <= left  # running, Ready, or not the group's
+    assert f"deleting node {terminated}: instance {terminated} no longer exists" in run.stderr

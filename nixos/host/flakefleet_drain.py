@@ -11,7 +11,8 @@ Run by flakefleet-drain.service (nixos/mixins/pull.nix) on every pulled instance
 2. Cordon its own Node, then evict its own pods (not DaemonSet-owned pods, which would come back,
    nor mirror pods, which the API cannot evict), retrying a PodDisruptionBudget's 429 until the
    deadline, and wait (bounded) for them to be gone.
-3. Complete the termination hook with CONTINUE and report the outcome where status reads it.
+3. Complete the termination hook with CONTINUE and add the drain's outcome to the instance's
+   report (its pull outcome kept: status still sees which system it ran).
 
 Its Kubernetes identity is the kubelet's own (k3s: <data-dir>/agent/kubelet.kubeconfig,
 `system:node:<name>`), which may do exactly this and only for this node (kubernetes
@@ -126,6 +127,30 @@ def lifecycle_state(base: str) -> str | None:
         raise
 
 
+def wait_for_termination(base: str, pause=time.sleep) -> str:
+    """Poll until the target lifecycle state reads Terminated. A metadata service that does not
+    answer for a while is asked again (said once, not every poll)."""
+    quiet = False
+    while True:
+        try:
+            state, quiet = lifecycle_state(base), False
+        except OSError as err:  # urllib's URLError and HTTPError are OSErrors
+            if not quiet:
+                say(f"the metadata service did not answer ({err}); asking again every {POLL_S:.0f}s")
+            state, quiet = None, True
+        if state == TERMINATED:
+            return state
+        pause(POLL_S)
+
+
+def with_drain(previous: dict, instance: str, result: dict, at: int) -> dict:
+    """The instance's report with the drain's outcome added: its pull outcome (result, system)
+    is kept, so status and drift still see what it ran (pure)."""
+    done = not result["left"] and "error" not in result
+    return {**previous, "instance": instance,
+            "drain": {"at": at, "result": "drained" if done else "incomplete", **result}}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         say("usage: flakefleet-drain CONFIG")
@@ -134,8 +159,7 @@ def main(argv: list[str]) -> int:
 
     conf = json.loads(Path(argv[0]).read_text())
     base = conf.get("imds") or "http://169.254.169.254"
-    while (state := lifecycle_state(base)) != TERMINATED:
-        time.sleep(POLL_S)
+    state = wait_for_termination(base)
     me = pull.metadata(base)
     aws = pull.clients(conf)
     say(f"{me['instance']} is to be terminated ({state}): draining its node")
@@ -144,9 +168,11 @@ def main(argv: list[str]) -> int:
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as err:
         result = {"evicted": [], "left": [], "error": str(err)}
     say(f"evicted {len(result['evicted'])} pods, {len(result['left'])} left: {', '.join(result['left']) or '-'}")
-    pull.record(aws, conf, {"instance": me["instance"], "pointer": conf["pointer"], "at": int(time.time()),
-                            "result": "drained" if not result["left"] and "error" not in result else "drain-incomplete",
-                            **result})
+    try:
+        previous = json.loads((pull.STATE / "pull.json").read_text())
+    except (OSError, ValueError):
+        previous = {"pointer": conf["pointer"]}
+    pull.record(aws, conf, with_drain(previous, me["instance"], result, int(time.time())))
     # CONTINUE either way: the group terminates the instance when the hook times out regardless.
     aws["autoscaling"].complete_lifecycle_action(LifecycleHookName=conf["drain_hook"], AutoScalingGroupName=conf["group"],
                                                  LifecycleActionResult="CONTINUE", InstanceId=me["instance"])
@@ -154,5 +180,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,9 @@ answer to "exists" (InstanceExistsByProviderID: DescribeInstances by the instanc
 or state `terminated`, is gone). Only Nodes with an `aws:///<zone>/<id>` providerID are asked
 about: the pulled instances set it (flakefleet_pull.py, drop_in); pushed hosts carry k3s://.
 
-    flakefleet-node-gc REGION      # run by a timer; `k3s kubectl` as the server's admin
+    flakefleet-node-gc REGION [EC2_ENDPOINT]   # run by its unit; `k3s kubectl` as the server's admin
+
+Only tests give EC2_ENDPOINT (the instance profile's credentials come from the metadata service).
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ def gone(ec2, instance: str) -> bool:
 def main(argv: list[str]) -> int:
     import boto3
 
-    if len(argv) != 1:
-        print("usage: flakefleet-node-gc REGION", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: flakefleet-node-gc REGION [EC2_ENDPOINT]", file=sys.stderr)
         return 3
     listed = subprocess.run(["k3s", "kubectl", "get", "nodes", "-o", "json"], capture_output=True, text=True, timeout=120)
     if listed.returncode != 0:
         print(f"flakefleet-node-gc: listing nodes: {listed.stderr.strip()[-300:]}", file=sys.stderr)
         return 3
-    ec2 = boto3.client("ec2", region_name=argv[0])
+    ec2 = boto3.client("ec2", region_name=argv[0], endpoint_url=argv[1] if len(argv) == 2 else None)
     for name, instance in sorted(candidates(json.loads(listed.stdout).get("items", [])).items()):
         if gone(ec2, instance):
             print(f"flakefleet-node-gc: deleting node {name}: instance {instance} no longer exists", file=sys.stderr)

@@ -275,6 +275,14 @@ let
           else
             null;
         packages = map (p: p.name) config.environment.systemPackages;
+        # flakefleet's own units as the module system holds them (a test compares the stand-in
+        # flake's restatement): the program an ExecStart runs named by what follows `/bin/`.
+        units = builtins.mapAttrs (_: u: {
+          inherit (u) description after wantedBy unitConfig;
+          serviceConfig = removeAttrs u.serviceConfig [ "ExecStart" ];
+          exec = if u.serviceConfig ? ExecStart then builtins.head (builtins.match ".*/bin/(.*)" u.serviceConfig.ExecStart) else null;
+          path = map (p: p.pname or p.name) u.path;
+        }) (lib.filterAttrs (n: _: builtins.match "flakefleet-.*" n != null) config.systemd.services);
         initrdModules = config.boot.initrd.availableKernelModules;
         # Which packages this system lets nixpkgs build although unfree (none without a
         # predicate), by the names nixpkgs gives them (nvidia-x11/generic.nix, persistenced.nix,

@@ -568,6 +568,8 @@ let
             mergeOneOption loc defs;
       };
     oneOf = ts: foldl' either (head ts) (tail ts);
+    # A type whose every definition must also pass `check` (nixpkgs' checks each definition).
+    addCheck = elemType: check: elemType // { check = x: elemType.check x && check x; };
     submodule =
       module:
       mkOptionType {

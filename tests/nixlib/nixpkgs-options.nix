@@ -239,7 +239,12 @@ in
         path = optDefault (types.listOf (types.oneOf [ types.package types.str ])) [ ];
         environment = optDefault (types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]))) { };
         unitConfig = optDefault (types.attrsOf unitOption) { };
-        serviceConfig = optDefault (types.attrsOf unitOption) { };
+        # checkService: Type and Restart must be values systemd knows (a typo fails the build).
+        serviceConfig = optDefault (types.addCheck (types.attrsOf unitOption) (
+          c:
+          builtins.elem (c.Type or "simple") [ "exec" "simple" "forking" "oneshot" "dbus" "notify" "notify-reload" "idle" ]
+          && builtins.elem (c.Restart or "no") [ "no" "on-success" "on-failure" "on-abnormal" "on-abort" "always" ]
+        )) { };
         script = optDefault types.lines "";
       };
     })) { };

@@ -204,10 +204,28 @@
         sh spec "unit-${name}" "mkdir -p $out && printf '%s' \"$text\" > $out/${name}" {
           text = unitText spec name unit;
         };
+      # mixins/pull.nix's flakefleet-drain.service as NixOS renders it (nixos/lib/systemd-lib.nix:
+      # `path` becomes PATH=<pkg>/bin:<pkg>/sbin before the defaults; `unitConfig` keys go to
+      # [Unit], `serviceConfig` keys to [Service]).
+      drainUnit =
+        spec:
+        let
+          k3s = (packages spec).k3s;
+        in
+        sh spec "unit-flakefleet-drain.service" "mkdir -p $out && printf '%s' \"$text\" > $out/flakefleet-drain.service" {
+          text =
+            "[Unit]\nAfter=k3s.service\nConditionPathExists=/etc/flakefleet/pull.json\n"
+            + "Description=Drain this node before its Auto Scaling group terminates it\n\n[Service]\n"
+            + "Environment=\"PATH=${k3s}/bin:${k3s}/sbin:/usr/bin:/bin\"\n"
+            + "ExecStart=${self.lib.pullAgent spec}/bin/flakefleet-drain /etc/flakefleet/pull.json\n"
+            + "Restart=on-failure\nRestartSec=5s\n";
+        };
       systemUnits =
         spec:
         sh spec "system-units" "mkdir -p $out && for u in $units; do ln -s $u/* $out/; done" {
-          units = builtins.attrValues (builtins.mapAttrs (unit spec) (contents spec).units);
+          units =
+            builtins.attrValues (builtins.mapAttrs (unit spec) (contents spec).units)
+            ++ (if spec.pull or false then [ (drainUnit spec) ] else [ ]);
         };
     in
     {
@@ -250,7 +268,8 @@
           "mkdir -p $out && printf 'stand-in kexec installer' > $out/nixos-kexec-installer-noninteractive-x86_64-linux.tar.gz" { };
       };
 
-      # As nixos/host/default.nix: the pull agent of an autoscaled pool with hostctl.sh, run by
+      # As nixos/host/default.nix: the pull agent of an autoscaled pool with hostctl.sh, and its
+      # drain (bin/flakefleet-drain), run by
       # the machine's python3 (boto3, cryptography: the test image's Debian packages). This
       # flake cannot reach nixos/host/ from the store, so a test names that directory in the
       # spec (`standin_host_dir`, read impurely); without it the agent only says so.
@@ -263,13 +282,17 @@
           mkdir -p $out/bin $out/share/flakefleet
           printf '%s' "$hostctl" > $out/share/flakefleet/hostctl.sh
           printf '%s' "$agent" > $out/share/flakefleet/flakefleet_pull.py
+          printf '%s' "$drain" > $out/share/flakefleet/flakefleet_drain.py
           printf '%s\n' '#!/bin/sh' 'PATH=/run/current-system/sw/bin:/usr/sbin:/usr/bin:/sbin:/bin' 'export PATH' \
             "exec /usr/bin/python3 $out/share/flakefleet/flakefleet_pull.py $out/share/flakefleet/hostctl.sh \"\$@\"" \
             > $out/bin/flakefleet-pull
-          chmod +x $out/bin/flakefleet-pull
+          printf '%s\n' '#!/bin/sh' "exec /usr/bin/python3 $out/share/flakefleet/flakefleet_drain.py \"\$@\"" \
+            > $out/bin/flakefleet-drain
+          chmod +x $out/bin/flakefleet-pull $out/bin/flakefleet-drain
         '' {
           hostctl = if dir == null then "exit 3" else builtins.readFile (dir + "/hostctl.sh");
           agent = if dir == null then "raise SystemExit('stand-in: no standin_host_dir')" else builtins.readFile (dir + "/flakefleet_pull.py");
+          drain = if dir == null then "raise SystemExit('stand-in: no standin_host_dir')" else builtins.readFile (dir + "/flakefleet_drain.py");
         };
 
       lib.toplevel =

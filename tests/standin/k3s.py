@@ -39,6 +39,21 @@
 # `curl` on a stand-in system answers: the one request flakefleet makes there, with the server
 # token's password, from this server's token file.
 #
+# Under systemd, who may do what, as the API server decides it. A running node (server or agent)
+# writes the kubelet's kubeconfig, /var/lib/rancher/k3s/agent/kubelet.kubeconfig (k3s
+# pkg/agent/config/config.go), whose client certificate names `system:node:<name>`; `k3s kubectl
+# --kubeconfig` that file acts as that node, without it as the admin (/etc/rancher/k3s/k3s.yaml).
+# A node identity may only (kubernetes plugin/pkg/auth/authorizer/node/node_authorizer.go and
+# rbac/bootstrappolicy/policy.go, NodeRules; plugin/pkg/admission/noderestriction/admission.go):
+#   - read its own Node (get by name), patch its own Node, never delete a Node;
+#   - list pods with the field selector spec.nodeName=<itself>;
+#   - evict pods bound to itself (admitPodEviction).
+# Pods are the API server directory's pods/<namespace>/<name>.json (the objects, as tests or a
+# scheduler would put them); PodDisruptionBudgets its pdbs/<namespace>/<name>.json. An eviction
+# (pkg/registry/core/pod/storage/eviction.go) of a pod that one budget selects (matchLabels)
+# is refused with 429 TooManyRequests while the budget's status.disruptionsAllowed is 0, else
+# decrements it and deletes the pod; a pod two budgets select is refused with a 500.
+#
 # Faults, from /etc/flakefleet/standin-fault (lines "<fault> <toplevel>", for the running system):
 #   crashloop     exits 1 a second after starting, every start (systemd restarts it)
 #   hang          never becomes ready (a server's start job never ends: TimeoutStartSec=0)
@@ -97,13 +112,19 @@ def node_path(name):
 
 
 def write_node(name, **fields):
+    """Change a Node's fields, read and written under the API directory's lock: a kubelet's Lease
+    renewal and a cordon from another machine never lose each other's change (the real API
+    server refuses a stale write by its resourceVersion)."""
+    import fcntl
     os.makedirs(os.path.join(API, "nodes"), exist_ok=True)
-    node = json.loads(read(node_path(name), "{}")) or {"name": name, "unschedulable": False}
-    node.update(fields)
-    tmp = node_path(name) + f".{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(node, f)
-    os.rename(tmp, node_path(name))
+    with open(os.path.join(API, "nodes", ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        node = json.loads(read(node_path(name), "{}")) or {"name": name, "unschedulable": False}
+        node.update(fields)
+        tmp = node_path(name) + f".{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(node, f)
+        os.rename(tmp, node_path(name))
 
 
 def provider_id(name):
@@ -145,6 +166,52 @@ users:
     client-key-data: {b64('STANDIN-CLIENT-KEY')}
 """)
     os.umask(old)
+
+
+KUBELET_KUBECONFIG = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+
+
+def write_kubelet_kubeconfig(name):
+    """The kubelet's kubeconfig as a k3s node has it: through the agent's load balancer, with the
+    node's client certificate (CN system:node:<name>, O system:nodes)."""
+    agent = os.path.dirname(KUBELET_KUBECONFIG)
+    os.makedirs(agent, exist_ok=True)
+    old = os.umask(0o077)
+    with open(os.path.join(agent, "client-kubelet.crt"), "w") as f:
+        f.write(f"-----BEGIN CERTIFICATE-----\nstandin CN=system:node:{name} O=system:nodes\n-----END CERTIFICATE-----\n")
+    with open(KUBELET_KUBECONFIG, "w") as f:
+        f.write(f"""apiVersion: v1
+clusters:
+- cluster:
+    server: https://127.0.0.1:6444
+    certificate-authority: {agent}/server-ca.crt
+  name: local
+contexts:
+- context:
+    cluster: local
+    namespace: default
+    user: user
+  name: Default
+current-context: Default
+kind: Config
+preferences: {{}}
+users:
+- name: user
+  user:
+    client-certificate: {agent}/client-kubelet.crt
+    client-key: {agent}/client-kubelet.key
+""")
+    os.umask(old)
+
+
+def identity(kubeconfig):
+    """The user a kubeconfig's client certificate names (the CN); the admin's has none here."""
+    import re
+    text = read(kubeconfig)
+    found = re.search(r"client-certificate: (\S+)", text)
+    cert = read(found.group(1)) if found else ""
+    cn = re.search(r"CN=(\S+)", cert)
+    return cn.group(1) if cn else "system:admin"
 
 
 def notify(message):
@@ -332,6 +399,8 @@ def run(role, args):
                    provider_id=provider_id(name))
     if os.path.isdir(API) and role == "server":
         join_etcd(name)
+    if os.path.isdir(API):
+        write_kubelet_kubeconfig(name)
     notify("READY=1")
     while True:
         time.sleep(1.0 if "crashloop" in fault else api_config()["lease_renew_s"])
@@ -406,8 +475,10 @@ def node_json(node):
     status_ = {"conditions": conditions}
     if node.get("kubelet"):
         status_["nodeInfo"] = {"kubeletVersion": node["kubelet"]}
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node["name"]},
-            "spec": {"unschedulable": True} if node.get("unschedulable") else {}, "status": status_}
+    spec = {"unschedulable": True} if node.get("unschedulable") else {}
+    if node.get("provider_id"):
+        spec["providerID"] = node["provider_id"]
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node["name"]}, "spec": spec, "status": status_}
 
 
 def lease_json(node):
@@ -416,20 +487,139 @@ def lease_json(node):
             "spec": {"holderIdentity": node["name"], "leaseDurationSeconds": 40, "renewTime": rfc3339(node["renewTime"])}}
 
 
+VALUED = ("-o", "-n", "--namespace", "--output", "--kubeconfig", "--field-selector", "-p", "--patch", "--type",
+          "-f", "--filename", "--raw", "-l", "--selector")
+
+
+def forbidden(user, verb, resource, name="", why=""):
+    """kubectl's line for a 403: RBAC's wording, or an admission plugin's reason."""
+    what = f'{resource} "{name}"' if name else resource
+    why = why or f'User "{user}" cannot {verb} resource "{resource}" in API group "" at the cluster scope'
+    print(f"Error from server (Forbidden): {what} is forbidden: {why}", file=sys.stderr)
+    return 1
+
+
+def pod_path(namespace, name):
+    return os.path.join(API, "pods", namespace, f"{name}.json")
+
+
+def all_pods():
+    found = []
+    root = os.path.join(API, "pods")
+    for namespace in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        for entry in sorted(os.listdir(os.path.join(root, namespace))):
+            if entry.endswith(".json"):
+                found.append(json.loads(read(os.path.join(root, namespace, entry), "{}") or "{}"))
+    return found
+
+
+def get_pods(args, user, node):
+    """`get pods --all-namespaces [--field-selector spec.nodeName=X] -o json`."""
+    selector = option(args, "--field-selector") or ""
+    bound = selector.removeprefix("spec.nodeName=") if selector.startswith("spec.nodeName=") else None
+    if node is not None and bound != node:
+        return forbidden(user, "list", "pods", why=f'User "{user}" cannot list resource "pods" in API group "" at the '
+                         "cluster scope: can only list/watch pods with spec.nodeName field selector")
+    items = [p for p in all_pods() if bound is None or p.get("spec", {}).get("nodeName") == bound]
+    print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    return 0
+
+
+def patch_node(name, args, user, node, known):
+    """`patch node NAME --type=merge -p JSON`: spec.unschedulable is what flakefleet patches."""
+    if node is not None and name != node:  # NodeRestriction, admitNode
+        return forbidden(user, "patch", "nodes", name, f'node "{node}" is not allowed to modify node "{name}"')
+    if name not in known:
+        print(f'Error from server (NotFound): nodes "{name}" not found', file=sys.stderr)
+        return 1
+    patch = json.loads(option(args, "-p") or option(args, "--patch") or "{}")
+    if "unschedulable" in patch.get("spec", {}):
+        write_node(name, unschedulable=bool(patch["spec"]["unschedulable"]))
+    print(f"node/{name} patched")
+    return 0
+
+
+def budgets(pod):
+    """The PodDisruptionBudgets of the pod's namespace whose matchLabels select it: [(path, pdb)]."""
+    namespace = pod["metadata"].get("namespace", "default")
+    directory = os.path.join(API, "pdbs", namespace)
+    labels = pod["metadata"].get("labels") or {}
+    chosen = []
+    for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        pdb = json.loads(read(os.path.join(directory, entry), "{}") or "{}")
+        match = pdb.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+        if match and all(labels.get(k) == v for k, v in match.items()):
+            chosen.append((os.path.join(directory, entry), pdb))
+    return chosen
+
+
+def evict(path, user, node):
+    """`create --raw /api/v1/namespaces/NS/pods/NAME/eviction -f -` with an Eviction on stdin."""
+    import re
+    found = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/eviction", path or "")
+    if not found:
+        print(f"stand-in kubectl: unsupported raw path {path}", file=sys.stderr)
+        return 1
+    namespace, name = found.groups()
+    json.loads(sys.stdin.read() or "{}")  # the Eviction (its name is the path's)
+    pod = json.loads(read(pod_path(namespace, name), "{}") or "{}")
+    if not pod:
+        print(f'Error from server (NotFound): pods "{name}" not found', file=sys.stderr)
+        return 1
+    if node is not None and pod.get("spec", {}).get("nodeName") != node:  # NodeRestriction, admitPodEviction
+        return forbidden(user, "create", "pods", name, f"node {node} can only evict pods with spec.nodeName set to itself")
+    chosen = budgets(pod)
+    if len(chosen) > 1:
+        print("Error from server (InternalError): This pod has more than one PodDisruptionBudget, which the eviction "
+              "subresource does not support.", file=sys.stderr)
+        return 1
+    for budget_path, pdb in chosen:
+        allowed = pdb.get("status", {}).get("disruptionsAllowed", 0)
+        if allowed == 0:
+            log(f"eviction {namespace}/{name} refused: disruption budget {pdb['metadata']['name']}")
+            print("Error from server (TooManyRequests): Cannot evict pod as it would violate the pod's disruption "
+                  "budget.", file=sys.stderr)
+            return 1
+        pdb.setdefault("status", {})["disruptionsAllowed"] = allowed - 1
+        with open(budget_path, "w") as f:
+            json.dump(pdb, f)
+    os.unlink(pod_path(namespace, name))
+    log(f"eviction {namespace}/{name} done")
+    print(json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))
+    return 0
+
+
 def kubectl(args):
     log(f"kubectl {' '.join(args)}")
-    if not os.path.exists(KUBECONFIG):
-        print("The connection to the server 127.0.0.1:6443 was refused", file=sys.stderr)
+    kubeconfig = option(args, "--kubeconfig") or KUBECONFIG
+    if not os.path.exists(kubeconfig):
+        if kubeconfig != KUBECONFIG:
+            print(f"error: stat {kubeconfig}: no such file or directory", file=sys.stderr)
+        else:
+            print("The connection to the server 127.0.0.1:6443 was refused", file=sys.stderr)
         return 1
+    user = identity(kubeconfig)
+    node = user.removeprefix("system:node:") if user.startswith("system:node:") else None
     words, skip = [], False
-    for a in args:  # the positional words: options dropped, and the values of -o and -n
+    for a in args:  # the positional words: options dropped, and the values of those that take one
         if skip:
             skip = False
-        elif a in ("-o", "-n", "--namespace", "--output"):
+        elif a in VALUED:
             skip = True
         elif not a.startswith("-"):
             words.append(a)
     known = nodes(words[2:3] if words[:2] in (["get", "lease"],) else words[2:] if words[:2] == ["get", "nodes"] else ())
+    if words[:2] == ["get", "pods"]:
+        return get_pods(args, user, node)
+    if words[:2] == ["patch", "node"]:
+        return patch_node(words[2], args, user, node, known)
+    if words[:1] == ["create"] and option(args, "--raw"):
+        return evict(option(args, "--raw"), user, node)
+    named = words[2:] if words[:1] in (["get"], ["delete"]) else words[1:2]
+    if node is not None and (words[:2] == ["delete", "node"] or [n for n in named if n != node] or not named):
+        verb = "delete" if words[:1] == ["delete"] else "list" if not named else "get"
+        return forbidden(user, verb, "nodes", named[0] if named and verb != "list" else "",
+                         "" if verb != "get" else f"node '{node}' cannot read '{named[0]}', only its own Node object")
     if words[:2] == ["get", "nodes"]:
         names = words[2:] or sorted(known)
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_json(known[n]) for n in names if n in known]}))
