@@ -46,7 +46,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FLAKEFLEET_MACHINE_CACHE", "/var/cache/flakefleet-tests"))
+    """The cache directory, absolute (a relative one broke qemu-img, which resolves a backing file
+    against the overlay's directory); unset or empty means the default."""
+    return Path(os.environ.get("FLAKEFLEET_MACHINE_CACHE") or "/var/cache/flakefleet-tests").absolute()
 
 
 def recipe_key() -> str:
