@@ -190,6 +190,24 @@ def test_a_pool_view_sorts_instances_by_their_reports():
     assert classify("spot", "c-spot", SYSTEM, ["i-1", "i-4"], reports).healthy  # booting is not a problem
 
 
+@pytest.mark.parametrize("state, leaving", [
+    ("Pending", False), ("Pending:Wait", False), ("Pending:Proceed", False), ("InService", False),
+    ("Standby", False), ("Terminating", True), ("Terminating:Wait", True), ("Terminating:Proceed", True),
+    ("Terminated", True),
+])
+def test_an_instance_being_terminated_is_leaving_not_behind(state, leaving):
+    from dataclasses import replace
+
+    from flakefleet.ops.pulled import by_lifecycle, classify, render
+
+    live, gone = by_lifecycle([{"InstanceId": "i-1", "LifecycleState": state}])
+    assert (gone == ["i-1"], live == ["i-1"]) == (leaving, not leaving)
+    view = replace(classify("spot", "c-spot", SYSTEM, live, {"i-1": {"result": "joined", "system": OTHER}}),
+                   leaving=tuple(gone))
+    assert view.healthy is leaving  # a draining old instance is not a straggler
+    assert render([view])[0].endswith(", 1 leaving") is leaving
+
+
 @mock_aws
 def test_status_reads_a_pool_from_its_group_pointer_and_reports():
     """As status and drift read a pulled pool: the group's live instances (moto launches them),

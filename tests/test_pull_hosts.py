@@ -10,8 +10,10 @@ Checked: a pulled instance switches to the pool's system, is confirmed healthy, 
 named by its instance id, and completes its launch hook with CONTINUE, the token never in its
 journal; a pointer with a bad signature is refused with nothing realised or activated (ABANDON);
 a system whose k3s crash-loops fails the health gate, is rolled back by hostctl.sh, and the
-instance is abandoned. A pointer move reaching a batch at a time is the Auto Scaling instance
-refresh's (MinHealthyPercentage), which AWS runs and moto does not: not tested here.
+instance is abandoned. A pointer move reaches the pool a batch at a time: the instance refresh
+is AWS' (moto does not run one), restated here from AWS' documentation (`refresh_batch`) with
+the MinHealthyPercentage the stack gives the group; each replaced instance drains first and its
+replacement pulls the new pointer's system.
 
 And the end of an instance's life: when its metadata says Terminated (the group's termination
 hook holds it), flakefleet-drain.service cordons its own Node and evicts its own pods with the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ import pytest
 
 from components.autoscaling import DRAIN_HOOK
 from flakefleet.plan.contract import PLAN_ENV, PublishPlan
+from flakefleet.plan.rollout import pulled_min_healthy
 from flakefleet.plan.specs import pool_spec, pulled_facts
 from flakefleet.pull.pointer import Pointer, pointer_key, sign, store_hash
 from flakefleet.pull.publish import publish_pointer
@@ -50,7 +54,8 @@ CP = {"cp-0": "127.0.0.221"}
 CACHE_ADDRESS = "127.0.0.222"
 # Each test's fresh instance, on its own address (its metadata service listens there too).
 INSTANCES = {"joins": "127.0.0.223", "bad-signature": "127.0.0.224", "unhealthy": "127.0.0.225",
-             "drains": "127.0.0.226"}
+             "drains": "127.0.0.226", "old-0": "127.0.0.227", "old-1": "127.0.0.228", "new-0": "127.0.0.230",
+             "new-1": "127.0.0.231"}
 BUCKET = "ff-test-cache"
 TOKEN_PARAMETER = "/flakefleet/ff-local/k3s-agent-token"
 JOIN_TOKEN = f"K10{TEST_CA_HASH}::node:{TOKENS['FLAKEFLEET_SECRET_K3S_AGENT_TOKEN']}"
@@ -88,10 +93,12 @@ def world(tmp_path_factory):
 
 def pulled_specs(cfg, inv) -> dict[str, dict]:
     """The pool's system as the program specs an autoscaled pool (the workers' settings, `pull`),
-    and one whose k3s the stand-in makes crash-loop (a fault keyed by its path)."""
+    one whose k3s the stand-in makes crash-loop (a fault keyed by its path), and the next system
+    a rollout moves the pointer to."""
     spec = {**pool_spec(cfg, inv, "workers"), "pool": "spot", "pull": True,
             "standin_host_dir": str(ROOT / "nixos" / "host")}
-    return {"good": spec, "crashing": {**spec, "labels": {"flakefleet.io/test": "crashing"}}}
+    return {"good": spec, "crashing": {**spec, "labels": {"flakefleet.io/test": "crashing"}},
+            "next": {**spec, "labels": {"flakefleet.io/test": "next"}}}
 
 
 def build_and_copy(fleet, cache: Path, spec: dict):
@@ -300,3 +307,49 @@ def test_the_control_plane_deletes_the_nodes_of_instances_ec2_no_longer_has(worl
     assert terminated not in left and never not in left
     assert {running, terminated_ready, "pushed-0", "cp-0"} <= left  # running, Ready, or not the group's
     assert f"deleting node {terminated}: instance {terminated} no longer exists" in run.stderr
+
+
+def refresh_batch(desired: int, min_healthy: int) -> int:
+    """How many instances an instance refresh replaces at a time. The Rolling strategy with
+    MaxHealthyPercentage at its default, 100 (components/autoscaling.py sets none), terminates a
+    batch and then launches its replacements, keeping MinHealthyPercentage of the desired
+    capacity, rounded up, in service (docs.aws.amazon.com/autoscaling/ec2/userguide/
+    instance-refresh-overview.html; RefreshPreferences.MinHealthyPercentage); at least one."""
+    return max(1, desired - math.ceil(desired * min_healthy / 100))
+
+
+def test_a_pointer_move_reaches_the_pool_a_batch_at_a_time(world):
+    old, new = world.systems["good"], world.systems["next"]
+    min_healthy = pulled_min_healthy(1, 2)  # delivery.max_unavailable 1, a pool of max 2
+    batch = refresh_batch(2, min_healthy)
+    assert (min_healthy, batch) == (50, 1)
+    with contextlib.ExitStack() as keep:
+        live: dict[str, SimpleNamespace] = {}
+        for k in range(2):
+            answers: dict[str, str] = {}
+            instance = f"i-0eeeeeeeeeeeeee0{k}"
+            machine, outcome = boot_instance(world, f"old-{k}", old, instance, keep=keep, answers=answers)
+            assert outcome["result"] == "joined" and outcome["system"] == old.out, outcome
+            live[instance] = SimpleNamespace(machine=machine, answers=answers, system=old.out)
+        replaced = 0
+        while victims := [i for i in sorted(live) if live[i].system == old.out][:batch]:
+            staying = [i for i in live if i not in victims]
+            assert len(staying) >= math.ceil(2 * min_healthy / 100)  # the refresh's floor, kept
+            for victim in victims:
+                live[victim].answers["autoscaling/target-lifecycle-state"] = "Terminated"
+            for victim in victims:
+                poll(lambda: completed(victim, DRAIN_HOOK) == ["CONTINUE"], 120, f"{victim} drained")
+                assert all(live[i].machine.current_system() == live[i].system for i in staying)  # still serving
+                live.pop(victim).machine.stop()  # the group terminates it
+            for _ in victims:
+                instance = f"i-0ffffffffffffff0{replaced}"
+                machine, outcome = boot_instance(world, f"new-{replaced}", new, instance, keep=keep)
+                assert outcome["result"] == "joined" and outcome["system"] == new.out, outcome
+                assert completed(instance) == ["CONTINUE"]  # in service: the refresh goes on
+                live[instance] = SimpleNamespace(machine=machine, answers={}, system=new.out)
+                replaced += 1
+    assert replaced == 2 and sorted(v.system for v in live.values()) == [new.out, new.out]
+    for k in range(2):
+        report = json.loads(world.s3.get_object(
+            Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/i-0eeeeeeeeeeeeee0{k}.json")["Body"].read())
+        assert report["system"] == old.out and report["drain"]["result"] == "drained"

@@ -1,6 +1,7 @@
 """Autoscaled pools as status and drift show them: per pool, its group's instances on the pointer's
 system, stragglers (joined on an older system: an instance refresh not done yet), failed switches
-(refused pointers, failed health gates) and instances that have not reported (booting).
+(refused pointers, failed health gates), instances that have not reported (booting) and those
+being terminated (leaving: draining before the group lets them go).
 
 The pull agent of each instance writes its outcome to the cache bucket,
 `flakefleet/reports/<cluster>/<pool>/<instance>.json` (nixos/host/flakefleet_pull.py: result,
@@ -12,7 +13,7 @@ to read as `pulled_pools` (pool -> group, bucket, cluster).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flakefleet.plan.contract import REPORTS, current_pointer_key
 
@@ -28,6 +29,7 @@ class PulledPool:
     stragglers: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     unreported: tuple[str, ...] = field(default_factory=tuple)
+    leaving: tuple[str, ...] = ()  # being terminated (draining, held by the termination hook)
 
     @property
     def healthy(self) -> bool:
@@ -50,12 +52,26 @@ def classify(pool: str, group: str, system: str, live: list[str], reports: dict[
     return PulledPool(pool, group, system, len(live), tuple(on), tuple(behind), tuple(failed), tuple(silent))
 
 
+def by_lifecycle(instances: list[dict]) -> tuple[list[str], list[str]]:
+    """(live, leaving) instance ids of a group's Instances by their LifecycleState (Auto Scaling's
+    values: Pending[:Wait|:Proceed], InService, Terminating[:Wait|:Proceed], Terminated, Standby,
+    ...): an instance being terminated, a drain holding it in Terminating:Wait included, is
+    leaving, not a straggler of a rollout (pure)."""
+    live, leaving = [], []
+    for i in instances:
+        state = i.get("LifecycleState", "")
+        if state.startswith(("Terminating", "Terminated")):
+            leaving.append(i["InstanceId"])
+        else:
+            live.append(i["InstanceId"])
+    return live, leaving
+
+
 def read_pool(s3, autoscaling, pool: str, spec: dict) -> PulledPool:
     """A pool's view from AWS: its group's instances, the current pointer, the instances' reports."""
     bucket, cluster, group = spec["bucket"], spec["cluster"], spec["group"]
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
-    live = [i["InstanceId"] for g in groups for i in g.get("Instances", [])
-            if i.get("LifecycleState") not in ("Terminating", "Terminated")]
+    live, leaving = by_lifecycle([i for g in groups for i in g.get("Instances", [])])
     try:
         current = json.loads(s3.get_object(Bucket=bucket, Key=current_pointer_key(cluster, pool))["Body"].read())
         system = json.loads(current["pointer"])["system"]
@@ -68,7 +84,7 @@ def read_pool(s3, autoscaling, pool: str, spec: dict) -> PulledPool:
             instance = obj["Key"][len(prefix):].removesuffix(".json")
             if instance in live:
                 reports[instance] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
-    return classify(pool, group, system, live, reports)
+    return replace(classify(pool, group, system, live, reports), leaving=tuple(sorted(leaving)))
 
 
 def render(pools: list[PulledPool]) -> list[str]:
@@ -77,7 +93,8 @@ def render(pools: list[PulledPool]) -> list[str]:
     for p in pools:
         lines.append(f"pool {p.pool} (group {p.group}): {p.instances} instances, {len(p.on_pointer)} on "
                      f"{p.system.rsplit('/', 1)[-1] or 'no pointer'}, {len(p.stragglers)} behind, "
-                     f"{len(p.failed)} failed, {len(p.unreported)} not reported yet")
+                     f"{len(p.failed)} failed, {len(p.unreported)} not reported yet"
+                     + (f", {len(p.leaving)} leaving" if p.leaving else ""))
         lines += [f"  behind: {i}" for i in p.stragglers] + [f"  failed: {i}" for i in p.failed]
     return lines
 
