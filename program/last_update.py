@@ -128,7 +128,16 @@ def pinned_host_keys(last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]
             return {}
         return {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
 
-    return last.apply(keys)
+    return public(last.apply(keys))
+
+
+def public(value: pulumi.Output) -> pulumi.Output:
+    """A value derived from the last update's outputs that holds nothing secret. The stack exports
+    secrets too (tokens, the kubeconfig), so the invoke's result is secret as a whole, and so is
+    whatever is derived from it: inputs that were plain at the first update would turn secret at
+    the next, a change to every Command they feed (seen with the real engine: an unchanged
+    preview updating each delivery)."""
+    return pulumi.Output.unsecret(value)
 
 
 def upgrade_snapshot(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest],
@@ -142,4 +151,4 @@ def upgrade_snapshot(cfg: StackConfig, inventory: Inventory, mine: dict[str, Man
             return {}
         return {planned.servers[0]: "flakefleet-pre-k3s-" + planned.after.replace(".", "-")}
 
-    return last.apply(pick)
+    return public(last.apply(pick))

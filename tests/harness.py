@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
@@ -51,6 +52,21 @@ class Registration:
     secret_inputs: set[str]
     custom: bool
     options: dict[str, Any] = field(default_factory=dict)
+    # Where the wire holds a secret, as the engine stores it ("environment.FLAKEFLEET_SECRET_X");
+    # secret_inputs only says which top-level inputs hold one somewhere.
+    secret_paths: frozenset[str] = frozenset()
+
+
+def secret_paths(value: Any, path: str = "") -> set[str]:
+    """The paths of the secret values in a registration's wire form (the SDK sends each secret
+    value as {<sig>: <secret sig>, value}, inside maps and lists)."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return {path}
+        return set().union(*(secret_paths(v, f"{path}.{k}" if path else k) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(secret_paths(v, f"{path}[{i}]") for i, v in enumerate(value)))
+    return set()
 
 
 @dataclass
@@ -60,6 +76,7 @@ class ProgramRun:
     resources: list[Registration]
     exports: dict[str, Any]
     calls: list[tuple[str, dict]] = field(default_factory=list)
+    secret_exports: frozenset[str] = frozenset()  # the exports the engine would store as secrets
 
     def of_type(self, type_: str) -> list[Registration]:
         """Registrations of one resource type."""
@@ -79,12 +96,14 @@ class ProgramRun:
 class FleetMocks(pulumi.runtime.Mocks):
     """Echo inputs, and supply the computed outputs AWS would return. Invokes are kept in `calls`."""
 
-    def __init__(self, previous_outputs: dict | None = None):
+    def __init__(self, previous_outputs: dict | None = None, previous_secrets: frozenset[str] = frozenset()):
         self.calls: list[tuple[str, dict]] = []
         # What the stack's last update exported: the program reads it with the engine's builtin
         # invoke `pulumi:pulumi:readStackOutputs` ({name, outputs, secretOutputNames}, as
-        # pkg/resource/deploy/builtins.go:readStackReference answers).
+        # pkg/resource/deploy/builtins.go:readStackReference answers: the secret outputs come
+        # back as secrets, and are named in secretOutputNames).
         self.previous_outputs = previous_outputs or {}
+        self.previous_secrets = frozenset(previous_secrets)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         out = dict(args.inputs)
@@ -160,7 +179,10 @@ class FleetMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "pulumi:pulumi:readStackOutputs":
-            return {"name": args.args["name"], "outputs": self.previous_outputs, "secretOutputNames": []}
+            outputs = {k: {rpc._special_sig_key: rpc._special_secret_sig, "value": v} if k in self.previous_secrets else v
+                       for k, v in self.previous_outputs.items()}
+            return {"name": args.args["name"], "outputs": outputs,
+                    "secretOutputNames": sorted(self.previous_secrets & set(outputs))}
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": AMI_ID, "architecture": "x86_64", "rootDeviceName": "/dev/xvda"}
         if args.token == "aws:index/getRegion:getRegion":
@@ -190,6 +212,7 @@ class RecordingMonitor(pmocks.MockMonitor):
                     dependencies=list(request.dependencies),
                     inputs={k: rpc.unwrap_rpc_secret(v) for k, v in raw.items()},
                     secret_inputs={k for k, v in raw.items() if rpc.is_rpc_secret(v)},
+                    secret_paths=frozenset(secret_paths(json_format.MessageToDict(request.object))),
                     custom=request.custom,
                     options={
                         "ignore_changes": list(request.ignoreChanges),
@@ -243,7 +266,8 @@ def run_program(
     _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     outputs = get_root_resource().outputs
     exports = _sync_await(pulumi.Output.from_input(outputs).future(with_unknowns=True)) if outputs else {}
-    return ProgramRun(monitor.records, exports or {}, monitor.mocks.calls)
+    secrets = frozenset(k for k, v in (outputs or {}).items() if _sync_await(pulumi.Output.from_input(v).is_secret()))
+    return ProgramRun(monitor.records, exports or {}, monitor.mocks.calls, secrets)
 
 
 def run_stack(stack: str, preview: bool = False) -> ProgramRun:

@@ -394,6 +394,24 @@ def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
     assert keys["workers-0"] not in deps and keys["workers-1"] not in deps
 
 
+def test_the_update_after_the_first_turns_no_command_input_secret():
+    """The program reads its own last outputs, secrets included (the engine answers
+    readStackOutputs with them as secrets). What it derives from them (pinned host keys, the
+    upgrade snapshot) is public: were it secret, every Command it feeds would change from plain
+    to secret at the second update, and an unchanged `pulumi up` would run every delivery (found
+    with the real engine: an unchanged preview updated each delivery and replaced the kubeconfig)."""
+    from tests.harness import FleetMocks, RecordingMonitor
+
+    first = run_stack("local")
+    assert "kubeconfig" in first.secret_exports, sorted(first.secret_exports)  # so the answer holds secrets
+    second = run_program(read_stack_file("local"), stack="local", monitor=RecordingMonitor(
+        FleetMocks(previous_outputs=first.exports, previous_secrets=first.secret_exports)))
+    before = {r.urn: r.secret_paths for r in first.of_type(COMMAND)}
+    after = {r.urn: r.secret_paths for r in second.of_type(COMMAND)}
+    assert after == before
+    assert f"environment.{PLAN_ENV}" not in after[commands(first)["cp-0"].urn]  # the delivery plan itself is plain
+
+
 def test_preview_names_the_hosts_that_reboot_for_a_new_kernel():
     """The program reads its own last `boot` output (the builtin invoke readStackOutputs, as on the
     real engine) and logs one line per pool whose boot files change, naming hosts and waves."""

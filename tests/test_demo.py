@@ -5,6 +5,7 @@ the real Pulumi engine on PATH) runs the demo's printed next steps verbatim."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -121,7 +122,9 @@ def test_the_demos_next_steps_work_verbatim_on_the_real_engine(demo_dir):
         assert run.returncode == 0, f"{command}: {run.stdout}{run.stderr}"
         verb = command.split()[1]
         if verb in ("preview", "up", "refresh"):
-            assert "11 unchanged" in run.stdout and "StackReference" not in run.stdout
+            # Every resource unchanged: the summary is one "N unchanged" line, nothing to change.
+            assert re.search(r"^\s+\d+ unchanged$", run.stdout, re.M) and "StackReference" not in run.stdout, run.stdout
+            assert not re.search(r"to (create|update|replace|delete)", run.stdout), run.stdout
         if verb in ("preview", "up"):  # (a refresh lists every resource as `~ refreshing`)
             assert " ~ " not in run.stdout and " + " not in run.stdout, run.stdout
     assert (ROOT / "stacks" / "Pulumi.local.yaml").read_bytes() == committed  # no salt written into it
