@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -132,7 +133,10 @@ def user_data(**changes) -> str:
 def test_user_data_is_public_material_within_ec2s_limit():
     text = user_data()
     assert text.startswith("#!/bin/sh\n") and len(text.encode()) < EC2_USER_DATA_MAX
-    assert SECRET.split(":")[1] not in text and "PRIVATE KEY" not in text and "K10" not in text
+    # No signing key, no private key, no join token (K10<CA hash>::<user>:<password>; a bare "K10"
+    # also occurs by chance in the random base64 of the fleet's public key).
+    assert SECRET.split(":")[1] not in text and "PRIVATE KEY" not in text
+    assert not re.search(r"K10[0-9a-f]{64}::", text) and "::node:" not in text and "::server:" not in text
     assert f"extra-trusted-public-keys = {PUBLIC}" in text
     conf = json.loads(text.split("<<'FLAKEFLEET_EOF'\n")[2].split("\nFLAKEFLEET_EOF")[0])
     assert conf["pointer"] == f"flakefleet/pointers/c/spot/{'a' * 32}.json" and conf["token_parameter"].startswith("/")
