@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup prerequisites demo demo-down test test-upstream bench reference configurations
+.PHONY: setup prerequisites demo demo-down test test-deep test-upstream bench reference configurations
 
 # The system packages (installed as root on Debian/Ubuntu, else named in one line), then .venv.
 setup: prerequisites $(VENV)/.installed
@@ -11,9 +11,12 @@ setup: prerequisites $(VENV)/.installed
 prerequisites:
 	@sh scripts/prerequisites.sh
 
-$(VENV)/.installed: requirements.txt
+# requirements.txt pins what flakefleet runs on; pyproject.toml adds the `flakefleet` command
+# (.venv/bin/flakefleet, an editable install of this checkout).
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # The main job: the local stack's fleet on test hosts (root), planned, delivered and shown.
@@ -26,6 +29,10 @@ demo-down: setup
 # Every test tier.
 test: setup
 	$(PY) -m pytest
+
+# The generated stacks' whole lives (tests/test_user_life.py) with 60 examples instead of CI's.
+test-deep: setup
+	FLAKEFLEET_GENERATED_STACKS=60 $(PY) -m pytest tests/test_user_life.py
 
 bench: setup
 	$(PY) bench/plan_scale.py

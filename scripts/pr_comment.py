@@ -3,9 +3,10 @@
     python3 scripts/pr_comment.py --stack dev --nixos nixos.md --nixos-errors nixos.err \\
         --pulumi preview.txt > comment.md
 
-`nixos.md` is `python -m flakefleet diff --markdown` (a collapsible table); when that command
-could not compare (a stack new in this pull request, say) its one-line reasons stand in its
-place. Pulumi's output goes in a collapsed block, cut to fit GitHub's comment limit.
+`nixos.md` is `flakefleet diff --markdown` (a collapsible table; a stack new in the pull request
+shows every pool as added); when that command could not compare (a stack file that does not
+validate, say) its one-line reasons stand in its place. A file named that does not exist is an
+error (exit 1, one line): an empty comment is never posted. Pulumi's output goes in a collapsed block, cut to fit GitHub's comment limit.
 """
 
 from __future__ import annotations
@@ -49,12 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pulumi", type=Path, required=True, help="pulumi preview's output")
     args = parser.parse_args(argv)
 
-    def read(path: Path | None) -> str:
-        return path.read_text() if path and path.is_file() else ""
-
-    sys.stdout.write(comment(args.stack, read(args.nixos), read(args.nixos_errors), read(args.pulumi)))
+    missing = [f"--{name.replace('_', '-')} {path}: no such file" for name in ("nixos", "nixos_errors", "pulumi")
+               if (path := getattr(args, name)) is not None and not path.is_file()]
+    if missing:  # a step before this one did not write its file: say so rather than post an empty comment
+        print(*(f"pr_comment: {m}" for m in missing), sep="\n", file=sys.stderr)
+        return 1
+    try:
+        texts = [path.read_text(errors="replace") if path else "" for path in (args.nixos, args.nixos_errors, args.pulumi)]
+    except OSError as err:
+        print(f"pr_comment: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.write(comment(args.stack, *texts))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

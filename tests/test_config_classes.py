@@ -89,9 +89,9 @@ def test_plan_prints_file_problems_without_a_traceback(tmp_path, text, expected)
     (tmp_path / "Pulumi.x.yaml").write_text(text)
     proc = subprocess.run([sys.executable, "-m", "flakefleet", "plan", "--stack", "x", "--stacks-dir", str(tmp_path)],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines()[1:] == ["  " + e.replace("stacks/Pulumi.x.yaml", str(tmp_path / "Pulumi.x.yaml"))
-                                            for e in expected]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == ["flakefleet plan: stack x: " + e.replace("stacks/Pulumi.x.yaml", str(tmp_path / "Pulumi.x.yaml"))
+                                        for e in expected]
 
 
 # ----------------------------------------------------------------------------- 2. one bad field

@@ -89,8 +89,8 @@ def test_a_stack_file_is_read_as_bytes_so_a_latin1_file_is_one_line(tmp_path):
     (tmp_path / "Pulumi.x.yaml").write_bytes(b"# \xe9\nconfig: {}\n")
     proc = subprocess.run([sys.executable, "-m", "flakefleet", "plan", "--stack", "x", "--stacks-dir", str(tmp_path)],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines()[1].startswith(f"  {tmp_path / 'Pulumi.x.yaml'}:1:3: byte 0xe9 is not UTF-8 text")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[0].startswith(f"flakefleet plan: stack x: {tmp_path / 'Pulumi.x.yaml'}:1:3: byte 0xe9 is not UTF-8 text")
 
 
 # ----------------------------------------------------------------------------- 9. rules on dropped or reserved values

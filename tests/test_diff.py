@@ -78,7 +78,9 @@ class Repo:
         return self.git("rev-parse", "HEAD")
 
     def diff(self, ref: str | None = None):
-        return cli.diff("t", self.root, Path("stacks"), ref, env={})
+        base, changes, new = cli.diff("t", self.root, Path("stacks"), ref, env={})
+        assert new is False
+        return base, changes
 
 
 @pytest.fixture
@@ -173,17 +175,17 @@ def test_the_cli_prints_text_json_and_markdown(repo, monkeypatch, capsys):
     monkeypatch.delenv("FLAKEFLEET_FLAKE", raising=False)
     repo.packages(lambda d: d["packages"].update(k3s="1.31.3+k3s1"))
     args = ["--stack", "t", "--repo", str(repo.root)]
-    assert cli.main(args) == 0
+    assert cli.main(args) == 2  # something changes (terraform plan -detailed-exitcode)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("stack t: 2 of 2 pools change, 0 hosts reboot (working tree against merge base with main (")
     assert "    k3s: 1.31.2+k3s1 → 1.31.3+k3s1" in out
-    assert cli.main([*args, "--json"]) == 0
+    assert cli.main([*args, "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
-    assert doc["base"] == {"ref": "merge base with main", "commit": repo.git("rev-parse", "HEAD")}
+    assert doc["base"] == {"ref": "merge base with main", "commit": repo.git("rev-parse", "HEAD"), "new_stack": False}
     assert [p["pool"] for p in doc["pools"]] == ["cp", "workers"]
     assert doc["pools"][1]["packages"] == [{"name": "k3s", "change": "changed", "before": ["1.31.2+k3s1"],
                                             "after": ["1.31.3+k3s1"]}]
-    assert cli.main([*args, "--markdown"]) == 0
+    assert cli.main([*args, "--markdown"]) == 2
     assert capsys.readouterr().out.startswith("<details><summary><b>t</b>: NixOS systems: 2 of 2 pools change")
 
 
@@ -199,14 +201,30 @@ def test_the_markdown_table_matches_the_golden_file(repo, monkeypatch, capsys):
 
     repo.packages(edit)
     repo.write("stacks/Pulumi.t.yaml", stack_file(CP, WORKERS, GPU))
-    assert cli.main(["--stack", "t", "--repo", str(repo.root), "--markdown"]) == 0
+    assert cli.main(["--stack", "t", "--repo", str(repo.root), "--markdown"]) == 2
     table = capsys.readouterr().out.replace(repo.git("rev-parse", "HEAD")[:12], "BASE")
     if os.environ.get("FLAKEFLEET_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(table)
     assert table == GOLDEN.read_text()
 
 
-BAD_CASES = ["unknown ref", "no flake at base", "stack absent at base", "no main branch", "not a repository"]
+def test_an_unchanged_tree_exits_0_and_a_stack_new_since_the_base_shows_every_pool_added(repo, monkeypatch, capsys):
+    monkeypatch.delenv("FLAKEFLEET_FLAKE", raising=False)
+    assert cli.main(["--stack", "t", "--repo", str(repo.root)]) == 0
+    assert capsys.readouterr().out.startswith("stack t: 0 of 2 pools change")
+    repo.write("stacks/Pulumi.fresh.yaml", stack_file(CP, WORKERS))
+    assert cli.main(["--stack", "fresh", "--repo", str(repo.root), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["base"]["new_stack"] is True
+    assert [(p["pool"], p["status"]) for p in doc["pools"]] == [("cp", "added"), ("workers", "added")]
+    assert all(p["added"]["packages"] > 0 for p in doc["pools"])
+    assert cli.main(["--stack", "fresh", "--repo", str(repo.root)]) == 2
+    out = capsys.readouterr().out
+    assert "(working tree against merge base with main (" in out and "where the stack does not exist yet)" in out
+    assert "pool cp: added (" in out
+
+
+BAD_CASES = ["unknown ref", "no flake at base", "no stack in the working tree", "no main branch", "not a repository"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=[c.replace(" ", "-") for c in BAD_CASES])
@@ -221,28 +239,24 @@ def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capsys):
         r.write("stacks/Pulumi.t.yaml", stack_file(CP))
         if case != "no flake at base":
             shutil.copytree(STANDIN_FLAKE, r.root / "nixos")
-        if case == "stack absent at base":
-            r.write("stacks/Pulumi.t.yaml", "")
-            (r.root / "stacks/Pulumi.t.yaml").unlink()
-            r.write("stacks/Pulumi.other.yaml", stack_file(CP))
         base = r.commit()
         if case == "no flake at base":
             shutil.copytree(STANDIN_FLAKE, r.root / "nixos")
-        r.write("stacks/Pulumi.t.yaml", stack_file(CP))
+        if case == "no stack in the working tree":
+            (r.root / "stacks/Pulumi.t.yaml").unlink()
     if case == "unknown ref":
         args += ["--base", "no-such-branch"]
         expected = f"flakefleet diff: --base no-such-branch: no such commit, branch or tag in {r.root}"
     elif case == "no flake at base":
         expected = f"flakefleet diff: the flake nixos/ does not exist at merge base with main ({base[:12]}) (no flake.nix)"
-    elif case == "stack absent at base":
-        expected = (f"flakefleet diff: stack t does not exist at merge base with main ({base[:12]}) "
-                    "(stacks/Pulumi.t.yaml)")
+    elif case == "no stack in the working tree":
+        expected = "flakefleet diff: stack t does not exist in the working tree (stacks/Pulumi.t.yaml)"
     elif case == "no main branch":
         expected = (f"flakefleet diff: no main branch (origin/main or main) shares history with HEAD in {r.root}: "
                     "pass --base REF")
     else:
         expected = f"flakefleet diff: {r.root} is not in a git repository: flakefleet diff compares against a git ref"
-    assert cli.main(args) == 2
+    assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [expected] and "Traceback" not in err
 

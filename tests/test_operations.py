@@ -84,17 +84,31 @@ def test_the_pr_comment_says_why_there_is_no_table_and_fits_githubs_limit():
     assert comment("s", "", "", "has ```` inside").count("`````diff") == 1  # a fence longer than any inside
 
 
-def test_deploy_goes_dev_then_staging_then_gated_prod():
+def test_deploy_rolls_out_the_stacks_of_deploy_order_one_at_a_time_in_order():
     wf = workflow("deploy.yml")
     assert wf["on"]["push"]["branches"] == ["main"]
+    assert wf["on"]["workflow_dispatch"]["inputs"]["stack"]["required"] is True  # any stack, by hand
     assert wf["concurrency"]["cancel-in-progress"] is False
     jobs = wf["jobs"]
-    assert (jobs["dev"]["needs"], jobs["staging"]["needs"], jobs["prod"]["needs"]) == ("test", "dev", "staging")
-    for stack in ("dev", "staging", "prod"):
-        assert jobs[stack]["uses"] == "./.github/workflows/up.yml" and jobs[stack]["with"]["stack"] == stack
+    touched_step = jobs["stacks"]["steps"][-1]
+    assert "scripts/touched_stacks.py --deploy" in touched_step["run"] and "${{" not in touched_step["run"]
+    up_job = jobs["up"]
+    assert set(up_job["needs"]) == {"test", "stacks"} and up_job["uses"] == "./.github/workflows/up.yml"
+    assert up_job["strategy"]["max-parallel"] == 1 and up_job["strategy"]["fail-fast"] is True
+    assert up_job["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.stacks) }}"
+    assert up_job["with"]["stack"] == "${{ matrix.stack }}"
     up = workflow("up.yml")["jobs"]["up"]
     assert up["environment"] == "${{ inputs.stack }}"  # prod's environment holds the required reviewers
     assert any(s.get("with", {}).get("command") == "up" for s in up["steps"])
+
+
+def test_deploy_order_names_existing_stacks_and_promotes_dev_then_staging_then_prod():
+    from scripts.touched_stacks import deploy_order, rollouts, stacks_in
+
+    order = deploy_order((ROOT / "stacks" / "deploy-order").read_text())
+    assert order == ["dev", "staging", "prod"] and set(order) <= set(stacks_in(ROOT))
+    assert rollouts(["prod", "local", "dev"], order) == ["dev", "prod"]  # touched, in promotion order; local never
+    assert deploy_order("# comment\n team-a  # ours\n\nteam-b\n") == ["team-a", "team-b"]
 
 
 def test_no_secret_is_written_into_a_workflow():

@@ -253,7 +253,7 @@ def test_the_json_shape_is_uncapped_and_complete():
     assert set(doc) == {"stack", "base", "summary", "pools"} and doc["summary"] == "1 of 2 pools change, 2 hosts reboot"
     workers = doc["pools"][1]
     assert set(workers) == {"pool", "status", "hosts", "packages", "rebuilt", "units", "reboot", "hosts_added",
-                            "hosts_removed", "cluster"}
+                            "hosts_removed", "cluster", "instance_type", "added", "configuration_only", "autoscaled"}
     assert len(workers["packages"]) == 31 and workers["packages"][0] == {"name": "nano", "change": "removed",
                                                                         "before": ["8.2"], "after": []}
     assert workers["reboot"] == {"parts": ["kernel", "initrd", "modules"], "mode": "reboot",
@@ -316,3 +316,17 @@ def test_links_not_known_on_one_side_name_nothing(known):
     [cp] = compare(Side({"cp": PoolHosts((("cp-0", 0, "cp"),))}, {"cp": before}),
                    Side({"cp": PoolHosts((("cp-0", 0, "cp"),))}, {"cp": after}))
     assert cp.status == "changed" and (cp.deploys, cp.prunes, cp.images_removed) == ((), (), ())
+
+
+def test_the_json_holds_an_instance_type_change_the_text_shows():
+    """`diff --json` holds everything the text shows: a new instance type and who restarts for it."""
+    from flakefleet.preview.compare import PoolHosts, Side, compare
+    from flakefleet.preview.render import as_json, text
+
+    before = Side({"w": PoolHosts((("w-0", 1, "w"),), instance_type="t3.large")}, {})
+    after = Side({"w": PoolHosts((("w-0", 1, "w"),), instance_type="m6i.large")}, {})
+    changes = compare(before, after)
+    assert "instance type: t3.large → m6i.large: w-0 (wave 1) restart" in text("s", "main", changes)
+    pool = as_json("s", {}, changes)["pools"][0]
+    assert pool["status"] == "changed" and pool["instance_type"] == {
+        "before": "t3.large", "after": "m6i.large", "hosts_restarting": [{"name": "w-0", "wave": 1}]}

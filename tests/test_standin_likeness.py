@@ -202,3 +202,13 @@ def test_the_standin_writes_grub_cfg_the_emulation_reads(tmp_path, monkeypatch):
     parsed = grub.entries(entry)
     assert [e.title for e in parsed] == ["NixOS - Default"]
     assert parsed[0].toplevel == str(top.resolve()) and parsed[0].params[-2:] == ("loglevel=4", "x=1")
+
+
+def test_the_standin_flake_offers_the_disk_layouts_nixos_disko_offers():
+    """Config validation reads a flake's layouts from its disko/ folder: the stand-in offers the
+    same names as nixos/disko/, so a layout the real flake lacks (raid10) is refused under the
+    tests too, before any resource (it was accepted while the stand-in had no such folder)."""
+    from flakefleet.facts.flake import DEFAULT_FLAKE, disk_layouts
+
+    standin = Path(__file__).resolve().parent / "standin"
+    assert disk_layouts(standin) == disk_layouts(DEFAULT_FLAKE) == ["single-disk"]

@@ -292,8 +292,13 @@ def _bootstrap_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     if pool.bootstrap is None:
         return [f"{at}.disk_layout: only with bootstrap: nixos-anywhere"] if pool.disk_layout is not None else []
     flake = resolve_flake(stack.delivery.flake if stack.delivery else None)
-    offered = disk_layouts(flake) if stack.known("delivery.flake") else None
-    if offered is not None and pool.layout not in offered:
+    if not stack.known("delivery.flake"):
+        return []
+    offered = disk_layouts(flake)
+    if offered is None:
+        return [f"{at}.bootstrap: the flake {flake.name}/ has no disko/ folder, so no disk layout to install with "
+                f"(nixos/disko/<layout>.nix, as flakefleet's own flake has)"]
+    if pool.layout not in offered:
         return [f"{at}.disk_layout: the flake has no layout {pool.layout!r}{did_you_mean(pool.layout, offered)} "
                 f"({flake.name}/disko/ has: {', '.join(offered) or 'none'})"]
     return []

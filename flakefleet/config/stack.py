@@ -26,6 +26,7 @@ from flakefleet.config.parsed import Parsed
 from flakefleet.config.pools import PoolConfig
 from flakefleet.config.rules import region_problem
 from flakefleet.config.storage import StorageConfig
+from flakefleet.config.stackfile import Secure, secure_paths
 from flakefleet.config.workloads import WorkloadConfig
 
 
@@ -155,6 +156,7 @@ def _read_keys(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The stack's own keys, decoded; problems with key names and namespaces."""
     problems: list[str] = []
     values: dict[str, Any] = {}
+    unreadable: set[str] = set()
     for full_key in sorted(raw):
         ns, sep, key = full_key.partition(":")
         if ns != NAMESPACE:
@@ -165,8 +167,16 @@ def _read_keys(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if key not in STACK_KEYS:
             problems.append(f"{full_key}: unknown stack key{did_you_mean(key, STACK_KEYS)} (known: {', '.join(STACK_KEYS)})")
             continue
-        values[key] = raw[full_key] if key in SECRET_STRING_KEYS else _decode(raw[full_key])
-    problems += [f"{NAMESPACE}:{key}: required" for key in REQUIRED_KEYS if key not in values]
+        value = raw[full_key] if key in SECRET_STRING_KEYS else _decode(raw[full_key])
+        encrypted = [key] if isinstance(value, Secure) and key not in SECRET_STRING_KEYS else secure_paths(value, key)
+        if encrypted:  # reported once, here; the key is not validated further
+            problems += [f"{NAMESPACE}:{path}: stored encrypted (`secure:`), which only the Pulumi CLI can read; "
+                         "flakefleet plans this key offline too (plan, diff, previews): keep it in plain config"
+                         for path in encrypted]
+            unreadable.add(key)
+            continue
+        values[key] = value
+    problems += [f"{NAMESPACE}:{key}: required" for key in REQUIRED_KEYS if key not in values and key not in unreadable]
     return values, problems
 
 
@@ -219,6 +229,7 @@ def parse_stack_config(
         pools=parsed.pools,
         workloads=parsed.workloads,
         region=region,
+        # Offline, an encrypted key (Secure) is known to be set, not what it holds: None here.
         signing_key=signing_key.strip() if isinstance(signing_key, str) else None,
         server_token=server_token.strip() if isinstance(server_token, str) else None,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,15 +205,55 @@ def parse_stack_yaml(text: str | bytes, name: str) -> dict[str, Any]:
     return config
 
 
+@dataclass(frozen=True)
+class Secure:
+    """A value the stack file holds encrypted (`key: {secure: v1:...}`, what `pulumi config set
+    --secret` writes). Only the Pulumi CLI can decrypt it; flakefleet's offline commands never
+    try: they know the key is set, not what it holds."""
+
+    ciphertext: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+
+def _secure(value: Any) -> Secure | None:
+    """A `{secure: ...}` mapping as Pulumi writes it (workspace/config.go: a map of one key
+    "secure" with a string), else None."""
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("secure"), str):
+        return Secure(value["secure"])
+    return None
+
+
+def secure_paths(value: Any, path: str) -> list[str]:
+    """Where a structured value holds an encrypted part (`pulumi config set --path --secret`)."""
+    if _secure(value) is not None:
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in secure_paths(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in secure_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def config_value(value: Any) -> Any:
+    """One stack file value as the program's readers take it: text as it is, a secure value as
+    `Secure`, anything structured as JSON text (as Pulumi passes structured config)."""
+    if isinstance(value, str):
+        return value
+    return _secure(value) or json.dumps(value)
+
+
 def read_stack_file(stack: str, stacks_dir: Path = STACKS) -> dict[str, Any]:
-    """A stack's config, key -> value, with structured values as JSON text (as Pulumi passes them)."""
+    """A stack's config, key -> value, with structured values as JSON text (as Pulumi passes them)
+    and encrypted ones as `Secure` (never decoded here)."""
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     try:
         name = str(path.relative_to(Path.cwd()))
     except ValueError:
         name = str(path)
     config = parse_stack_yaml(path.read_bytes(), name)
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    return {str(k): config_value(v) for k, v in config.items()}
 
 
 def stack_names(stacks_dir: Path = STACKS) -> list[str]:

@@ -94,3 +94,36 @@ def stale_for(path: Path, stack: str, specs: dict[str, dict]) -> bool:
         return {n: {**e, "trusted_public_keys": None} for n, e in entries.items() if e.get("stack") == stack}
 
     return keyless(read(path)) != keyless(stack_configurations(stack, stack_specs(stack, specs)))
+
+
+def configure(parser) -> None:
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 2 when the file is stale (what `make configurations` would change)")
+    parser.add_argument("--stacks-dir", type=Path, default=STACKS, metavar="DIR",
+                        help="where the Pulumi.<stack>.yaml files are (default: stacks/)")
+
+
+def run(args) -> int:
+    from flakefleet.common.cli import DIFFERS, CommandError
+
+    path = DEFAULT_FILE
+    try:
+        existing = read(path)
+    except (ValueError, OSError) as err:
+        raise CommandError(f"{path.name}: cannot be read ({err}); delete it and run `make configurations`") from None
+    try:
+        text = render(generate(args.stacks_dir, existing=existing))
+    except ConfigError as err:
+        raise CommandError(*err.problems) from None
+    current = path.read_text() if path.is_file() else None
+    if args.check:
+        if current != text:
+            print(f"{path.parent.name}/{path.name} is stale: run `make configurations`")
+            return DIFFERS
+        print(f"{path.parent.name}/{path.name} is current")
+        return 0
+    if current != text:
+        path.write_text(text)
+    print(f"{'wrote' if current != text else 'unchanged:'} {path.parent.name}/{path.name} "
+          f"({len(json.loads(text))} configurations)")
+    return 0

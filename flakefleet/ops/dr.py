@@ -1,8 +1,9 @@
 """Disaster recovery: the cluster's etcd snapshots in S3, and choosing a restore point.
 
-    python -m flakefleet dr list   --bucket B --cluster C [--region R]
-    python -m flakefleet dr verify --bucket B --cluster C NAME
-    python -m flakefleet dr pick   --bucket B --cluster C latest|NAME
+    flakefleet dr list   --stack S [--json]        # bucket, cluster and region from the stack
+    flakefleet dr list   --bucket B --cluster C [--region R]
+    flakefleet dr verify --stack S NAME
+    flakefleet dr pick   --stack S latest|NAME
 
 k3s writes snapshots (`--etcd-s3`) to `s3://<bucket>/<cluster>/<name>`. Credentials come from
 the usual AWS chain (profile, environment, instance profile); flakefleet never stores keys.
@@ -11,7 +12,6 @@ Every failure is one line saying what is missing: the bucket, a snapshot, or acc
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +23,9 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from flakefleet.cluster.restore import PruneFailed, prune
 from flakefleet.plan.contract import IDENTITY_ENV, PRUNE_PLAN_ENV
+from flakefleet.common.cli import CommandError, add_json, main_of, print_json
+from flakefleet.config.stackfile import STACKS
+from flakefleet.common.outputs import add_state_arguments, read_outputs
 
 LATEST = "latest"
 
@@ -110,46 +113,83 @@ def verify(bucket: str, cluster: str, name: str, client=None) -> Snapshot:
     return Snapshot(name, key, head["ContentLength"], head["LastModified"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet dr", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def configure(parser) -> None:
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,verify,pick,prune}")
     for name, help_text in (("list", "snapshots with age and size"), ("verify", "check one snapshot"),
                             ("pick", "the restore point for latest or a name")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--bucket", required=True)
-        p.add_argument("--cluster", required=True)
-        p.add_argument("--region")
-        if name != "list":
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--bucket", metavar="B", help="the snapshot bucket (default: the stack's `buckets.snapshots` output)")
+        p.add_argument("--cluster", metavar="C", help="the cluster's name (default: the stack file's cluster.name)")
+        p.add_argument("--region", metavar="R", help="the bucket's region (default: the stack file's aws:region)")
+        add_state_arguments(p, stacks_dir=STACKS)
+        if name == "list":
+            add_json(p)
+        else:
             p.add_argument("snapshot", help="latest or a snapshot name" if name == "pick" else "a snapshot name")
     sub.add_parser("prune", help="after a rebuild: delete Nodes of hosts the stack does not have (reads FLAKEFLEET_PRUNE)")
-    args = parser.parse_args(argv)
+
+
+def where(args) -> tuple[str, str, str | None]:
+    """(bucket, cluster, region): the flags, else the stack's (its file, its outputs)."""
+    bucket, cluster, region = args.bucket, args.cluster, args.region
+    if not (bucket and cluster) and not (args.stack or args.outputs):
+        raise CommandError("say which snapshots: --stack S (its file and outputs say), or --bucket B and --cluster C")
+    if args.stack and not (cluster and region):
+        from flakefleet.plan.load import load_stack
+        from flakefleet.config import ConfigError
+
+        try:
+            cfg, _ = load_stack(args.stack, args.stacks_dir)
+        except ConfigError as err:
+            raise CommandError(*(f"stack {args.stack}: {p}" for p in err.problems)) from None
+        cluster, region = cluster or cfg.cluster.name, region or cfg.region
+    if not cluster:
+        raise CommandError("--cluster C is needed with --outputs alone (the outputs do not name the cluster)")
+    if not bucket:
+        outputs = read_outputs(args.outputs, args.stack)
+        bucket = outputs.table("buckets").get("snapshots")
+        if not bucket:
+            raise CommandError(outputs.not_yet(args.stack) if not outputs.updated else
+                               f"{outputs.source}: no snapshot bucket (`buckets.snapshots`; storage.enabled: false?)")
+    return bucket, cluster, region
+
+
+def run(args) -> int:
     if args.command == "prune":
         try:
             stale = prune(json.loads(os.environ[PRUNE_PLAN_ENV]), os.environ.get(IDENTITY_ENV))
         except PruneFailed as err:
-            print(f"flakefleet dr: {err}", file=sys.stderr)
-            return 1
+            raise CommandError(str(err)) from None
+        except (KeyError, json.JSONDecodeError):
+            raise CommandError(f"prune runs inside a rebuild's Command: {PRUNE_PLAN_ENV} is not set to its plan") from None
         print(f"deleted stale nodes: {', '.join(stale) or 'none'}")
         return 0
-    client = boto3.client("s3", region_name=args.region) if args.region else None
+    bucket, cluster, region = where(args)
+    client = boto3.client("s3", region_name=region) if region else None
     now = datetime.now(timezone.utc)
     try:
         if args.command == "list":
-            snapshots = list_snapshots(args.bucket, args.cluster, client)
+            snapshots = list_snapshots(bucket, cluster, client)
             if not snapshots:
-                raise DrError(f"no snapshot of cluster {args.cluster} in s3://{args.bucket}/{args.cluster}/")
+                raise DrError(f"no snapshot of cluster {cluster} in s3://{bucket}/{cluster}/")
+            if args.json:
+                print_json([{"name": s.name, "key": s.key, "size": s.size, "modified": s.modified.isoformat(),
+                             "age": s.age(now)} for s in snapshots])
+                return 0
             print(f"{'snapshot':<60} {'age':>8} {'size':>12}")
             for s in snapshots:
                 print(f"{s.name:<60} {s.age(now):>8} {s.size:>12,}")
         elif args.command == "verify":
-            s = verify(args.bucket, args.cluster, args.snapshot, client)
+            s = verify(bucket, cluster, args.snapshot, client)
             print(f"ok: {s.name} ({s.size:,} bytes, {s.age(now)} old)")
         else:
-            print(pick(args.bucket, args.cluster, args.snapshot, client).name)
+            print(pick(bucket, cluster, args.snapshot, client).name)
     except DrError as err:
-        print(f"flakefleet dr: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(str(err)) from None
     return 0
+
+
+main = main_of("flakefleet dr", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -1,28 +1,29 @@
 """Drift: is every host running the system the stack wants, as flakefleet left it?
 
-    python -m flakefleet drift --outputs outputs.json [--json]
+    flakefleet drift --stack S [--json]            # the outputs read with `pulumi stack output --json --stack S`
+    flakefleet drift --outputs outputs.json [--json]
 
-`outputs.json` is `pulumi stack output --json` (the `nodes` table: address, system, host key,
+The outputs are `pulumi stack output --json` (the `nodes` table: address, system, host key,
 SSH port and user). For every host, over pinned SSH, the report compares `/run/current-system`
 with the wanted system, and the system profile with the generation flakefleet recorded when it
 last confirmed a delivery: a difference means someone switched the host outside flakefleet.
-Exit 0 when every host is in sync, 2 when any drifted, 3 when any could not be checked.
+Exit 0 when every host is in sync (and before the first update, when there is none), 2 when any
+drifted, 3 when any could not be checked.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from flakefleet.host.session import HOSTCTL, parse_state
 from flakefleet.plan.contract import IDENTITY_ENV
 from flakefleet.common.ssh import pinned_ssh
+from flakefleet.common.cli import add_json, main_of, print_json
+from flakefleet.common.outputs import add_state_arguments
 
 IN_SYNC, DRIFTED, UNCHECKED = "in sync", "drifted", "unreachable"
 
@@ -123,28 +124,35 @@ def render_pools(pools: dict[str, dict]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet drift", description=__doc__.splitlines()[0])
-    parser.add_argument("--outputs", required=True, type=Path, help="`pulumi stack output --json` of the stack")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    outputs = json.loads(args.outputs.read_text())
-    nodes = outputs["nodes"]
+def configure(parser) -> None:
+    add_state_arguments(parser)
+    add_json(parser)
+
+
+def run(args) -> int:
+    from flakefleet.ops import pulled  # autoscaled pools: their instances' reports against the pointer
+    from flakefleet.common.outputs import read_outputs
+
+    outputs = read_outputs(args.outputs, args.stack)
+    nodes = outputs.nodes
+    if not outputs.updated:
+        print(outputs.not_yet(args.stack), file=sys.stderr)
     rows = report(nodes, os.environ.get(IDENTITY_ENV))
     pools = split_pools(nodes, {r.host: r.running for r in rows if r.status != UNCHECKED})
-    from flakefleet.ops import pulled  # autoscaled pools: their instances' reports against the pointer
-
-    groups, problem = pulled.view(outputs)
+    groups, problem = pulled.view(outputs.raw)
     if args.json:
-        print(json.dumps({"hosts": [asdict(r) for r in rows], "pools": pools,
-                          "pulled_pools": [asdict(g) for g in groups], "pulled_problem": problem}, indent=2))
-    else:
+        print_json({"updated": outputs.updated, "hosts": [asdict(r) for r in rows], "pools": pools,
+                    "pulled_pools": [asdict(g) for g in groups], "pulled_problem": problem})
+    elif nodes or groups or problem:
         print(render(rows))
         for line in render_pools(pools) + pulled.render(groups) + ([problem] if problem else []):
             print(line)
     if problem or any(r.status == UNCHECKED for r in rows):
         return 3
     return 2 if any(r.status == DRIFTED for r in rows) or not all(g.healthy for g in groups) else 0
+
+
+main = main_of("flakefleet drift", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

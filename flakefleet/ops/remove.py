@@ -1,6 +1,6 @@
 """Take a dead host out of the cluster: the forced, explicit removal.
 
-    python -m flakefleet remove --stack S --host H --force [--outputs outputs.json]
+    flakefleet remove --stack S --host H --force [--outputs outputs.json]
 
 A host leaving the stack is normally drained and deleted by its delivery Command's delete (the
 host answers, its pods move). A host that no longer answers cannot be drained: its pods never
@@ -14,23 +14,22 @@ etcd quorum would not survive. Then take the host out of the stack file and `pul
 delivery Command's delete finds the Node gone and the host silent, and succeeds.
 
 Hosts are reached as delivery reaches them (stack file addresses, pinned keys from the stack
-file or `pulumi stack output --json`). Exit 0: removed (or already gone); 1: bad input;
+file or the last update's outputs: `--outputs F`, else read with the Pulumi CLI). Exit 0: removed (or already gone); 1: bad input;
 3: it could not be removed (it says why).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from flakefleet.cluster.kubectl import K3S, delete_node_command, node_query, quorum_problem, servers_in
 from flakefleet.cluster.membership import etcd_member_gone
-from flakefleet.config.stackfile import STACKS
 from flakefleet.host.session import HostSession
-from flakefleet.ops.rollback import host_keys, rollback_plan
+from flakefleet.ops.rollback import host_keys, pinned_keys, rollback_plan
+from flakefleet.config.stackfile import STACKS
+from flakefleet.common.outputs import add_state_arguments
+from flakefleet.common.cli import CommandError, main_of
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
 from flakefleet.plan.load import load_stack_or_report
 
@@ -58,27 +57,25 @@ def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str
     raise DeliveryFailed(f"{host}: no control plane answers; nothing was changed")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet remove", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--host", required=True, help="the dead host (in the stack file or already taken out)")
+def configure(parser) -> None:
+    parser.add_argument("--host", required=True, metavar="H", help="the dead host (in the stack file or already taken out)")
     parser.add_argument("--force", action="store_true", help="required: the host is not drained, its pods are dropped")
-    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
-    parser.add_argument("--stacks-dir", type=Path, default=STACKS)
-    args = parser.parse_args(argv)
+    add_state_arguments(parser, stack_required=True, stacks_dir=STACKS)
+
+
+def run(args) -> int:
     if not args.force:
-        print("remove skips the drain (the host is dead, its pods are dropped): pass --force to do it", file=sys.stderr)
-        return 1
+        raise CommandError("remove skips the drain (the host is dead, its pods are dropped): pass --force to do it")
     if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
         return 1
     cfg, inv = loaded
-    outputs = json.loads(args.outputs.read_text()) if args.outputs else None
-    keys = host_keys(inv, outputs)
+    others = [cp.name for cp in inv.control_planes if cp.name != args.host]
+    if not others:
+        raise CommandError(f"no control plane other than {args.host} in the stack to remove it through")
+    keys = host_keys(inv, None)
+    if not any(keys.get(n) for n in others):
+        keys = pinned_keys(inv, args, others[:1])
     planes = [cp for cp in inv.control_planes if cp.name != args.host and keys.get(cp.name)]
-    if not planes:
-        print("no other control plane with a pinned host key: pass --outputs (pulumi stack output --json)",
-              file=sys.stderr)
-        return 1
     servers = [cp.name for cp in inv.control_planes]
     session = HostSession(rollback_plan(planes[0], keys, inv, cfg), dict(os.environ))
     try:
@@ -91,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Now take {args.host} out of stacks/Pulumi.{args.stack}.yaml (if it is still there) and run "
           f"`pulumi up --stack {args.stack}`: its delivery Command's delete finds the Node gone.")
     return 0
+
+
+main = main_of("flakefleet remove", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

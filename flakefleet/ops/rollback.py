@@ -1,6 +1,6 @@
 """Roll hosts back to their previous generation: the operator's `nixos-rebuild --rollback`.
 
-    python -m flakefleet rollback --stack S (--host H | --pool P) [--outputs outputs.json]
+    flakefleet rollback --stack S (--host H | --pool P) [--outputs outputs.json]
 
 Each host in turn (a pool one host at a time, stopping at the first failure) is switched to the
 newest system flakefleet confirmed on it that is not the running one (a generation that failed
@@ -14,25 +14,25 @@ nothing; the command prints the `pulumi up --replace` that delivers the stack's 
 (safe: a replaced delivery never removes its host).
 
 Hosts are reached as delivery reaches them: addresses from the stack file, host keys from the
-stack file (bring-your-own hosts) or from `pulumi stack output --json` (EC2 hosts).
+stack file (bring-your-own hosts) or from the last update's outputs (EC2 hosts: `--outputs F`, else
+read with the Pulumi CLI).
 Exit 0: all rolled back; 1: bad input; 3: a host could not be rolled back (it says why).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed, DeliveryPlan, Endpoint
 from flakefleet.delivery.activation import roll_back_generation
 from flakefleet.host.session import HostSession
 from flakefleet.config import StackConfig
 from flakefleet.plan.inventory import Host, Inventory
-from flakefleet.config.stackfile import STACKS
 from flakefleet.plan.load import load_stack_or_report
+from flakefleet.common.cli import CommandError, main_of
+from flakefleet.config.stackfile import STACKS
+from flakefleet.common.outputs import add_state_arguments, read_outputs
 
 PROJECT = "flakefleet"
 
@@ -42,9 +42,9 @@ def delivery_urn(stack: str, cluster: str, host: str) -> str:
     return f"urn:pulumi:{stack}::{PROJECT}::flakefleet:index:Delivery$command:local:Command::{cluster}-deliver-{host}"
 
 
-def host_keys(inv: Inventory, outputs: dict | None) -> dict[str, str]:
+def host_keys(inv: Inventory, nodes: dict[str, dict] | None) -> dict[str, str]:
     """Each host's pinned key: the stack file's, else the stack output `nodes[].host_key`."""
-    nodes = (outputs or {}).get("nodes", {})
+    nodes = nodes or {}
     return {h.name: h.ssh_host_key or nodes.get(h.name, {}).get("host_key", "") for h in inv.hosts}
 
 
@@ -71,26 +71,39 @@ def select(inv: Inventory, host: str | None, pool: str | None) -> tuple[list[Hos
     return chosen, None if chosen else f"no pool {pool!r} with hosts in the stack (have: {', '.join(pools)})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet rollback", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True)
+def pinned_keys(inv: Inventory, args, needed: list[str]) -> dict[str, str]:
+    """Each host's pinned key (host_keys): the stack file's, and where `needed` hosts lack one
+    there (EC2 hosts), the last update's outputs (`--outputs`, else the Pulumi CLI's); CommandError
+    naming what to do when a needed host still has none."""
+    keys = host_keys(inv, None)
+    if args.outputs is None and all(keys.get(n) for n in needed):
+        return keys
+    outputs = read_outputs(args.outputs, args.stack)
+    keys = host_keys(inv, outputs.nodes)
+    unknown = [n for n in needed if not keys.get(n)]
+    if unknown and not outputs.updated:
+        raise CommandError(f"no pinned host key for {', '.join(unknown)}: {outputs.not_yet(args.stack)}")
+    if unknown:
+        raise CommandError(f"no pinned host key for {', '.join(unknown)} in {outputs.source} "
+                           "(a host the last update did not deliver to)")
+    return keys
+
+
+def configure(parser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--host", help="one host")
-    which.add_argument("--pool", help="every host of a pool, one at a time")
-    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` (needed for EC2 hosts' keys)")
-    parser.add_argument("--stacks-dir", type=Path, default=STACKS)
-    args = parser.parse_args(argv)
+    which.add_argument("--host", metavar="H", help="one host")
+    which.add_argument("--pool", metavar="P", help="every host of a pool, one at a time")
+    add_state_arguments(parser, stack_required=True, stacks_dir=STACKS)
+
+
+def run(args) -> int:
     if (loaded := load_stack_or_report(args.stack, args.stacks_dir)) is None:
         return 1
     cfg, inv = loaded
     hosts, problem = select(inv, args.host, args.pool)
-    outputs = json.loads(args.outputs.read_text()) if args.outputs else None
-    keys = host_keys(inv, outputs)
-    unknown = [h.name for h in hosts if not keys[h.name]]
-    if problem or unknown:
-        print(problem or f"no pinned host key for {', '.join(unknown)}: pass --outputs (pulumi stack output --json)",
-              file=sys.stderr)
-        return 1
+    if problem:
+        raise CommandError(problem)
+    keys = pinned_keys(inv, args, [h.name for h in hosts])
     done = []
     for host in hosts:
         session = HostSession(rollback_plan(host, keys, inv, cfg), dict(os.environ))
@@ -108,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n`flakefleet drift` now reports {', '.join(done)} as rolled back. To deliver the stack's system again:\n"
           f"  pulumi up --stack {args.stack} {replace}")
     return 0
+
+
+main = main_of("flakefleet rollback", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

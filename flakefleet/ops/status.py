@@ -1,7 +1,7 @@
 """Status: one table of the fleet, from the stack's outputs and the cluster itself.
 
-    python -m flakefleet status --outputs outputs.json [--json]
-    python -m flakefleet status --stack S [--json]      # runs `pulumi stack output --json --stack S`
+    flakefleet status --stack S [--json]          # the outputs read with `pulumi stack output --json --stack S`
+    flakefleet status --outputs outputs.json [--json]
 
 Per host: pool, role, Ready, the k3s its kubelet reports, whether it is a voting etcd member
 (k3s' EtcdIsVoter Node condition; control planes only), the system wanted against the one it
@@ -10,23 +10,24 @@ delivery's outcome; then per autoscaled pool, its instances on the pointer's sys
 failed, and not reported yet (flakefleet/ops/pulled.py). The cluster is asked on the first
 control plane that answers. Exit 0 when every host is Ready, in sync, every control plane votes
 and no pulled instance is behind or failed; 2 when not; 3 when any host, the whole cluster or
-the pulled pools could not be asked.
+the pulled pools could not be asked. Before the first update (outputs `{}`) there is nothing to
+ask: one line says so, exit 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
 from flakefleet.common.ssh import pinned_ssh, remote_command
 from flakefleet.ops import pulled
 from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
+from flakefleet.common.outputs import add_state_arguments, read_outputs
+from flakefleet.common.cli import OK, add_json, main_of, print_json
 from flakefleet.plan.contract import IDENTITY_ENV
 
 
@@ -107,39 +108,37 @@ def exit_code(rows: list[HostStatus], cluster_known: bool) -> int:
     return 0 if healthy else 2
 
 
-def outputs_of(args) -> dict:
-    if args.outputs:
-        return json.loads(args.outputs.read_text())
-    res = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", args.stack], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"pulumi stack output --stack {args.stack} failed: {res.stderr.strip()[-300:]}")
-    return json.loads(res.stdout)
+def configure(parser) -> None:
+    add_state_arguments(parser)
+    add_json(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet status", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--outputs", type=Path, help="`pulumi stack output --json` of the stack")
-    source.add_argument("--stack", help="the stack (its outputs are read with the Pulumi CLI)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    outputs = outputs_of(args)
-    nodes = outputs["nodes"]
+def run(args) -> int:
+    outputs = read_outputs(args.outputs, args.stack)
+    nodes = outputs.nodes
+    if not outputs.updated:
+        print(outputs.not_yet(args.stack), file=sys.stderr)
     identity = os.environ.get(IDENTITY_ENV)
-    listing, via = cluster_view(nodes, identity)
+    listing, via = cluster_view(nodes, identity) if nodes else ("", "no control plane yet")
     rows = combine(nodes, report(nodes, identity), listing)
-    pools, problem = pulled.view(outputs)
+    pools, problem = pulled.view(outputs.raw)
     if args.json:
-        print(json.dumps({"cluster": via if listing else None, "problem": None if listing else via,
-                          "hosts": [asdict(r) for r in rows], "pulled_pools": [asdict(p) for p in pools],
-                          "pulled_problem": problem}, indent=2))
-    else:
+        print_json({"updated": outputs.updated, "cluster": via if listing else None,
+                    "problem": None if listing or not nodes else via,
+                    "hosts": [asdict(r) for r in rows], "pulled_pools": [asdict(p) for p in pools],
+                    "pulled_problem": problem})
+    elif nodes or pools or problem:
         print(render(rows))
         for line in pulled.render(pools) + ([problem] if problem else []):
             print(line)
         print(f"(cluster asked on {via})" if listing else via)
-    code = exit_code(rows, bool(listing))
+    if not nodes and not pools:
+        return 3 if problem else OK  # nothing deployed: nothing unhealthy
+    code = exit_code(rows, bool(listing)) if nodes else OK
     return 3 if problem else max(code, 0 if all(p.healthy for p in pools) else 2)
+
+
+main = main_of("flakefleet status", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

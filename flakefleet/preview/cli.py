@@ -1,20 +1,23 @@
 """`python -m flakefleet diff`: what a change does to each pool's NixOS system.
 
-    python -m flakefleet diff --stack dev                  # working tree against the merge base with main
-    python -m flakefleet diff --stack dev --base v1.4      # ... against a tag, branch or commit
-    python -m flakefleet diff --stack dev --json           # for machines (nothing capped)
-    python -m flakefleet diff --stack dev --markdown       # the pull-request comment's table
+    flakefleet diff --stack dev                  # working tree against the merge base with main
+    flakefleet diff --stack dev --base v1.4      # ... against a tag, branch or commit
+    flakefleet diff --stack dev --json           # for machines (nothing capped)
+    flakefleet diff --stack dev --markdown       # the pull-request comment's table
 
 Both sides are evaluated (never built): the stack file and the flake as they are in the working
 tree, and as they were at the base. Per pool: unchanged, or which packages change (name, old ->
 new version, added, removed), which services restart or reload, whether the kernel changes (the
-hosts reboot), and which hosts are touched in which wave; pools added or removed are said so.
+hosts reboot), and which hosts are touched in which wave; pools added or removed are said so. A
+stack that is new since the base shows every pool as added.
+
+Exit codes as `terraform plan -detailed-exitcode`: 0 nothing changes, 2 something changes, 1 an
+error (one line each).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from flakefleet.preview.sides import stack_side
 from flakefleet.config.stackfile import read_stack_file
 from flakefleet.facts.flake import ROOT, default_cache_dir
 from flakefleet.nixos.evaluate import evaluate_systems, EvaluationError
+from flakefleet.common.cli import DIFFERS, OK, CommandError, add_json, main_of, print_json
 
 
 def flake_dir(tree: Path, repo: Path, configured: str | None, env: dict[str, str]) -> Path:
@@ -50,8 +54,6 @@ def flake_dir(tree: Path, repo: Path, configured: str | None, env: dict[str, str
 
 def side(tree: Path, repo: Path, stacks: Path, stack: str, where: str, env: dict[str, str]) -> Side:
     """One side: the stack file and flake under `tree`, evaluated; problems name `where`."""
-    if not (tree / stacks / f"Pulumi.{stack}.yaml").is_file():
-        raise DiffError(f"stack {stack} does not exist {where} ({stacks / f'Pulumi.{stack}.yaml'})")
     try:
         raw = read_stack_file(stack, tree / stacks)
         cfg = parse_stack_config(raw, raw.get("aws:region"))
@@ -71,40 +73,53 @@ def side(tree: Path, repo: Path, stacks: Path, stack: str, where: str, env: dict
         raise DiffError(f"{where}: nix could not show the derivations: {err}") from None
 
 
-def diff(stack: str, repo: Path, stacks: Path, ref: str | None, env: dict[str, str]) -> tuple[Base, list]:
-    """(the base, every pool's change) of the working tree of `repo` against `ref`."""
+NOTHING = Side({}, {})  # the base side of a stack that is new in this change: every pool is added
+
+
+def diff(stack: str, repo: Path, stacks: Path, ref: str | None, env: dict[str, str]) -> tuple[Base, list, bool]:
+    """(the base, every pool's change, whether the stack is new since the base) of the working
+    tree of `repo` against `ref`."""
     repo = git_base.repo_root(repo)
     base = git_base.resolve(repo, ref)
+    if not (repo / stacks / f"Pulumi.{stack}.yaml").is_file():
+        raise DiffError(f"stack {stack} does not exist in the working tree ({stacks / f'Pulumi.{stack}.yaml'})")
     head = side(repo, repo, stacks, stack, "in the working tree", env)
     with tempfile.TemporaryDirectory(prefix="flakefleet-base-") as tmp:
         tree = git_base.export(repo, base, Path(tmp))
-        before = side(tree, repo, stacks, stack, f"at {base}", env)
-    return base, compare(before, head)
+        new = not (tree / stacks / f"Pulumi.{stack}.yaml").is_file()
+        before = NOTHING if new else side(tree, repo, stacks, stack, f"at {base}", env)
+    return base, compare(before, head), new
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flakefleet diff", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--stack", required=True, help="the stack, as in stacks/Pulumi.<stack>.yaml")
-    parser.add_argument("--base", help="a git ref to compare with (default: the merge base with the main branch)")
-    parser.add_argument("--repo", type=Path, default=ROOT, help="the repository (default: this one)")
-    parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="stack files' folder in the repository")
+def configure(parser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
+    parser.add_argument("--stack", required=True, metavar="S", help="the stack, as in stacks/Pulumi.<S>.yaml")
+    parser.add_argument("--base", metavar="REF", help="a git ref to compare with (default: the merge base with the main branch)")
+    parser.add_argument("--repo", type=Path, default=ROOT, metavar="DIR", help="the repository (default: this one)")
+    parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), metavar="DIR",
+                        help="stack files' folder in the repository (default: stacks)")
     out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="JSON, nothing capped")
+    add_json(out, "every pool's change")
     out.add_argument("--markdown", action="store_true", help="a collapsible Markdown table (pull-request comments)")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     try:
-        base, changes = diff(args.stack, args.repo, args.stacks_dir, args.base, dict(os.environ))
+        base, changes, new = diff(args.stack, args.repo, args.stacks_dir, args.base, dict(os.environ))
     except DiffError as err:
-        print(*(f"flakefleet diff: {p}" for p in err.problems), sep="\n", file=sys.stderr)
-        return 2
+        raise CommandError(*err.problems) from None
+    against = f"{base} (where the stack does not exist yet)" if new else str(base)
     if args.json:
-        print(json.dumps(render.as_json(args.stack, {"ref": base.label, "commit": base.commit}, changes), indent=2))
+        print_json(render.as_json(args.stack, {"ref": base.label, "commit": base.commit, "new_stack": new}, changes))
     elif args.markdown:
-        print(render.markdown(args.stack, str(base), changes), end="")
+        print(render.markdown(args.stack, against, changes), end="")
     else:
-        print(render.text(args.stack, str(base), changes))
-    return 0
+        print(render.text(args.stack, against, changes))
+    return DIFFERS if any(c.status != "unchanged" for c in changes) else OK
+
+
+main = main_of("flakefleet diff", configure, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

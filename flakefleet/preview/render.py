@@ -176,6 +176,12 @@ def as_json(stack: str, base: dict, changes: Sequence[PoolChange]) -> dict:
                 "hosts_removed": list(c.hosts_removed),
                 "cluster": {"deploys": list(c.deploys), "prunes": list(c.prunes),
                             "images_removed": list(c.images_removed)},
+                "instance_type": {"before": c.resize[0], "after": c.resize[1],
+                                  "hosts_restarting": [{"name": h, "wave": w} for h, w in c.resized]}
+                if c.resize else None,
+                "added": {"packages": c.size[0], "units": c.size[1]} if c.status == "added" else None,
+                "configuration_only": c.configuration_only,
+                "autoscaled": c.pulled or None,
             }
             for c in changes
         ],

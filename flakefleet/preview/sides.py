@@ -10,7 +10,7 @@ from flakefleet.plan.inventory import Inventory
 from flakefleet.plan.specs import host_system
 from flakefleet.preview.compare import PoolHosts, Side
 from flakefleet.preview.manifest import Manifest
-from flakefleet.plan.rollout import waves
+from flakefleet.plan.rollout import pulled_rollout_text, waves
 
 
 def stack_pools(cfg: StackConfig, inv: Inventory) -> dict[str, PoolHosts]:

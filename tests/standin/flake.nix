@@ -250,6 +250,7 @@
       # state (flakefleet's, k3s'), and a log line naming the disk it was given.
       lib.diskoScript =
         spec:
+        assert builtins.pathExists (./disko + "/${spec.install.layout}.nix");
         sh spec "disko-${spec.pool}" "printf '%s' \"$script\" > $out && chmod +x $out" {
           script = ''
             #!/bin/sh

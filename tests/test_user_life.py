@@ -1,0 +1,200 @@
+"""Tier 2: a user's whole life with a stack they wrote, generated (tests/stackgen.py).
+
+For every generated stack, with its signing key stored as the README says (`secure:`):
+the offline commands read the stack file without decoding the secret; the program's first
+update runs under mocks; the second reads the first's exports as the engine answers
+`readStackOutputs` (secret outputs as secrets) and changes no Command's inputs (an unchanged
+`pulumi up` runs nothing on any host); then every command of the CLI runs on those outputs as
+`pulumi stack output --json` prints them, on `{}` (before the first update), on a missing file
+and on a garbled one: each exits with a documented code and never prints a traceback.
+
+Hosts are never reached: `ssh` on PATH is a stub that refuses every connection (the generated
+addresses are documentation and private ranges), and AWS credentials are off (no request leaves).
+CI runs FLAKEFLEET_GENERATED_STACKS examples (default 25); `make test-deep` runs 60. Cases hypothesis
+once shrank to, and the two stacks of issue 35, stay as table cases (`KEPT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from flakefleet.__main__ import main as flakefleet
+from flakefleet.common.cli import INTERNAL
+from flakefleet.config import parse_stack_config
+from flakefleet.config.stackfile import Secure, read_stack_file
+from tests import stackgen
+from tests.harness import FleetMocks, RecordingMonitor, run_program
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = int(os.environ.get("FLAKEFLEET_GENERATED_STACKS", "25"))
+COMMAND = "command:local:Command"
+# What each command may exit with (flakefleet/common/cli.py): 0 done, 1 error, 2 differs, 3 could not ask.
+CODES = {"plan": {0, 1}, "status": {0, 1, 2, 3}, "drift": {0, 1, 2, 3}, "rollback": {1}, "remove": {1},
+         "dr": {1}, "configurations": {2}}
+
+KEPT = [
+    # Issue 35's AWS stack: three control planes, workers, a GPU pool and an autoscaled pool.
+    {"aws:region": "eu-west-1", "flakefleet:cluster": {"name": "ff-team"},
+     "flakefleet:network": {"vpc_cidr": "10.20.0.0/16", "az_count": 3, "admin_cidrs": ["10.200.0.0/16"]},
+     "flakefleet:pools": [
+         {"name": "cp", "role": "control-plane", "instance_type": "t3.large", "count": 3},
+         {"name": "workers", "role": "worker", "instance_type": "t3.large", "count": 2},
+         {"name": "gpu", "role": "worker", "instance_type": "g5.xlarge", "count": 1, "gpu": "nvidia"},
+         {"name": "spot", "role": "worker", "instance_type": "t3.large", "autoscaling": {"min": 0, "max": 10}}],
+     "flakefleet:delivery": {"authorized_keys": [stackgen.DEPLOY_KEY]}},
+    # Issue 35's on-prem stack: three servers installed with nixos-anywhere.
+    {"flakefleet:cluster": {"name": "ff-onprem"}, "flakefleet:storage": {"enabled": False},
+     "flakefleet:pools": [{"name": "cp", "role": "control-plane", "provider": "metal", "bootstrap": "nixos-anywhere",
+                           "hosts": [{"name": f"cp-{k}", "address": f"192.0.2.{10 + k}",
+                                      "install_host_key": stackgen.HOST_KEYS[k]} for k in range(3)]}],
+     "flakefleet:delivery": {"authorized_keys": [stackgen.DEPLOY_KEY]}},
+]
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No host, no cloud: `ssh` refuses every connection, AWS has no credentials and no metadata
+    service, and the Pulumi CLI is not on PATH."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    ssh = stubs / "ssh"
+    ssh.write_text("#!/bin/sh\necho \"ssh: connect to host (test stub) port 22: Connection refused\" >&2\nexit 255\n")
+    ssh.chmod(0o755)
+    nix = shutil.which("nix")
+    path = [str(stubs)] + ([str(Path(nix).parent)] if nix else []) + ["/usr/bin", "/bin"]
+    monkeypatch.setenv("PATH", os.pathsep.join(dict.fromkeys(p for p in path if "pulumi" not in p)))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return tmp_path
+
+
+def cli(argv: list[str]) -> tuple[int, str, str]:
+    """`flakefleet ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = flakefleet(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def command_inputs(run) -> dict[str, tuple]:
+    """Every Command's inputs and where they hold secrets: what decides whether `pulumi up` runs it."""
+    return {r.urn: (json.dumps(r.inputs, sort_keys=True, default=str), sorted(r.secret_paths))
+            for r in run.of_type(COMMAND)}
+
+
+def only_later_control_planes_differ(first, second) -> None:
+    """The second update changes no Command's inputs but for one known case (open, issue 38):
+    an EC2 control plane's plan names the control planes of later waves only once it can pin
+    their keys from the last update, so the control planes before the last are delivered once
+    more at the second update. Anything else that differs fails here."""
+    from flakefleet.plan.contract import PLAN_ENV
+
+    before, after = command_inputs(first), command_inputs(second)
+    assert before.keys() == after.keys()
+    for urn in (u for u in before if before[u] != after[u]):
+        old, new = json.loads(before[urn][0]), json.loads(after[urn][0])
+        assert before[urn][1] == after[urn][1], urn  # the same secret paths
+        plans = json.loads(old["environment"].pop(PLAN_ENV)), json.loads(new["environment"].pop(PLAN_ENV))
+        assert old == new, urn  # only the plan differs
+        lists = [{key: plan.pop(key) for key in ("control_planes", "ready_via")} for plan in plans]
+        assert plans[0] == plans[1], urn
+        for key in ("control_planes", "ready_via"):
+            was, now = lists[0][key], lists[1][key]
+            assert now[: len(was)] == was, urn
+            assert {e["host"] for e in now[len(was):]} <= {h for p in (second.exports.get("nodes") or {}).items()
+                                                           for h in [p[0]] if p[1].get("role") == "control-plane"}
+
+
+def as_cli_prints(run) -> dict:
+    """The exports as `pulumi stack output --json` prints them: secret outputs as "[secret]"."""
+    return json.loads(json.dumps({k: "[secret]" if k in run.secret_exports else v for k, v in run.exports.items()},
+                                 default=str))
+
+
+def write_stack(tmp: Path, config: dict) -> Path:
+    stacks = tmp / "stacks"
+    shutil.copytree(ROOT / "stacks", stacks)  # configurations reads every stack (and the feature matrix's bases)
+    (stacks / "Pulumi.gen.yaml").write_text(stackgen.stack_file(config))
+    return stacks
+
+
+def state_files(tmp: Path, outputs: dict) -> dict[str, Path]:
+    files = {"outputs": tmp / "outputs.json", "empty": tmp / "empty.json", "garbled": tmp / "garbled.json",
+             "missing": tmp / "missing.json", "list": tmp / "list.json"}
+    files["outputs"].write_text(json.dumps(outputs))
+    files["empty"].write_text("{}")
+    files["garbled"].write_text('{"nodes": {"cp-0": ')
+    files["list"].write_text("[]")
+    return files
+
+
+def commands(stacks: Path, files: dict[str, Path], ec2: bool) -> list[list[str]]:
+    """Every command a user runs on a stack and its state (none that would reach a host for long)."""
+    at = ["--stack", "gen", "--stacks-dir", str(stacks)]
+    argvs = [["plan", *at], ["plan", *at, "--json"], ["configurations", "--check", "--stacks-dir", str(stacks)],
+             ["remove", *at, "--host", "cp-0"], ["status", "--stack", "gen"], ["drift", "--stack", "gen"]]
+    for name, path in files.items():
+        state = ["--outputs", str(path)]
+        argvs += [["plan", *at, *state], ["status", *state], ["status", *state, "--json"], ["drift", *state],
+                  ["drift", *state, "--json"], ["rollback", *at, "--host", "nosuch", *state],
+                  ["dr", "list", *at, *state], ["dr", "list", *at, *state, "--json"]]
+        if name in ("garbled", "missing", "list") or (name == "empty" and ec2):  # fails before any host is asked
+            argvs.append(["rollback", *at, "--pool", "cp", *state])
+        if name in ("garbled", "missing", "list") and ec2:
+            argvs.append(["remove", *at, "--host", "cp-0", "--force", *state])
+    return argvs
+
+
+def live(config: dict, tmp: Path) -> None:
+    """One stack's life: files, offline read, first and second update, every command."""
+    config = {**config, "flakefleet:signing_key": config.get("flakefleet:signing_key") or stackgen.encrypt(stackgen.SIGNING_KEY)}
+    stacks = write_stack(tmp, config)
+    raw = read_stack_file("gen", stacks)
+    assert isinstance(raw["flakefleet:signing_key"], Secure)  # read, never decoded
+    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    assert cfg.signing_key is None and cfg.signing_public_key is None
+
+    plain, secret_keys = stackgen.decrypt(raw)
+    first = run_program(plain, stack="gen", secret_keys=secret_keys)
+
+    def update_after(last):  # an update reading the last one's exports as the engine answers
+        return run_program(plain, stack="gen", secret_keys=secret_keys, monitor=RecordingMonitor(
+            FleetMocks(previous_outputs=last.exports, previous_secrets=last.secret_exports)))
+
+    second = update_after(first)
+    third = update_after(second)
+    assert command_inputs(third) == command_inputs(second), "an unchanged update would run Commands again"
+    only_later_control_planes_differ(first, second)
+
+    files = state_files(tmp, as_cli_prints(first))
+    for argv in commands(stacks, files, cfg.uses_ec2):
+        code, out, err = cli(argv)
+        said = f"flakefleet {' '.join(argv)} -> {code}\n{out[-2000:]}\n{err[-2000:]}"
+        assert "Traceback" not in out + err and INTERNAL not in err, said
+        assert code in CODES[argv[0]], said
+        if code == 1:  # an error is said, one line a problem, naming the command
+            assert err.strip() and all(line.startswith(("flakefleet", "usage:", " ")) for line in err.splitlines()), said
+
+
+@pytest.mark.parametrize("config", KEPT, ids=["issue35-aws", "issue35-onprem"])
+def test_the_stacks_of_issue_35_live_their_whole_life(config, offline):
+    live(config, offline)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(config=stackgen.user_stacks)
+def test_every_generated_stack_lives_its_whole_life(config, offline):
+    live(config, Path(tempfile.mkdtemp(dir=offline, prefix="case-")))
