@@ -30,9 +30,9 @@ demo-down: setup
 test: setup
 	$(PY) -m pytest
 
-# The generated stacks' whole lives (tests/test_user_life.py) with 60 examples instead of CI's.
+# The generated stacks' whole lives (tests/test_user_life.py) with 300 examples instead of CI's 50.
 test-deep: setup
-	FLAKEFLEET_GENERATED_STACKS=60 $(PY) -m pytest tests/test_user_life.py
+	FLAKEFLEET_GENERATED_STACKS=300 $(PY) -m pytest tests/test_user_life.py
 
 bench: setup
 	$(PY) bench/plan_scale.py

@@ -261,7 +261,9 @@ def write_env_file(env: dict[str, str]) -> Path:
     names = ["PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_HOME", "PULUMI_SKIP_UPDATE_CHECK",
              "FLAKEFLEET_FLAKE", "FLAKEFLEET_CACHE_DIR", "FLAKEFLEET_SSH_IDENTITY", "NIX_CONFIG"]
     lines = [f"# make demo's environment: `source {shown(ENV_FILE)}`, then pulumi and flakefleet work on the demo's state.",
-             *(f"export {n}={shlex.quote(env[n])}" for n in names if n in env)]
+             *(f"export {n}={shlex.quote(env[n])}" for n in names if n in env),
+             # The flakefleet command (make setup installs it into .venv/bin) first on PATH.
+             f'export PATH={shlex.quote(str(ROOT / ".venv" / "bin"))}:"$PATH"']
     return private_file(ENV_FILE, "\n".join(lines) + "\n")
 
 
@@ -375,10 +377,10 @@ runs `pulumi up` instead and prints how to run pulumi on its state."""
 Next (after `source {env}`):
   - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
     only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
-  - .venv/bin/python -m flakefleet status --outputs {outputs}   # Ready, k3s, etcd voter, system, last delivery
-  - .venv/bin/python -m flakefleet drift --outputs {outputs}
+  - flakefleet status --outputs {outputs}   # Ready, k3s, etcd voter, system, last delivery
+  - flakefleet drift --outputs {outputs}
   - after such a change, put a host back on its previous system, through the same confirm and dead-man path:
-    .venv/bin/python -m flakefleet rollback --stack local --host worker-0
+    flakefleet rollback --stack local --host worker-0
   - make demo-down    # stop the hosts (every process of theirs), remove {demo}/"""
 
 

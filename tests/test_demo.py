@@ -76,8 +76,11 @@ def test_make_demo_brings_the_local_stack_up_and_down_leaves_nothing_behind(demo
     assert {"env.sh", "outputs.json", "tokens.json"} <= {p.name for p in demo_dir.iterdir()}
     assert (ROOT / "stacks" / "Pulumi.local.yaml").read_bytes() == committed
     assert f"source {demo_dir / 'env.sh'}" in up.stdout
-    drift = subprocess.run(["sh", "-c", f". {demo_dir / 'env.sh'} && {sys.executable} -m flakefleet drift --outputs "
-                            f"{demo_dir / 'outputs.json'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # The next steps as printed: env.sh puts the installed `flakefleet` command on PATH.
+    assert f"  - flakefleet drift --outputs {demo_dir / 'outputs.json'}" in up.stdout
+    drift = subprocess.run(["sh", "-c", f". {demo_dir / 'env.sh'} && flakefleet drift --outputs "
+                            f"{demo_dir / 'outputs.json'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert drift.returncode == 0, drift.stdout + drift.stderr
     # Confirmed deliveries disarmed their dead-man switches whole: only each host's sshd runs.
     running = namespace_processes(demo_dir)

@@ -10,7 +10,7 @@ and on a garbled one: each exits with a documented code and never prints a trace
 
 Hosts are never reached: `ssh` on PATH is a stub that refuses every connection (the generated
 addresses are documentation and private ranges), and AWS credentials are off (no request leaves).
-CI runs FLAKEFLEET_GENERATED_STACKS examples (default 25); `make test-deep` runs 60. Cases hypothesis
+CI runs FLAKEFLEET_GENERATED_STACKS examples (default 50); `make test-deep` runs 300. Cases hypothesis
 once shrank to, and the two stacks of issue 35, stay as table cases (`KEPT`).
 """
 
@@ -35,7 +35,7 @@ from tests import stackgen
 from tests.harness import FleetMocks, RecordingMonitor, run_program
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = int(os.environ.get("FLAKEFLEET_GENERATED_STACKS", "25"))
+EXAMPLES = int(os.environ.get("FLAKEFLEET_GENERATED_STACKS", "50"))
 COMMAND = "command:local:Command"
 # What each command may exit with (flakefleet/common/cli.py): 0 done, 1 error, 2 differs, 3 could not ask.
 CODES = {"plan": {0, 1}, "status": {0, 1, 2, 3}, "drift": {0, 1, 2, 3}, "rollback": {1}, "remove": {1},

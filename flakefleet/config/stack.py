@@ -127,7 +127,8 @@ RULES = (_secrets, _region, pools.check, pools.placement, cluster.check, network
          delivery.build_problems, workloads.check)
 LIST_KEYS = {"pools": PoolConfig, "workloads": WorkloadConfig}
 SIGNING_KEY = re.compile(r"^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{86}==$")
-SIGNING_KEY_HOWTO = "nix key generate-secret --key-name <cluster>-1 | pulumi config set --secret flakefleet:signing_key"
+SIGNING_KEY_HOWTO = ("nix --extra-experimental-features nix-command key generate-secret --key-name <cluster>-1 "
+                     "| pulumi config set --secret flakefleet:signing_key")
 
 
 def _decode(value: Any) -> Any:
