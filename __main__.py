@@ -42,14 +42,14 @@ systems = plan_systems(cfg, inventory)
 # preview line per pool: packages, services restarted, reboots (kernel, initrd, modules,
 # parameters), hosts and their waves, and a k3s upgrade's order.
 last = last_update()
-manifests = announce_changes(cfg, inventory, systems, last)
+manifests = announce_changes(cfg, inventory, systems, last.outputs)
 
 # Refused before any resource (every component waits for these checks): a CNI switch, and a k3s
 # change against Kubernetes' version skew policy (downgrade, skipped minor, workers ahead, etcd).
-checked = pulumi.ResourceOptions(depends_on=refuse_unsafe_changes(cfg, inventory, manifests, last))
+checked = pulumi.ResourceOptions(depends_on=refuse_unsafe_changes(cfg, inventory, manifests, last.outputs))
 
 # A k3s minor upgrade: the first server to move takes an etcd snapshot first (named in the outputs).
-snapshots_before = upgrade_snapshot(cfg, inventory, manifests, last)
+snapshots_before = upgrade_snapshot(cfg, inventory, manifests, last.outputs)
 
 # Disaster recovery: a rebuild's snapshot, picked now so the preview names it.
 restore = plan_restore(cfg)
@@ -152,7 +152,8 @@ delivery = Delivery(
         uploads=publish.steps,
         cache_bucket=cache_bucket,
         ca_hash=tokens.ca_hash,
-        known_host_keys=pinned_host_keys(last),
+        known_host_keys=pinned_host_keys(last.outputs),
+        pinned_before=last.pinned,
         upgrade_snapshot=snapshots_before,
     ),
     checked,

@@ -66,8 +66,12 @@ class DeliveryArgs:
     """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
     known_host_keys: pulumi.Input[Mapping[str, str]] = ()
     """Host name -> the key the last update pinned (its `nodes` output): an EC2 control plane of
-    a later wave is made after the earlier ones' deliveries, so their plans name it by this key
-    (none on the first update: it does not exist yet)."""
+    a later wave that exists is made (changed, replaced) after the earlier ones' deliveries, so
+    their plans name it by this key."""
+    pinned_before: frozenset[str] = frozenset()
+    """The hosts `known_host_keys` holds, known now (not as an Output): an EC2 control plane of a
+    later wave that is not among them does not exist yet and is made before the first wave, so
+    every control plane's plan names it from the first update on."""
 
 
 def host_outputs(stdout: str, instance_id: str | None) -> dict:
@@ -118,6 +122,14 @@ class Delivery(pulumi.ComponentResource):
         self._waves = waves(args.config, args.inventory)
         self._wave_of = {h.name: n for n, wave in enumerate(self._waves) for h in wave}
         self._known = pulumi.Output.from_input(args.known_host_keys or {})
+        # EC2 control planes of later waves that do not exist yet: made now, before the first wave
+        # (nothing of theirs can be disrupted), so their checked host keys are in every control
+        # plane's plan at the first update as they are (from `known_host_keys`) at every later one,
+        # and an unchanged second update changes no plan. Those that exist wait for their wave:
+        # a change that restarts or replaces instances reaches one control plane at a time.
+        self._made = {h.name: args.machines.instance(h, list(args.uploads)) for h in args.inventory.control_planes
+                      if h.provider == "ec2" and args.machines and self._wave_of[h.name] > 0
+                      and h.name not in args.pinned_before}
         self._snapshots = pulumi.Output.from_input(args.upgrade_snapshot or {})
         # One secret Output each, shared by every host's environment (not one wrapper per host).
         self._secrets = {
@@ -164,12 +176,13 @@ class Delivery(pulumi.ComponentResource):
         args, cfg, inv = self._args, self._args.config, self._args.inventory
         # An EC2 host's instance waits for the previous wave too, so a change that replaces or
         # restarts instances reaches one control plane (one batch) at a time, each healthy first.
-        machine = args.machines.instance(host, waits) if host.provider == "ec2" else None
+        machine = self._made.get(host.name) or (args.machines.instance(host, waits) if host.provider == "ec2" else None)
         # A plan needs its own host's key and the control planes' (readiness is asked there), never
         # every host's: each Command then depends on a handful of inputs, not on the whole fleet.
-        # EC2 control planes of later waves are made after this one: known from the last update.
-        later = {h.name for h in inv.control_planes
-                 if h.provider == "ec2" and self._wave_of[h.name] > self._wave_of[host.name]}
+        # EC2 control planes of later waves that exist are made after this one: their keys are
+        # the last update's (those made before the first wave are this update's own).
+        later = {h.name for h in inv.control_planes if h.provider == "ec2" and h.name not in self._made
+                 and self._wave_of[h.name] > self._wave_of[host.name]}
         needed = [n for n in dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]) if n not in later]
 
         def plan_json(v: list) -> str:
@@ -199,7 +212,10 @@ class Delivery(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The instance waits for the previous wave already; one edge is enough.
-                depends_on=[machine] if machine else [install] if install else waits,
+                # Its machine (which waits for the previous wave), else its install, else the wave
+                # before; a machine made before the first wave does not wait, so its Command does.
+                depends_on=[machine, *waits] if host.name in self._made else [machine] if machine
+                else [install] if install else waits,
                 custom_timeouts=pulumi.CustomTimeouts(create=COMMAND_TIMEOUT, update=COMMAND_TIMEOUT),
             ),
         )

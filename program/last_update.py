@@ -4,6 +4,8 @@ changes since then."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 
 from flakefleet.config import StackConfig
@@ -24,13 +26,30 @@ DIAGNOSTIC_CAP = 10  # lines of packages or services per pool in a preview
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 
 
-def last_update() -> pulumi.Output[dict]:
-    """This stack's own outputs as its last update exported them ({} before the first), read with
-    the engine's builtin invoke `pulumi:pulumi:readStackOutputs` (pkg/resource/deploy/builtins.go,
-    what a StackReference reads through too). An invoke is not a resource: a StackReference to
-    the stack itself was, and every preview after an update showed its outputs as `~ outputs`."""
+@dataclass(frozen=True)
+class LastUpdate:
+    """What the stack's last update exported."""
+
+    outputs: pulumi.Output[dict]
+    """Its outputs ({} before the first update), secret as the engine answers them."""
+    pinned: frozenset[str]
+    """The hosts whose SSH host key it pinned (its `nodes` output), known now rather than as an
+    Output: whether an EC2 control plane exists already decides how the rollout is registered
+    (components/delivery.py)."""
+
+
+def last_update() -> LastUpdate:
+    """This stack's own outputs as its last update exported them, read once with the engine's
+    builtin invoke `pulumi:pulumi:readStackOutputs` (pkg/resource/deploy/builtins.go, what a
+    StackReference reads through too), before any resource. An invoke is not a resource: a
+    StackReference to the stack itself was, and every preview after an update showed its outputs
+    as `~ outputs`. The engine answers secret outputs as secrets: the whole answer is then secret."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    return pulumi.runtime.invoke_output(READ_STACK_OUTPUTS, {"name": name}).apply(lambda r: (r or {}).get("outputs") or {})
+    answer = pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name})
+    outputs = (answer.value or {}).get("outputs") or {}
+    nodes = outputs.get("nodes") if isinstance(outputs.get("nodes"), dict) else {}
+    pinned = frozenset(h for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key"))
+    return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), pinned)
 
 
 def cni_problem(cfg: StackConfig, previous: str | None) -> str | None:

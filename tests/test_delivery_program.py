@@ -106,18 +106,30 @@ def instance(run: ProgramRun, host: str):
 
 
 def test_machines_roll_with_the_waves():
-    run = run_stack("staging")  # 3 control planes, 3 workers, max_parallel 3
-    cmds = commands(run)
-    for host, reg in cmds.items():
-        assert instance(run, host).urn in reg.dependencies  # delivered after its machine exists
-        assert instance(run, host).options["delete_before_replace"] is True  # fixed private address
-    # A control plane's instance waits for the previous control plane's healthy delivery, so
-    # replacing or restarting instances keeps etcd quorum; workers wait for the last one.
-    assert reaches(run, instance(run, "cp-1").urn, cmds["cp-0"].urn)
-    assert reaches(run, instance(run, "cp-2").urn, cmds["cp-1"].urn)
-    assert not reaches(run, instance(run, "cp-0").urn, cmds["cp-0"].urn)
-    for w in ("workers-0", "workers-1", "workers-2"):
-        assert reaches(run, instance(run, w).urn, cmds["cp-2"].urn)
+    """Control planes that exist wait for the previous control plane's healthy delivery, so
+    replacing or restarting instances keeps etcd quorum; workers wait for the last one. Control
+    planes that do not exist yet (the first update) are made before the first wave: nothing of
+    theirs can be disrupted, and every control plane's plan can name them from the start."""
+    first = run_stack("staging")  # 3 control planes, 3 workers, max_parallel 3
+    second = run_program(read_stack_file("staging"), stack="staging", monitor=RecordingMonitor(
+        FleetMocks(previous_outputs=first.exports, previous_secrets=first.secret_exports)))
+    for run in (first, second):
+        cmds = commands(run)
+        for host, reg in cmds.items():
+            assert instance(run, host).urn in reg.dependencies  # delivered after its machine exists
+            assert instance(run, host).options["delete_before_replace"] is True  # fixed private address
+        assert not reaches(run, instance(run, "cp-0").urn, cmds["cp-0"].urn)
+        for w in ("workers-0", "workers-1", "workers-2"):
+            assert reaches(run, instance(run, w).urn, cmds["cp-2"].urn)
+    cmds = commands(first)
+    assert not reaches(first, instance(first, "cp-1").urn, cmds["cp-0"].urn)
+    assert not reaches(first, instance(first, "cp-2").urn, cmds["cp-0"].urn)
+    key = {r.name.split("ff-staging-", 1)[1].removesuffix("-host-key"): r.urn
+           for r in first.of_type(COMMAND) if r.name.endswith("-host-key")}
+    assert reaches(first, cmds["cp-0"].urn, key["cp-2"])  # the first server's plan names every control plane
+    cmds = commands(second)
+    assert reaches(second, instance(second, "cp-1").urn, cmds["cp-0"].urn)
+    assert reaches(second, instance(second, "cp-2").urn, cmds["cp-1"].urn)
 
 
 def test_joining_hosts_wait_for_the_api_load_balancer():
@@ -242,7 +254,7 @@ def test_ec2_host_keys_are_read_off_each_hosts_console_and_pinned_by_every_plan(
     ("stack", "signing_key", "secret_keys", "message"),
     [
         ("staging", None, [SIGNING_KEY],
-         "flakefleet:signing_key: required; hosts accept only signed systems. Create it: nix key"),
+         "flakefleet:signing_key: required; hosts accept only signed systems. Create it: nix --extra-experimental-features nix-command key"),
         # The demo's hosts trust the demo's key only: a new key in the committed file would not do.
         ("local", None, [SIGNING_KEY], "flakefleet:signing_key: required; hosts accept only signed systems. For the "
          "local demo, use the key `make demo` set: `source .demo/env.sh` and pass `--config-file .demo/Pulumi.local.yaml`"),
@@ -367,21 +379,22 @@ def test_host_outputs_tolerate_any_stdout():
                                             "outcome": None}
 
 
-def test_control_planes_of_later_waves_are_named_by_the_keys_the_last_update_pinned():
-    """cp-1's instance is made after cp-0's delivery, so cp-0's plan cannot wait for cp-1's key:
-    on the first update it names the control planes made so far; afterwards, the keys the last
-    update pinned (its `nodes` output), and a second update changes no plan."""
+def test_every_control_plane_is_named_from_the_first_update_and_a_second_changes_no_plan():
+    """The first update makes the control planes that do not exist yet before its first wave, so
+    cp-0's plan names cp-1 and cp-2 by the keys their consoles showed; every later update names
+    them by the keys the last update pinned (its `nodes` output): the same plan. (cp-0's plan
+    used to gain them only at the second update, which so changed an unchanged stack's first
+    control planes.)"""
     first = run_stack("staging")
     cps = {n: [e.host for e in plan(r).control_planes] for n, r in commands(first).items()}
-    assert cps["cp-0"] == ["cp-0"] and cps["cp-1"] == ["cp-0", "cp-1"] and cps["workers-0"] == ["cp-0", "cp-1", "cp-2"]
-    second = run_program(read_stack_file("staging"), stack="staging",
-                         monitor=RecordingMonitor(FleetMocks(previous_outputs=first.exports)))
-    third = run_program(read_stack_file("staging"), stack="staging",
-                        monitor=RecordingMonitor(FleetMocks(previous_outputs=second.exports)))
+    assert all(found == ["cp-0", "cp-1", "cp-2"] for found in cps.values()), cps
+    assert [e.host for e in plan(commands(first)["cp-1"]).ready_via] == ["cp-0", "cp-1"]  # those delivered before it
+    second = run_program(read_stack_file("staging"), stack="staging", monitor=RecordingMonitor(
+        FleetMocks(previous_outputs=first.exports, previous_secrets=first.secret_exports)))
     pinned = {n: row["host_key"] for n, row in first.exports["nodes"].items()}
     for name, reg in commands(second).items():
         assert {e.host: e.host_key for e in plan(reg).control_planes} == {c: pinned[c] for c in ("cp-0", "cp-1", "cp-2")}
-    assert {n: plan(r) for n, r in commands(third).items()} == {n: plan(r) for n, r in commands(second).items()}
+    assert {n: r.inputs for n, r in commands(second).items()} == {n: r.inputs for n, r in commands(first).items()}
 
 
 def test_a_hosts_delivery_depends_on_its_own_and_the_control_planes_keys_only():
