@@ -4,7 +4,8 @@ For every generated stack, with its signing key stored as the README says (`secu
 the offline commands read the stack file without decoding the secret; the program's first
 update runs under mocks; the second reads the first's exports as the engine answers
 `readStackOutputs` (secret outputs as secrets) and changes no Command's inputs (an unchanged
-`pulumi up` runs nothing on any host); then every command of the CLI runs on those outputs as
+`pulumi up` runs nothing on any host), nor does the third; a change (a label on one pool)
+changes only that pool's Commands; then every command of the CLI runs on those outputs as
 `pulumi stack output --json` prints them, on `{}` (before the first update), on a missing file
 and on a garbled one: each exits with a documented code and never prints a traceback.
 
@@ -31,6 +32,7 @@ from flakefleet.__main__ import main as flakefleet
 from flakefleet.common.cli import INTERNAL
 from flakefleet.config import parse_stack_config
 from flakefleet.config.stackfile import Secure, read_stack_file
+from flakefleet.plan.inventory import plan_inventory
 from tests import stackgen
 from tests.harness import FleetMocks, RecordingMonitor, run_program
 
@@ -134,8 +136,30 @@ def commands(stacks: Path, files: dict[str, Path], ec2: bool) -> list[list[str]]
     return argvs
 
 
+def a_change(plain: dict, secret_keys: list[str], last, cfg) -> None:
+    """A label added to one pool with hosts, as the next update after `last`: it runs, and only
+    that pool's Commands change (its hosts' deliveries and installs, its publish step, and the
+    kubeconfig when the first server is one of them): a change that concerns other hosts runs
+    nothing on them."""
+    pools = json.loads(plain["flakefleet:pools"]) if isinstance(plain["flakefleet:pools"], str) else plain["flakefleet:pools"]
+    target = next(p for p in reversed(pools) if p.get("count") or p.get("hosts"))
+    target["labels"] = {**target.get("labels", {}), "changed": "yes"}
+    changed = run_program({**plain, "flakefleet:pools": json.dumps(pools)}, stack="gen", secret_keys=secret_keys,
+                          monitor=RecordingMonitor(FleetMocks(previous_outputs=last.exports,
+                                                              previous_secrets=last.secret_exports)))
+    before, after = command_inputs(last), command_inputs(changed)
+    assert before.keys() == after.keys()
+    hosts = {h.name for h in plan_inventory(cfg).hosts if h.pool == target["name"]}
+    moved = {urn.rsplit("::", 1)[1] for urn in before if before[urn] != after[urn]}
+    mine = {f"{cfg.cluster.name}-{step}-{h}" for h in hosts for step in ("deliver", "install")}  # its hosts (an install only records)
+    mine |= {f"{cfg.cluster.name}-publish-{target['name']}"}
+    if plan_inventory(cfg).control_planes[0].name in hosts:  # the kubeconfig is read again from the first server
+        mine.add(f"{cfg.cluster.name}-kubeconfig")
+    assert moved and moved <= mine, sorted(moved - mine)
+
+
 def live(config: dict, tmp: Path) -> None:
-    """One stack's life: files, offline read, first and second update, every command."""
+    """One stack's life: files, offline read, first, second and third update, a change, every command."""
     config = {**config, "flakefleet:signing_key": config.get("flakefleet:signing_key") or stackgen.encrypt(stackgen.SIGNING_KEY)}
     stacks = write_stack(tmp, config)
     raw = read_stack_file("gen", stacks)
@@ -154,6 +178,7 @@ def live(config: dict, tmp: Path) -> None:
     third = update_after(second)
     assert command_inputs(second) == command_inputs(first), "the second update would run Commands again"
     assert command_inputs(third) == command_inputs(second), "an unchanged update would run Commands again"
+    a_change(plain, secret_keys, third, cfg)
 
     files = state_files(tmp, as_cli_prints(first))
     for argv in commands(stacks, files, cfg.uses_ec2):

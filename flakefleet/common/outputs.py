@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flakefleet.common.cli import CommandError
+from flakefleet.common.cli import CommandError, add_json
 
 ROOT = Path(__file__).resolve().parents[2]  # the project: where Pulumi.yaml is, for the Pulumi CLI
 
@@ -107,6 +108,21 @@ def read_outputs(outputs: Path | None, stack: str | None) -> StackOutputs:
     if stack:
         return read_pulumi(stack)
     raise CommandError("say which stack: --stack S (its outputs read with the Pulumi CLI) or --outputs FILE")
+
+
+def read_state(args) -> StackOutputs:
+    """`read_outputs` of a command that reports on what is deployed (status, drift): before the
+    first update it says so on stderr, and reports on nothing."""
+    outputs = read_outputs(args.outputs, args.stack)
+    if not outputs.updated:
+        print(outputs.not_yet(args.stack), file=sys.stderr)
+    return outputs
+
+
+def add_report_arguments(parser) -> None:
+    """The flags of a command that reports on what is deployed: the --stack / --outputs pair, --json."""
+    add_state_arguments(parser)
+    add_json(parser)
 
 
 def add_state_arguments(parser, stack_required: bool = False, stacks_dir: Path | None = None) -> None:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from flakefleet.host.session import HOSTCTL, parse_state
 from flakefleet.plan.contract import IDENTITY_ENV
 from flakefleet.common.ssh import pinned_ssh
-from flakefleet.common.cli import add_json, main_of, print_json
-from flakefleet.common.outputs import add_state_arguments
+from flakefleet.common.cli import main_of, print_json
+from flakefleet.common.outputs import add_report_arguments, read_state
 
 IN_SYNC, DRIFTED, UNCHECKED = "in sync", "drifted", "unreachable"
 
@@ -124,19 +124,14 @@ def render_pools(pools: dict[str, dict]) -> list[str]:
     return lines
 
 
-def configure(parser) -> None:
-    add_state_arguments(parser)
-    add_json(parser)
+configure = add_report_arguments
 
 
 def run(args) -> int:
     from flakefleet.ops import pulled  # autoscaled pools: their instances' reports against the pointer
-    from flakefleet.common.outputs import read_outputs
 
-    outputs = read_outputs(args.outputs, args.stack)
+    outputs = read_state(args)
     nodes = outputs.nodes
-    if not outputs.updated:
-        print(outputs.not_yet(args.stack), file=sys.stderr)
     rows = report(nodes, os.environ.get(IDENTITY_ENV))
     pools = split_pools(nodes, {r.host: r.running for r in rows if r.status != UNCHECKED})
     groups, problem = pulled.view(outputs.raw)

@@ -26,8 +26,8 @@ from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
 from flakefleet.common.ssh import pinned_ssh, remote_command
 from flakefleet.ops import pulled
 from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
-from flakefleet.common.outputs import add_state_arguments, read_outputs
-from flakefleet.common.cli import OK, add_json, main_of, print_json
+from flakefleet.common.outputs import add_report_arguments, read_state
+from flakefleet.common.cli import OK, main_of, print_json
 from flakefleet.plan.contract import IDENTITY_ENV
 
 
@@ -108,16 +108,12 @@ def exit_code(rows: list[HostStatus], cluster_known: bool) -> int:
     return 0 if healthy else 2
 
 
-def configure(parser) -> None:
-    add_state_arguments(parser)
-    add_json(parser)
+configure = add_report_arguments
 
 
 def run(args) -> int:
-    outputs = read_outputs(args.outputs, args.stack)
+    outputs = read_state(args)
     nodes = outputs.nodes
-    if not outputs.updated:
-        print(outputs.not_yet(args.stack), file=sys.stderr)
     identity = os.environ.get(IDENTITY_ENV)
     listing, via = cluster_view(nodes, identity) if nodes else ("", "no control plane yet")
     rows = combine(nodes, report(nodes, identity), listing)
