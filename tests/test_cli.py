@@ -6,6 +6,7 @@ the scripts beside it. Never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,15 @@ def test_the_scripts_beside_the_cli_say_one_line(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"pr_comment: --nixos {tmp_path / 'n.md'}: no such file",
                                         f"pr_comment: --pulumi {tmp_path / 'p'}: no such file"]
+
+
+@pytest.mark.parametrize("runner", ["deliver", "cache", "kubeconfig", "host-key", "install"])
+def test_a_runner_started_by_hand_says_what_it_misses_in_one_line(runner):
+    """The runners the registered Commands start (`./scripts/flakefleet deliver`, ...) read their
+    plan from the environment Pulumi sets; run by hand without it, one line, exit 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAKEFLEET_")}
+    done = subprocess.run(["sh", str(ROOT / "scripts" / "flakefleet"), runner], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert "FLAKEFLEET_" in done.stderr and ("not set" in done.stderr or "must be set" in done.stderr)

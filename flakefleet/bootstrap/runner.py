@@ -31,6 +31,7 @@ from flakefleet.common.nix import NIX_FEATURES
 from flakefleet.common.retry import poll
 from flakefleet.common.ssh import known_hosts_line, remote_command, ssh_prefix
 from flakefleet.plan.contract import IDENTITY_ENV
+from flakefleet.common.cli import guard, required_env
 
 REFUSED, FAILED = 2, 3
 INSTALL_RECORD = "var/lib/flakefleet/install.json"  # on the installed system: which request installed it
@@ -205,7 +206,7 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    plan = InstallPlan.from_json(os.environ[INSTALL_PLAN_ENV])
+    plan = InstallPlan.from_json(required_env(INSTALL_PLAN_ENV))
     if plan.identity_file is None and os.environ.get(IDENTITY_ENV):  # as a delivery's (host/session.py)
         plan = replace(plan, identity_file=os.environ[IDENTITY_ENV])
     if argv[:1] == ["--update"]:
@@ -223,4 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard("flakefleet install", main))

@@ -18,6 +18,7 @@ import yaml
 from flakefleet.common.retry import backoff_delays
 from flakefleet.common.ssh import pinned_ssh
 from flakefleet.plan.contract import IDENTITY_ENV, KUBECONFIG_PLAN_ENV
+from flakefleet.common.cli import guard, required_env
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 
 
@@ -56,7 +57,7 @@ def fetch(plan: dict, identity: str | None, attempts: int = 5) -> str:
 
 
 def main() -> int:
-    plan = json.loads(os.environ[KUBECONFIG_PLAN_ENV])
+    plan = json.loads(required_env(KUBECONFIG_PLAN_ENV))
     try:
         text = fetch(plan, os.environ.get(IDENTITY_ENV))
     except RuntimeError as err:
@@ -67,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard("flakefleet kubeconfig", main))

@@ -43,6 +43,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(ERROR, f"{self.prog}: {message}\n")
 
 
+def required_env(name: str, env: dict[str, str] | None = None) -> str:
+    """A variable a runner's Command sets (its plan); CommandError in one line when it is not set,
+    as when someone runs the runner by hand."""
+    value = (os.environ if env is None else env).get(name)
+    if not value:
+        raise CommandError(f"{name} is not set: this runs inside its Pulumi Command (`pulumi up` sets it)")
+    return value
+
+
 def add_json(parser: argparse.ArgumentParser, what: str = "the table") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON (for scripts), nothing capped")
 

@@ -28,6 +28,7 @@ from flakefleet.common.ssh import pinned_known_hosts
 from flakefleet.delivery.build import BuildFailed, realise, ssh_env, ssh_to
 from flakefleet.facts.flake import default_cache_dir
 from flakefleet.pull.publish import publish_pointer
+from flakefleet.common.cli import guard, required_env
 from flakefleet.plan.contract import (
     IDENTITY_ENV,
     PUBLISH_ENV,
@@ -211,7 +212,7 @@ def main() -> int:
     import botocore.exceptions
 
     try:
-        plan = PublishPlan.from_json(os.environ[PUBLISH_ENV])
+        plan = PublishPlan.from_json(required_env(PUBLISH_ENV))
         key = os.environ.get(SIGNING_KEY_ENV)
         if not key:
             raise BuildFailed(f"{SIGNING_KEY_ENV} is not set: hosts accept only signed systems")
@@ -231,4 +232,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard("flakefleet cache", main))

@@ -37,6 +37,7 @@ import time
 
 from flakefleet.common.retry import poll
 from flakefleet.plan.contract import FAILED, INSTANCE_ENV, OK, PREVIOUS_STDOUT_ENV
+from flakefleet.common.cli import guard
 
 TARGET_ENV = "FLAKEFLEET_HOST_KEY_TARGET"  # {"host", "address", "port", "region"}
 TIMEOUT_S = 1800  # a *.metal instance's first boot, then sshd, then print-host-key
@@ -161,4 +162,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard("flakefleet host-key", main))

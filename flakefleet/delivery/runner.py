@@ -31,6 +31,7 @@ from flakefleet.delivery.resize import current_type, resize
 from flakefleet.host.files import HostFile, files_digest
 from flakefleet.host.session import HostSession, parse_state
 from flakefleet.plan.contract import FAILED, OK, PLAN_ENV, PREVIOUS_STDOUT_ENV, DeliveryFailed, DeliveryPlan, Report
+from flakefleet.common.cli import guard
 
 
 def needs_delivery(plan: DeliveryPlan, previous: dict, digest: str, instance: str) -> list[str]:
@@ -169,4 +170,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guard("flakefleet deliver", main))
