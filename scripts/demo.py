@@ -338,7 +338,7 @@ def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -
     for name, host in hosts.items():
         gens = host.generations()
         print(f"{name:9} generation {gens[-1].split('-')[1] if gens else '-':>3}  {host.current_system() or '-'}")
-    print(f"\n=== drift (python -m flakefleet drift --outputs {shown(outputs_file)})")
+    print(f"\n=== drift (flakefleet drift --outputs {shown(outputs_file)})")
     stream([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file)], env)
     print("\n=== nodes, as the first control plane's k3s reports them (asked over pinned SSH, as the readiness gate "
           "does; the stand-in k3s has no API server to point the exported kubeconfig at)")

@@ -45,7 +45,7 @@ def comment(stack: str, nixos: str, nixos_errors: str, pulumi: str, limit: int =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True)
-    parser.add_argument("--nixos", type=Path, required=True, help="python -m flakefleet diff --markdown")
+    parser.add_argument("--nixos", type=Path, required=True, help="flakefleet diff --markdown")
     parser.add_argument("--nixos-errors", type=Path, help="its standard error")
     parser.add_argument("--pulumi", type=Path, required=True, help="pulumi preview's output")
     args = parser.parse_args(argv)

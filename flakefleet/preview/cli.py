@@ -1,4 +1,4 @@
-"""`python -m flakefleet diff`: what a change does to each pool's NixOS system.
+"""`flakefleet diff`: what a change does to each pool's NixOS system.
 
     flakefleet diff --stack dev                  # working tree against the merge base with main
     flakefleet diff --stack dev --base v1.4      # ... against a tag, branch or commit
