@@ -24,7 +24,7 @@ from components.tokens import ClusterTokens, ClusterTokensArgs
 from flakefleet.ops.drift import split_pools
 from flakefleet.plan.specs import host_system
 from program.config import cache_arn, load_stack
-from program.last_update import (announce_changes, last_update, pinned_host_keys, refuse_unsafe_changes,
+from program.last_update import (announce_changes, last_update, refuse_unsafe_changes,
                                  upgrade_snapshot)
 from program.outputs import node_table
 from program.restore import plan_restore
@@ -152,8 +152,7 @@ delivery = Delivery(
         uploads=publish.steps,
         cache_bucket=cache_bucket,
         ca_hash=tokens.ca_hash,
-        known_host_keys=pinned_host_keys(last.outputs),
-        pinned_before=last.pinned,
+        known_host_keys=last.host_keys,
         upgrade_snapshot=snapshots_before,
     ),
     checked,

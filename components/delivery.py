@@ -64,14 +64,11 @@ class DeliveryArgs:
     upgrade_snapshot: pulumi.Input[Mapping[str, str]] = ()
     """Host -> the etcd snapshot it takes before a k3s minor upgrade (the first server to move)."""
     """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
-    known_host_keys: pulumi.Input[Mapping[str, str]] = ()
+    known_host_keys: Mapping[str, str] = ()
     """Host name -> the key the last update pinned (its `nodes` output): an EC2 control plane of
     a later wave that exists is made (changed, replaced) after the earlier ones' deliveries, so
-    their plans name it by this key."""
-    pinned_before: frozenset[str] = frozenset()
-    """The hosts `known_host_keys` holds, known now (not as an Output): an EC2 control plane of a
-    later wave that is not among them does not exist yet and is made before the first wave, so
-    every control plane's plan names it from the first update on."""
+    their plans name it by this key; one not among them does not exist yet and is made before the
+    first wave, so every control plane's plan names it from the first update on."""
 
 
 def host_outputs(stdout: str, instance_id: str | None) -> dict:
@@ -129,7 +126,7 @@ class Delivery(pulumi.ComponentResource):
         # a change that restarts or replaces instances reaches one control plane at a time.
         self._made = {h.name: args.machines.instance(h, list(args.uploads)) for h in args.inventory.control_planes
                       if h.provider == "ec2" and args.machines and self._wave_of[h.name] > 0
-                      and h.name not in args.pinned_before}
+                      and h.name not in args.known_host_keys}
         self._snapshots = pulumi.Output.from_input(args.upgrade_snapshot or {})
         # One secret Output each, shared by every host's environment (not one wrapper per host).
         self._secrets = {

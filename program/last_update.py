@@ -32,10 +32,10 @@ class LastUpdate:
 
     outputs: pulumi.Output[dict]
     """Its outputs ({} before the first update), secret as the engine answers them."""
-    pinned: frozenset[str]
-    """The hosts whose SSH host key it pinned (its `nodes` output), known now rather than as an
-    Output: whether an EC2 control plane exists already decides how the rollout is registered
-    (components/delivery.py)."""
+    host_keys: dict[str, str]
+    """Host name -> the SSH host key it pinned (its `nodes` output), plain: keys are public, and
+    known now rather than as an Output, since whether an EC2 control plane exists already decides
+    how the rollout is registered (components/delivery.py)."""
 
 
 def last_update() -> LastUpdate:
@@ -48,8 +48,8 @@ def last_update() -> LastUpdate:
     answer = pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name})
     outputs = (answer.value or {}).get("outputs") or {}
     nodes = outputs.get("nodes") if isinstance(outputs.get("nodes"), dict) else {}
-    pinned = frozenset(h for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key"))
-    return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), pinned)
+    keys = {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
+    return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), keys)
 
 
 def cni_problem(cfg: StackConfig, previous: str | None) -> str | None:
@@ -137,17 +137,6 @@ def install_notes(inventory: Inventory, previous: dict) -> list[str]:
             lines.append(f"{host.name} will be wiped and reinstalled (reinstall: {host.install.reinstall}): "
                          "drained and taken out of the cluster first, in its wave")
     return lines
-
-
-def pinned_host_keys(last: pulumi.Output[dict]) -> pulumi.Output[dict[str, str]]:
-    """Host name -> the SSH host key the last update pinned (its `nodes` output; {} before the first)."""
-    def keys(outputs: dict) -> dict[str, str]:
-        nodes = outputs.get("nodes")
-        if not isinstance(nodes, dict):
-            return {}
-        return {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
-
-    return public(last.apply(keys))
 
 
 def public(value: pulumi.Output) -> pulumi.Output:

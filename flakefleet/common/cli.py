@@ -57,7 +57,7 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the table") -> None:
 
 
 def print_json(value) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False, default=str))
+    print(json.dumps(value, indent=2, default=str))
 
 
 def _quiet_stdout() -> None:

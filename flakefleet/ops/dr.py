@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from flakefleet.cluster.restore import PruneFailed, prune
 from flakefleet.plan.contract import IDENTITY_ENV, PRUNE_PLAN_ENV
-from flakefleet.common.cli import CommandError, add_json, main_of, print_json
+from flakefleet.common.cli import CommandError, add_json, main_of, print_json, required_env
 from flakefleet.config.stackfile import STACKS
 from flakefleet.common.outputs import add_state_arguments, read_outputs
 
@@ -157,11 +157,9 @@ def where(args) -> tuple[str, str, str | None]:
 def run(args) -> int:
     if args.command == "prune":
         try:
-            stale = prune(json.loads(os.environ[PRUNE_PLAN_ENV]), os.environ.get(IDENTITY_ENV))
+            stale = prune(json.loads(required_env(PRUNE_PLAN_ENV)), os.environ.get(IDENTITY_ENV))
         except PruneFailed as err:
             raise CommandError(str(err)) from None
-        except (KeyError, json.JSONDecodeError):
-            raise CommandError(f"prune runs inside a rebuild's Command: {PRUNE_PLAN_ENV} is not set to its plan") from None
         print(f"deleted stale nodes: {', '.join(stale) or 'none'}")
         return 0
     bucket, cluster, region = where(args)
