@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flakefleet.plan.contract import K3S_DROP_IN_PATH  # noqa: E402
+from flakefleet.plan.contract import K3S_DROP_IN_PATH, PoolSpec  # noqa: E402
 from flakefleet.plan.contract import PLAN_ENV, SIGNING_KEY_ENV, DeliveryPlan, FileSpec  # noqa: E402
 from flakefleet.plan.specs import AGENT_TOKEN  # noqa: E402
 from flakefleet.nixos.evaluate import evaluate_systems  # noqa: E402
@@ -38,12 +38,10 @@ PAYLOAD_KIB = 4096
 
 def system(cache: Path):
     spec = {
-        "schema": 1, "cluster": "bench", "pool": "fanout", "role": "worker", "hardware": "metal",
-        "system": "x86_64-linux", "api_endpoint": "https://127.0.0.51:6443", "tls_sans": [],
-        "pod_cidr": "10.42.0.0/16", "service_cidr": "10.43.0.0/16", "k3s_channel": "stable", "labels": {},
-        "taints": [], "authorized_keys": [], "trusted_public_keys": [], "host": None,
+        **PoolSpec(cluster="bench", pool="fanout", role="worker", hardware="metal", system="x86_64-linux",
+                   api_endpoint="https://127.0.0.51:6443", authorized_keys=[]).as_json(),
         "standin_payload_kib": PAYLOAD_KIB, "nonce": time.time_ns(),  # a new system each run: a cold copy
-    }  # fmt: skip
+    }
     systems, _ = evaluate_systems(ROOT / "tests" / "standin", {"fanout": spec}, cache)
     return systems["fanout"]
 

@@ -60,38 +60,26 @@
         workloads = ./addons/workloads.nix;
       };
 
-      # The interface flakefleet's Python evaluates (and the test stand-in flake copies):
-      # `lib.toplevel spec` is the system of one pool, `spec` the JSON of
-      # flakefleet/plan/specs.py:pool_spec.
+      # The interface flakefleet's Python evaluates: `lib.evaluate spec` (flakefleet/nixos/
+      # evaluate.nix asks it), everything read of one pool's system; `lib.toplevel spec` the system
+      # alone (the test stand-in flake has that, without a module system). `spec` is the JSON of
+      # flakefleet/plan/contract.py:PoolSpec.
       lib = ff // {
-        # The pool spec as a module setting the `flakefleet.*` options.
-        specModule = spec: {
-          flakefleet = {
-            inherit (spec)
-              cluster
-              pool
-              role
-              hardware
-              labels
-              taints
-              host
-              ;
-            apiEndpoint = spec.api_endpoint;
-            tlsSans = spec.tls_sans;
-            podCidr = spec.pod_cidr;
-            serviceCidr = spec.service_cidr;
-            k3sChannel = spec.k3s_channel;
-            authorizedKeys = spec.authorized_keys;
-            trustedPublicKeys = spec.trusted_public_keys;
-            cni = spec.cni or "flannel";
-            cilium = if spec.cilium or null == null then { } else spec.cilium;
-            gpu = spec.gpu or null;
-            clusterHasGpus = spec.cluster_gpus or false;
-            clusterAutoscaler = spec.cluster_autoscaler or null;
-            images = spec.images or [ ];
-            workloads = spec.workloads or [ ];
-          };
-        };
+        # The pool spec as a module setting the `flakefleet.*` options: its keys are the options'
+        # names (flakefleet/plan/contract.py:PoolSpec; nixos/common/spec-schema.json says which
+        # keys are options and which choose modules). Keys a spec leaves out take the defaults.
+        # A key the schema does not know is refused (it would otherwise be dropped unread);
+        # `stack` is configurations.json's own.
+        specModule =
+          spec:
+          let
+            known = ff.specSchema.options // ff.specSchema.selects // { stack = null; };
+            unknown = builtins.attrNames (removeAttrs spec (builtins.attrNames known));
+          in
+          if unknown != [ ] then
+            throw "flakefleet: pool spec keys nixos/common/spec-schema.json does not declare: ${builtins.concatStringsSep ", " unknown} (regenerate it: make configurations)"
+          else
+            { flakefleet = builtins.intersectAttrs ff.specSchema.options spec; };
 
         # What a node is, whatever machine it runs on (the VM test uses these alone): every
         # node's modules, its role's, the mixins its pool opts into, and on control planes the
@@ -113,8 +101,8 @@
           ++ optional ((spec.images or [ ]) != [ ]) m.workload-images
           ++ optional (spec.pull or false) m.pull
           ++ optional (server && cilium) m.cilium-addon
-          ++ optional (server && (spec.cluster_gpus or false)) m.nvidia-device-plugin
-          ++ optional (server && (spec.cluster_autoscaler or null) != null) m.cluster-autoscaler
+          ++ optional (server && (spec.clusterHasGpus or false)) m.nvidia-device-plugin
+          ++ optional (server && (spec.clusterAutoscaler or null) != null) m.cluster-autoscaler
           ++ optional (server && (spec.workloads or [ ]) != [ ]) m.workloads
           ++ [ (self.lib.specModule spec) ];
 
@@ -142,21 +130,37 @@
 
         poolSystem = spec: nixpkgs.lib.nixosSystem { modules = self.lib.modulesFor spec; };
 
+        # Everything flakefleet reads of a pool's system, from one evaluation of it: Nix does not
+        # share function calls, so each `poolSystem spec` is a module system evaluation of its
+        # own (colmena's src/nix/hive/eval.nix evaluates each node once the same way).
+        # flakefleet/nixos/evaluate.nix asks this of every system a stack needs.
+        evaluate =
+          spec:
+          let
+            system = self.lib.poolSystem spec;
+            toplevel = system.config.system.build.toplevel;
+          in
+          {
+            drv = toplevel.drvPath;
+            out = toplevel.outPath;
+            boot = builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) (self.lib.bootOf system);
+            links = self.lib.k3sLinksOf system;
+            agent = if spec.pull or false then (self.lib.pullAgentOf system).outPath else null;
+          };
+
         # An autoscaled pool's pull agent (./host), built with the pool system's own pkgs
         # (nixos/lib/eval-config.nix returns them as `.pkgs`): the very path mixins/pull.nix
         # puts in its closure, which the launch template's user data names.
-        pullAgent = spec: import ./host { pkgs = (self.lib.poolSystem spec).pkgs; };
-
-        toplevel = spec: (self.lib.poolSystem spec).config.system.build.toplevel;
+        pullAgentOf = system: import ./host { inherit (system) pkgs; };
 
         # What the system links into k3s' directories, by the names of the links: nixpkgs'
         # rancher/default.nix writes a tmpfiles `L+` rule per enabled manifest (at its `target`)
         # and per image (at its `name`). The preview names a link that goes away: pruning then
         # deletes its objects (flakefleet/delivery/prune.py), which k3s never does itself.
-        k3sLinks =
-          spec:
+        k3sLinksOf =
+          system:
           let
-            k3s = (self.lib.poolSystem spec).config.services.k3s;
+            k3s = system.config.services.k3s;
           in
           {
             manifests = map (m: m.target) (builtins.filter (m: m.enable) (builtins.attrValues k3s.manifests));
@@ -165,10 +169,10 @@
 
         # What a host must reboot for when it changes: the store paths of the toplevel's `kernel`,
         # `initrd` and `kernel-modules` links and its `kernel-params` (evaluated, not built).
-        boot =
-          spec:
+        bootOf =
+          system:
           let
-            c = (self.lib.poolSystem spec).config;
+            c = system.config;
           in
           {
             kernel = "${c.boot.kernelPackages.kernel}/${c.system.boot.loader.kernelFile}";
@@ -176,6 +180,12 @@
             modules = "${c.system.modulesTree}";
             params = toString c.boot.kernelParams;
           };
+
+        # Each of the above from a spec alone (one evaluation each: use `evaluate` for several).
+        toplevel = spec: (self.lib.poolSystem spec).config.system.build.toplevel;
+        pullAgent = spec: self.lib.pullAgentOf (self.lib.poolSystem spec);
+        k3sLinks = spec: self.lib.k3sLinksOf (self.lib.poolSystem spec);
+        boot = spec: self.lib.bootOf (self.lib.poolSystem spec);
       };
 
       # Every system of every stack, from the specs flakefleet writes (configurations.json,

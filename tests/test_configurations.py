@@ -37,10 +37,10 @@ def test_generated_entries_cover_every_stack_and_keep_known_public_keys():
     # and the feature matrix, one stack per row
     rows = {spec["stack"] for name, spec in first.items() if name.startswith(matrix.PREFIX)}
     assert rows == {matrix.PREFIX + row for row in matrix.ROWS}
-    existing = {"dev-cp": {**first["dev-cp"], "trusted_public_keys": [KEY]}}
+    existing = {"dev-cp": {**first["dev-cp"], "trustedPublicKeys": [KEY]}}
     again = configurations.generate(existing=existing)
-    assert again["dev-cp"]["trusted_public_keys"] == [KEY]  # written by hand (the key is a secret); the script keeps it
-    assert again["dev-workers"]["trusted_public_keys"] == []
+    assert again["dev-cp"]["trustedPublicKeys"] == [KEY]  # written by hand (the key is a secret); the script keeps it
+    assert again["dev-workers"]["trustedPublicKeys"] == []
 
 
 def test_a_stale_file_is_told_apart_public_keys_aside(tmp_path):
@@ -49,7 +49,7 @@ def test_a_stale_file_is_told_apart_public_keys_aside(tmp_path):
     other = {"prod-cp": {"stack": "prod", "pool": "cp"}}
     path.write_text(configurations.render({**other, **mine}))
     assert not configurations.stale_for(path, "local", local_specs())
-    keyed = {name: {**spec, "trusted_public_keys": [KEY]} for name, spec in mine.items()}
+    keyed = {name: {**spec, "trustedPublicKeys": [KEY]} for name, spec in mine.items()}
     path.write_text(configurations.render({**other, **keyed}))
     assert not configurations.stale_for(path, "local", local_specs())  # only the program knows the key
     path.write_text(configurations.render({**other, **mine, "local-gone": {"stack": "local", "pool": "gone"}}))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK, SIGNING_KEY_ENV, UNREACHABLE, DeliveryPlan, FileSpec
-from flakefleet.plan.contract import K3S_DROP_IN_PATH
+from flakefleet.plan.contract import K3S_DROP_IN_PATH, PoolSpec
 from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
 from tests.machines.image import prerequisites as machine_prerequisites
@@ -29,12 +29,8 @@ SECRET = "testtoken3f1a9c7eserver0d2b"  # a bare secret, as pulumi-random makes 
 
 
 def spec(version: str) -> dict:
-    return {
-        "schema": 1, "cluster": "t", "pool": "workers", "role": "worker", "hardware": "metal",
-        "system": "x86_64-linux", "api_endpoint": "https://127.0.0.31:6443", "tls_sans": [],
-        "pod_cidr": "10.42.0.0/16", "service_cidr": "10.43.0.0/16", "k3s_channel": "stable",
-        "labels": {"version": version}, "taints": [], "authorized_keys": [], "trusted_public_keys": [], "host": None,
-    }  # fmt: skip
+    return PoolSpec(cluster="t", pool="workers", role="worker", hardware="metal", system="x86_64-linux",
+                    api_endpoint="https://127.0.0.31:6443", authorized_keys=[], labels={"version": version}).as_json()
 
 
 @pytest.fixture(scope="module")

@@ -286,8 +286,8 @@ def test_hosts_trust_the_public_half_of_the_signing_key():
     from flakefleet.plan.specs import pool_spec
 
     cfg = parse_stack_config({**read_stack_file("local"), SIGNING_KEY: TEST_SIGNING_KEY}, None, {SIGNING_KEY})
-    spec = pool_spec(cfg, plan_inventory(cfg), "cp")
-    assert spec["trusted_public_keys"] == ["flakefleet-test-1:" + "A" * 43 + "="]
+    spec = pool_spec(cfg, plan_inventory(cfg), "cp").as_json()
+    assert spec["trustedPublicKeys"] == ["flakefleet-test-1:" + "A" * 43 + "="]
     assert TEST_SIGNING_KEY not in json.dumps(spec)
 
 

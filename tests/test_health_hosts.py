@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flakefleet.nixos.evaluate import evaluate_systems
-from flakefleet.plan.contract import K3S_DROP_IN_PATH, ROLLED_BACK, DeliveryPlan, Endpoint, FileSpec
+from flakefleet.plan.contract import K3S_DROP_IN_PATH, ROLLED_BACK, DeliveryPlan, Endpoint, FileSpec, PoolSpec
 from tests.conftest import STANDIN_FLAKE
 from tests.local_fleet import require_machines
 from tests.machines.machine import running_machines
@@ -29,13 +29,9 @@ CP, WORKER = "127.0.0.121", "127.0.0.122"
 
 
 def spec(version: str, role: str = "worker", **extra) -> dict:
-    return {
-        "schema": 1, "cluster": "t", "pool": "workers", "role": role, "hardware": "metal",
-        "system": "x86_64-linux", "api_endpoint": f"https://{CP}:6443", "tls_sans": [],
-        "pod_cidr": "10.42.0.0/16", "service_cidr": "10.43.0.0/16", "k3s_channel": "stable",
-        "labels": {"version": version}, "taints": [], "authorized_keys": [], "trusted_public_keys": [], "host": None,
-        **extra,
-    }  # fmt: skip
+    return {**PoolSpec(cluster="t", pool="workers", role=role, hardware="metal", system="x86_64-linux",
+                       api_endpoint=f"https://{CP}:6443", authorized_keys=[], labels={"version": version}).as_json(),
+            **extra}
 
 
 SPECS = {

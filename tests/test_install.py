@@ -50,7 +50,7 @@ def test_a_bootstrapped_pool_is_planned_with_its_install():
     assert installs["w-1"].disk is None and installs["w-1"].reinstall is None
     assert {h.name: h.ssh_host_key for h in inv.hosts if h.install} == {"w-0": None, "w-1": None}
     specs = system_specs(cfg, inv)
-    assert specs["workers"]["install"] == {"layout": "single-disk"} and "install" not in specs["cp"]
+    assert specs["workers"]["install"] == {"layout": "single-disk", "disk": None} and specs["cp"]["install"] is None
 
 
 BAD = [
@@ -286,7 +286,7 @@ def test_each_bootstrapped_host_is_installed_in_its_wave_before_its_delivery():
         plan = InstallPlan.from_json(reg.inputs["environment"][INSTALL_PLAN_ENV])
         assert "PRIVATE KEY" not in reg.inputs["environment"][INSTALL_PLAN_ENV]
         assert plan.install_host_key == INSTALL_KEY and plan.layout == "single-disk" and plan.spec["install"] == {
-            "layout": "single-disk"}
+            "layout": "single-disk", "disk": None}  # the install's own evaluation names the disk
         delivered = DeliveryPlan.from_json(deliveries[name].inputs["environment"][PLAN_ENV])
         assert plan.host_key == delivered.host_key and delivered.host_key.startswith("ssh-ed25519 ")
         assert "\n" not in delivered.host_key  # pinned as one line

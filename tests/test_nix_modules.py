@@ -499,7 +499,7 @@ def test_metal_firewall_admits_etcd_kubelet_and_the_overlay_only_from_the_fleet(
 
 @pytest.mark.parametrize("lib", MODULE_SYSTEMS)
 def test_a_k3s_channel_the_pinned_nixpkgs_lacks_is_named_with_the_ones_it_has(lib, tmp_path):
-    specs = {"dev-cp": {**all_specs(False)["dev-cp"], "k3s_channel": "1.99"}}
+    specs = {"dev-cp": {**all_specs(False)["dev-cp"], "k3sChannel": "1.99"}}
     out = evaluate_pools(lib, ROOT / "nixos", specs, tmp_path)
     assert out.returncode != 0, out.stdout
     assert ("flakefleet:cluster.k3s_channel: 1.99: the pinned nixpkgs has no k3s_1_99 "

@@ -95,7 +95,7 @@ def pulled_specs(cfg, inv) -> dict[str, dict]:
     """The pool's system as the program specs an autoscaled pool (the workers' settings, `pull`),
     one whose k3s the stand-in makes crash-loop (a fault keyed by its path), and the next system
     a rollout moves the pointer to."""
-    spec = {**pool_spec(cfg, inv, "workers"), "pool": "spot", "pull": True,
+    spec = {**pool_spec(cfg, inv, "workers").as_json(), "pool": "spot", "pull": True,
             "standin_host_dir": str(ROOT / "nixos" / "host")}
     return {"good": spec, "crashing": {**spec, "labels": {"flakefleet.io/test": "crashing"}},
             "next": {**spec, "labels": {"flakefleet.io/test": "next"}}}

@@ -25,6 +25,7 @@ from flakefleet.config.stackfile import STACKS, read_stack_file, stack_names
 from flakefleet.facts.flake import DEFAULT_FLAKE
 from flakefleet.nixos import matrix
 from flakefleet.plan.inventory import plan_inventory
+from flakefleet.plan.schema import SCHEMA_PATH, schema_text, write_schema
 from flakefleet.plan.specs import system_specs
 
 FILE_NAME = "configurations.json"
@@ -68,8 +69,8 @@ def generate(stacks_dir: Path = STACKS, existing: dict[str, dict] | None = None)
         except ConfigError as err:
             raise ConfigError([f"stack {stack}: {p}" for p in err.problems]) from None
         for name, spec in stack_configurations(stack, stack_specs(stack, system_specs(cfg, plan_inventory(cfg)))).items():
-            keys = existing.get(name, {}).get("trusted_public_keys")
-            entries[name] = {**spec, "trusted_public_keys": keys} if keys and not spec["trusted_public_keys"] else spec
+            keys = existing.get(name, {}).get("trustedPublicKeys")
+            entries[name] = {**spec, "trustedPublicKeys": keys} if keys and not spec["trustedPublicKeys"] else spec
     for row in matrix.ROWS:
         try:
             specs = matrix.row_specs(row, stacks_dir)
@@ -91,7 +92,7 @@ def stale_for(path: Path, stack: str, specs: dict[str, dict]) -> bool:
     if not path.is_file():
         return False
     def keyless(entries: dict[str, dict]) -> dict[str, dict]:
-        return {n: {**e, "trusted_public_keys": None} for n, e in entries.items() if e.get("stack") == stack}
+        return {n: {**e, "trustedPublicKeys": None} for n, e in entries.items() if e.get("stack") == stack}
 
     return keyless(read(path)) != keyless(stack_configurations(stack, stack_specs(stack, specs)))
 
@@ -116,12 +117,18 @@ def run(args) -> int:
     except ConfigError as err:
         raise CommandError(*err.problems) from None
     current = path.read_text() if path.is_file() else None
+    schema_current = SCHEMA_PATH.is_file() and SCHEMA_PATH.read_text() == schema_text()
     if args.check:
-        if current != text:
-            print(f"{path.parent.name}/{path.name} is stale: run `make configurations`")
+        stale = [f"{p.parent.name}/{p.name}" for p, ok in ((SCHEMA_PATH, schema_current), (path, current == text))
+                 if not ok]
+        for name in stale:
+            print(f"{name} is stale: run `make configurations`")
+        if stale:
             return DIFFERS
         print(f"{path.parent.name}/{path.name} is current")
         return 0
+    if write_schema():
+        print(f"wrote {SCHEMA_PATH.parent.parent.name}/{SCHEMA_PATH.parent.name}/{SCHEMA_PATH.name}")
     if current != text:
         path.write_text(text)
     print(f"{'wrote' if current != text else 'unchanged:'} {path.parent.name}/{path.name} "

@@ -13,11 +13,13 @@ import json
 import shutil
 import subprocess
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 from flakefleet.common.nix import NIX_FEATURES, installed_nix_version
 from flakefleet.facts.flake import default_cache_dir
 from flakefleet.plan.contract import System
+from flakefleet.plan.schema import SPEC_SCHEMA_DIGEST
 
 EVAL_TIMEOUT_S = 900
 # nixpkgs' lib/minfeatures.nix refuses older Nix: a flake that locks nixpkgs needs at least this.
@@ -66,27 +68,23 @@ def flake_fingerprint(flake: Path) -> str:
     return digest.hexdigest()
 
 
+# The expression every evaluation runs (each pool's system evaluated once, flake.lib.evaluate).
+EVALUATE_NIX = Path(__file__).with_name("evaluate.nix")
+
+
 def cache_key(fingerprint: str, spec: dict) -> str:
-    """Cache key of one system: flake files plus spec."""
-    # 2: entries carry the boot files too; 3: and the links in k3s' directories; 4: and the pull agent.
-    return hashlib.sha256(json.dumps([4, fingerprint, spec], sort_keys=True).encode()).hexdigest()
+    """Cache key of one system: flake files plus spec, and what is asked of them: the evaluation
+    expression, the spec's schema and the fields of a cached entry (a change to any of them is a
+    new key, never a number bumped by hand)."""
+    asked = [EVALUATE_NIX.read_text(), SPEC_SCHEMA_DIGEST, sorted(f.name for f in fields(System))]
+    return hashlib.sha256(json.dumps([asked, fingerprint, spec], sort_keys=True).encode()).hexdigest()
 
 
 def eval_argv(flake: Path, specs_file: Path) -> list[str]:
-    """`nix eval` of `lib.toplevel` for every spec in `specs_file` (a JSON object name -> spec),
-    with its boot files (`lib.boot`), the links it makes in k3s' directories (`lib.k3sLinks`) and
-    an autoscaled pool's pull agent (`lib.pullAgent`)."""
-    expr = (
-        f"let flake = builtins.getFlake {json.dumps('path:' + str(flake))}; "
-        f"specs = builtins.fromJSON (builtins.readFile {json.dumps(str(specs_file))}); "
-        "in builtins.mapAttrs (_: spec: let t = flake.lib.toplevel spec; "
-        "in { drv = t.drvPath; out = t.outPath; "
-        "boot = if flake.lib ? boot then builtins.mapAttrs (_: builtins.unsafeDiscardStringContext) "
-        "(flake.lib.boot spec) else null; "
-        "links = if flake.lib ? k3sLinks then flake.lib.k3sLinks spec else null; "
-        "agent = if (spec.pull or false) && flake.lib ? pullAgent then (flake.lib.pullAgent spec).outPath else null; "
-        "}) specs"
-    )
+    """`nix eval` of evaluate.nix for every spec in `specs_file` (a JSON object name -> spec):
+    each system's toplevel, boot files, k3s links and pull agent, from one evaluation of it."""
+    expr = (f"import {json.dumps(str(EVALUATE_NIX))} {{ flake = builtins.getFlake {json.dumps('path:' + str(flake))}; "
+            f"specsFile = {json.dumps(str(specs_file))}; }}")
     # --impure: getFlake of a local path, and reading the spec file, are outside pure evaluation.
     return ["nix", *NIX_FEATURES, "eval", "--json", "--impure", "--expr", expr]
 

@@ -6,7 +6,8 @@ Everything here is data: the runner and the program meet here and nowhere else."
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_args, get_type_hints
 
 # The environment of a delivery Command: its plan; secrets only through FLAKEFLEET_SECRET_<NAME>
 # and FLAKEFLEET_SIGNING_KEY, never arguments.
@@ -65,6 +66,153 @@ class System:
     """An autoscaled pool's pull agent (in the system's closure), which its user data runs."""
 
 
+# ----------------------------------------------------------------------------- pool specs
+
+
+def option(description: str, default: Any = MISSING, *, example: Any = None, pattern: str | None = None,
+           unsigned: bool = False, selects: bool = False) -> Any:
+    """A spec field: the NixOS option `flakefleet.<camelCase name>` it sets, described (the flake
+    declares it from flakefleet/plan/schema.py's emitted schema), or with `selects`, a key the
+    flake reads to choose modules, not an option. `pattern`/`unsigned` narrow a str/int."""
+    meta = {"description": description, "example": example, "pattern": pattern, "unsigned": unsigned,
+            "selects": selects}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if isinstance(default, type):  # a group of options: its own defaults
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CiliumSpec:
+    """Cilium's settings (nixos/mixins/cilium.nix, addons/cilium.nix)."""
+
+    version: str = option("Cilium's Helm chart version (pinned; the cluster's helm controller fetches it).",
+                          "1.18.4", pattern=r"1\.[0-9]{2}\.[0-9]{1,2}")
+    tunnel: Literal["vxlan", "geneve"] = option("Cilium's overlay between nodes.", "vxlan")
+    hubble: bool = option("Hubble flow visibility (server on every node, relay in the cluster).", False)
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """A GPU pool's GPUs (nixos/hardware/nvidia.nix)."""
+
+    vendor: Literal["nvidia"] = option("GPU vendor.")
+    open_modules: bool = option("Whether NVIDIA's open kernel modules drive these GPUs (Turing and newer).", True)
+    nvswitch: bool = option("Whether the GPUs hang off NVSwitch (p4d, p5, p6): the fabric manager must run.", False)
+
+
+@dataclass(frozen=True)
+class AutoscalerSpec:
+    """The cluster autoscaler's settings (nixos/addons/cluster-autoscaler.nix)."""
+
+    region: str = option("The AWS region of the cluster's Auto Scaling groups.", example="eu-west-1")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """A workload the control planes deploy (nixos/addons/workloads.nix)."""
+
+    name: str = option("A workload of nixos/workloads/.")
+    pools: list[str] = option("Pools that preload its image and run its pods.")
+    gpu_pools: list[str] = option("Those of `pools` that have GPUs (its pods tolerate their taint).", [])
+    replicas: int = option("Pods to run.", 1, unsigned=True)
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """A bootstrapped pool's install (nixos/mixins/install.nix, nixos/disko/)."""
+
+    layout: str = option("Disk layout: a file of nixos/disko/.")
+    disk: str | None = option("The disk to write (the install's own evaluation names the host's).", None)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Everything a pool's closure is built from: the input of the flake's `lib.evaluate`. Each
+    field is the `flakefleet.*` option of its camelCase name (nixos/common/flakefleet.nix declares
+    them from this class) unless it selects modules."""
+
+    cluster: str = option("Cluster name.")
+    pool: str = option("Pool this system is built for; every host of the pool runs it.")
+    role: Literal["control-plane", "worker"] = option("Kubernetes role of the pool's hosts: k3s server or agent.")
+    hardware: Literal["ec2", "metal"] = option(
+        "Where the hosts run: EC2 instances (virtual or *.metal) or bring-your-own machines.")
+    api_endpoint: str = option("The Kubernetes API endpoint agents register with and servers join through.",
+                               example="https://10.30.0.4:6443")
+    authorized_keys: list[str] = option(
+        "SSH public keys allowed to log in as root: the deploy key, so delivery keeps access.")
+    system: Literal["x86_64-linux", "aarch64-linux"] = option(
+        "The Nix system the pool runs (nixpkgs.hostPlatform).", selects=True)
+    tls_sans: list[str] = option(
+        "Extra names and addresses in the API server certificate (the load balancer's).", [])
+    pod_cidr: str = option("Pod network.", "10.42.0.0/16")
+    service_cidr: str = option("Service network.", "10.43.0.0/16")
+    k3s_channel: str = option("k3s release line: `stable` (nixpkgs' k3s) or `1.NN` (k3s_1_NN).", "stable")
+    labels: dict[str, str] = option("Kubernetes node labels of the pool.", {})
+    taints: list[str] = option("Kubernetes node taints of the pool, as `key=value:Effect`.", [],
+                               example=["dedicated=metal:NoSchedule"])
+    trusted_public_keys: list[str] = option(
+        "Nix signing keys whose store paths the host accepts (delivery signs every closure).", [])
+    cni: Literal["flannel", "cilium"] = option(
+        "The pod network: k3s' own flannel, or Cilium installed by the cluster (mixins/cilium.nix, addons/cilium.nix).",
+        "flannel")
+    cilium: CiliumSpec = option("Cilium's settings, when it is the cluster's CNI.", CiliumSpec)
+    gpu: GpuSpec | None = option("The pool's GPUs (hardware/nvidia.nix), or null.", None)
+    cluster_autoscaler: AutoscalerSpec | None = option(
+        "Set when some pool of the cluster is autoscaled: control planes then run the cluster autoscaler "
+        "(addons/cluster-autoscaler.nix).", None)
+    cluster_has_gpus: bool = option(
+        "Whether some pool of the cluster has GPUs: control planes then deploy NVIDIA's device plugin.", False)
+    images: list[str] = option(
+        "Workloads (nixos/workloads/) whose images this pool's nodes preload (services.k3s.images).", [],
+        example=["hello"])
+    workloads: list[WorkloadSpec] = option("Workloads the control planes deploy (services.k3s.manifests).", [])
+    host: dict[str, Any] | None = option(
+        "Host facts baked into the closure, for pools that opt into per-host closures; null shares one closure "
+        "per pool.", None)
+    install: InstallSpec | None = option("A bootstrapped pool's disk layout (mixins/install.nix).", None,
+                                         selects=True)
+    pull: bool = option("An autoscaled pool: its instances pull it, with the agent in its closure (mixins/pull.nix).",
+                        False, selects=True)
+
+    def as_json(self) -> dict:
+        """The spec as the flake reads it: camelCase keys, the names of the options they set."""
+        return to_json_names(asdict(self), type(self))
+
+
+def camel(name: str) -> str:
+    """A spec field's name on the Nix side: `tls_sans` -> `tlsSans`."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def to_json_names(value: Any, cls: Any) -> Any:
+    """`asdict(cls(...))` with every dataclass field renamed by `camel` (free-form dicts, labels
+    and host facts, keep their keys: only dataclass fields are renamed)."""
+    return _renamed(value, cls)
+
+
+def _renamed(value: Any, cls: Any) -> Any:
+    if cls is None or not is_dataclass(cls):
+        return value
+    hints = get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        inner = _dataclass_in(hints[f.name])
+        v = value[f.name]
+        out[camel(f.name)] = ([_renamed(x, inner) for x in v] if isinstance(v, list)
+                              else _renamed(v, inner) if isinstance(v, dict) else v)
+    return out
+
+
+def _dataclass_in(hint: Any) -> Any:
+    """The dataclass a field holds (alone, in a list or beside None), else None."""
+    if is_dataclass(hint):
+        return hint
+    return next((a for a in get_args(hint) if is_dataclass(a)), None)
+
+
 # ----------------------------------------------------------------------------- a host's delivery
 
 
@@ -100,6 +248,59 @@ class Endpoint:
     def of(host, host_key: str) -> Endpoint:
         """The endpoint of a planned host (plan/inventory.py: Host), with its pinned key."""
         return Endpoint(host.name, str(host.address), host.ssh_port, host.ssh_user, host_key)
+
+
+@dataclass(frozen=True)
+class KubeconfigPlan:
+    """The kubeconfig read (`scripts/flakefleet kubeconfig`): the cluster's name and API endpoint
+    (the kubeconfig's server), read from the first control plane over pinned SSH."""
+
+    cluster: str
+    api_endpoint: str
+    endpoint: Endpoint
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> KubeconfigPlan:
+        data = json.loads(text)
+        return cls(**{**data, "endpoint": Endpoint(**data["endpoint"])})
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """The stale-Node clean-up after a restore (`scripts/flakefleet dr prune`): the Nodes to keep
+    (the stack's hosts), deleted through the first control plane."""
+
+    keep: list[str]
+    endpoint: Endpoint
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrunePlan:
+        data = json.loads(text)
+        return cls(keep=list(data["keep"]), endpoint=Endpoint(**data["endpoint"]))
+
+
+@dataclass(frozen=True)
+class HostKeyTarget:
+    """An EC2 host whose SSH host key is read from its console (`scripts/flakefleet host-key`):
+    only what identifies it, as any other change to the Command's inputs would run it again."""
+
+    host: str
+    address: str
+    port: int
+    region: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HostKeyTarget:
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)

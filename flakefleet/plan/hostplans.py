@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flakefleet.config import StackConfig
 from flakefleet.plan.contract import Builder, DeliveryPlan, Endpoint, InstallPlan, PublishPlan, System, substituter_url
@@ -89,6 +90,22 @@ def pulled_publish_plans(
     return plans
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What a host's plan takes from other resources, once the engine resolves them (named:
+    components/delivery.py resolves them by these names, never by position)."""
+
+    snapshot_bucket: str | None = None
+    """The bucket control planes write etcd snapshots to (None: local snapshots only)."""
+    cache_bucket: str | None = None
+    """The stack's binary cache bucket (None: SSH copies from the deployer)."""
+    ca_hash: str = ""
+    """The hash of the stack's server CA when the stack made the cluster's CAs: the first control
+    plane gets them, every secure token pins it ("": k3s makes its own)."""
+    snapshot_before: str = ""
+    """The etcd snapshot this host takes before a k3s minor upgrade ("": none)."""
+
+
 def host_plan(
     cfg: StackConfig,
     inv: Inventory,
@@ -96,20 +113,17 @@ def host_plan(
     wave: tuple[Host, ...],
     systems: Mapping[str, System],
     host_keys: Mapping[str, str],
-    snapshot_bucket: str | None = None,
+    resolved: Resolved = Resolved(),
     restore: RestorePoint | None = None,
-    cache_bucket: str | None = None,
-    cluster_cas: str = "",
-    snapshot_before: str = "",
 ) -> DeliveryPlan:
-    """One host's plan; `cluster_cas`, the hash of the stack's server CA when the stack made the
-    cluster's CAs (the first control plane gets them, every secure token pins it); `host_keys` needs this host's key and the control planes' keys only (those
+    """One host's plan; `host_keys` needs this host's key and the control planes' keys only (those
     of later waves when known).
 
     The host's batch is its wave: it is confirmed only when all of the wave's nodes are Ready,
     asked on the control planes delivered so far (the initializing one first). With a restore
     point, the first control plane restores it and the other control planes wipe their etcd.
     """
+    snapshot_bucket, cache_bucket = resolved.snapshot_bucket, resolved.cache_bucket
     control = inv.control_planes
     # A control plane whose key is not known yet (made later in this first update) is left out.
     endpoints = tuple(Endpoint.of(h, host_keys[h.name]) for h in control if h.name in host_keys)
@@ -124,9 +138,9 @@ def host_plan(
         host_key=host_keys[host.name],
         system=system.out,
         drv=system.drv,
-        files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket), bool(cluster_cas)),
-        ca_hash=cluster_cas,
-        snapshot_before=snapshot_before,
+        files=host_files(cfg, inv, host, snapshot_bucket, our_cache(cfg, host, cache_bucket), resolved.ca_hash),
+        ca_hash=resolved.ca_hash,
+        snapshot_before=resolved.snapshot_before,
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s if pool.bare_metal else cfg.delivery.boot_timeout_s,
         health_timeout_s=cfg.delivery.health_timeout_s,
         settle_s=cfg.delivery.settle_s,
@@ -151,11 +165,12 @@ def delivery_plans(
     host_keys: Mapping[str, str],
     snapshot_bucket: str | None = None,
     restore: RestorePoint | None = None,
-    cluster_cas: str = "",
+    ca_hash: str = "",
 ) -> dict[str, DeliveryPlan]:
     """Every host's plan, in rollout order (see host_plan)."""
     return {
-        host.name: host_plan(cfg, inv, host, wave, systems, host_keys, snapshot_bucket, restore, None, cluster_cas)
+        host.name: host_plan(cfg, inv, host, wave, systems, host_keys,
+                             Resolved(snapshot_bucket=snapshot_bucket, ca_hash=ca_hash), restore)
         for wave in waves(cfg, inv)
         for host in wave
     }
@@ -170,7 +185,7 @@ def install_plan(cfg: StackConfig, inv: Inventory, host: Host, systems: Mapping[
     return InstallPlan(
         host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user,
         install_host_key=host.install.host_key, host_key=host_key, layout=host.install.layout,
-        system=systems[host_system(cfg, host)].out, spec=pool_spec(cfg, inv, host.pool), arch=NIX_SYSTEMS[pool.arch],
+        system=systems[host_system(cfg, host)].out, spec=pool_spec(cfg, inv, host.pool).as_json(), arch=NIX_SYSTEMS[pool.arch],
         disk=host.install.disk, reinstall=host.install.reinstall, flake=flake,
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s, delivery=delivery,
     )

@@ -14,10 +14,14 @@ import json
 
 from flakefleet.config import StackConfig
 from flakefleet.facts.aws import nvidia_gpu
-from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, NIX_SYSTEMS, PEERS_PATH, FileSpec
+from flakefleet.plan.contract import (
+    FACTS_PATH, K3S_DROP_IN_PATH, NIX_SYSTEMS, PEERS_PATH, AutoscalerSpec, CiliumSpec, FileSpec, GpuSpec, InstallSpec,
+    PoolSpec, WorkloadSpec,
+)
 from flakefleet.plan.inventory import Host, Inventory
 
-SPEC_SCHEMA = 1
+# The version of host.json's layout (host_facts; nixos/host reads it).
+FACTS_SCHEMA = 1
 SECRETS_DIR = "/var/lib/flakefleet/secrets"
 # Token files (nixos/roles: tokenFile, agentTokenFile) -> the runner's environment variable.
 SERVER_TOKEN = (f"{SECRETS_DIR}/k3s-server-token", "FLAKEFLEET_SECRET_K3S_SERVER_TOKEN")
@@ -38,7 +42,7 @@ def host_facts(inv: Inventory, host: Host) -> dict:
     first = inv.control_planes[0]
     server = host.role == "control-plane" and host.name != first.name
     return {
-        "schema": SPEC_SCHEMA,
+        "schema": FACTS_SCHEMA,
         "cluster": inv.cluster,
         "name": host.name,
         "pool": host.pool,
@@ -54,7 +58,7 @@ def host_facts(inv: Inventory, host: Host) -> dict:
 def pulled_facts(inv: Inventory, pool: str) -> dict:
     """What the instances of an autoscaled pool share of host.json (in their pointer): the rest,
     `name` and `address`, each reads from its instance metadata at boot."""
-    return {"schema": SPEC_SCHEMA, "cluster": inv.cluster, "pool": pool, "role": "worker",
+    return {"schema": FACTS_SCHEMA, "cluster": inv.cluster, "pool": pool, "role": "worker",
             "api_endpoint": inv.api_endpoint, "init": False, "server": None}
 
 
@@ -71,82 +75,73 @@ def system_key(pool: str, host: str | None = None) -> str:
     return f"{pool}/{host}" if host else pool
 
 
-def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | None = None) -> dict:
-    """Everything a pool's closure is built from (the input of the flake's `lib.toplevel`)."""
+def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | None = None) -> PoolSpec:
+    """Everything a pool's closure is built from (the input of the flake's `lib.evaluate`)."""
     pool = cfg.pool(pool_name)
+    server = pool.role == "control-plane"
     sans = [str(inv.api_address), *(str(a) for a in inv.api_lb_addresses)]
-    return {
-        "schema": SPEC_SCHEMA,
-        "cluster": cfg.cluster.name,
-        "pool": pool.name,
-        "role": pool.role,
-        "hardware": pool.provider,
-        "system": NIX_SYSTEMS[pool.arch],
-        "api_endpoint": inv.api_endpoint,
-        "tls_sans": list(dict.fromkeys(sans)) if pool.role == "control-plane" else [],
-        "pod_cidr": str(cfg.cluster.pod_cidr),
-        "service_cidr": str(cfg.cluster.service_cidr),
-        "k3s_channel": cfg.cluster.k3s_channel,
-        "labels": dict(sorted(pool.labels.items())),
-        "taints": [t.render() for t in pool.taints],
-        "authorized_keys": list(cfg.delivery.authorized_keys),
-        "trusted_public_keys": [cfg.signing_public_key] if cfg.signing_public_key else [],
-        "host": host_facts(inv, host) if host is not None else None,
-        "cni": cfg.cluster.cni,
-        "cilium": cilium_spec(cfg),
-        "gpu": gpu_spec(cfg, pool_name),
-        "cluster_gpus": pool.role == "control-plane" and any(p.gpu for p in cfg.pools if p.capacity),
+    return PoolSpec(
+        cluster=cfg.cluster.name, pool=pool.name, role=pool.role, hardware=pool.provider,
+        system=NIX_SYSTEMS[pool.arch], api_endpoint=inv.api_endpoint,
+        tls_sans=list(dict.fromkeys(sans)) if server else [],
+        pod_cidr=str(cfg.cluster.pod_cidr), service_cidr=str(cfg.cluster.service_cidr),
+        k3s_channel=cfg.cluster.k3s_channel, labels=dict(sorted(pool.labels.items())),
+        taints=[t.render() for t in pool.taints], authorized_keys=list(cfg.delivery.authorized_keys),
+        trusted_public_keys=[cfg.signing_public_key] if cfg.signing_public_key else [],
+        host=host_facts(inv, host) if host is not None else None,
+        cni=cfg.cluster.cni, cilium=cilium_spec(cfg), gpu=gpu_spec(cfg, pool_name),
+        cluster_has_gpus=server and any(p.gpu for p in cfg.pools if p.capacity),
         # Control planes of a cluster with autoscaled pools run the cluster autoscaler for them.
-        **({"cluster_autoscaler": {"region": cfg.region or ""}}
-           if pool.role == "control-plane" and any(p.autoscaling for p in cfg.pools) else {}),
-        "images": sorted(w.name for w in cfg.workloads if pool.name in w.pools),
-        "workloads": workload_specs(cfg) if pool.role == "control-plane" else [],
+        cluster_autoscaler=(AutoscalerSpec(region=cfg.region or "")
+                            if server and any(p.autoscaling for p in cfg.pools) else None),
+        images=sorted(w.name for w in cfg.workloads if pool.name in w.pools),
+        workloads=workload_specs(cfg) if server else [],
         # A bootstrapped pool's disk layout (nixos/disko/); the disk is the install's, per host.
-        **({"install": {"layout": pool.layout}} if pool.bootstrap else {}),
+        install=InstallSpec(layout=pool.layout) if pool.bootstrap else None,
         # An autoscaled pool: its instances pull it, with the agent in its closure (mixins/pull.nix).
-        **({"pull": True} if pool.autoscaling is not None else {}),
-    }
+        pull=pool.autoscaling is not None,
+    )
 
 
-def cilium_spec(cfg: StackConfig) -> dict | None:
-    """Cilium's settings (nixos/mixins/cilium.nix and addons/cilium.nix), when it is the cluster's CNI."""
+def cilium_spec(cfg: StackConfig) -> CiliumSpec:
+    """Cilium's settings (nixos/mixins/cilium.nix and addons/cilium.nix; read when it is the CNI)."""
     if cfg.cluster.cni != "cilium":
-        return None
+        return CiliumSpec()
     c = cfg.cluster.cilium
-    return {"version": c.version, "tunnel": c.tunnel, "hubble": c.hubble}
+    return CiliumSpec(version=c.version, tunnel=c.tunnel, hubble=c.hubble)
 
 
-def gpu_spec(cfg: StackConfig, pool_name: str) -> dict | None:
+def gpu_spec(cfg: StackConfig, pool_name: str) -> GpuSpec | None:
     """A GPU pool's GPUs (nixos/hardware/nvidia.nix): open kernel modules and NVSwitch from the
     instance catalog on EC2; bring-your-own hosts are taken as Turing or newer without NVSwitch."""
     pool = cfg.pool(pool_name)
     if pool.gpu is None:
         return None
     known = nvidia_gpu(pool.instance_type) if pool.instance_type else None
-    return {"vendor": pool.gpu, "openModules": known.open_modules if known else True,
-            "nvswitch": known.nvswitch if known else False}
+    return GpuSpec(vendor=pool.gpu, open_modules=known.open_modules if known else True,
+                   nvswitch=known.nvswitch if known else False)
 
 
-def workload_specs(cfg: StackConfig) -> list[dict]:
+def workload_specs(cfg: StackConfig) -> list[WorkloadSpec]:
     """The stack's workloads as control planes deploy them: where they run, and which of those
     pools have GPUs (whose taint their pods then tolerate)."""
     gpu = {p.name for p in cfg.pools if p.gpu}
-    return [{"name": w.name, "pools": list(w.pools), "gpuPools": [p for p in w.pools if p in gpu],
-             "replicas": w.replicas} for w in cfg.workloads]
+    return [WorkloadSpec(name=w.name, pools=list(w.pools), gpu_pools=[p for p in w.pools if p in gpu],
+                         replicas=w.replicas) for w in cfg.workloads]
 
 
 def system_specs(cfg: StackConfig, inv: Inventory) -> dict[str, dict]:
-    """Every system the stack needs: one per pool with hosts (or an autoscaled pool, whose hosts are
-    its group's), or one per host where a pool opts in."""
+    """Every system the stack needs, as the flake reads it (PoolSpec.as_json): one per pool with
+    hosts (or an autoscaled pool, whose hosts are its group's), or one per host where a pool opts in."""
     specs: dict[str, dict] = {}
     for pool in cfg.pools:
         hosts = inv.pool_hosts(pool.name)
         if not hosts and pool.autoscaling is None:
             continue
         if pool.per_host_closures:
-            specs.update({system_key(pool.name, h.name): pool_spec(cfg, inv, pool.name, h) for h in hosts})
+            specs.update({system_key(pool.name, h.name): pool_spec(cfg, inv, pool.name, h).as_json() for h in hosts})
         else:
-            specs[system_key(pool.name)] = pool_spec(cfg, inv, pool.name)
+            specs[system_key(pool.name)] = pool_spec(cfg, inv, pool.name).as_json()
     return specs
 
 
@@ -186,15 +181,15 @@ FIREWALL = ("firewall.service",)
 
 def host_files(
     cfg: StackConfig, inv: Inventory, host: Host, snapshot_bucket: str | None = None, cache: str | None = None,
-    cluster_cas: bool = False,
+    ca_hash: str = "",
 ) -> tuple[FileSpec, ...]:
     """Files delivery writes on a host: its k3s tokens (secrets: named here, read from the runner's
     environment), a server's snapshot settings, the binary cache it substitutes from (`cache`, a
     store URL, included by nixos/common/nix.nix), on metal the fleet's addresses its firewall
     admits to the ports only nodes may reach, and, for shared closures, its facts and k3s drop-in.
-    With `cluster_cas` (the stack made them), the first control plane also gets the cluster's CAs."""
+    With `ca_hash` (the stack made the cluster's CAs), the first control plane also gets them."""
     first = host.name == inv.control_planes[0].name
-    secrets = token_files(host) + (ca_files() if cluster_cas and first else ())
+    secrets = token_files(host) + (ca_files() if ca_hash and first else ())
     if cache:
         secrets = (FileSpec(CACHE_CONF_PATH, "0644", content=f"extra-substituters = {cache}\n", restart=NIX_DAEMON),
                    *secrets)

@@ -28,6 +28,11 @@ in
 rec {
   inherit portTable;
 
+  # The pool spec's schema (flakefleet/plan/schema.py emits it): `options`, the keys that set
+  # `flakefleet.*` options (nixos/common/flakefleet.nix declares them from it), and `selects`,
+  # the keys that choose modules.
+  specSchema = builtins.fromJSON (builtins.readFile ../common/spec-schema.json);
+
   # The features port rules are conditioned on (flakefleet/facts/ports.py:cluster_features computes
   # the same): the CNI, and for Cilium its tunnel and whether Hubble runs.
   clusterFeatures =

@@ -17,21 +17,16 @@ let
     };
   };
   apiEndpoint = "https://${hosts.cp0.address}:6443";
-  # The pool spec (flakefleet/plan/specs.py:pool_spec) of each node's pool.
+  # The pool spec (flakefleet/plan/contract.py:PoolSpec, as flakefleet/plan/specs.py:pool_spec
+  # fills it) of each node's pool; the keys left out take their defaults.
   spec = host: {
-    schema = 1;
     cluster = "vmtest";
     inherit (host) pool role system;
     hardware = "metal";
-    api_endpoint = apiEndpoint;
-    tls_sans = if host.role == "control-plane" then [ hosts.cp0.address ] else [ ];
-    pod_cidr = "10.42.0.0/16";
-    service_cidr = "10.43.0.0/16";
-    k3s_channel = "stable";
+    apiEndpoint = apiEndpoint;
+    tlsSans = if host.role == "control-plane" then [ hosts.cp0.address ] else [ ];
     labels."flakefleet.io/pool" = host.pool;
-    taints = [ ];
-    authorized_keys = [ ];
-    trusted_public_keys = [ ];
+    authorizedKeys = [ ];
     host = null;
   };
 in

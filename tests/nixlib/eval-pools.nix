@@ -15,6 +15,8 @@
   vmNodes ? false,
   # Modules added to every system (tests: an old kernel, say).
   extraModules ? [ ],
+  # The flake's outputs evaluated with this module system, unchecked (bench/eval_once.nix).
+  outputsOnly ? false,
 }:
 let
   # Stand-ins for the packages our modules name: nothing is built, only evaluated.
@@ -163,14 +165,21 @@ let
         isAarch64 = system == "aarch64-linux";
       };
     };
+  # nixos/lib/eval-config.nix returns the module system's result with the system's `pkgs`.
   nixosSystem =
     { modules, ... }:
+    let
+      pkgs = pkgsFor (platformOf modules);
+    in
     lib.evalModules {
       modules = modules ++ [ ./nixpkgs-options.nix ] ++ extraModules;
       specialArgs = {
-        pkgs = pkgsFor (platformOf modules);
+        inherit pkgs;
         modulesPath = toString ./modules;
       };
+    }
+    // {
+      inherit pkgs;
     };
   nixpkgs = {
     lib = lib // {
@@ -302,4 +311,4 @@ let
           ];
       };
 in
-builtins.mapAttrs (name: system: withLinks name (check name system)) systems
+if outputsOnly then outputs else builtins.mapAttrs (name: system: withLinks name (check name system)) systems

@@ -46,7 +46,7 @@
             [
               "agent"
               "--server"
-              spec.api_endpoint
+              spec.apiEndpoint
               "--token-file"
               "${secrets}/k3s-agent-token"
             ]
@@ -61,11 +61,11 @@
         ++ (
           if spec.role == "control-plane" then
             [
-              "--cluster-cidr=${spec.pod_cidr}"
-              "--service-cidr=${spec.service_cidr}"
+              "--cluster-cidr=${spec.podCidr}"
+              "--service-cidr=${spec.serviceCidr}"
               "--secrets-encryption"
             ]
-            ++ map (s: "--tls-san=${s}") spec.tls_sans
+            ++ map (s: "--tls-san=${s}") spec.tlsSans
             # mixins/cilium.nix: the servers turn k3s' own CNI off.
             ++ (
               if (spec.cni or "flannel") == "cilium" then
@@ -229,6 +229,9 @@
         };
     in
     {
+      # No `lib.evaluate`: this stand-in has no module system to evaluate once, so
+      # flakefleet/nixos/evaluate.nix asks it value by value, as it asks any flake without one.
+
       # As nixos/flake.nix: the boot files of a system, for the reboot decision at plan time.
       lib.boot = spec: {
         kernel = "${kernel spec}/bzImage";
@@ -298,7 +301,7 @@
 
       lib.toplevel =
         spec:
-        assert spec.schema == 1;
+        assert spec ? apiEndpoint; # a spec of flakefleet/plan/contract.py:PoolSpec (camelCase keys)
         derivation {
           name = "nixos-system-${spec.pool}${if spec.host == null then "" else "-" + spec.host.name}";
           system = spec.system;
