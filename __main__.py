@@ -21,12 +21,11 @@ from components.publish import Publish, PublishArgs
 from components.stale_nodes import StaleNodes, StaleNodesArgs
 from components.storage import Storage, StorageArgs
 from components.tokens import ClusterTokens, ClusterTokensArgs
-from flakefleet.ops.drift import split_pools
 from flakefleet.plan.specs import host_system
 from program.config import cache_arn, load_stack
 from program.last_update import (announce_changes, last_update, refuse_unsafe_changes,
                                  upgrade_snapshot)
-from program.outputs import node_table
+from program.outputs import node_table, pool_split
 from program.restore import plan_restore
 from program.systems import boot_release, plan_systems
 
@@ -217,7 +216,7 @@ pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
 nodes = node_table(inventory, delivery.hosts, delivery.host_keys, wanted)
 pulumi.export("nodes", nodes)
-pulumi.export("pools", nodes.apply(split_pools))  # who is off its pool's system
+pulumi.export("pools", pool_split(nodes))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("boot", {name: system.boot for name, system in systems.items()})  # what the next preview compares
 pulumi.export("system_manifests", {name: m.pack() for name, m in manifests.items()})  # ... packages and units too

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from flakefleet.common.outputs import StackOutputs
 from flakefleet.config import StackConfig
 from flakefleet.facts.flake import default_cache_dir
 from flakefleet.plan.contract import System
@@ -47,9 +48,14 @@ def last_update() -> LastUpdate:
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
     answer = pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name})
     outputs = (answer.value or {}).get("outputs") or {}
-    nodes = outputs.get("nodes") if isinstance(outputs.get("nodes"), dict) else {}
-    keys = {h: row["host_key"] for h, row in nodes.items() if isinstance(row, dict) and row.get("host_key")}
+    keys = StackOutputs(outputs, READ_STACK_OUTPUTS).host_keys
     return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), keys)
+
+
+def read(previous: dict) -> StackOutputs:
+    """The last update's outputs (as `LastUpdate.outputs` resolves) through the one typed reader
+    the commands use too (flakefleet/common/outputs.py)."""
+    return StackOutputs(previous if isinstance(previous, dict) else {}, "the last update")
 
 
 def cni_problem(cfg: StackConfig, previous: str | None) -> str | None:
@@ -62,7 +68,7 @@ def cni_problem(cfg: StackConfig, previous: str | None) -> str | None:
     return None
 
 
-def skew_check(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest], previous: dict
+def skew_check(cfg: StackConfig, inventory: Inventory, mine: dict[str, Manifest], previous: StackOutputs
                ) -> tuple[list[str], Upgrade | None]:
     """The k3s version change against the last update: problems (one line each) and the upgrade."""
     before = deployed_side(previous) if mine else None
@@ -81,8 +87,9 @@ def refuse_unsafe_changes(cfg: StackConfig, inventory: Inventory, mine: dict[str
     once, so nothing is created, changed or delivered, when this update would switch the CNI of a
     running cluster or change k3s against the version skew policy (flakefleet/preview/upgrade.py)."""
 
-    def check(previous: dict) -> list:
-        found = [p for p in [cni_problem(cfg, previous.get("cluster_cni"))] if p]
+    def check(last_outputs: dict) -> list:
+        previous = read(last_outputs)
+        found = [p for p in [cni_problem(cfg, previous.cluster_cni)] if p]
         found += skew_check(cfg, inventory, mine, previous)[0]
         if found:
             raise pulumi.RunError("\n".join(found))
@@ -103,10 +110,11 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
         pulumi.log.warn(f"cannot read the systems' derivations ({err}): the preview lists no package changes")
         mine = {}
 
-    def log(previous: dict) -> None:
+    def log(last_outputs: dict) -> None:
+        previous = read(last_outputs)
         before = deployed_side(previous) if mine else None
         if before is None:
-            lines = reboot_notes(cfg, inventory, systems, previous.get("boot"))
+            lines = reboot_notes(cfg, inventory, systems, previous.boot)
         else:
             changes = compare(before, stack_side(cfg, inventory, mine))
             lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
@@ -119,21 +127,21 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
     return mine
 
 
-def install_notes(inventory: Inventory, previous: dict) -> list[str]:
+def install_notes(inventory: Inventory, previous: StackOutputs) -> list[str]:
     """What a preview says of bootstrapped hosts against the last update's `nodes`: a host that
     joins is installed (its disks wiped), a new `reinstall` wipes and installs it again."""
-    nodes = previous.get("nodes") if isinstance(previous.get("nodes"), dict) else {}
+    nodes = previous.nodes
     lines = []
     for host in (h for h in inventory.hosts if h.install):
         was = nodes.get(host.name)
-        if not isinstance(was, dict):
+        if was is None:
             lines.append(f"{host.name} will be installed: its disks wiped (layout {host.install.layout}), "
                          f"NixOS installed by nixos-anywhere, then delivered to")
-        elif "install" not in was:
+        elif was.install is None:
             lines.append(f"{host.name}: its pool is installed by the stack now, but it runs a delivered system "
                          "already: its install refuses to wipe it. Set hosts[].reinstall to install it anew, or "
                          "take bootstrap off its pool")
-        elif was["install"].get("reinstall") != host.install.reinstall and host.install.reinstall:
+        elif was.install.get("reinstall") != host.install.reinstall and host.install.reinstall:
             lines.append(f"{host.name} will be wiped and reinstalled (reinstall: {host.install.reinstall}): "
                          "drained and taken out of the cluster first, in its wave")
     return lines
@@ -153,8 +161,8 @@ def upgrade_snapshot(cfg: StackConfig, inventory: Inventory, mine: dict[str, Man
     """Host -> the etcd snapshot it takes before a k3s minor upgrade: the first server to move,
     once (`flakefleet-pre-k3s-1-34`); {} when this update is no minor upgrade."""
 
-    def pick(previous: dict) -> dict[str, str]:
-        found, planned = skew_check(cfg, inventory, mine, previous)
+    def pick(last_outputs: dict) -> dict[str, str]:
+        found, planned = skew_check(cfg, inventory, mine, read(last_outputs))
         if found or planned is None or not planned.servers:
             return {}
         return {planned.servers[0]: "flakefleet-pre-k3s-" + planned.after.replace(".", "-")}

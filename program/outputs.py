@@ -1,9 +1,11 @@
-"""The stack outputs that are more than a value: the `nodes` table."""
+"""The stack outputs that are more than a value: the `nodes` table and the `pools` split."""
 
 from __future__ import annotations
 
 import pulumi
 
+from flakefleet.common.outputs import StackOutputs
+from flakefleet.ops.drift import split_pools
 from flakefleet.plan.inventory import Inventory
 
 
@@ -18,10 +20,8 @@ def node_table(
     still boots an older kernel (`reboot: never`), and how to reach it over pinned SSH (port,
     user, host key: what `flakefleet drift` needs), and a bootstrapped host's install.
     `delivered` is the rollout's `hosts`."""
-    names = [h.name for h in inventory.hosts]
-
-    def table(values: list) -> dict[str, dict]:
-        outs, keys = values[0], dict(zip(names, values[1:]))
+    def table(values: dict) -> dict[str, dict]:
+        outs, keys = values["delivered"], values["keys"]
         return {
             h.name: {
                 "role": h.role,
@@ -43,4 +43,12 @@ def node_table(
             for h in inventory.hosts
         }
 
-    return pulumi.Output.all(delivered, *(host_keys[n] for n in names)).apply(table)
+    # By name (no hosts: `keys` resolves to [], and the table is empty).
+    keys = pulumi.Output.all(**{h.name: host_keys[h.name] for h in inventory.hosts})
+    return pulumi.Output.all(delivered=delivered, keys=keys).apply(table)
+
+
+def pool_split(nodes: pulumi.Output[dict[str, dict]]) -> pulumi.Output[dict[str, dict]]:
+    """Stack output `pools`: per pool, the system it wants and the hosts not on it
+    (flakefleet/ops/drift.py:split_pools), the node table read as every command reads it."""
+    return nodes.apply(lambda rows: split_pools(StackOutputs({"nodes": rows}, "nodes").nodes))

@@ -178,9 +178,10 @@ def test_a_replaced_first_control_plane_joins_instead_of_initializing():
     ids=["in-sync", "other-system", "outside-switch", "never-delivered"],
 )
 def test_drift_classification(state, status, outside, detail):
+    from flakefleet.host.protocol import HostState
     from flakefleet.ops.drift import classify
 
-    row = classify("h", "/nix/store/a", state)
+    row = classify("h", "/nix/store/a", HostState(**state))
     assert (row.status, row.outside_flakefleet, row.detail) == (status, outside, detail)
 
 

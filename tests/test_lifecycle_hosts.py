@@ -13,6 +13,7 @@ import json
 import pytest
 
 from flakefleet.plan.contract import ROLLED_BACK
+from flakefleet.common.outputs import NodeRow
 from flakefleet.ops.drift import split_pools
 from tests.lifecycle import LocalCommand
 from tests.local_fleet import k3s_log, local_fleet, stack, up, write_stack_file
@@ -181,7 +182,7 @@ def test_a_failed_host_in_a_batch_is_named_and_its_pool_reported_split(cluster):
     assert "other hosts of its batch (worker-1) may have switched" in failed.stderr
     assert "python -m flakefleet drift" in failed.stderr
     # What the next preview's `pools` output and `flakefleet drift` say (from the hosts' state).
-    nodes = {h: {"pool": "workers", "wanted": plans[h].system, "system": hosts[h].current_system()}
+    nodes = {h: NodeRow(pool="workers", wanted=plans[h].system, system=hosts[h].current_system())
              for h in ("worker-0", "worker-1")}
     split = split_pools(nodes)["workers"]
     assert split["hosts"] == 2 and list(split["off_wanted"]) == ["worker-0"]

@@ -13,6 +13,7 @@ from flakefleet.preview.compare import PoolHosts, Side, compare, version_key
 from flakefleet.preview.derivations import closure, parse_drv_name, read_show, show_argv
 from flakefleet.preview.manifest import Manifest, manifest_of, on_change
 from flakefleet.preview.render import as_json, capped, markdown, pool_text, summary, text
+from flakefleet.common.outputs import StackOutputs
 from flakefleet.preview.sides import deployed_side
 
 H = "0" * 31  # a store hash is 32 characters: one distinguishing letter + H
@@ -275,11 +276,12 @@ def test_the_text_headline_names_the_base():
 
 def test_the_deployed_side_comes_from_the_last_updates_outputs():
     m = mf("w", BASE_PKGS)
-    side = deployed_side({"system_manifests": {"workers": m.pack(), "solo/s-0": m.pack(), "bad": "junk"},
-                          "nodes": {"w-0": {"pool": "workers"}, "s-0": {"pool": "solo"}}})
+    side = deployed_side(StackOutputs({"system_manifests": {"workers": m.pack(), "solo/s-0": m.pack(), "bad": "junk"},
+                                       "nodes": {"w-0": {"pool": "workers"}, "s-0": {"pool": "solo"}}}))
     assert side.pools["workers"].hosts == (("w-0", -1, "workers"),) and side.pools["solo"].hosts == (("s-0", -1, "solo/s-0"),)
     assert side.manifests["workers"] == m and "bad" not in side.manifests
-    assert deployed_side({"boot": {}}) is None and deployed_side({"system_manifests": None, "nodes": {}}) is None
+    assert deployed_side(StackOutputs({"boot": {}})) is None
+    assert deployed_side(StackOutputs({"system_manifests": None, "nodes": {}})) is None
 
 
 # What the cluster gets and loses: the links a system makes in k3s' directories (lib.k3sLinks).

@@ -216,6 +216,7 @@ def test_an_instance_being_terminated_is_leaving_not_behind(state, leaving):
 def test_status_reads_a_pool_from_its_group_pointer_and_reports():
     """As status and drift read a pulled pool: the group's live instances (moto launches them),
     the current pointer, the instances' reports as the agent writes them."""
+    from flakefleet.common.outputs import PulledPoolRow
     from flakefleet.ops.pulled import read_pool, render
 
     ec2 = boto3.client("ec2", region_name="eu-west-1")
@@ -236,7 +237,7 @@ def test_status_reads_a_pool_from_its_group_pointer_and_reports():
     for instance, system in zip(live, (SYSTEM, OTHER)):
         s3.put_object(Bucket="c-cache", Key=f"{AGENT.REPORTS}/c/spot/{instance}.json",
                       Body=json.dumps({"instance": instance, "result": "joined", "system": system}).encode())
-    view = read_pool(s3, autoscaling, "spot", {"group": "c-spot", "bucket": "c-cache", "cluster": "c"})
+    view = read_pool(s3, autoscaling, "spot", PulledPoolRow(group="c-spot", bucket="c-cache", cluster="c"))
     assert view.system == SYSTEM and view.instances == 3
     assert (view.on_pointer, view.stragglers, view.unreported) == ((live[0],), (live[1],), (live[2],))
     assert render([view])[0] == (f"pool spot (group c-spot): 3 instances, 1 on {SYSTEM.rsplit('/', 1)[-1]}, 1 behind, "

@@ -17,6 +17,7 @@ import pytest
 from flakefleet.preview.compare import PoolHosts, Side, compare
 from flakefleet.preview.manifest import Manifest
 from flakefleet.preview.render import markdown, pool_text
+from flakefleet.common.outputs import StackOutputs
 from flakefleet.preview.sides import deployed_side
 from tests.harness import TEST_SIGNING_KEY, read_stack_file, reaches, run_program
 
@@ -117,7 +118,8 @@ def test_the_planned_hosts_blocks_are_reserved_from_the_groups(run):
 def test_the_preview_and_the_pr_comment_say_how_a_new_system_reaches_the_pool():
     old, new = Manifest(system="old", packages={"k3s": {"1.33.1": "a"}}), Manifest(system="new", packages={"k3s": {"1.33.2": "b"}})
     pulled = "0..400 hosts, new system via instance refresh, 10% at a time"
-    before = deployed_side({"system_manifests": {"spot": old.pack()}, "nodes": {}, "pulled_pools": {"spot": "c-spot"}})
+    before = deployed_side(StackOutputs({"system_manifests": {"spot": old.pack()}, "nodes": {},
+                                         "pulled_pools": {"spot": {"group": "c-spot", "bucket": "c-cache", "cluster": "c"}}}))
     head = Side({"spot": PoolHosts((), pulled=pulled)}, {"spot": new})
     [change] = compare(before, head)
     assert change.status == "changed" and not change.hosts and not change.reboots

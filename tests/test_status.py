@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 
+from flakefleet.common.outputs import NodeRow
 from flakefleet.ops.drift import HostDrift
 from flakefleet.ops.status import combine, exit_code, render
 
-NODES = {
+NODES = {name: NodeRow.of(row) for name, row in {
     "cp-0": {"role": "control-plane", "pool": "cp", "last_outcome": "activated", "reboot_pending": False},
     "cp-1": {"role": "control-plane", "pool": "cp", "last_outcome": "up to date", "reboot_pending": False},
     "w-0": {"role": "worker", "pool": "workers", "last_outcome": "rebooted", "reboot_pending": False},
-}
+}.items()}
 
 
 def node(name, ready=True, voter=None, version="v1.33.7+k3s3"):

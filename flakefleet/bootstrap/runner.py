@@ -128,13 +128,13 @@ def take_out_of_cluster(plan: InstallPlan, env: dict[str, str]) -> None:
     """A node that is to be wiped: drained and deleted (its etcd member removed) as its removal does."""
     if not plan.delivery:
         raise InstallError("it is a node of the cluster, and this install has no delivery plan to drain it with", REFUSED)
-    from flakefleet.cluster.membership import take_out
+    from flakefleet.cluster.membership import answered_state, take_out
     from flakefleet.host.session import HostSession
     from flakefleet.plan.contract import DeliveryFailed, DeliveryPlan
 
     session = HostSession(DeliveryPlan.from_json(plan.delivery), env)
     try:
-        say(plan, take_out(session, session.hostctl("state", timeout=30)))
+        say(plan, take_out(session, answered_state(session)))
     except DeliveryFailed as err:
         raise InstallError(f"taking it out of the cluster first failed; nothing was wiped: {err}", REFUSED) from None
     finally:

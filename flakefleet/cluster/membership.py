@@ -5,7 +5,6 @@ its etcd member), and a host leaving the stack is drained and deleted."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,8 @@ from flakefleet.cluster.kubectl import (CA_HASH_QUERY, ETCD_MEMBERS_QUERY, K3S, 
 from flakefleet.cluster.readiness import node_exists
 from flakefleet.common.retry import poll
 from flakefleet.host.files import HostFile, files_digest
-from flakefleet.host.session import parse_state
+from flakefleet.host import protocol as hostctl
+from flakefleet.host.protocol import HostState
 from flakefleet.plan.contract import FACTS_PATH, K3S_DROP_IN_PATH, DeliveryFailed, Endpoint
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def join_instead_of_init(contents: list[HostFile]) -> list[HostFile] | None:
     return [(path, mode, data) for path, (mode, data) in files.items()]
 
 
-def existing_cluster_check(run: HostSession, contents: list[HostFile], state: dict[str, str]) -> list[HostFile]:
+def existing_cluster_check(run: HostSession, contents: list[HostFile], state: HostState) -> list[HostFile]:
     """An initializing control plane joins instead when it has no etcd data of its own while
     another control plane already runs the cluster (it was replaced): a second `cluster-init`
     would split the cluster. A host that joined that way keeps joining; one with its own etcd
@@ -50,9 +50,9 @@ def existing_cluster_check(run: HostSession, contents: list[HostFile], state: di
     joining = join_instead_of_init(contents)
     if joining is None:
         return contents
-    if state.get("applied") == files_digest(run.plan.system, joining):
+    if state.applied == files_digest(run.plan.system, joining):
         return joining
-    if state.get("etcd_data") == "yes":
+    if state.etcd_data:
         return contents
     others = [cp for cp in run.plan.control_planes if cp.host != run.plan.host]
     for cp in others:
@@ -106,16 +106,15 @@ def forget_stale_node(run: HostSession) -> None:
         return
 
 
-def superseded(run: HostSession, state: subprocess.CompletedProcess) -> bool:
+def superseded(run: HostSession, state: HostState | None) -> bool:
     """Whether a newer delivery holds the host (this Command's delete belongs to a replacement)."""
-    if state.returncode != 0:
+    if state is None:
         return False
-    host = parse_state(state.stdout)
     mine = run.previous.get("owner")
-    if mine and host.get("owner"):
-        return host["owner"] != mine
+    if mine and state.owner:
+        return state.owner != mine
     # A Command from before ownership: compare what it applied with what the host has.
-    applied = host.get("applied")
+    applied = state.applied
     return bool(applied) and applied != files_digest(run.plan.system, run.file_contents())
 
 
@@ -164,16 +163,22 @@ def remove(run: HostSession) -> str:
     Draining that fails stops the removal (a dead host: `flakefleet remove --force` deletes its
     Node first, and then this finds nothing to drain); with no control plane left to ask (the
     whole cluster is being destroyed), there is nothing to drain."""
-    state = run.hostctl("state", timeout=30)
+    state = answered_state(run)
     if superseded(run, state):
         return f"{run.plan.host} was superseded by a newer delivery; nothing to remove"
     return take_out(run, state)
 
 
-def take_out(run: HostSession, state: subprocess.CompletedProcess) -> str:
+def answered_state(run: HostSession) -> HostState | None:
+    """The host's `state`, None when it does not answer."""
+    res = run.hostctl(hostctl.state(timeout=30))
+    return HostState.parse(res.stdout) if res.returncode == 0 else None
+
+
+def take_out(run: HostSession, state: HostState | None) -> str:
     """`remove` once it is known the host is to go (its delivery's delete, or a reinstall that
     wipes it): drained through another control plane, k3s stopped, its Node and etcd member gone.
-    `state` is the host's `hostctl state` (a host that does not answer has nothing to stop)."""
+    `state` is the host's `state` (None: it does not answer, and has nothing to stop)."""
     plan = run.plan
     others = [cp for cp in plan.control_planes if cp.host != plan.host]
     via = next((cp for cp in others if run.ssh(["true"], to=cp, timeout=30).returncode == 0), None)
@@ -182,8 +187,8 @@ def take_out(run: HostSession, state: subprocess.CompletedProcess) -> str:
     server = plan.host in {cp.host for cp in plan.control_planes}
     if node_exists(run, via) is False:
         # Taken out already (`flakefleet remove --force` for a dead host): nothing left to drain.
-        if state.returncode == 0:
-            run.hostctl("retire", timeout=60)
+        if state is not None:
+            run.hostctl(hostctl.retire())
         member = f", {etcd_member_gone(run, plan.host, via, plan.health_timeout_s)}" if server else ""
         return f"{plan.host}: its Node is gone already (asked {via.host}){member}; nothing to drain"
     if server:
@@ -197,14 +202,14 @@ def take_out(run: HostSession, state: subprocess.CompletedProcess) -> str:
         if res.returncode != 0:
             raise DeliveryFailed(f"draining {plan.host} on {via.host} failed; it stays in the cluster: "
                                  f"{res.stderr.strip()[-500:]}")
-    if state.returncode == 0:
-        run.hostctl("retire", timeout=60)
+    if state is not None:
+        run.hostctl(hostctl.retire())
     res = run.ssh(delete_node_command(plan.host), to=via, timeout=120)
     if res.returncode != 0:
         raise DeliveryFailed(f"deleting node {plan.host} on {via.host} failed: {res.stderr.strip()[-500:]}")
     member = ""
     if server:
         member = f", {etcd_member_gone(run, plan.host, via, plan.health_timeout_s)}"
-        if state.returncode == 0:
-            run.hostctl("forget-etcd", timeout=60)  # added back, it joins as a new member
+        if state is not None:
+            run.hostctl(hostctl.forget_etcd())  # added back, it joins as a new member
     return f"{plan.host} drained, k3s stopped, node deleted{member} (through {via.host})"

@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,53 @@ PULUMI_CLI = "pulumi"
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    """One host's row of the `nodes` output (program/outputs.py:node_table writes it). Rows of
+    older updates lack some keys: they read as the defaults, and `wanted` as `system` (what
+    outputs from before `wanted` carried it in)."""
+
+    role: str = "?"
+    pool: str = "?"
+    address: str = ""
+    instance_type: str | None = None
+    instance_id: str | None = None
+    wanted: str = ""
+    """The system the stack wants on the host."""
+    system: str = ""
+    """The system its last delivery confirmed there ("" when unknown)."""
+    reboot_pending: bool = False
+    last_outcome: str | None = None
+    ssh_port: int = 22
+    ssh_user: str = "root"
+    host_key: str = ""
+    install: dict | None = None
+    """A bootstrapped host's layout and last reinstall request."""
+
+    @classmethod
+    def of(cls, row: dict) -> NodeRow:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in known and v is not None}
+        if not values.get("wanted"):
+            values["wanted"] = values.get("system", "")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PulledPoolRow:
+    """One autoscaled pool of the `pulled_pools` output (components/autoscaling.py): its Auto
+    Scaling group, the cache bucket its pointers and reports are in, its cluster and region."""
+
+    group: str
+    bucket: str
+    cluster: str
+    region: str = ""
+
+
+@dataclass(frozen=True)
 class StackOutputs:
-    """What the last update exported (`raw`, as `pulumi stack output --json` prints it) and where
-    it was read (`source`, for messages)."""
+    """What the last update exported (`raw`, as `pulumi stack output --json` prints it, or as the
+    engine answers the program) and where it was read (`source`, for messages). Every command and
+    the program's last-update path read it through the typed properties below."""
 
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -39,10 +83,40 @@ class StackOutputs:
         return isinstance(self.raw.get("nodes"), dict)
 
     @property
-    def nodes(self) -> dict[str, dict]:
-        """Host name -> its row (address, host key, system, last outcome ...); {} before an update."""
-        nodes = self.raw.get("nodes")
-        return {k: v for k, v in nodes.items() if isinstance(v, dict)} if isinstance(nodes, dict) else {}
+    def nodes(self) -> dict[str, NodeRow]:
+        """Host name -> its row; {} before an update."""
+        return {name: NodeRow.of(row) for name, row in self.table("nodes").items() if isinstance(row, dict)}
+
+    @property
+    def host_keys(self) -> dict[str, str]:
+        """Host name -> the SSH host key the last update pinned (hosts without one left out)."""
+        return {name: row.host_key for name, row in self.nodes.items() if row.host_key}
+
+    @property
+    def pulled_pools(self) -> dict[str, PulledPoolRow]:
+        """Autoscaled pool -> its group and bucket; {} when none (or the update predates them)."""
+        known = {f.name for f in fields(PulledPoolRow)}
+        return {pool: PulledPoolRow(**{k: v for k, v in row.items() if k in known})
+                for pool, row in self.table("pulled_pools").items()
+                if isinstance(row, dict) and {"group", "bucket", "cluster"} <= set(row)}
+
+    @property
+    def boot(self) -> dict[str, dict] | None:
+        """System name -> its boot files, as the last update evaluated them (None: not exported)."""
+        value = self.raw.get("boot")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def system_manifests(self) -> dict[str, str] | None:
+        """System name -> its packed manifest (None: the update predates them)."""
+        value = self.raw.get("system_manifests")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def cluster_cni(self) -> str | None:
+        """The CNI the cluster ran at the last update (None: unknown)."""
+        value = self.raw.get("cluster_cni")
+        return value if isinstance(value, str) else None
 
     def table(self, name: str) -> dict:
         """An output that is a mapping ({} when absent, null or of another shape)."""

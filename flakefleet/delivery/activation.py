@@ -15,7 +15,8 @@ from flakefleet.common.retry import poll
 from flakefleet.common.ssh import TIMED_OUT
 from flakefleet.delivery import reboot
 from flakefleet.host.files import HostFile, staging_script
-from flakefleet.host.session import HOSTCTL, REMOTE_HOSTCTL, parse_state
+from flakefleet.host import protocol as hostctl
+from flakefleet.host.protocol import HostState
 from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def stage(run: HostSession, contents: list[HostFile], what: str = "staging files
     start = time.monotonic()
     restarts = {f.path: f.restart for f in run.plan.files}
     create_only = frozenset(f.path for f in run.plan.files if f.create_only)
-    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, HOSTCTL.read_text(), contents, restarts, create_only))
+    staged = run.ssh(["sh", "-s"], stdin=staging_script(run.token, hostctl.HOSTCTL.read_text(), contents, restarts,
+                                                        create_only))
     if staged.returncode != 0:
         raise DeliveryFailed(f"{what} on {run.plan.host} failed; nothing was activated: {staged.stderr.strip()}")
     run.timed("stage", start)
@@ -42,7 +44,7 @@ def activate(run: HostSession) -> None:
     start = time.monotonic()
     deadman = int(plan.health_timeout_s + plan.deadman_margin_s)
     limit = int(plan.health_timeout_s)
-    act = run.ssh(["sh", REMOTE_HOSTCTL, "activate", plan.system, run.token, str(deadman), str(limit)], timeout=limit + 60)
+    act = run.hostctl(hostctl.activate(plan.system, run.token, deadman, limit))
     run.timed("activate", start)
     detail = act.stderr.strip().splitlines()[-1] if act.stderr.strip() else ""
     if act.returncode == 255:
@@ -68,12 +70,12 @@ def confirm(run: HostSession, digest: str) -> None:
 
     def healthy() -> tuple[bool, str]:
         nonlocal switched_at
-        res = run.ssh(["sh", REMOTE_HOSTCTL, "check", run.token, plan.system, str(int(plan.settle_s))], timeout=30)
+        res = run.hostctl(hostctl.check(run.token, plan.system, int(plan.settle_s)))
         if res.returncode == 2:  # the host decided already: its dead-man switch rolled it back
             raise DeliveryFailed(f"host {plan.host} {res.stderr.strip()}", ROLLED_BACK)
         if res.returncode == 5:  # k3s restarted after the switch: waiting will not make it healthy
             raise rollback(run, f"not healthy: {res.stderr.strip()}")
-        switched_at = float(parse_state(res.stdout).get("switched_at", 0) or 0)
+        switched_at = hostctl.switched_at(res.stdout)
         return res.returncode == 0, res.stderr.strip() or f"exit {res.returncode}"
 
     ok, detail = poll(healthy, deadline)
@@ -83,7 +85,7 @@ def confirm(run: HostSession, digest: str) -> None:
         ok, detail = poll(lambda: batch_ready(run, heartbeat_after=switched_at), deadline)
         if not ok:
             raise rollback(run, f"its batch was not Ready within {timeout}: {detail}")
-    res = run.ssh(["sh", REMOTE_HOSTCTL, "confirm", run.token, plan.system, digest], timeout=60)
+    res = run.hostctl(hostctl.confirm(run.token, plan.system, digest))
     if res.returncode == 6:  # kept, but a reboot would not boot it
         raise DeliveryFailed(f"host {plan.host} runs {plan.system}, {res.stderr.strip()}")
     if res.returncode != 0:
@@ -95,7 +97,7 @@ def rollback(run: HostSession, reason: str) -> DeliveryFailed:
     """Back to the previous generation now (or, unreachable, by the host's dead-man switch): the
     failure to raise, saying which."""
     plan = run.plan
-    res = run.ssh(["sh", REMOTE_HOSTCTL, "rollback", run.token, reason], timeout=plan.health_timeout_s + 60)
+    res = run.hostctl(hostctl.rollback(run.token, reason, timeout=plan.health_timeout_s + 60))
     if res.returncode == 0 and res.stdout.strip():
         return DeliveryFailed(f"host {plan.host} {res.stdout.strip().splitlines()[-1]}{split_note(run)}", ROLLED_BACK)
     when = plan.health_timeout_s + plan.deadman_margin_s
@@ -124,19 +126,19 @@ def roll_back_generation(run: HostSession) -> str:
     (its Node Ready), live, or through a reboot when its kernel differs from the booted one; then
     recorded so drift reports the host as rolled back."""
     run.wait_for_ssh()
-    state = parse_state(run.hostctl("state").stdout)
-    previous = run.hostctl("previous").stdout.strip()
+    state = HostState.parse(run.hostctl(hostctl.state()).stdout)
+    previous = run.hostctl(hostctl.previous()).stdout.strip()
     if not previous:
         raise DeliveryFailed(f"host {run.plan.host} has no earlier confirmed system to roll back to")
-    running = state.get("current", "")
+    running = state.current
     run.plan = replace(run.plan, system=previous, reboot="auto")
     stage(run, [], what="preparing the rollback")
     why = reboot.reasons(run, running)
     if why:
-        reboot.reboot_into(run, state.get("applied", ""), why)
+        reboot.reboot_into(run, state.applied, why)
     else:
         activate(run)
-        confirm(run, state.get("applied", ""))
-    run.hostctl("note-rollback", running, previous)
+        confirm(run, state.applied)
+    run.hostctl(hostctl.note_rollback(running, previous))
     how = "rebooted into it" if why else "confirmed healthy"
     return f"{run.plan.host} rolled back from {running or 'nothing'} to {previous}, {how}"

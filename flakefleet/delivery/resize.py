@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from flakefleet.cluster.readiness import batch_ready
 from flakefleet.common.retry import poll
 from flakefleet.delivery.reboot import drain, uncordon, wait_booted
+from flakefleet.host import protocol as hostctl
 from flakefleet.plan.contract import DeliveryFailed
 
 if TYPE_CHECKING:
@@ -79,81 +80,81 @@ def aws_error(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def current_type(d: HostSession) -> tuple[Ec2, str] | None:
+def current_type(run: HostSession) -> tuple[Ec2, str] | None:
     """The instance and its type now; None when there is nothing to ask (not an EC2 host, or the
     last delivery recorded the wanted type already)."""
-    plan = d.plan
-    if not plan.instance_type or not d.report.instance:
+    plan = run.plan
+    if not plan.instance_type or not run.report.instance:
         return None
-    if d.previous.get("instance_type") == plan.instance_type and d.previous.get("instance") == d.report.instance:
-        d.report.instance_type = plan.instance_type
+    if run.previous.get("instance_type") == plan.instance_type and run.previous.get("instance") == run.report.instance:
+        run.report.instance_type = plan.instance_type
         return None
     try:
-        ec2 = Ec2(plan.region, d.report.instance)
+        ec2 = Ec2(plan.region, run.report.instance)
         have, _ = ec2.describe()
     except Exception as err:  # botocore: no credentials, no endpoint, no such instance
-        raise DeliveryFailed(f"could not ask EC2 for {plan.host}'s instance {d.report.instance} "
+        raise DeliveryFailed(f"could not ask EC2 for {plan.host}'s instance {run.report.instance} "
                              f"({aws_error(err)}); nothing was changed") from err
-    d.report.instance_type = have
+    run.report.instance_type = have
     return ec2, have
 
 
-def resize(d: HostSession) -> None:
+def resize(run: HostSession) -> None:
     """Steps 1-4 above; raises DeliveryFailed when the host is not confirmed on the new type."""
-    found = current_type(d)
-    if found is None or found[1] == d.plan.instance_type:
+    found = current_type(run)
+    if found is None or found[1] == run.plan.instance_type:
         return
     ec2, have = found
-    want = d.plan.instance_type
-    d.say(f"instance type {have} -> {want}: draining, then stop, resize, start")
+    want = run.plan.instance_type
+    run.say(f"instance type {have} -> {want}: draining, then stop, resize, start")
     start = time.monotonic()
-    via = drain(d)
-    res = d.hostctl("restart-pending", d.token, f"{have} -> {want}", timeout=30)
+    via = drain(run)
+    res = run.hostctl(hostctl.restart_pending(run.token, f"{have} -> {want}"))
     if res.returncode != 0:
-        uncordon(d, via)
-        raise DeliveryFailed(f"could not prepare {d.plan.host} for its resize; it was not stopped: {res.stderr.strip()}")
-    restarted_with = restart_as(d, ec2, have, want)
-    state, detail = wait_booted(d, d.token, "-", time.monotonic() + d.plan.boot_timeout_s)
+        uncordon(run, via)
+        raise DeliveryFailed(f"could not prepare {run.plan.host} for its resize; it was not stopped: {res.stderr.strip()}")
+    restarted_with = restart_as(run, ec2, have, want)
+    state, detail = wait_booted(run, run.token, "-", time.monotonic() + run.plan.boot_timeout_s)
     if state != "booted":
-        raise DeliveryFailed(f"{d.plan.host} did not come back healthy after its restart as {restarted_with} "
+        raise DeliveryFailed(f"{run.plan.host} did not come back healthy after its restart as {restarted_with} "
                              f"({detail}); it stays cordoned and the rollout stops here")
     booted_at = float(detail or 0)
-    if d.plan.batch:
-        ok, detail = poll(lambda: batch_ready(d, heartbeat_after=booted_at), time.monotonic() + d.plan.health_timeout_s)
+    if run.plan.batch:
+        ok, detail = poll(lambda: batch_ready(run, heartbeat_after=booted_at), time.monotonic() + run.plan.health_timeout_s)
         if not ok:
-            raise DeliveryFailed(f"{d.plan.host}'s batch was not Ready within {d.plan.health_timeout_s:.0f}s of its "
+            raise DeliveryFailed(f"{run.plan.host}'s batch was not Ready within {run.plan.health_timeout_s:.0f}s of its "
                                  f"restart as {restarted_with}: {detail}; it stays cordoned")
-    uncordon(d, via)
-    d.timed("resize", start)
+    uncordon(run, via)
+    run.timed("resize", start)
     if restarted_with != want:
-        raise DeliveryFailed(f"EC2 refused {d.plan.host}'s new type {want}; it runs {have} again, uncordoned")
-    d.report.instance_type = want
-    d.say(f"resized to {want} and confirmed healthy")
+        raise DeliveryFailed(f"EC2 refused {run.plan.host}'s new type {want}; it runs {have} again, uncordoned")
+    run.report.instance_type = want
+    run.say(f"resized to {want} and confirmed healthy")
 
 
-def restart_as(d: HostSession, ec2: Ec2, have: str, want: str) -> str:
+def restart_as(run: HostSession, ec2: Ec2, have: str, want: str) -> str:
     """Stop, set `want`, start; when EC2 refuses the type or has no capacity for it, set `have`
     back and start that. Returns the type the instance was started as."""
     try:
         ec2.stop()
         ec2.wait_for("stopped", time.monotonic() + STATE_TIMEOUT_S)
     except Exception as err:
-        raise DeliveryFailed(f"stopping {d.plan.host}'s instance failed ({aws_error(err)}); it stays cordoned") from err
+        raise DeliveryFailed(f"stopping {run.plan.host}'s instance failed ({aws_error(err)}); it stays cordoned") from err
     started = want
     try:
         ec2.set_type(want)
         ec2.start()
     except Exception as err:
-        d.say(f"EC2 refused {want} ({aws_error(err)}): starting it as {have} again")
+        run.say(f"EC2 refused {want} ({aws_error(err)}): starting it as {have} again")
         started = have
         try:
             ec2.set_type(have)
             ec2.start()
         except Exception as again:
-            raise DeliveryFailed(f"{d.plan.host}'s instance is stopped: EC2 refused {want} ({aws_error(err)}) and "
+            raise DeliveryFailed(f"{run.plan.host}'s instance is stopped: EC2 refused {want} ({aws_error(err)}) and "
                                  f"starting it as {have} failed ({aws_error(again)}); start it by hand") from again
     try:
         ec2.wait_for("running", time.monotonic() + STATE_TIMEOUT_S)
     except Exception as err:
-        raise DeliveryFailed(f"{d.plan.host}'s instance did not run again ({aws_error(err)}); it stays cordoned") from err
+        raise DeliveryFailed(f"{run.plan.host}'s instance did not run again ({aws_error(err)}); it stays cordoned") from err
     return started

@@ -29,7 +29,9 @@ from flakefleet.delivery.build import build_here
 from flakefleet.delivery.prune import prune
 from flakefleet.delivery.resize import current_type, resize
 from flakefleet.host.files import HostFile, files_digest
-from flakefleet.host.session import HostSession, parse_state
+from flakefleet.host import protocol as hostctl
+from flakefleet.host.protocol import HostState
+from flakefleet.host.session import HostSession
 from flakefleet.plan.contract import FAILED, OK, PLAN_ENV, PREVIOUS_STDOUT_ENV, DeliveryFailed, DeliveryPlan, Report
 from flakefleet.common.cli import guard
 
@@ -58,8 +60,8 @@ class HostDelivery(HostSession):
         resize(self)  # a new instance type first: its restart is drained and health-gated
         membership.cluster_ca(self)  # the CA its secure tokens pin
         contents, digest = self.files_for(state)
-        restore_pending = self.plan.restore_id is not None and state.get("restored") != self.plan.restore_id
-        if state.get("current") == self.plan.system and state.get("applied") == digest and not restore_pending:
+        restore_pending = self.plan.restore_id is not None and state.restored != self.plan.restore_id
+        if state.current == self.plan.system and state.applied == digest and not restore_pending:
             self.report.outcome = "up to date"
             self.say(f"already runs {self.plan.system} with these files; nothing to do")
             transfer.share_pool_build(self)  # the pool's other hosts may be waiting for it in the cache
@@ -69,31 +71,31 @@ class HostDelivery(HostSession):
         if self.plan.restore_id:
             restore(self)
         snapshot_before_upgrade(self, state)
-        self.switch(digest, state.get("current", ""))
+        self.switch(digest, state.current)
         self.timed("total", total)
         return self.report
 
-    def inspect(self) -> dict[str, str]:
+    def inspect(self) -> HostState:
         """What the host runs, whether it changed outside flakefleet; then claim it for this delivery."""
-        state = parse_state(self.hostctl("state").stdout)
-        applied_profile = state.get("applied_profile", "")
+        state = HostState.parse(self.hostctl(hostctl.state()).stdout)
+        applied_profile = state.applied_profile
         self.report.found = {
-            "running": state.get("current", ""),
-            "outside_flakefleet": bool(applied_profile) and state.get("profile", "") != applied_profile,
+            "running": state.current,
+            "outside_flakefleet": bool(applied_profile) and state.profile != applied_profile,
         }
         if self.report.found["outside_flakefleet"]:
-            self.say(f"found profile {state.get('profile')} where flakefleet left {applied_profile}: "
+            self.say(f"found profile {state.profile} where flakefleet left {applied_profile}: "
                      "changed outside flakefleet")
         # Before anything else: this Command now holds the host, so the delete of a Command it
         # replaces (Pulumi runs it after this create) sees it was superseded.
-        if self.hostctl("claim", self.report.owner, timeout=30).returncode != 0:
+        if self.hostctl(hostctl.claim(self.report.owner)).returncode != 0:
             raise DeliveryFailed(f"could not record this delivery on {self.plan.host}; nothing was changed")
-        if not state.get("applied") and not state.get("owner"):
+        if not state.applied and not state.owner:
             membership.forget_stale_node(self)
         reboot.fell_back(self, state)
         return state
 
-    def files_for(self, state: dict[str, str]) -> tuple[list[HostFile], str]:
+    def files_for(self, state: HostState) -> tuple[list[HostFile], str]:
         """The host's files (joining an existing cluster where one runs) and their digest."""
         planned = self.file_contents()
         self.report.digest = files_digest(self.plan.system, planned)

@@ -10,7 +10,7 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from flakefleet.host.session import REMOTE_HOSTCTL
+from flakefleet.host.protocol import REMOTE_HOSTCTL
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 SAFE_UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.(service|socket|target|timer|path|mount)$")

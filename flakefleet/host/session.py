@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flakefleet.common.retry import backoff_delays
 from flakefleet.common.ssh import PinnedSSH
+from flakefleet.host.protocol import Call
 from flakefleet.plan.contract import (
     IDENTITY_ENV,
     INSTANCE_ENV,
@@ -30,20 +31,9 @@ from flakefleet.plan.contract import (
     report_in,
 )
 
-# In the flake's host/ (nixos/host/): pushed hosts get it over SSH, pulled pools' instances in
-# their agent's store path (nixos/host/default.nix).
-HOSTCTL = Path(__file__).resolve().parents[2] / "nixos" / "host" / "hostctl.sh"
-REMOTE_HOSTCTL = "/run/flakefleet/hostctl.sh"  # run as `sh REMOTE_HOSTCTL`: /run may be mounted noexec
-
-
 def previous_report(env: dict[str, str]) -> dict:
     """The report of this Command's last create or update, from pulumi-command ({} when none)."""
     return report_in(env.get(PREVIOUS_STDOUT_ENV))
-
-
-def parse_state(text: str) -> dict[str, str]:
-    """`hostctl.sh state` output (key=value lines) as a dict."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 class HostSession:
@@ -81,9 +71,9 @@ class HostSession:
         """`remote` on the host (or on the control plane `to`)."""
         return self.remote.run(to or self.plan, remote, stdin=stdin, timeout=timeout)
 
-    def hostctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        """hostctl.sh sent on stdin: works before anything is installed on the host."""
-        return self.ssh(["sh", "-s", "--", *args], stdin=HOSTCTL.read_text(), timeout=timeout)
+    def hostctl(self, call: Call) -> subprocess.CompletedProcess:
+        """One hostctl verb on the host (flakefleet/host/protocol.py builds each)."""
+        return self.ssh(call.argv(), stdin=call.stdin(), timeout=call.timeout)
 
     def timed(self, phase: str, start: float) -> None:
         self.report.timings[phase] = round(time.monotonic() - start, 3)

@@ -14,16 +14,18 @@ drifted, 3 when any could not be checked.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from flakefleet.host.session import HOSTCTL, parse_state
+from flakefleet.host import protocol as hostctl
+from flakefleet.host.protocol import HostState
 from flakefleet.plan.contract import IDENTITY_ENV
 from flakefleet.common.ssh import pinned_ssh
 from flakefleet.common.cli import main_of, print_json
-from flakefleet.common.outputs import add_report_arguments, read_state
+from flakefleet.common.outputs import NodeRow, add_report_arguments, read_state
 
 IN_SYNC, DRIFTED, UNCHECKED = "in sync", "drifted", "unreachable"
 
@@ -41,7 +43,7 @@ class HostDrift:
     reboot_pending: bool = False
 
 
-def split_pools(nodes: dict[str, dict], running: dict[str, str] | None = None) -> dict[str, dict]:
+def split_pools(nodes: dict[str, NodeRow], running: dict[str, str] | None = None) -> dict[str, dict]:
     """Per pool: the system it wants, and every host not on it -> what it runs (pure).
 
     `nodes` is the stack's `nodes` output; what a host runs is `running[host]` when given (asked
@@ -50,53 +52,54 @@ def split_pools(nodes: dict[str, dict], running: dict[str, str] | None = None) -
     """
     pools: dict[str, dict] = {}
     for host, node in sorted(nodes.items()):
-        wanted = node.get("wanted") or node.get("system") or ""
-        entry = pools.setdefault(node.get("pool", "?"), {"wanted": [], "hosts": 0, "off_wanted": {}})
+        wanted = node.wanted
+        entry = pools.setdefault(node.pool, {"wanted": [], "hosts": 0, "off_wanted": {}})
         entry["hosts"] += 1
         if wanted not in entry["wanted"]:
             entry["wanted"].append(wanted)
-        now = (running or {}).get(host, node.get("system") or "")
+        now = (running or {}).get(host, node.system)
         if now != wanted:
             entry["off_wanted"][host] = now or "unknown"
     return pools
 
 
-def classify(host: str, wanted: str, state: dict[str, str]) -> HostDrift:
+def classify(host: str, wanted: str, state: HostState) -> HostDrift:
     """Compare what a host reports with what the stack wants (pure)."""
-    running = state.get("current", "")
-    applied_profile = state.get("applied_profile", "")
-    outside = bool(applied_profile) and state.get("profile", "") != applied_profile
+    running = state.current
+    applied_profile = state.applied_profile
+    outside = bool(applied_profile) and state.profile != applied_profile
     problems = []
     if running != wanted:
         problems.append(f"runs {running or 'nothing'} instead of {wanted}")
     if outside:
-        problems.append(f"system profile is {state.get('profile')} but flakefleet left {applied_profile}: "
+        problems.append(f"system profile is {state.profile} but flakefleet left {applied_profile}: "
                         "changed outside flakefleet")
     if not applied_profile:
         problems.append("flakefleet has not confirmed a delivery on it")
-    if state.get("rolled_back"):
-        source, target, when = (state["rolled_back"].split() + ["", "", ""])[:3]
+    if state.rolled_back:
+        source, target, when = (state.rolled_back.split() + ["", "", ""])[:3]
         problems.append(f"rolled back by `flakefleet rollback` at {when} (from {source})")
     status = DRIFTED if problems else IN_SYNC
     # Runs the wanted system, but not yet its kernel: a note, not drift.
-    pending = state.get("reboot_pending", "").split()
+    pending = list(state.reboot_pending)
     if pending:
         problems.append(f"reboot pending: {', '.join(pending)} changed since it booted")
     return HostDrift(host, status, wanted, running, outside, "; ".join(problems), bool(pending))
 
 
-def check_host(name: str, node: dict, identity: str | None) -> HostDrift:
+def check_host(name: str, node: NodeRow, identity: str | None) -> HostDrift:
     """Ask one host for its state over pinned SSH, against the system the stack wants on it."""
-    wanted = node.get("wanted") or node["system"]  # outputs from before `wanted` carry it in `system`
-    with pinned_ssh(node["address"], node["ssh_port"], node["ssh_user"], node["host_key"], identity) as ssh:
+    wanted = node.wanted
+    with pinned_ssh(node.address, node.ssh_port, node.ssh_user, node.host_key, identity) as ssh:
+        call = hostctl.state(timeout=60)
         try:
-            res = subprocess.run([*ssh, "sh -s -- state"], input=HOSTCTL.read_text(), capture_output=True, text=True,
-                                 timeout=60)
+            res = subprocess.run([*ssh, shlex.join(call.argv())], input=call.stdin(), capture_output=True, text=True,
+                                 timeout=call.timeout)
         except subprocess.TimeoutExpired:
             res = subprocess.CompletedProcess(ssh, 255, "", "timed out")
     if res.returncode != 0:
         return HostDrift(name, UNCHECKED, wanted, "", False, res.stderr.strip()[-300:] or f"exit {res.returncode}")
-    return classify(name, wanted, parse_state(res.stdout))
+    return classify(name, wanted, HostState.parse(res.stdout))
 
 
 def report(nodes: dict[str, dict], identity: str | None, parallel: int = 16) -> list[HostDrift]:
@@ -134,7 +137,7 @@ def run(args) -> int:
     nodes = outputs.nodes
     rows = report(nodes, os.environ.get(IDENTITY_ENV))
     pools = split_pools(nodes, {r.host: r.running for r in rows if r.status != UNCHECKED})
-    groups, problem = pulled.view(outputs.raw)
+    groups, problem = pulled.view(outputs.pulled_pools)
     if args.json:
         print_json({"updated": outputs.updated, "hosts": [asdict(r) for r in rows], "pools": pools,
                     "pulled_pools": [asdict(g) for g in groups], "pulled_problem": problem})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+from flakefleet.common.outputs import PulledPoolRow
 from flakefleet.plan.contract import REPORTS, current_pointer_key
 
 
@@ -67,9 +68,9 @@ def by_lifecycle(instances: list[dict]) -> tuple[list[str], list[str]]:
     return live, leaving
 
 
-def read_pool(s3, autoscaling, pool: str, spec: dict) -> PulledPool:
+def read_pool(s3, autoscaling, pool: str, spec: PulledPoolRow) -> PulledPool:
     """A pool's view from AWS: its group's instances, the current pointer, the instances' reports."""
-    bucket, cluster, group = spec["bucket"], spec["cluster"], spec["group"]
+    bucket, cluster, group = spec.bucket, spec.cluster, spec.group
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
     live, leaving = by_lifecycle([i for g in groups for i in g.get("Instances", [])])
     try:
@@ -99,25 +100,26 @@ def render(pools: list[PulledPool]) -> list[str]:
     return lines
 
 
-def read_all(outputs: dict) -> list[PulledPool]:
+def read_all(exported: dict[str, PulledPoolRow]) -> list[PulledPool]:
     """Every autoscaled pool the stack exported, read with the deployer's AWS credentials."""
     import boto3
 
     pools = []
-    for pool, spec in sorted((outputs.get("pulled_pools") or {}).items()):
-        region = spec.get("region") or None
+    for pool, spec in sorted(exported.items()):
+        region = spec.region or None
         pools.append(read_pool(boto3.client("s3", region_name=region), boto3.client("autoscaling", region_name=region),
                                pool, spec))
     return pools
 
 
-def view(outputs: dict) -> tuple[list[PulledPool], str | None]:
-    """The autoscaled pools (their groups and reports in AWS), or why they could not be read."""
-    if not outputs.get("pulled_pools"):
+def view(exported: dict[str, PulledPoolRow]) -> tuple[list[PulledPool], str | None]:
+    """The autoscaled pools (StackOutputs.pulled_pools: their groups and reports in AWS), or why
+    they could not be read."""
+    if not exported:
         return [], None
     import botocore.exceptions
 
     try:
-        return read_all(outputs), None
+        return read_all(exported), None
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
         return [], f"autoscaled pools could not be read from AWS: {err}"

@@ -34,25 +34,25 @@ from flakefleet.plan.contract import ROLLED_BACK, DeliveryFailed
 from flakefleet.plan.load import load_stack_or_report
 
 
-def remove_dead_host(session: HostSession, host: str, servers: list[str]) -> str:
-    """Delete `host`'s Node through the first control plane of `session`'s plan that answers;
+def remove_dead_host(run: HostSession, host: str, servers: list[str]) -> str:
+    """Delete `host`'s Node through the first control plane of `run`'s plan that answers;
     refuse when the etcd members left could not keep quorum. Raises DeliveryFailed with one line."""
-    for cp in session.plan.control_planes:
+    for cp in run.plan.control_planes:
         if cp.host == host:
             continue
-        probe = session.ssh(node_query(host), to=cp, timeout=30)
+        probe = run.ssh(node_query(host), to=cp, timeout=30)
         if probe.returncode != 0:
             continue
         if not probe.stdout.strip():
             return f"{host}: no Node in the cluster (asked {cp.host}); nothing to remove"
-        listing = session.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=cp, timeout=30)
+        listing = run.ssh([K3S, "kubectl", "get", "nodes", "-o", "json"], to=cp, timeout=30)
         members = sorted(set(servers) | servers_in(listing.stdout))
         if host in members and (problem := quorum_problem(listing.stdout if listing.returncode == 0 else "", host, members)):
             raise DeliveryFailed(f"{host}: {problem}; refused")
-        res = session.ssh(delete_node_command(host), to=cp, timeout=120)
+        res = run.ssh(delete_node_command(host), to=cp, timeout=120)
         if res.returncode != 0:
             raise DeliveryFailed(f"{host}: deleting its Node on {cp.host} failed: {res.stderr.strip()[-500:]}")
-        member = f", {etcd_member_gone(session, host, cp, session.plan.health_timeout_s)}" if host in members else ""
+        member = f", {etcd_member_gone(run, host, cp, run.plan.health_timeout_s)}" if host in members else ""
         return f"{host}: Node deleted through {cp.host}{member}"
     raise DeliveryFailed(f"{host}: no control plane answers; nothing was changed")
 

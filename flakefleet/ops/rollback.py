@@ -42,10 +42,10 @@ def delivery_urn(stack: str, cluster: str, host: str) -> str:
     return f"urn:pulumi:{stack}::{PROJECT}::flakefleet:index:Delivery$command:local:Command::{cluster}-deliver-{host}"
 
 
-def host_keys(inv: Inventory, nodes: dict[str, dict] | None) -> dict[str, str]:
-    """Each host's pinned key: the stack file's, else the stack output `nodes[].host_key`."""
-    nodes = nodes or {}
-    return {h.name: h.ssh_host_key or nodes.get(h.name, {}).get("host_key", "") for h in inv.hosts}
+def host_keys(inv: Inventory, pinned: dict[str, str] | None) -> dict[str, str]:
+    """Each host's pinned key: the stack file's, else the last update's (StackOutputs.host_keys)."""
+    pinned = pinned or {}
+    return {h.name: h.ssh_host_key or pinned.get(h.name, "") for h in inv.hosts}
 
 
 def rollback_plan(host: Host, keys: dict[str, str], inv: Inventory, cfg: StackConfig) -> DeliveryPlan:
@@ -79,7 +79,7 @@ def pinned_keys(inv: Inventory, args, needed: list[str]) -> dict[str, str]:
     if args.outputs is None and all(keys.get(n) for n in needed):
         return keys
     outputs = read_outputs(args.outputs, args.stack)
-    keys = host_keys(inv, outputs.nodes)
+    keys = host_keys(inv, outputs.host_keys)
     unknown = [n for n in needed if not keys.get(n)]
     if unknown and not outputs.updated:
         raise CommandError(f"no pinned host key for {', '.join(unknown)}: {outputs.not_yet(args.stack)}")

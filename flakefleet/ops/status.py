@@ -26,7 +26,7 @@ from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
 from flakefleet.common.ssh import pinned_ssh, remote_command
 from flakefleet.ops import pulled
 from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
-from flakefleet.common.outputs import add_report_arguments, read_state
+from flakefleet.common.outputs import NodeRow, add_report_arguments, read_state
 from flakefleet.common.cli import OK, main_of, print_json
 from flakefleet.plan.contract import IDENTITY_ENV
 
@@ -45,14 +45,14 @@ class HostStatus:
     detail: str
 
 
-def cluster_view(nodes: dict[str, dict], identity: str | None) -> tuple[str, str]:
+def cluster_view(nodes: dict[str, NodeRow], identity: str | None) -> tuple[str, str]:
     """(`kubectl get nodes <every host> -o json` from the first control plane that answers, which
     one or why none)."""
     problems = []
     for name, node in sorted(nodes.items()):
-        if node.get("role") != "control-plane":
+        if node.role != "control-plane":
             continue
-        with pinned_ssh(node["address"], node["ssh_port"], node["ssh_user"], node["host_key"], identity) as ssh:
+        with pinned_ssh(node.address, node.ssh_port, node.ssh_user, node.host_key, identity) as ssh:
             try:
                 res = subprocess.run([*ssh, remote_command(nodes_query(tuple(sorted(nodes))))],
                                      capture_output=True, text=True, timeout=60)
@@ -72,23 +72,23 @@ def kubelet_versions(listing: str) -> dict[str, str]:
     return {i["metadata"]["name"]: i.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "") for i in items}
 
 
-def combine(nodes: dict[str, dict], drift: list[HostDrift], listing: str) -> list[HostStatus]:
+def combine(nodes: dict[str, NodeRow], drift: list[HostDrift], listing: str) -> list[HostStatus]:
     """The table's rows (pure): the outputs, the hosts' own state, the cluster's view."""
     by_host = {d.host: d for d in drift}
     ready = ready_nodes(listing) if listing else set()
     versions = kubelet_versions(listing) if listing else {}
-    servers = {h for h, n in nodes.items() if n.get("role") == "control-plane"}
+    servers = {h for h, n in nodes.items() if n.role == "control-plane"}
     learning = etcd_not_voting(listing, servers) if listing else {h: "unknown" for h in servers}
     rows = []
     for host, node in sorted(nodes.items()):
         d = by_host.get(host)
         etcd = "-" if host not in servers else ("voter" if host not in learning else learning[host])
         rows.append(HostStatus(
-            host=host, pool=node.get("pool", "?"), role=node.get("role", "?"),
+            host=host, pool=node.pool, role=node.role,
             ready="unknown" if not listing else ("yes" if host in ready else "no"),
             k3s=versions.get(host, "") or "-", etcd=etcd,
-            system=d.status if d else UNCHECKED, reboot_pending=bool(d and d.reboot_pending) or bool(node.get("reboot_pending")),
-            last_delivery=node.get("last_outcome") or "-", detail=d.detail if d else "",
+            system=d.status if d else UNCHECKED, reboot_pending=bool(d and d.reboot_pending) or node.reboot_pending,
+            last_delivery=node.last_outcome or "-", detail=d.detail if d else "",
         ))
     return rows
 
@@ -117,7 +117,7 @@ def run(args) -> int:
     identity = os.environ.get(IDENTITY_ENV)
     listing, via = cluster_view(nodes, identity) if nodes else ("", "no control plane yet")
     rows = combine(nodes, report(nodes, identity), listing)
-    pools, problem = pulled.view(outputs.raw)
+    pools, problem = pulled.view(outputs.pulled_pools)
     if args.json:
         print_json({"updated": outputs.updated, "cluster": via if listing else None,
                     "problem": None if listing or not nodes else via,

@@ -81,7 +81,7 @@ def run(args) -> int:
 
     pulled = {p.name: pulled_rollout_text(cfg, p.name) for p in cfg.pools if p.autoscaling is not None}
     outputs = read_file(args.outputs, args.stack) if args.outputs else None
-    notes = reboots(cfg, inv, outputs.raw.get("boot")) if outputs else None
+    notes = reboots(cfg, inv, outputs.boot) if outputs else None
     if args.json:
         print_json(plan_json(args.stack, inv, pulled, notes))
         return 0

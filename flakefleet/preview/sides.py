@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from flakefleet.common.outputs import StackOutputs
 from flakefleet.config import StackConfig
 from flakefleet.plan.inventory import Inventory
 from flakefleet.plan.specs import host_system
@@ -35,24 +36,24 @@ def stack_side(cfg: StackConfig, inv: Inventory, manifests: Mapping[str, Manifes
     return Side(stack_pools(cfg, inv), dict(manifests))
 
 
-def deployed_side(outputs: Mapping) -> Side | None:
+def deployed_side(outputs: StackOutputs) -> Side | None:
     """The last update's side, from its stack outputs `system_manifests` (system name -> packed
     manifest) and `nodes` (host -> pool): None when they are not there (first update, or an
     update before flakefleet exported manifests)."""
-    packed, nodes = outputs.get("system_manifests"), outputs.get("nodes")
-    if not isinstance(packed, Mapping) or not isinstance(nodes, Mapping):
+    packed = outputs.system_manifests
+    if packed is None or not outputs.updated:
         return None
+    nodes = outputs.nodes
     manifests = {name: m for name, text in packed.items() if (m := Manifest.unpack(text)) is not None}
     pools: dict[str, list] = {}
     types: dict[str, str] = {}
     for host, node in sorted(nodes.items()):
-        pool = node.get("pool") if isinstance(node, Mapping) else None
+        pool = node.pool if node.pool != "?" else None
         if pool:
             key = pool if pool in manifests else f"{pool}/{host}"
             pools.setdefault(pool, []).append((host, -1, key))
-            types.setdefault(pool, node.get("instance_type") or "")  # absent before types were exported
+            types.setdefault(pool, node.instance_type or "")  # absent before types were exported
     sides = {name: PoolHosts(tuple(hosts), instance_type=types[name]) for name, hosts in pools.items()}
     # Autoscaled pools (their groups, exported as `pulled_pools`): their system is the pool's name.
-    pulled = outputs.get("pulled_pools") if isinstance(outputs.get("pulled_pools"), Mapping) else {}
-    sides.update({pool: PoolHosts((), pulled="pulled") for pool in pulled if pool in manifests})
+    sides.update({pool: PoolHosts((), pulled="pulled") for pool in outputs.pulled_pools if pool in manifests})
     return Side(sides, manifests)
