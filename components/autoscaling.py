@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components import resolved
+
 from components.machine import nixos_image
 from flakefleet.config import PoolConfig, StackConfig
 from flakefleet.facts.aws import partition_of
@@ -107,8 +109,8 @@ class PulledPools(pulumi.ComponentResource):
         self.pools = {}
         for pool in (p for p in cfg.pools if p.autoscaling is not None):
             group = self._pool(name, pool, args, token, account)
-            self.pools[pool.name] = pulumi.Output.all(group, args.cache_bucket).apply(
-                lambda v: {"group": v[0], "bucket": v[1], "cluster": cfg.cluster.name, "region": cfg.region or ""})
+            self.pools[pool.name] = resolved(group=group, bucket=args.cache_bucket).apply(
+                lambda v: {**v, "cluster": cfg.cluster.name, "region": cfg.region or ""})
         self.register_outputs({"pools": self.pools, "token_parameter_arn": self.token_parameter_arn})
 
     def _profile(self, name: str, pool: PoolConfig, args: PulledPoolsArgs, token, account) -> aws.iam.InstanceProfile:
@@ -117,9 +119,9 @@ class PulledPools(pulumi.ComponentResource):
                             opts=pulumi.ResourceOptions(parent=self))
         arn = pulumi.Output.from_input(account).apply(
             lambda a: group_arn(partition_of(region), region, a, group_name(cfg.cluster.name, pool.name)))
-        policy = pulumi.Output.all(args.cache_bucket, token.arn, arn).apply(
-            lambda v: json.dumps(pulled_pool_policy(cfg.cluster.name, pool.name, f"arn:{partition_of(region)}:s3:::{v[0]}",
-                                                    v[1], v[2])))
+        policy = resolved(bucket=args.cache_bucket, token=token.arn, group=arn).apply(
+            lambda v: json.dumps(pulled_pool_policy(cfg.cluster.name, pool.name,
+                                                    f"arn:{partition_of(region)}:s3:::{v['bucket']}", v["token"], v["group"])))
         aws.iam.RolePolicy(f"{name}-{pool.name}", role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=self))
         return aws.iam.InstanceProfile(f"{name}-{pool.name}", role=role.name, tags=dict(args.tags),
                                        opts=pulumi.ResourceOptions(parent=self))

@@ -10,13 +10,14 @@ import pulumi
 import pulumi_command as command
 from pulumi.resource import DependencyResource
 
+from components import resolved
 from components.machine import Machines
 from flakefleet.config import StackConfig
 from components.install import Installs
 from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, report_in
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
-from flakefleet.plan.hostplans import host_plan
+from flakefleet.plan.hostplans import Resolved, host_plan
 from flakefleet.plan.contract import System
 
 RUNNER = "./scripts/flakefleet deliver"
@@ -61,9 +62,9 @@ class DeliveryArgs:
     cache_bucket: pulumi.Input[str] | None = None
     """The binary cache hosts substitute from (None: SSH copies from the deployer)."""
     ca_hash: pulumi.Input[str] = ""
+    """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
     upgrade_snapshot: pulumi.Input[Mapping[str, str]] = ()
     """Host -> the etcd snapshot it takes before a k3s minor upgrade (the first server to move)."""
-    """The stack's server CA hash, which secure tokens carry (components/tokens.py)."""
     known_host_keys: Mapping[str, str] = ()
     """Host name -> the key the last update pinned (its `nodes` output): an EC2 control plane of
     a later wave that exists is made (changed, replaced) after the earlier ones' deliveries, so
@@ -151,11 +152,10 @@ class Delivery(pulumi.ComponentResource):
         self.register_outputs({"hosts": self.hosts})
 
     def _reports(self) -> pulumi.Output[dict[str, dict]]:
-        names = list(self._raw)
-        values = [v for name in names for v in self._raw[name]]
-        return pulumi.Output.all(*values).apply(
-            lambda v: {name: host_outputs(v[2 * i], v[2 * i + 1]) for i, name in enumerate(names)}
-        )
+        stdout = resolved(**{name: out for name, (out, _) in self._raw.items()})
+        instance = resolved(**{name: instance for name, (_, instance) in self._raw.items()})
+        return resolved(stdout=stdout, instance=instance).apply(
+            lambda v: {name: host_outputs(v["stdout"][name], v["instance"][name]) for name in self._raw})
 
     async def _later_waves(self, previous: list[command.local.Command]) -> list[pulumi.Resource]:
         """Each wave after the first, registered once the previous wave is; returns the last wave."""
@@ -182,13 +182,15 @@ class Delivery(pulumi.ComponentResource):
                  and self._wave_of[h.name] > self._wave_of[host.name]}
         needed = [n for n in dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]) if n not in later]
 
-        def plan_json(v: list) -> str:
-            keys = {**{n: k for n, k in v[3].items() if n in later}, **dict(zip(needed, v[5:]))}
-            return host_plan(cfg, inv, host, wave, args.systems, keys, v[0], args.restore, v[1], v[2],
-                             v[4].get(host.name, "")).to_json()
+        def plan_json(v: dict) -> str:
+            keys = {**{n: k for n, k in v["known"].items() if n in later}, **v["keys"]}
+            values = Resolved(snapshot_bucket=v["snapshot_bucket"], cache_bucket=v["cache_bucket"],
+                              ca_hash=v["ca_hash"], snapshot_before=v["snapshots"].get(host.name, ""))
+            return host_plan(cfg, inv, host, wave, args.systems, keys, values, args.restore).to_json()
 
-        plan = pulumi.Output.all(args.snapshot_bucket, args.cache_bucket, args.ca_hash, self._known, self._snapshots,
-                                 *(self.host_keys[n] for n in needed)).apply(plan_json)
+        plan = resolved(snapshot_bucket=args.snapshot_bucket, cache_bucket=args.cache_bucket, ca_hash=args.ca_hash,
+                        known=self._known, snapshots=self._snapshots,
+                        keys=resolved(**{n: self.host_keys[n] for n in needed})).apply(plan_json)
         # A bootstrapped host gets NixOS first, in its wave too (its plan drains it for a reinstall).
         install = args.installs.install(host, waits, plan) if host.install and args.installs else None
         cmd = command.local.Command(

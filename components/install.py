@@ -9,6 +9,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
+from components import resolved
 from flakefleet.plan.contract import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV
 from flakefleet.config import StackConfig
 from flakefleet.facts.flake import resolve_flake
@@ -60,10 +61,11 @@ class Installs(pulumi.ComponentResource):
         args = self._args
         flake = str(resolve_flake(args.config.delivery.flake))
 
-        def plan_json(v: list) -> str:
-            return install_plan(args.config, args.inventory, host, args.systems, v[0], v[1], flake).to_json()
+        def plan_json(v: dict) -> str:
+            return install_plan(args.config, args.inventory, host, args.systems, v["host_key"], v["delivery"],
+                                flake).to_json()
 
-        plan = pulumi.Output.all(self.host_keys[host.name], delivery_plan).apply(plan_json)
+        plan = resolved(host_key=self.host_keys[host.name], delivery=delivery_plan).apply(plan_json)
         return command.local.Command(
             f"{self._name}-{host.name}",
             create=CREATE,

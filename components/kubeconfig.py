@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 
 from flakefleet.cluster.kubeconfig import ca_certificate
-from flakefleet.plan.contract import KUBECONFIG_PLAN_ENV, Endpoint
+from flakefleet.plan.contract import KUBECONFIG_PLAN_ENV, Endpoint, KubeconfigPlan
 from flakefleet.plan.inventory import Host
 
 
@@ -41,9 +40,9 @@ class Kubeconfig(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KubeconfigArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:Kubeconfig", name, None, opts)
-        plan = pulumi.Output.from_input(args.host_key).apply(lambda key: json.dumps(
-            {"cluster": args.cluster, "api_endpoint": args.api_endpoint,
-             "endpoint": asdict(Endpoint.of(args.first_control_plane, key))}, sort_keys=True))
+        plan = pulumi.Output.from_input(args.host_key).apply(lambda key: KubeconfigPlan(
+            cluster=args.cluster, api_endpoint=args.api_endpoint,
+            endpoint=Endpoint.of(args.first_control_plane, key)).to_json())
         fetch = command.local.Command(
             name,
             create="./scripts/flakefleet kubeconfig",

@@ -12,9 +12,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_command as command
 
+from components import resolved
+
 from flakefleet.config import PoolConfig, RootVolume
 from flakefleet.delivery.hostkey import TARGET_ENV
-from flakefleet.plan.contract import INSTANCE_ENV
+from flakefleet.plan.contract import INSTANCE_ENV, HostKeyTarget
 from flakefleet.plan.firstboot import first_boot_user_data
 from flakefleet.facts.aws import partition_of
 from flakefleet.plan.iam import ASSUME_EC2, group_arn, node_policy
@@ -150,8 +152,9 @@ class Machines(pulumi.ComponentResource):
                                             for g in args.autoscaled_groups])
         for role in sorted({h.role for h in ec2_hosts}):
             iam_role = aws.iam.Role(f"{name}-{role}", assume_role_policy=json.dumps(ASSUME_EC2), tags=dict(args.tags), opts=child)
-            policy = pulumi.Output.all(args.cache_arn, args.snapshot_arn, groups).apply(
-                lambda arns, role=role: json.dumps(node_policy(role, inv.cluster, arns[0], arns[1], arns[2]))
+            policy = resolved(cache=args.cache_arn, snapshots=args.snapshot_arn, groups=groups).apply(
+                lambda arns, role=role: json.dumps(node_policy(role, inv.cluster, arns["cache"], arns["snapshots"],
+                                                               arns["groups"]))
             )
             if args.cache_arn is not None or (role == "control-plane" and (args.snapshot_arn or args.autoscaled_groups)):
                 aws.iam.RolePolicy(f"{name}-{role}-s3", role=iam_role.id, policy=policy, opts=child)
@@ -210,8 +213,8 @@ class Machines(pulumi.ComponentResource):
             environment={
                 INSTANCE_ENV: made.id,
                 # Only what identifies the host: any other input change would run the step again.
-                TARGET_ENV: json.dumps({"host": host.name, "address": str(host.address), "port": host.ssh_port,
-                                        "region": args.region}, sort_keys=True),
+                TARGET_ENV: HostKeyTarget(host=host.name, address=str(host.address), port=host.ssh_port,
+                                          region=args.region).to_json(),
             },
             # An update (say, the stack's region spelled anew) checks the host still presents the key
             # verified before (its stdout): the console of a long-running host may have moved on.

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components import resolved
+
 # A statement factory gets the bucket ARN and the account id, and returns extra policy statements.
 StatementFactory = Callable[[str, str | None], list[dict]]
 
@@ -96,9 +98,9 @@ class SecureBucket(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
         )
         extra = args.extra_statements or (lambda _arn, _account: [])
-        policy = pulumi.Output.all(bucket.arn, args.account_id).apply(
+        policy = resolved(arn=bucket.arn, account=args.account_id).apply(
             lambda v: json.dumps(
-                {"Version": "2012-10-17", "Statement": [deny_insecure_transport(v[0]), *extra(v[0], v[1])]}
+                {"Version": "2012-10-17", "Statement": [deny_insecure_transport(v["arn"]), *extra(v["arn"], v["account"])]}
             )
         )
         aws.s3.BucketPolicy(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
 
-from flakefleet.plan.contract import PRUNE_PLAN_ENV, Endpoint
+from flakefleet.plan.contract import PRUNE_PLAN_ENV, Endpoint, PrunePlan
 from flakefleet.plan.inventory import Host
 
 
@@ -39,8 +38,8 @@ class StaleNodes(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StaleNodesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flakefleet:index:StaleNodes", name, None, opts)
-        plan = pulumi.Output.from_input(args.host_key).apply(lambda key: json.dumps(
-            {"keep": sorted(args.keep), "endpoint": asdict(Endpoint.of(args.first_control_plane, key))}, sort_keys=True))
+        plan = pulumi.Output.from_input(args.host_key).apply(lambda key: PrunePlan(
+            keep=sorted(args.keep), endpoint=Endpoint.of(args.first_control_plane, key)).to_json())
         prune = command.local.Command(
             name,
             create="./scripts/flakefleet dr prune",

@@ -9,6 +9,8 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
+from components import resolved
+
 from flakefleet.plan.specs import AGENT_TOKEN, K3S_CAS, SERVER_TOKEN
 
 TOKEN_LENGTH = 48
@@ -87,5 +89,5 @@ class ClusterTokens(pulumi.ComponentResource):
     def worker_join_token(self) -> pulumi.Output[str]:
         """A worker's token file as delivery writes it (`K10<CA hash>::node:<secret>`,
         docs.k3s.io/cli/token): what an autoscaled pool's instances read from SSM (a secret)."""
-        return pulumi.Output.secret(pulumi.Output.all(self.ca_hash, self.agent_token).apply(
-            lambda v: f"K10{v[0]}::node:{v[1]}"))
+        return pulumi.Output.secret(resolved(ca_hash=self.ca_hash, secret=self.agent_token).apply(
+            lambda v: f"K10{v['ca_hash']}::node:{v['secret']}"))

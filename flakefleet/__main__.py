@@ -37,6 +37,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "configurations": ("flakefleet.nixos.configurations", "write (or --check) nixos/configurations.json from the stack files"),
 }
 
+# The runners pulumi-command's Commands start (`./scripts/flakefleet deliver`, ...): name ->
+# (module with main(), one line). Not in `--help`: they read their plan from the environment the
+# program gives them. Their names are part of every registered Command: a new name is a change to
+# every stack.
+RUNNERS: dict[str, tuple[str, str]] = {
+    "deliver": ("flakefleet.delivery.runner", "one host's delivery (create; --update; --remove)"),
+    "cache": ("flakefleet.delivery.cache", "one pool's publish to the binary cache"),
+    "kubeconfig": ("flakefleet.cluster.kubeconfig", "the admin kubeconfig"),
+    "host-key": ("flakefleet.delivery.hostkey", "an EC2 host's SSH host key, checked against its console"),
+    "install": ("flakefleet.bootstrap.runner", "NixOS onto a bring-your-own machine, once"),
+}
+
 
 def version() -> str:
     """flakefleet's version: the installed package's, else pyproject.toml's (a checkout)."""
@@ -73,6 +85,10 @@ def parser(chosen: str | None = None) -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RUNNERS:  # a Command's runner: its own arguments, read from sys.argv
+        module, _ = RUNNERS[argv[0]]
+        sys.argv = [f"flakefleet {argv[0]}", *argv[1:]]
+        return guard(f"flakefleet {argv[0]}", importlib.import_module(module).main)
 
     def run() -> int:
         args = parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)

@@ -68,7 +68,7 @@ def stack(hosts, fleet, labels=None, drop=(), max_parallel=None, raw_only=False,
     specs = {key: {**spec, **(spec_extra or {})} for key, spec in system_specs(cfg, inv).items()}
     systems, _ = evaluate_systems(Path(STANDIN_FLAKE), specs)
     plans = delivery_plans(cfg, inv, systems, {h.name: hosts[h.name].host_key for h in inv.hosts},
-                           cluster_cas=TEST_CA_HASH)
+                           ca_hash=TEST_CA_HASH)
     return cfg, inv, systems, plans
 
 

@@ -5,6 +5,7 @@ the SDK's private names, and modules and functions stay short enough to read at 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,56 @@ def test_the_commands_each_host_runs_stay_light(module):
            f"or m.startswith(('flakefleet.config', 'flakefleet.plan.inventory', 'flakefleet.plan.specs'))))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def doc_rows() -> dict[str, str]:
+    """docs/architecture.md's table: folder (`flakefleet/x/`, `program/`, ...) -> its row's text."""
+    rows = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        if match := re.match(r"\| `([^`]+)` \| (.*)", line):
+            rows[match.group(1).rstrip("/")] = match.group(2)
+    return rows
+
+
+def test_the_architecture_page_names_every_folder_and_module_of_the_tree():
+    """The page's table has a row per folder of flakefleet/ (and program/, components/), the layers
+    above say what each may import, and every module is named in its folder's row, none that is
+    not there."""
+    rows = doc_rows()
+    folders = {f"flakefleet/{p.name}" for p in (ROOT / "flakefleet").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= set(rows), sorted(folders - set(rows))
+    assert {f.replace("/", ".") for f in folders} == set(LAYERS) - {"flakefleet"}
+    problems = []
+    for folder in sorted(folders):
+        row = rows[folder]
+        modules = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
+        named = set(re.findall(r"`([a-z_]+\.py)`", row))
+        problems += [f"{folder}: {m} is not on the page" for m in sorted(modules - named)]
+        problems += [f"{folder}: the page names {m}, which is not there" for m in sorted(named - modules)]
+        layer = f"flakefleet.{folder.split('/')[1]}"
+        said = {f"flakefleet.{w}" for w in re.findall(r"[a-z]+", row.rsplit("|", 2)[-2])} & set(LAYERS)
+        if said != LAYERS[layer]:
+            problems.append(f"{folder}: the page says it may import {sorted(said)}, the layers {sorted(LAYERS[layer])}")
+    assert problems == []
+
+
+def test_the_diagram_has_every_folder():
+    diagram = ARCHITECTURE.read_text().split("```mermaid", 1)[1].split("```", 1)[0]
+    folders = sorted(p.name for p in (ROOT / "flakefleet").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert [f for f in folders if f"{f}/" not in diagram] == []
+
+
+PULUMI_CODE = [p for top in ("components", "program") for p in (ROOT / top).rglob("*.py")] + [ROOT / "__main__.py"]
+
+
+@pytest.mark.parametrize("path", PULUMI_CODE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_outputs_are_combined_by_name_never_by_position(path):
+    """`Output.all(a, b)` hands its callback a list read by index (`v[0]`, `v[5:]`); by name
+    (`Output.all(a=..., b=...)`, `components.resolved`) a value cannot be taken for another."""
+    positional = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "all"
+                  and ast.unparse(node.func.value).endswith("Output") and node.args]
+    assert positional == []

@@ -65,7 +65,7 @@ def planned(fleet, hosts, installed: str, reinstall: str | None = None):
     for system in systems.values():  # built and published before the install (the Publish step)
         subprocess.run(["nix-store", "--realise", system.drv], check=True, capture_output=True)
     keys = {"cp-0": hosts["cp-0"].host_key, "byo-0": installed}
-    plans = delivery_plans(cfg, inv, systems, keys, cluster_cas=TEST_CA_HASH)
+    plans = delivery_plans(cfg, inv, systems, keys, ca_hash=TEST_CA_HASH)
     host = next(h for h in inv.hosts if h.name == "byo-0")
     install = install_plan(cfg, inv, host, systems, installed, plans["byo-0"].to_json(), str(STANDIN_FLAKE))
     return plans, install

@@ -7,7 +7,6 @@ Invoked by a `pulumi_command.local.Command` (whose stdout is a Pulumi secret) as
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import yaml
 
 from flakefleet.common.retry import backoff_delays
 from flakefleet.common.ssh import pinned_ssh
-from flakefleet.plan.contract import IDENTITY_ENV, KUBECONFIG_PLAN_ENV
+from flakefleet.plan.contract import IDENTITY_ENV, KUBECONFIG_PLAN_ENV, KubeconfigPlan
 from flakefleet.common.cli import guard, required_env
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 
@@ -41,11 +40,11 @@ def ca_certificate(kubeconfig: str) -> str:
     return base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
 
 
-def fetch(plan: dict, identity: str | None, attempts: int = 5) -> str:
-    """`cat` the k3s kubeconfig on the control plane in `plan['endpoint']`, with bounded retries."""
-    e = plan["endpoint"]
+def fetch(plan: KubeconfigPlan, identity: str | None, attempts: int = 5) -> str:
+    """`cat` the k3s kubeconfig on the control plane in `plan.endpoint`, with bounded retries."""
+    e = plan.endpoint
     delays, last = backoff_delays(), ""
-    with pinned_ssh(e["address"], e["port"], e["user"], e["host_key"], identity) as ssh:
+    with pinned_ssh(e.address, e.port, e.user, e.host_key, identity) as ssh:
         for attempt in range(attempts):
             res = subprocess.run([*ssh, f"cat {K3S_KUBECONFIG}"], capture_output=True, text=True, timeout=60)
             if res.returncode == 0:
@@ -53,17 +52,17 @@ def fetch(plan: dict, identity: str | None, attempts: int = 5) -> str:
             last = res.stderr.strip()
             if attempt < attempts - 1:
                 time.sleep(next(delays))
-    raise RuntimeError(f"cannot read {K3S_KUBECONFIG} on {e['host']}: {last}")
+    raise RuntimeError(f"cannot read {K3S_KUBECONFIG} on {e.host}: {last}")
 
 
 def main() -> int:
-    plan = json.loads(required_env(KUBECONFIG_PLAN_ENV))
+    plan = KubeconfigPlan.from_json(required_env(KUBECONFIG_PLAN_ENV))
     try:
         text = fetch(plan, os.environ.get(IDENTITY_ENV))
     except RuntimeError as err:
         print(err, file=sys.stderr)
         return 1
-    sys.stdout.write(rewrite_server(text, plan["api_endpoint"], plan["cluster"]))
+    sys.stdout.write(rewrite_server(text, plan.api_endpoint, plan.cluster))
     return 0
 
 

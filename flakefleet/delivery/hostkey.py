@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -36,7 +35,7 @@ import sys
 import time
 
 from flakefleet.common.retry import poll
-from flakefleet.plan.contract import FAILED, INSTANCE_ENV, OK, PREVIOUS_STDOUT_ENV
+from flakefleet.plan.contract import FAILED, INSTANCE_ENV, OK, PREVIOUS_STDOUT_ENV, HostKeyTarget
 from flakefleet.common.cli import guard
 
 TARGET_ENV = "FLAKEFLEET_HOST_KEY_TARGET"  # {"host", "address", "port", "region"}
@@ -139,23 +138,26 @@ def learn(client, instance: str, address: str, port: int, timeout_s: float, veri
 
 def main() -> int:
     """`flakefleet host-key`: print the instance's verified ed25519 host key (stdout), or fail."""
-    target = json.loads(os.environ.get(TARGET_ENV) or "{}")
-    instance = os.environ.get(INSTANCE_ENV, "")
-    if not target or not instance:
+    text, instance = os.environ.get(TARGET_ENV), os.environ.get(INSTANCE_ENV, "")
+    if not text or not instance:
         print(f"{TARGET_ENV} and {INSTANCE_ENV} must be set", file=sys.stderr)
+        return FAILED
+    try:
+        target = HostKeyTarget.from_json(text)
+    except (ValueError, TypeError) as err:
+        print(f"{TARGET_ENV} is not a host-key target ({err})", file=sys.stderr)
         return FAILED
     import boto3
 
     verified = os.environ.get(PREVIOUS_STDOUT_ENV, "").strip()  # set by pulumi-command for an update
     verified = verified if verified.startswith("ssh-ed25519 ") else ""
     try:
-        client = boto3.client("ec2", region_name=target.get("region") or None)
-        key = learn(client, instance, target["address"], int(target.get("port", 22)),
-                    float(target.get("timeout_s", TIMEOUT_S)), verified)
+        client = boto3.client("ec2", region_name=target.region or None)
+        key = learn(client, instance, target.address, target.port, TIMEOUT_S, verified)
     except Exception as err:
-        print(f"[{target.get('host', instance)}] host key: {err}", file=sys.stderr)
+        print(f"[{target.host}] host key: {err}", file=sys.stderr)
         return FAILED
-    print(f"[{target.get('host', instance)}] host key {fingerprint(key)} matches instance {instance}'s console",
+    print(f"[{target.host}] host key {fingerprint(key)} matches instance {instance}'s console",
           file=sys.stderr)
     print(key, flush=True)
     return OK

@@ -12,7 +12,6 @@ Every failure is one line saying what is missing: the bucket, a snapshot, or acc
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from flakefleet.cluster.restore import PruneFailed, prune
-from flakefleet.plan.contract import IDENTITY_ENV, PRUNE_PLAN_ENV
+from flakefleet.plan.contract import IDENTITY_ENV, PRUNE_PLAN_ENV, PrunePlan
 from flakefleet.common.cli import CommandError, add_json, main_of, print_json, required_env
 from flakefleet.config.stackfile import STACKS
 from flakefleet.common.outputs import add_state_arguments, read_outputs
@@ -157,7 +156,7 @@ def where(args) -> tuple[str, str, str | None]:
 def run(args) -> int:
     if args.command == "prune":
         try:
-            stale = prune(json.loads(required_env(PRUNE_PLAN_ENV)), os.environ.get(IDENTITY_ENV))
+            stale = prune(PrunePlan.from_json(required_env(PRUNE_PLAN_ENV)), os.environ.get(IDENTITY_ENV))
         except PruneFailed as err:
             raise CommandError(str(err)) from None
         print(f"deleted stale nodes: {', '.join(stale) or 'none'}")
