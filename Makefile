@@ -40,7 +40,8 @@ bench: setup
 reference: setup
 	$(PY) scripts/config_reference.py
 
-# nixos/configurations.json, the flake's nixosConfigurations, from the stack files.
+# nixos/configurations.json, the flake's nixosConfigurations, from the stack files, and
+# nixos/common/spec-schema.json, the pool spec's schema the flake declares its options from.
 configurations: setup
 	$(PY) scripts/nixos_configurations.py
 
