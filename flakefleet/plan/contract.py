@@ -250,8 +250,21 @@ class Endpoint:
         return Endpoint(host.name, str(host.address), host.ssh_port, host.ssh_user, host_key)
 
 
+class JsonPlan:
+    """A plan a small runner reads from its environment: JSON with sorted keys (what the
+    Command's input holds); Endpoint fields are read back as Endpoints."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        hints = get_type_hints(cls)
+        return cls(**{k: Endpoint(**v) if hints.get(k) is Endpoint else v for k, v in json.loads(text).items()})
+
+
 @dataclass(frozen=True)
-class KubeconfigPlan:
+class KubeconfigPlan(JsonPlan):
     """The kubeconfig read (`scripts/flakefleet kubeconfig`): the cluster's name and API endpoint
     (the kubeconfig's server), read from the first control plane over pinned SSH."""
 
@@ -259,34 +272,18 @@ class KubeconfigPlan:
     api_endpoint: str
     endpoint: Endpoint
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> KubeconfigPlan:
-        data = json.loads(text)
-        return cls(**{**data, "endpoint": Endpoint(**data["endpoint"])})
-
 
 @dataclass(frozen=True)
-class PrunePlan:
+class PrunePlan(JsonPlan):
     """The stale-Node clean-up after a restore (`scripts/flakefleet dr prune`): the Nodes to keep
     (the stack's hosts), deleted through the first control plane."""
 
     keep: list[str]
     endpoint: Endpoint
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PrunePlan:
-        data = json.loads(text)
-        return cls(keep=list(data["keep"]), endpoint=Endpoint(**data["endpoint"]))
-
 
 @dataclass(frozen=True)
-class HostKeyTarget:
+class HostKeyTarget(JsonPlan):
     """An EC2 host whose SSH host key is read from its console (`scripts/flakefleet host-key`):
     only what identifies it, as any other change to the Command's inputs would run it again."""
 
@@ -294,13 +291,6 @@ class HostKeyTarget:
     address: str
     port: int
     region: str
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> HostKeyTarget:
-        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
