@@ -460,3 +460,14 @@ def test_the_preview_says_which_hosts_are_wiped():
     before = {n: {k: v for k, v in row.items() if k != "install"} for n, row in first["nodes"].items()}
     assert install_lines({"nodes": before}, local_bootstrapped())[0].startswith(
         "worker-0: its pool is installed by the stack now, but it runs a delivered system already")
+
+
+def test_a_deployer_without_a_ssh_directory_gets_one_for_ssh_copy_id(tmp_path, monkeypatch):
+    """ssh-copy-id (which nixos-anywhere retries until it works) fails without ~/.ssh: a deployer
+    that never ran ssh would wait out the install's timeout. The runner makes it, 0700."""
+    from flakefleet.bootstrap.runner import ssh_dir_for_ssh_copy_id
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ssh_dir_for_ssh_copy_id()
+    ssh_dir_for_ssh_copy_id()  # and leaves one that is there
+    assert (tmp_path / ".ssh").is_dir() and (tmp_path / ".ssh").stat().st_mode & 0o777 == 0o700

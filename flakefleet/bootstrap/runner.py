@@ -106,6 +106,14 @@ def tools(plan: InstallPlan, disk: str, tmp: Path) -> tuple[str, str, str]:
     return program, disko, f"{kexec}/nixos-kexec-installer-noninteractive-{plan.arch}.tar.gz"
 
 
+def ssh_dir_for_ssh_copy_id() -> None:
+    """nixos-anywhere uploads the deploy key with ssh-copy-id, retried until it works
+    (src/nixos-anywhere.sh: `until ssh-copy-id ...; do sleep 3`); ssh-copy-id makes its temporary
+    files in ~/.ssh and fails without it. A deployer that never ran ssh (a CI runner) has none:
+    the install would wait out its timeout. Made as ssh makes it (0700)."""
+    (Path.home() / ".ssh").mkdir(mode=0o700, exist_ok=True)
+
+
 def extra_files(plan: InstallPlan, env: dict[str, str], tmp: Path) -> Path:
     """The files nixos-anywhere copies onto the new root: the installed host key (0600) and the
     record of this install. In a 0700 directory, removed with it."""
@@ -187,7 +195,12 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
         say(plan, f"installing {plan.system} on {disk} (layout {plan.layout}): its disks are wiped")
         argv = nixos_anywhere_argv(env.get("FLAKEFLEET_NIXOS_ANYWHERE") or program, disko, plan.system, kexec, files,
                                    known, plan.address, plan.port, plan.user, plan.identity_file)
-        res = subprocess.run(argv, stdout=sys.stderr, stderr=sys.stderr, timeout=plan.boot_timeout_s * 3)
+        ssh_dir_for_ssh_copy_id()
+        try:
+            res = subprocess.run(argv, stdout=sys.stderr, stderr=sys.stderr, timeout=plan.boot_timeout_s * 3)
+        except subprocess.TimeoutExpired:
+            raise InstallError(f"nixos-anywhere did not finish within {plan.boot_timeout_s * 3:.0f}s (3 x "
+                               "delivery.metal_boot_timeout_s); see its output above for the step it was in") from None
         if res.returncode != 0:
             raise InstallError(f"nixos-anywhere failed (exit {res.returncode}); see its output above")
         clock.stamp("nixos_anywhere")
