@@ -8,6 +8,7 @@ evaluate again. Evaluation failures name the system and carry Nix's message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -72,11 +73,17 @@ def flake_fingerprint(flake: Path) -> str:
 EVALUATE_NIX = Path(__file__).with_name("evaluate.nix")
 
 
+@functools.cache
+def _expression() -> str:
+    """evaluate.nix's text, read once per process (a key is made per system)."""
+    return EVALUATE_NIX.read_text()
+
+
 def cache_key(fingerprint: str, spec: dict) -> str:
     """Cache key of one system: flake files plus spec, and what is asked of them: the evaluation
     expression, the spec's schema and the fields of a cached entry (a change to any of them is a
     new key, never a number bumped by hand)."""
-    asked = [EVALUATE_NIX.read_text(), SPEC_SCHEMA_DIGEST, sorted(f.name for f in fields(System))]
+    asked = [_expression(), SPEC_SCHEMA_DIGEST, sorted(f.name for f in fields(System))]
     return hashlib.sha256(json.dumps([asked, fingerprint, spec], sort_keys=True).encode()).hexdigest()
 
 
