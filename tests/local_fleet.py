@@ -20,15 +20,15 @@ from flakefleet.plan.rollout import waves
 from flakefleet.config.stackfile import read_stack_file
 from flakefleet.nixos.evaluate import evaluate_systems
 from tests.conftest import STANDIN_FLAKE, require
+from tests.kube.pki import as_environment, fleet_cas
 from tests.machines.image import prerequisites as machine_prerequisites
 from tests.machines.machine import running_machines
 from tests.testhosts import prerequisites, run_as_deployer
 
-# The stack's CAs as the tests hold them (the stand-in k3s reads them as bytes; the program makes
-# real ones with pulumi-tls): every environment carries them, the first control plane gets them.
-TEST_CAS = {env: f"-----BEGIN {'EC PRIVATE KEY' if env.endswith('_KEY') else 'CERTIFICATE'}-----\n"
-                 f"test {env}\n-----END {'EC PRIVATE KEY' if env.endswith('_KEY') else 'CERTIFICATE'}-----\n"
-            for pair in K3S_CAS.values() for env in pair}
+# The stack's CAs as the tests hold them: real ones, as the program makes them with pulumi-tls
+# (tests/kube/pki.py), which the machines' real API serves from. Every environment carries them,
+# the first control plane gets them.
+TEST_CAS = as_environment(fleet_cas())
 TEST_CA_HASH = ca_hash(TEST_CAS[K3S_CAS["server-ca"][0]])
 TOKENS = {SERVER_TOKEN[1]: "server-token-for-tests-0123456789", AGENT_TOKEN[1]: "agent-token-for-tests-9876543210",
           **TEST_CAS}
@@ -150,12 +150,10 @@ def waves_with_not_ready(fleet, names: tuple[str, ...], cfg, inv, plans) -> dict
 
 def register_nodes(fleet, *names: str) -> None:
     """Nodes the API server knows without a kubelet behind them (e.g. left in a restored snapshot)."""
-    import time
-
-    (fleet.apiserver / "nodes").mkdir(exist_ok=True)
     for name in names:
-        node = {"name": name, "registered": time.time(), "status_time": time.time(), "renewTime": time.time()}
-        (fleet.apiserver / "nodes" / f"{name}.json").write_text(json.dumps(node))
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+        res = fleet.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+        assert res.returncode == 0, res.stderr
 
 
 def write_stack_file(directory: Path, cfg_raw: dict) -> None:

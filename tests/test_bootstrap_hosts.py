@@ -113,7 +113,7 @@ def test_a_plain_linux_machine_is_installed_and_then_joins(installed_node):
     assert byo.current_system() is not None and byo.current_system().endswith("-nixos-system-workers")
     log = byo.path("/var/lib/standin-disko.log").read_text()
     assert "disko: wiped and mounted /dev/" in log and "(layout single-disk)" in log
-    poll(lambda: (fleet.apiserver / "nodes" / "byo-0.json").exists(), 120, "byo-0's Node registered")
+    poll(lambda: fleet.node("byo-0") is not None, 120, "byo-0's Node registered")
 
 
 def test_the_first_install_reads_the_facts_and_boots_the_installed_system(fleet_hosts):
@@ -174,7 +174,7 @@ def test_a_machine_a_delivery_ran_on_is_not_wiped_without_a_reinstall(installed_
 def test_a_new_reinstall_drains_the_node_and_installs_it_again(installed_node):
     fleet, hosts, installed, private, cmd, inputs, _ = installed_node
     byo = hosts["byo-0"]
-    poll(lambda: (fleet.apiserver / "nodes" / "byo-0.json").exists(), 120, "byo-0's Node registered")
+    poll(lambda: fleet.node("byo-0") is not None, 120, "byo-0's Node registered")
     plans, plan = planned(fleet, hosts, installed, reinstall="2026-12-02")
     _, changed = install_command(fleet, private, plan)
     steps = cmd.up(changed)  # a new trigger: replaced, its create installs again
@@ -186,7 +186,7 @@ def test_a_new_reinstall_drains_the_node_and_installs_it_again(installed_node):
     assert not byo.path("/var/lib/flakefleet/deliveries.log").exists()  # a new disk: delivered to again next
     proc = deliver(fleet, plans["byo-0"])
     assert proc.returncode == 0, proc.stderr
-    poll(lambda: (fleet.apiserver / "nodes" / "byo-0.json").exists(), 120, "byo-0's Node registered again")
+    poll(lambda: fleet.node("byo-0") is not None, 120, "byo-0's Node registered again")
     # The reinstall line taken out again: replaced (its trigger changed), and not wiped.
     boots = len(byo.boots)
     _, back = install_command(fleet, private, planned(fleet, hosts, installed)[1])

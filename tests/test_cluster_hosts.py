@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 
+from flakefleet.cluster.kubectl import ready_nodes
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK
 from flakefleet.common.ssh import known_hosts_line, ssh_options
 from flakefleet.plan.specs import AGENT_TOKEN, K3S_CAS, SERVER_TOKEN
@@ -124,7 +125,7 @@ def test_a_batch_that_is_not_ready_is_rolled_back_and_the_rollout_stops(formed):
         assert hosts[w].current_system() == before[w]
 
 
-def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(formed):
+def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(formed, tmp_path):
     import yaml
 
     from flakefleet.plan.contract import KUBECONFIG_PLAN_ENV as KUBECONFIG_ENV
@@ -139,7 +140,12 @@ def test_kubeconfig_is_read_from_the_first_control_plane_and_pointed_at_the_api(
     doc = yaml.safe_load(proc.stdout)
     assert doc["clusters"][0]["cluster"]["server"] == f"https://{cp.address}:6443"
     assert doc["current-context"] == "ff-local"
-    assert ca_certificate(proc.stdout).startswith("STANDIN-CA ")
+    assert ca_certificate(proc.stdout) == TEST_CAS[K3S_CAS["server-ca"][0]]  # the stack's server CA, served by the real API
+    exported = tmp_path / "kubeconfig"
+    exported.write_text(proc.stdout)
+    nodes = fleet.kube.kubectl(exported, "get", "nodes", "-o", "json")  # as printed: `kubectl get nodes`
+    assert nodes.returncode == 0, nodes.stderr
+    assert set(ready_nodes(nodes.stdout)) >= {"cp-0", "worker-0", "worker-1"}
     assert cp.path("/etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
 
 
@@ -157,11 +163,14 @@ def test_a_replaced_first_control_plane_joins_the_running_cluster(formed):
         control_planes=(Endpoint("cp-0", fresh.address, fresh.port, "root", fresh.host_key),
                         Endpoint("cp-1", running.address, running.port, "root", running.host_key)),
     )
-    proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plan.to_json(), **TOKENS})
-    assert proc.returncode == 0, proc.stderr
-    assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stderr
-    start = next(l for l in k3s_log(fresh) if " start " in l)
-    assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start
+    try:
+        proc = run_as_deployer(fleet, ["flakefleet.delivery.runner"], {PLAN_ENV: plan.to_json(), **TOKENS})
+        assert proc.returncode == 0, proc.stderr
+        assert "the cluster already runs on cp-1: joining it instead of initializing one" in proc.stderr
+        start = next(l for l in k3s_log(fresh) if " start " in l)
+        assert f'"server": "https://{ADDRESSES["cp-0"]}:6443"' in start and "cluster-init" not in start
+    finally:
+        fresh.stop()  # its kubelet would keep reporting the Node cp-0 beside the running cp-0's
 
 
 def test_a_re_imaged_first_control_plane_that_reaches_no_peer_stops_instead_of_starting_a_second_cluster(formed):
@@ -189,6 +198,7 @@ def test_a_re_imaged_first_control_plane_that_reaches_no_peer_stops_instead_of_s
     assert "refusing to start a second, empty cluster" in proc.stderr, proc.stderr
     assert "asked: cp-1" in proc.stderr
     assert not any(" start " in line for line in k3s_log(fresh))
+    fresh.stop()
 
 
 def drift(fleet, outputs_file):

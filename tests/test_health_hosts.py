@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flakefleet.cluster.kubectl import node_items
 from flakefleet.nixos.evaluate import evaluate_systems
 from flakefleet.plan.contract import K3S_DROP_IN_PATH, ROLLED_BACK, DeliveryPlan, Endpoint, FileSpec, PoolSpec
 from tests.conftest import STANDIN_FLAKE
@@ -131,7 +132,7 @@ def test_a_k3s_that_stops_heart_beating_is_rolled_back_while_its_node_is_still_r
     proc = deliver(fleet, plan(fleet, worker, systems["w2"], cluster=cp, health_timeout_s=15))
     assert proc.returncode == ROLLED_BACK, proc.stderr
     assert "worker's kubelet has not renewed its Lease since the switch" in proc.stderr
-    node = json.loads(cp.sh(f"{systems['cp1'].out}/sw/bin/k3s kubectl get nodes worker -o json").stdout)["items"][0]
+    node = node_items(cp.sh(f"{systems['cp1'].out}/sw/bin/k3s kubectl get nodes worker -o json").stdout)[0]  # the Node itself
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"  # Ready alone would have confirmed it
     assert worker.current_system() == systems["w1"].out

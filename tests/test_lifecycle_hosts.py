@@ -134,13 +134,13 @@ def test_a_host_added_back_after_leaving_rejoins_the_cluster(cluster):
     same system: its new Command switches it again, which starts k3s, so its Node registers."""
     fleet, hosts, commands, (cfg, inv, plans) = cluster
     assert commands["worker-1"].destroy().proc.returncode == 0
-    assert not (fleet.apiserver / "nodes" / "worker-1.json").exists()
+    assert fleet.node("worker-1") is None
     commands["worker-1"] = LocalCommand(lambda cmd, env: run_command_as_deployer(fleet, cmd, env))
     steps = up(commands, inv, cfg, plans)
     assert ops(steps["worker-1"]) == ["create"] and steps["worker-1"][0].proc.returncode == 0
     assert "nothing to do" not in steps["worker-1"][0].proc.stderr  # switched again, not only claimed
     assert hosts["worker-1"].sh("systemctl is-active k3s.service").stdout.strip() == "active"
-    poll(lambda: (fleet.apiserver / "nodes" / "worker-1.json").exists(), 120, "worker-1's Node registered again")
+    poll(lambda: fleet.node("worker-1") is not None, 120, "worker-1's Node registered again")
 
 
 def test_a_dead_host_is_removed_by_force_and_then_leaves_the_stack(cluster, tmp_path):
@@ -149,7 +149,7 @@ def test_a_dead_host_is_removed_by_force_and_then_leaves_the_stack(cluster, tmp_
     out of the stack) finds the Node gone and succeeds without the host."""
     fleet, hosts, commands, _ = cluster
     dead = hosts["worker-1"]
-    poll(lambda: (fleet.apiserver / "nodes" / "worker-1.json").exists(), 120, "worker-1's Node registered")
+    poll(lambda: fleet.node("worker-1") is not None, 120, "worker-1's Node registered")
     dead.hold()
     dead.power_cut()
     try:

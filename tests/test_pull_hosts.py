@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,6 +35,7 @@ import boto3
 import pytest
 
 from components.autoscaling import DRAIN_HOOK
+from flakefleet.cluster.kubectl import node_names
 from flakefleet.plan.contract import PLAN_ENV, PublishPlan
 from flakefleet.plan.rollout import pulled_min_healthy
 from flakefleet.plan.specs import pool_spec, pulled_facts
@@ -158,10 +158,9 @@ def test_a_pulled_instance_switches_joins_and_continues(world):
     machine, outcome = boot_instance(world, "joins", system, "i-0aaaaaaaaaaaaaa01")
     assert outcome["result"] == "joined" and outcome["system"] == system.out, outcome
     assert machine.current_system() == system.out and profile_system(machine) == system.out  # confirmed
-    node = world.fleet.apiserver / "nodes" / "i-0aaaaaaaaaaaaaa01.json"
-    poll(lambda: node.exists(), 120, "the instance's Node registered")
+    node = poll(lambda: world.fleet.node("i-0aaaaaaaaaaaaaa01"), 120, "the instance's Node registered")
     # What the cluster autoscaler matches its group's instances by (the stand-in IMDS' zone).
-    assert json.loads(node.read_text())["provider_id"] == f"aws:///{pullhosts.REGION}a/i-0aaaaaaaaaaaaaa01"
+    assert node["spec"]["providerID"] == f"aws:///{pullhosts.REGION}a/i-0aaaaaaaaaaaaaa01"
     assert completed("i-0aaaaaaaaaaaaaa01") == ["CONTINUE"]
     report = world.s3.get_object(Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/i-0aaaaaaaaaaaaaa01.json")
     assert json.loads(report["Body"].read())["system"] == system.out  # what status and drift read
@@ -200,29 +199,37 @@ def test_a_system_that_fails_its_health_gate_is_rolled_back_and_abandoned(world)
     assert completed("i-0ccccccccccccccc3") == ["ABANDON"]
 
 
-def put(api: Path, kind: str, namespace: str, name: str, obj: dict) -> Path:
-    """An object in the stand-in API server's directory (tests/standin/k3s.py: pods/, pdbs/)."""
-    path = api / kind / namespace / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-    return path
+def pod(fleet, namespace: str, name: str, node: str, labels=None, phase: str | None = None) -> str:
+    """A pod bound to `node` in the real API (the stand-in kubelet reports it Running); `phase`
+    set by the admin instead (a finished Job's pod)."""
+    fleet.kubectl("create", "namespace", namespace)  # once; "already exists" after
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.invalid/app:1"}]}}
+    res = fleet.kubectl("create", "-f", "-", stdin=json.dumps(body))
+    assert res.returncode == 0, res.stderr
+    if phase:
+        patched = fleet.kube.request("system:admin", "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+                                     {"status": {"phase": phase}})
+        assert patched[0] == 200, patched
+    return f"{namespace}/{name}"
 
 
-def pod(api: Path, namespace: str, name: str, node: str, labels=None, owner=None, mirror=False, phase="Running"):
-    meta = {"name": name, "namespace": namespace, "labels": labels or {}}
-    if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner, "name": name.rsplit("-", 1)[0],
-                                    "controller": True}]
-    if mirror:
-        meta["annotations"] = {"kubernetes.io/config.mirror": "0123abcd"}
-    return put(api, "pods", namespace, name, {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                                              "spec": {"nodeName": node}, "status": {"phase": phase}})
+def exists(fleet, pod_id: str) -> bool:
+    namespace, name = pod_id.split("/")
+    return fleet.kubectl("get", "pod", name, "-n", namespace, "-o", "name").returncode == 0
 
 
-def budget(api: Path, namespace: str, name: str, match: dict, allowed: int) -> Path:
-    return put(api, "pdbs", namespace, name, {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": namespace},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": match}}, "status": {"disruptionsAllowed": allowed}})
+def budget(fleet, namespace: str, name: str, match: dict, min_available: int, allowed: int) -> None:
+    """A PodDisruptionBudget, and (bounded) the disruption controller's verdict on it."""
+    body = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": match}}}
+    assert fleet.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+
+    def settled():
+        got = json.loads(fleet.kubectl("get", "pdb", name, "-n", namespace, "-o", "json").stdout or "{}")
+        status = got.get("status", {})
+        return status.get("observedGeneration") == got["metadata"]["generation"] and status.get("disruptionsAllowed") == allowed
+    poll(settled, 120, f"budget {name} allows {allowed}", interval=0.2)
 
 
 def standin_log(machine) -> str:
@@ -238,31 +245,32 @@ def as_kubelet(machine, *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 
 def test_a_terminating_instance_drains_its_own_node_then_continues(world):
-    instance, api = "i-0ddddddddddddddd4", world.fleet.apiserver
+    """On the real API, with the kubelet's credentials (DaemonSet and mirror pods, which the drain
+    leaves, are tier 1's and tests/test_kube_api.py's: the real API keeps neither without its
+    controller or kubelet)."""
+    instance, fleet = "i-0ddddddddddddddd4", world.fleet
     lifecycle: dict[str, str] = {}
     with contextlib.ExitStack() as keep:
         machine, outcome = boot_instance(world, "drains", world.systems["good"], instance, keep=keep, answers=lifecycle)
         assert outcome["result"] == "joined", outcome
+        poll(lambda: fleet.node(instance), 120, "the instance's Node registered")
         poll(lambda: machine.show("flakefleet-drain.service", "ActiveState").get("ActiveState") == "active", 120,
              "flakefleet-drain.service runs, waiting for the lifecycle state")
-        pods = {"web-1": pod(api, "shop", "web-1", instance, labels={"app": "web"}),
-                "cache-1": pod(api, "shop", "cache-1", instance),
-                "flannel": pod(api, "kube-system", "flannel-ab12c", instance, owner="DaemonSet"),
-                "static": pod(api, "kube-system", "static-web-" + instance, instance, mirror=True),
-                "job": pod(api, "shop", "job-1", instance, phase="Succeeded"),
-                "elsewhere": pod(api, "shop", "web-0", "cp-0", labels={"app": "web"})}
-        budget(api, "shop", "web", {"app": "web"}, allowed=0)
+        pods = {"web-1": pod(fleet, "shop", "web-1", instance, labels={"app": "web"}),
+                "cache-1": pod(fleet, "shop", "cache-1", instance),
+                "job": pod(fleet, "shop", "job-1", instance, phase="Succeeded"),
+                "elsewhere": pod(fleet, "shop", "web-0", "cp-0", labels={"app": "web"})}
+        budget(fleet, "shop", "web", {"app": "web"}, min_available=2, allowed=0)
         lifecycle["autoscaling/target-lifecycle-state"] = "Terminated"  # the group wants it gone
-        poll(lambda: not pods["cache-1"].exists(), 120, "cache-1 evicted")
-        poll(lambda: standin_log(machine).count("eviction shop/web-1 refused") >= 2, 120,
+        poll(lambda: not exists(fleet, pods["cache-1"]), 120, "cache-1 evicted")
+        poll(lambda: sum("eviction" in l and "web-1" in l for l in standin_log(machine).splitlines()) >= 2, 120,
              "web-1's eviction refused by its budget, and asked again")
-        node = json.loads((api / "nodes" / f"{instance}.json").read_text())
-        assert node["unschedulable"] is True  # cordoned: nothing new lands on it meanwhile
-        assert pods["web-1"].exists() and completed(instance, DRAIN_HOOK) == []  # held while the budget says no
-        budget(api, "shop", "web", {"app": "web"}, allowed=1)  # a replacement became ready elsewhere
+        assert fleet.node(instance)["spec"]["unschedulable"] is True  # cordoned: nothing new lands on it meanwhile
+        assert exists(fleet, pods["web-1"]) and completed(instance, DRAIN_HOOK) == []  # held while the budget says no
+        budget(fleet, "shop", "web", {"app": "web"}, min_available=1, allowed=1)  # a replacement became ready elsewhere
         poll(lambda: completed(instance, DRAIN_HOOK) == ["CONTINUE"], 120, "the drain completed its hook")
-    assert not pods["web-1"].exists()
-    assert all(pods[k].exists() for k in ("flannel", "static", "job", "elsewhere"))  # not a drain's to evict
+    assert not exists(fleet, pods["web-1"])
+    assert all(exists(fleet, pods[k]) for k in ("job", "elsewhere"))  # not a drain's to evict
     report = json.loads(world.s3.get_object(
         Bucket=BUCKET, Key=f"flakefleet/reports/{world.cluster}/spot/{instance}.json")["Body"].read())
     assert report["result"] == "joined" and report["system"] == world.systems["good"].out  # what it ran, kept
@@ -274,10 +282,10 @@ def test_a_terminating_instance_drains_its_own_node_then_continues(world):
     other = as_kubelet(machine, "create", "--raw", "/api/v1/namespaces/shop/pods/web-0/eviction", "-f", "-",
                        stdin=json.dumps({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0"}}))
     assert other.returncode != 0 and "can only evict pods with spec.nodeName set to itself" in other.stderr
-    assert "is not allowed to modify node" in as_kubelet(machine, "patch", "node", "cp-0", "--type=merge", "-p",
-                                                         '{"spec":{"unschedulable":true}}').stderr
+    assert "only its own Node object" in as_kubelet(machine, "patch", "node", "cp-0", "--type=merge", "-p",
+                                                    '{"spec":{"unschedulable":true}}').stderr
     assert 'cannot delete resource "nodes"' in as_kubelet(machine, "delete", "node", "cp-0").stderr
-    assert pods["elsewhere"].exists() and (api / "nodes" / "cp-0.json").exists()
+    assert exists(fleet, pods["elsewhere"]) and fleet.node("cp-0") is not None
 
 
 def test_the_control_plane_deletes_the_nodes_of_instances_ec2_no_longer_has(world):
@@ -288,13 +296,16 @@ def test_the_control_plane_deletes_the_nodes_of_instances_ec2_no_longer_has(worl
         i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=3, MaxCount=3)["Instances"]]
     ec2.terminate_instances(InstanceIds=[terminated, terminated_ready])
     never = "i-0123456789abcdef0"  # EC2 has no such instance: NotFound
-    stale, fresh = time.time() - 3600, time.time() + 3600  # a Lease an hour old (Unknown), one that stays young
-    nodes = {terminated: stale, running: stale, terminated_ready: fresh, never: stale}
-    for name, renewed in nodes.items():
-        (world.fleet.apiserver / "nodes" / f"{name}.json").write_text(json.dumps(
-            {"name": name, "renewTime": renewed, "role": "agent", "provider_id": f"aws:///{pullhosts.REGION}a/{name}"}))
-    (world.fleet.apiserver / "nodes" / "pushed-0.json").write_text(json.dumps(
-        {"name": "pushed-0", "renewTime": stale, "role": "agent", "provider_id": "k3s://pushed-0"}))
+    # Nodes without kubelets behind them, as the API has them: Unknown (the node lifecycle
+    # controller's verdict on a silent kubelet) or still Ready.
+    nodes = {terminated: "Unknown", running: "Unknown", terminated_ready: "True", never: "Unknown"}
+    for name, ready in [*nodes.items(), ("pushed-0", "Unknown")]:
+        provider = "k3s://pushed-0" if name == "pushed-0" else f"aws:///{pullhosts.REGION}a/{name}"
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"providerID": provider}}
+        assert world.fleet.kubectl("apply", "-f", "-", stdin=json.dumps(body)).returncode == 0
+        code, answer = world.fleet.kube.request("system:admin", "PATCH", f"/api/v1/nodes/{name}/status",
+                                                {"status": {"conditions": [{"type": "Ready", "status": ready}]}})
+        assert code == 200, answer
     cp = world.hosts["cp-0"]
     script = cp.path("/root/flakefleet_node_gc.py")
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +314,7 @@ def test_the_control_plane_deletes_the_nodes_of_instances_ec2_no_longer_has(worl
     run = cp.sh("env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test PATH=/run/current-system/sw/bin:/usr/bin:/bin "
                 f"python3 /root/flakefleet_node_gc.py {pullhosts.REGION} {world.endpoint}", timeout=120, check=False)
     assert run.returncode == 0, run.stderr
-    left = {p.stem for p in (world.fleet.apiserver / "nodes").glob("*.json")}
+    left = set(node_names(world.fleet.kubectl("get", "nodes", "-o", "json").stdout))
     assert terminated not in left and never not in left
     assert {running, terminated_ready, "pushed-0", "cp-0"} <= left  # running, Ready, or not the group's
     assert f"deleting node {terminated}: instance {terminated} no longer exists" in run.stderr

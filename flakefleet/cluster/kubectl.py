@@ -51,11 +51,28 @@ def delete_node_command(node: str) -> list[str]:
     return [K3S, "kubectl", "delete", "node", node, "--ignore-not-found"]
 
 
+def node_items(kubectl_json: str) -> list[dict]:
+    """The Nodes in `kubectl get nodes [NAMES] --ignore-not-found -o json`'s answer: a List, or, when
+    exactly one name was asked for, that Node itself (kubectl prints a single object then, and
+    nothing at all when it is missing). ValueError when the answer is not JSON."""
+    if not kubectl_json.strip():
+        return []
+    try:
+        doc = json.loads(kubectl_json)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not kubectl JSON: {kubectl_json.strip()[:200]!r}") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"not kubectl JSON: {kubectl_json.strip()[:200]!r}")
+    if doc.get("kind") == "Node":
+        return [doc]
+    return [i for i in doc.get("items") or [] if isinstance(i, dict)]
+
+
 def ready_nodes(kubectl_json: str) -> set[str]:
     """Names of the nodes whose Ready condition is True, from `kubectl get nodes -o json`."""
     try:
-        items = json.loads(kubectl_json).get("items", [])
-    except (json.JSONDecodeError, AttributeError):
+        items = node_items(kubectl_json)
+    except ValueError:
         return set()
     return {
         item["metadata"]["name"]
@@ -70,8 +87,8 @@ def etcd_not_voting(kubectl_json: str, names: set[str]) -> dict[str, str]:
     False for a learner, an unhealthy member or none (pkg/etcd/etcd.go, setEtcdStatusCondition);
     not set yet: not known to be a voter."""
     try:
-        items = json.loads(kubectl_json).get("items", [])
-    except (json.JSONDecodeError, AttributeError):
+        items = node_items(kubectl_json)
+    except ValueError:
         return {n: "no answer" for n in names}
     found = {}
     for item in items:
@@ -87,7 +104,7 @@ def etcd_not_voting(kubectl_json: str, names: set[str]) -> dict[str, str]:
 
 def node_names(kubectl_json: str) -> list[str]:
     """Every node's name in `kubectl get nodes -o json`, sorted."""
-    return sorted(i["metadata"]["name"] for i in json.loads(kubectl_json).get("items", []))
+    return sorted(i["metadata"]["name"] for i in node_items(kubectl_json))
 
 
 # The CA hash in the secure server token k3s writes once a server runs (docs.k3s.io/cli/token:
@@ -126,8 +143,8 @@ CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"  # k3s labels its 
 def servers_in(listing: str) -> set[str]:
     """Names of the Nodes labelled as control planes in `kubectl get nodes -o json`."""
     try:
-        items = json.loads(listing).get("items", [])
-    except (json.JSONDecodeError, AttributeError):
+        items = node_items(listing)
+    except ValueError:
         return set()
     return {i["metadata"]["name"] for i in items if CONTROL_PLANE_LABEL in i.get("metadata", {}).get("labels", {})}
 

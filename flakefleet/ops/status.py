@@ -16,13 +16,12 @@ ask: one line says so, exit 0.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
-from flakefleet.cluster.kubectl import etcd_not_voting, nodes_query, ready_nodes
+from flakefleet.cluster.kubectl import etcd_not_voting, node_items, nodes_query, ready_nodes
 from flakefleet.common.ssh import pinned_ssh, remote_command
 from flakefleet.ops import pulled
 from flakefleet.ops.drift import IN_SYNC, UNCHECKED, HostDrift, report
@@ -66,8 +65,8 @@ def cluster_view(nodes: dict[str, NodeRow], identity: str | None) -> tuple[str, 
 
 def kubelet_versions(listing: str) -> dict[str, str]:
     try:
-        items = json.loads(listing).get("items", [])
-    except (json.JSONDecodeError, AttributeError):
+        items = node_items(listing)
+    except ValueError:
         return {}
     return {i["metadata"]["name"]: i.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "") for i in items}
 

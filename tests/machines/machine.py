@@ -41,6 +41,7 @@ from tests.testhosts import TestFleet, keypair, make_fleet, poll, port_open
 STARTED: list[Machine] = []  # every machine this process prepared: stopped at exit, whatever happened
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 APISERVER = "/var/lib/standin-apiserver"  # the stand-in k3s' shared cluster state (one per fleet)
+KUBE_BIN = "/opt/kubernetes/bin"  # the real control plane's binaries, read-only in every machine
 BOOT_TIMEOUT = 120.0  # a bound for set-up on a loaded machine, not an expectation (~3 s idle)
 
 
@@ -248,8 +249,14 @@ class Machine:
         return [
             "systemd-nspawn", "-D", str(self.merged), "--register=no", "--keep-unit", f"--machine={self.name}",
             "--console=read-only", "--kill-signal=SIGRTMIN+3", "--link-journal=no", "--resolv-conf=off",
-            "--timezone=off", f"--bind={self.apiserver}:{APISERVER}", "--", init,
+            "--timezone=off", f"--bind={self.apiserver}:{APISERVER}", *self.kube_bind(), "--", init,
         ]  # fmt: skip
+
+    def kube_bind(self) -> list[str]:
+        from tests.kube.controlplane import binaries
+
+        found = binaries()
+        return [f"--bind-ro={found}:{KUBE_BIN}"] if found else []
 
     def _choose(self) -> tuple[str, str]:
         """(PID 1, what was booted): GRUB's or systemd-boot's entry, else Debian's own systemd."""
@@ -373,24 +380,47 @@ def add_machine(fleet: MachineFleet, name: str, address: str, port: int = 2222, 
 
 @dataclass
 class MachineFleet(TestFleet):
-    """A TestFleet of machines sharing one stand-in API server directory."""
+    """A TestFleet of machines sharing one stand-in API server directory, and the real control
+    plane (tests/kube/) their stand-in k3s talks to."""
 
     __test__ = False
 
     apiserver: Path | None = None
+    kube: object | None = None  # tests.kube.controlplane.ControlPlane
+
+    def kubectl(self, *args: str, stdin: str | None = None):
+        """kubectl as the cluster's admin, from the test process."""
+        return self.kube.kubectl(self.kube.admin(), *args, stdin=stdin)
+
+    def node(self, name: str) -> dict | None:
+        """The Node as the API server has it, or None."""
+        res = self.kubectl("get", "nodes", name, "--ignore-not-found", "-o", "json")
+        return json.loads(res.stdout) if res.returncode == 0 and res.stdout.strip() else None
 
 
 @contextmanager
 def running_machines(root: Path, addresses: dict[str, str], port: int = 2222, bootloader: str = "grub"):
     """A fleet with one booted machine per name -> address; every machine is stopped on the way out."""
+    from tests.conftest import require
+    from tests.kube import pki
+    from tests.kube.controlplane import ControlPlane, binaries
+
     base = make_fleet(root)
     fleet = MachineFleet(**{**base.__dict__, "apiserver": root / "apiserver"})
     fleet.apiserver.mkdir(parents=True, exist_ok=True)
     # Leases renewed every second (a kubelet: 10 s) so tests need not wait; the grace period as
     # Kubernetes has it, so a Node stays Ready for 40 s after its kubelet stopped.
     (fleet.apiserver / "config.json").write_text(json.dumps({"lease_renew_s": 1, "grace_s": 40}))
+    found = binaries()
+    require(found is not None, "the Kubernetes binaries the machines' cluster runs on (scripts/kubernetes.sh)")
     machines: dict[str, Machine] = {}
     try:
+        # The API where the stack's endpoint is (the first control plane's address, :6443), so the
+        # kubeconfig the stack exports works as printed; the stand-in k3s itself listens on nothing.
+        first = addresses.get("cp-0")
+        fleet.kube = ControlPlane(root / "kube", found, pki.fleet_cas(), address=first or "127.0.0.1",
+                                  api_port=6443 if first else 0, node_monitor_grace_s=40).start()
+        fleet.kube.share(fleet.apiserver / "kube")
         for name, address in addresses.items():
             machines[name] = prepare(fleet, name, address, port, fleet.apiserver, bootloader)
             fleet.hosts.append(machines[name])
@@ -407,3 +437,5 @@ def running_machines(root: Path, addresses: dict[str, str], port: int = 2222, bo
         for m in fleet.hosts:  # machines added later (add_machine) too
             if isinstance(m, Machine):
                 m.stop()
+        if fleet.kube is not None:
+            fleet.kube.stop()

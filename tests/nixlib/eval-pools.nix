@@ -252,6 +252,8 @@ let
           ;
         flags = config.services.k3s.extraFlags;
         manifests = builtins.attrNames config.services.k3s.manifests;
+        # What each manifest deploys (content: an object or a list of them), for the real API.
+        manifestObjects = builtins.mapAttrs (_: m: m.content) config.services.k3s.manifests;
         autoscaler =
           let
             m = config.services.k3s.manifests;

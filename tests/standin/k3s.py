@@ -9,10 +9,14 @@
 # (nixos/modules/services/cluster/rancher/default.nix: Type=notify for a server, exec for an
 # agent, Restart=always, RestartSec=5s, TimeoutStartSec=0): a server tells systemd READY=1 once up;
 # both register their Node and renew its Lease in kube-node-lease, as the kubelet does (every 10
-# s by default; `lease_renew_s` of the API server's config.json). The "API server" is a directory
-# every machine of a test fleet shares (/var/lib/standin-apiserver): nodes/<name>.json. A Node is
-# Ready while its Lease is younger than the grace period (`grace_s`, default 40 s, the node
-# controller's default), Unknown after it; names in `notready` report Ready=False.
+# s by default; `lease_renew_s` of the shared directory's config.json), names in `notready`
+# reporting Ready=False. Every machine of a test fleet shares a directory
+# (/var/lib/standin-apiserver) for what is k3s' own (cacerts, the etcd members, learners, faults).
+# When the fleet's harness runs a real control plane, its handle is that directory's kube/ and
+# the Kubernetes API is the real one (see "the real API" below: every test machine fleet has one
+# now). Without it, the API is the directory's nodes/<name>.json, pods/ and pdbs/ as described
+# below: a likeness tests/test_kube_api.py holds to the real API's answers. A Node is then Ready
+# while its Lease is younger than the grace period (`grace_s`, default 40 s), Unknown after it.
 # Without systemd (the namespace test hosts) a start is logged and returns; Nodes are then the
 # names in /etc/flakefleet/standin-nodes, all Ready but those in /etc/flakefleet/standin-notready.
 #
@@ -52,7 +56,9 @@
 # scheduler would put them); PodDisruptionBudgets its pdbs/<namespace>/<name>.json. An eviction
 # (pkg/registry/core/pod/storage/eviction.go) of a pod that one budget selects (matchLabels)
 # is refused with 429 TooManyRequests while the budget's status.disruptionsAllowed is 0, else
-# decrements it and deletes the pod; a pod two budgets select is refused with a 500.
+# decrements it and deletes the pod; a pod two budgets select is refused with a 500; a pod that
+# is Pending, terminal or being deleted is evicted whatever its budgets (canIgnorePDB). A query
+# for exactly one Node by name answers that Node, not a List, as kubectl prints it.
 #
 # Faults, from /etc/flakefleet/standin-fault (lines "<fault> <toplevel>", for the running system):
 #   crashloop     exits 1 a second after starting, every start (systemd restarts it)
@@ -71,6 +77,9 @@ LOG = "/var/lib/flakefleet/standin-k3s.log"
 DROP_IN = "/etc/rancher/k3s/config.yaml.d/50-flakefleet-host.yaml"
 API = "/var/lib/standin-apiserver"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+# Without an API server directory (the namespace test hosts): the Nodes that exist, and those not Ready.
+NODES_FILE = "/etc/flakefleet/standin-nodes"
+NOTREADY_FILE = "/etc/flakefleet/standin-notready"
 
 
 def now():
@@ -381,6 +390,203 @@ def own_version():
     return f"v{found.group(1)}" if found else ""
 
 
+# ------------------------------------------------------------------ the real API (systemd machines)
+#
+# On the systemd test machines the fleet's harness runs a real control plane (tests/kube/:
+# etcd, kube-apiserver and kube-controller-manager at the flake's k3s' Kubernetes release, with
+# k3s' flags, from the stack's CAs) and shares its handle in the API server directory's kube/:
+# `server` (its URL), the server CA, the client CA with its key, the admin's kubeconfig. Then:
+#   - `k3s kubectl` is the real kubectl (bind-mounted at /opt/kubernetes/bin), with k3s' default
+#     kubeconfig (/etc/rancher/k3s/k3s.yaml, the admin's, written by a server) or the one given;
+#   - a running node is its own kubelet toward that API, with its own credentials
+#     (system:node:<name>, a client certificate the client CA signs, as k3s' supervisor signs the
+#     kubelet's: pkg/server/router.go, servingKubeletCert/clientKubeletCert): it registers its Node
+#     (kubelet_node_status.go: labels from --node-label, taints from --node-taint, providerID),
+#     PATCHes nodes/status and renews its Lease every `lease_renew_s`, reports its pods Running
+#     and finishes the ones being deleted (status_manager.go);
+#   - a server labels its Node as k3s does (node-role.kubernetes.io/control-plane, etcd, master)
+#     and sets EtcdIsVoter (pkg/etcd/etcd.go, setEtcdStatusCondition; False for `learners`), with
+#     the admin's credentials; deleting a Node through `k3s kubectl` removes its etcd member (the
+#     member controller, as above).
+# The node lifecycle controller (kube-controller-manager) marks a Node Unknown once its kubelet
+# stopped for the grace period: that is the real one now.
+KUBECTL = "/opt/kubernetes/bin/kubectl"
+AGENT = "/var/lib/rancher/k3s/agent"
+
+
+def kube(name):
+    return os.path.join(API, "kube", name)
+
+
+def real_api():
+    return os.path.exists(kube("server"))
+
+
+def kube_config(server, ca, crt, key):
+    return json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": "default",
+                       "clusters": [{"name": "default", "cluster": {"server": server, "certificate-authority": ca}}],
+                       "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
+                       "users": [{"name": "default", "user": {"client-certificate": crt, "client-key": key}}]})
+
+
+def issue(cn, org, crt, key):
+    """A client certificate from the cluster's client CA (what k3s' supervisor hands a node)."""
+    import datetime as dt
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    ca_cert = x509.load_pem_x509_certificate(read(kube("client-ca.crt")).encode())
+    ca_key = serialization.load_pem_private_key(read(kube("client-ca.key")).encode(), None)
+    mine = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_cert.subject).public_key(mine.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=365))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    os.makedirs(os.path.dirname(crt), exist_ok=True)
+    old = os.umask(0o077)
+    with open(key, "wb") as f:
+        f.write(mine.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                   serialization.NoEncryption()))
+    with open(crt, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    os.umask(old)
+
+
+def call(method, path, body=None, who="kubelet", ctype="application/strategic-merge-patch+json"):
+    """One request to the real API as the kubelet (its own certificate) or the admin: (status, dict)."""
+    import http.client
+    import ssl
+    import urllib.parse
+    url = urllib.parse.urlsplit(read(kube("server")).strip())
+    context = ssl.create_default_context(cafile=kube("server-ca.crt"))
+    if who == "admin":
+        context.load_cert_chain(kube("admin.crt"), kube("admin.key"))
+    else:
+        context.load_cert_chain(f"{AGENT}/client-kubelet.crt", f"{AGENT}/client-kubelet.key")
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=30)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Content-Type": ctype, "Accept": "application/json"})
+        res = conn.getresponse()
+        text = res.read().decode()
+    finally:
+        conn.close()
+    return res.status, (json.loads(text) if text.startswith("{") else {})
+
+
+def flag_values(args, name):
+    """Every value of a repeated k3s flag (`--name=v`, `--name v`), args then drop-in."""
+    found = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+    found += [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    try:
+        extra = json.loads(read(DROP_IN, "{}") or "{}").get(name.lstrip("-")) or []
+    except ValueError:
+        extra = []
+    return found + (extra if isinstance(extra, list) else [extra])
+
+
+def kubelet_start(name, role, args):
+    """The kubelet's credentials and kubeconfig, then its Node (registered once)."""
+    issue(f"system:node:{name}", "system:nodes", f"{AGENT}/client-kubelet.crt", f"{AGENT}/client-kubelet.key")
+    with open(KUBELET_KUBECONFIG, "w") as f:
+        f.write(kube_config(read(kube("server")).strip(), kube("server-ca.crt"), f"{AGENT}/client-kubelet.crt",
+                            f"{AGENT}/client-kubelet.key"))
+    register(name, args)
+
+
+def admin_kubeconfig():
+    """k3s.yaml on a server: the admin's kubeconfig for the real API (mode 0600, as
+    --write-kubeconfig-mode=0600 asks)."""
+    old = os.umask(0o077)
+    with open(KUBECONFIG, "w") as f:
+        f.write(read(kube("admin.kubeconfig")))
+    os.umask(old)
+
+
+def register(name, args):
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+              "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64"}
+    labels.update(dict(l.split("=", 1) for l in flag_values(args, "--node-label") if "=" in l))
+    taints = []
+    for t in flag_values(args, "--node-taint"):
+        kv, _, effect = t.rpartition(":")
+        key, _, value = kv.partition("=")
+        taints.append({"key": key, "effect": effect, **({"value": value} if value else {})})
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "spec": {"providerID": provider_id(name), **({"taints": taints} if taints else {})}}
+    code, answer = call("POST", "/api/v1/nodes", node, ctype="application/json")
+    if code not in (201, 409):
+        log(f"kubelet: registering {name}: {code} {answer.get('message', '')}")
+
+
+def beat(name, role):
+    """One kubelet sync: status, Lease, pods; a server's labels and EtcdIsVoter as k3s sets them."""
+    stamp = rfc3339(time.time())
+    ready = name not in not_ready()
+    condition = {"type": "Ready", "status": "True" if ready else "False", "lastHeartbeatTime": stamp,
+                 "reason": "KubeletReady" if ready else "KubeletNotReady",
+                 "message": "kubelet is posting ready status" if ready else "container runtime is down"}
+    status = {"status": {"conditions": [condition], "nodeInfo": {"kubeletVersion": own_version()}}}
+    code, _ = call("PATCH", f"/api/v1/nodes/{name}/status", status)
+    if code == 404:  # deleted while it runs: registered again, as the stand-in always did
+        register(name, [])
+        return
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": name, "namespace": "kube-node-lease"},
+             "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": stamp}}
+    call("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}?fieldManager=kubelet&force=true",
+         lease, ctype="application/apply-patch+yaml")
+    if role == "server":
+        learner = name in set(read(os.path.join(API, "learners")).split())
+        voter = {"type": "EtcdIsVoter", "status": "False" if learner else "True",
+                 "reason": "MemberIsLearner" if learner else "MemberNotLearner",
+                 "message": "Node has not been promoted to voting member of the etcd cluster" if learner
+                 else "Node is a voting member of the etcd cluster"}
+        call("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [voter]}}, who="admin")
+        call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": {
+            "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
+            "node-role.kubernetes.io/master": "true"}}}, who="admin", ctype="application/merge-patch+json")
+    code, pods = call("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}")
+    for pod in pods.get("items", []) if code == 200 else []:
+        meta = pod["metadata"]
+        where = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        if meta.get("deletionTimestamp"):
+            call("DELETE", where, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
+                 ctype="application/json")
+        elif pod.get("status", {}).get("phase") in (None, "", "Pending") \
+                and not (meta.get("annotations") or {}).get("test/pending"):
+            call("PATCH", where + "/status", {"status": {"phase": "Running", "startTime": stamp,
+                                                          "conditions": [{"type": "Ready", "status": "True"}]}})
+
+
+def real_kubectl(args):
+    """`k3s kubectl ARGS`: the real kubectl; deleting a Node also removes its etcd member."""
+    import subprocess
+    kubeconfig = option(args, "--kubeconfig") or KUBECONFIG
+    rest, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--kubeconfig":
+            skip = True
+        elif not a.startswith("--kubeconfig="):
+            rest.append(a)
+    argv = [KUBECTL, "--kubeconfig", kubeconfig, *rest]
+    words = [a for a in rest if not a.startswith("-")]
+    if words[:2] != ["delete", "node"]:
+        os.execv(KUBECTL, argv)
+    code = subprocess.run(argv).returncode
+    if code == 0:
+        for node in words[2:]:
+            remove_members(node)
+    return code
+
+
 def run(role, args):
     """The daemon under systemd: ready, then a Lease renewed every `lease_renew_s`."""
     fault = faults()
@@ -394,19 +600,30 @@ def run(role, args):
         while True:
             time.sleep(3600)
     started = time.time()
-    if os.path.isdir(API) and "no-heartbeat" not in fault:
+    real = real_api()
+    if real and role == "server":
+        admin_kubeconfig()
+    if real and "no-heartbeat" not in fault:
+        kubelet_start(name, role, args)
+        beat(name, role)
+    elif os.path.isdir(API) and "no-heartbeat" not in fault:
         write_node(name, registered=started, status_time=started, renewTime=started, role=role, kubelet=own_version(),
                    provider_id=provider_id(name))
     if os.path.isdir(API) and role == "server":
         join_etcd(name)
-    if os.path.isdir(API):
+    if os.path.isdir(API) and not real:
         write_kubelet_kubeconfig(name)
     notify("READY=1")
     while True:
         time.sleep(1.0 if "crashloop" in fault else api_config()["lease_renew_s"])
         if "crashloop" in fault:
             sys.exit(1)
-        if os.path.isdir(API) and "no-heartbeat" not in fault:
+        if real and "no-heartbeat" not in fault:
+            try:
+                beat(name, role)
+            except OSError as err:  # the API is gone (the fleet stopping): a kubelet keeps trying
+                log(f"kubelet: {err}")
+        elif os.path.isdir(API) and "no-heartbeat" not in fault:
             write_node(name, renewTime=time.time())  # re-registers a Node deleted while it runs
 
 
@@ -436,7 +653,7 @@ def nodes(asked=()):
     """{name: node} as the API server has them. Without one (the namespace test hosts), every node
     asked for by name exists and heart-beats, and a listing shows the names tests wrote."""
     if not os.path.isdir(API):
-        listed = set(read("/etc/flakefleet/standin-nodes").split()) | set(asked)
+        listed = set(read(NODES_FILE).split()) | set(asked)
         return {n: {"name": n, "renewTime": time.time(), "unschedulable": False} for n in listed}
     found = {}
     for entry in os.listdir(os.path.join(API, "nodes")) if os.path.isdir(os.path.join(API, "nodes")) else ():
@@ -448,7 +665,7 @@ def nodes(asked=()):
 
 
 def not_ready():
-    return set(read(os.path.join(API, "notready") if os.path.isdir(API) else "/etc/flakefleet/standin-notready").split())
+    return set(read(os.path.join(API, "notready") if os.path.isdir(API) else NOTREADY_FILE).split())
 
 
 def node_json(node):
@@ -568,7 +785,10 @@ def evict(path, user, node):
         return 1
     if node is not None and pod.get("spec", {}).get("nodeName") != node:  # NodeRestriction, admitPodEviction
         return forbidden(user, "create", "pods", name, f"node {node} can only evict pods with spec.nodeName set to itself")
-    chosen = budgets(pod)
+    # canIgnorePDB: a pod that is terminal, Pending, or being deleted is evicted whatever its budgets.
+    phase = pod.get("status", {}).get("phase", "Pending")
+    chosen = [] if phase in ("Succeeded", "Failed", "Pending") or pod["metadata"].get("deletionTimestamp") \
+        else budgets(pod)
     if len(chosen) > 1:
         print("Error from server (InternalError): This pod has more than one PodDisruptionBudget, which the eviction "
               "subresource does not support.", file=sys.stderr)
@@ -598,6 +818,8 @@ def kubectl(args):
         else:
             print("The connection to the server 127.0.0.1:6443 was refused", file=sys.stderr)
         return 1
+    if real_api():
+        return real_kubectl(args)
     user = identity(kubeconfig)
     node = user.removeprefix("system:node:") if user.startswith("system:node:") else None
     words, skip = [], False
@@ -608,7 +830,7 @@ def kubectl(args):
             skip = True
         elif not a.startswith("-"):
             words.append(a)
-    known = nodes(words[2:3] if words[:2] in (["get", "lease"],) else words[2:] if words[:2] == ["get", "nodes"] else ())
+    known = nodes(words[2:3] if words[:2] in (["get", "lease"], ["get", "node"]) else words[2:] if words[:2] == ["get", "nodes"] else ())
     if words[:2] == ["get", "pods"]:
         return get_pods(args, user, node)
     if words[:2] == ["patch", "node"]:
@@ -622,7 +844,12 @@ def kubectl(args):
                          "" if verb != "get" else f"node '{node}' cannot read '{named[0]}', only its own Node object")
     if words[:2] == ["get", "nodes"]:
         names = words[2:] or sorted(known)
-        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_json(known[n]) for n in names if n in known]}))
+        items = [node_json(known[n]) for n in names if n in known]
+        if len(words[2:]) == 1:  # kubectl prints the one object asked for by name (nothing when missing)
+            if items:
+                print(json.dumps(items[0]))
+        else:
+            print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     elif words[:2] == ["get", "node"]:
         if words[2] in known:
             print(f"node/{words[2]}")
@@ -643,9 +870,9 @@ def kubectl(args):
             except FileNotFoundError:
                 pass
             remove_members(words[2])
-        elif os.path.exists("/etc/flakefleet/standin-nodes"):
-            kept = [n for n in read("/etc/flakefleet/standin-nodes").split() if n != words[2]]
-            with open("/etc/flakefleet/standin-nodes", "w") as f:
+        elif os.path.exists(NODES_FILE):
+            kept = [n for n in read(NODES_FILE).split() if n != words[2]]
+            with open(NODES_FILE, "w") as f:
                 f.write(" ".join(kept) + "\n")
     return 0
 
