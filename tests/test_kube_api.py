@@ -624,3 +624,36 @@ def test_on_the_namespace_hosts_a_node_asked_for_by_name_exists(tmp_path, monkey
     side = StandinSide(tmp_path, monkeypatch, directory=False)
     assert run_text(side.run(product.node_query("worker-1")), "") == (0, "node/worker-1\n")
     assert product.ready_nodes(side.run(product.nodes_query(("worker-1",))).stdout) == {"worker-1"}
+
+
+def test_on_the_namespace_hosts_a_removal_drains_the_node(tmp_path, monkeypatch):
+    """A worker's removal through the demo's first control plane: it finds the Node and runs the
+    drain (cordon, drain) and the deletion through the stand-in, as on a real cluster."""
+    import subprocess
+
+    from flakefleet.cluster.membership import take_out
+    from flakefleet.plan.contract import DeliveryPlan, Endpoint
+
+    side = StandinSide(tmp_path, monkeypatch, directory=False)
+    cp = Endpoint("cp-0", "127.0.0.11", 2222, "root", "k")
+
+    class Session:
+        plan = DeliveryPlan(host="worker-1", address="127.0.0.13", port=2222, user="root", host_key="k", system="",
+                            drv="", control_planes=(cp,), health_timeout_s=30)
+        calls: list[list[str]] = []
+
+        def ssh(self, argv, to, timeout):
+            if argv[:2] != [product.K3S, "kubectl"]:
+                return subprocess.CompletedProcess(argv, 0, "", "")  # `true`: the control plane answers
+            self.calls.append(argv[2:4])
+            return side.run(argv)
+
+        def hostctl(self, call):
+            return subprocess.CompletedProcess([], 0, "", "")
+
+        def say(self, message):
+            pass
+
+    session = Session()
+    assert take_out(session, None) == "worker-1 drained, k3s stopped, node deleted (through cp-0)"
+    assert session.calls[:3] == [["get", "node"], ["cordon", "worker-1"], ["drain", "worker-1"]]

@@ -457,8 +457,10 @@ def issue(cn, org, crt, key):
     os.umask(old)
 
 
-def call(method, path, body=None, who="kubelet", ctype="application/strategic-merge-patch+json"):
-    """One request to the real API as the kubelet (its own certificate) or the admin: (status, dict)."""
+CONNECTIONS = {}  # who -> an open HTTPS connection (a kubelet keeps one, as client-go does)
+
+
+def connect(who):
     import http.client
     import ssl
     import urllib.parse
@@ -468,15 +470,24 @@ def call(method, path, body=None, who="kubelet", ctype="application/strategic-me
         context.load_cert_chain(kube("admin.crt"), kube("admin.key"))
     else:
         context.load_cert_chain(f"{AGENT}/client-kubelet.crt", f"{AGENT}/client-kubelet.key")
-    conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=30)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"Content-Type": ctype, "Accept": "application/json"})
-        res = conn.getresponse()
-        text = res.read().decode()
-    finally:
-        conn.close()
-    return res.status, (json.loads(text) if text.startswith("{") else {})
+    return http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=30)
+
+
+def call(method, path, body=None, who="kubelet", ctype="application/strategic-merge-patch+json"):
+    """One request to the real API as the kubelet (its own certificate) or the admin: (status, dict)."""
+    import http.client
+    for attempt in (0, 1):  # a kept connection the server closed meanwhile: once more on a new one
+        conn = CONNECTIONS.get(who) or CONNECTIONS.setdefault(who, connect(who))
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": ctype, "Accept": "application/json"})
+            res = conn.getresponse()
+            text = res.read().decode()
+            return res.status, (json.loads(text) if text.startswith("{") else {})
+        except (OSError, http.client.HTTPException):
+            CONNECTIONS.pop(who).close()
+            if attempt:
+                raise
 
 
 def flag_values(args, name):
@@ -524,6 +535,10 @@ def register(name, args):
         log(f"kubelet: registering {name}: {code} {answer.get('message', '')}")
 
 
+LABELLED = []  # the server's labels set (once a start)
+VOTER = {}  # the EtcdIsVoter status last written
+
+
 def beat(name, role):
     """One kubelet sync: status, Lease, pods; a server's labels and EtcdIsVoter as k3s sets them."""
     stamp = rfc3339(time.time())
@@ -535,22 +550,29 @@ def beat(name, role):
     code, _ = call("PATCH", f"/api/v1/nodes/{name}/status", status)
     if code == 404:  # deleted while it runs: registered again, as the stand-in always did
         register(name, [])
+        LABELLED.clear()
+        VOTER.clear()
         return
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
              "metadata": {"name": name, "namespace": "kube-node-lease"},
              "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": stamp}}
     call("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}?fieldManager=kubelet&force=true",
          lease, ctype="application/apply-patch+yaml")
+    if role == "server" and not LABELLED:
+        code, _ = call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": {
+            "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
+            "node-role.kubernetes.io/master": "true"}}}, who="admin", ctype="application/merge-patch+json")
+        if code == 200:
+            LABELLED.append(name)
     if role == "server":
         learner = name in set(read(os.path.join(API, "learners")).split())
         voter = {"type": "EtcdIsVoter", "status": "False" if learner else "True",
                  "reason": "MemberIsLearner" if learner else "MemberNotLearner",
                  "message": "Node has not been promoted to voting member of the etcd cluster" if learner
                  else "Node is a voting member of the etcd cluster"}
-        call("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [voter]}}, who="admin")
-        call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": {
-            "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
-            "node-role.kubernetes.io/master": "true"}}}, who="admin", ctype="application/merge-patch+json")
+        if VOTER.get(name) != voter["status"]:  # k3s' controller writes it when it changes
+            code, _ = call("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [voter]}}, who="admin")
+            VOTER[name] = voter["status"] if code == 200 else None
     code, pods = call("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}")
     for pod in pods.get("items", []) if code == 200 else []:
         meta = pod["metadata"]
