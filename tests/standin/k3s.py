@@ -553,11 +553,6 @@ def beat(name, role):
         LABELLED.clear()
         VOTER.clear()
         return
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-             "metadata": {"name": name, "namespace": "kube-node-lease"},
-             "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": stamp}}
-    call("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}?fieldManager=kubelet&force=true",
-         lease, ctype="application/apply-patch+yaml")
     if role == "server" and not LABELLED:
         code, _ = call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": {
             "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
@@ -573,6 +568,12 @@ def beat(name, role):
         if VOTER.get(name) != voter["status"]:  # k3s' controller writes it when it changes
             code, _ = call("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [voter]}}, who="admin")
             VOTER[name] = voter["status"] if code == 200 else None
+    # The Lease last: whoever sees it renewed after a start sees that start's conditions too.
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": name, "namespace": "kube-node-lease"},
+             "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": stamp}}
+    call("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}?fieldManager=kubelet&force=true",
+         lease, ctype="application/apply-patch+yaml")
     code, pods = call("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{name}")
     for pod in pods.get("items", []) if code == 200 else []:
         meta = pod["metadata"]
