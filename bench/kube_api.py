@@ -50,7 +50,8 @@ def main(runs: int) -> None:
     if found is None:
         print("bench/kube_api.py: the Kubernetes binaries are missing: run scripts/kubernetes.sh", file=sys.stderr)
         sys.exit(1)
-    rows: dict[str, list[float]] = {"control plane start": [], "kubelet registration + heartbeat": [],
+    rows: dict[str, list[float]] = {"control plane start": [], "of which kube-apiserver ready": [],
+                                     "control plane stop (killed)": [], "kubelet registration + heartbeat": [],
                                      "readiness query, real kubectl + API": [], "readiness query, stand-in k3s": []}
     names = ("n-a", "n-b", "n-c")
     for _ in range(runs):
@@ -58,12 +59,13 @@ def main(runs: int) -> None:
             plane = ControlPlane(Path(tmp) / "kube", found, pki.stack_cas("bench"))
             try:
                 rows["control plane start"].append(timed(plane.start))
+                rows["of which kube-apiserver ready"].append(plane.timings["kube-apiserver ready"])
                 for name in names:
                     rows["kubelet registration + heartbeat"].append(timed(Kubelet(plane, name).register))
                 query = nodes_query(names)[2:]
                 rows["readiness query, real kubectl + API"].append(timed(lambda: plane.kubectl(plane.admin(), *query)))
             finally:
-                plane.stop()
+                rows["control plane stop (killed)"].append(timed(plane.stop))
             (Path(tmp) / "api").mkdir()
             (Path(tmp) / "k3s.yaml").write_text("admin\n")
             rows["readiness query, stand-in k3s"].append(timed(lambda: standin_query(Path(tmp), names)))

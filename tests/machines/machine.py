@@ -419,16 +419,25 @@ def running_machines(root: Path, addresses: dict[str, str], port: int = 2222, bo
         # kubeconfig the stack exports works as printed; the stand-in k3s itself listens on nothing.
         first = addresses.get("cp-0")
         fleet.kube = ControlPlane(root / "kube", found, pki.fleet_cas(), address=first or "127.0.0.1",
-                                  api_port=6443 if first else 0, node_monitor_grace_s=40).start()
-        fleet.kube.share(fleet.apiserver / "kube")
+                                  api_port=6443 if first else 0, node_monitor_grace_s=40, wait_for_controllers=False)
         for name, address in addresses.items():
             machines[name] = prepare(fleet, name, address, port, fleet.apiserver, bootloader)
             fleet.hosts.append(machines[name])
-        threads = [threading.Thread(target=m.start) for m in machines.values()]
+        # The control plane starts while the machines boot (their k3s starts only with a delivery).
+        failed: list[BaseException] = []
+
+        def control_plane():
+            try:
+                fleet.kube.start().share(fleet.apiserver / "kube")
+            except BaseException as err:  # noqa: BLE001 - raised again below, in the test's thread
+                failed.append(err)
+        threads = [threading.Thread(target=m.start) for m in machines.values()] + [threading.Thread(target=control_plane)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if failed:
+            raise failed[0]
         for m in machines.values():
             if not m.running():
                 raise RuntimeError(f"machine {m.name} did not boot: {m.errors or (m.root / 'console.log').read_text()[-2000:]}")
