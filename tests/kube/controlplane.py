@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import secrets
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.kube import pki
-from tests.testhosts import poll
+from tests.testhosts import poll, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180.0  # a bound for a loaded machine, not an expectation (~3 s idle)
@@ -40,12 +41,20 @@ def binaries() -> Path | None:
 
 
 def free_ports(address: str, count: int) -> list[int]:
-    """`count` distinct ports free on `address` (held open together while chosen: one at a time,
-    the kernel may hand out the same port twice)."""
-    sockets = [socket.socket() for _ in range(count)]
+    """`count` distinct ports free on `address`, below the kernel's ephemeral range
+    (net.ipv4.ip_local_port_range starts at 32768): a port the kernel handed out for bind(0) may
+    be handed out again, to any outgoing connection, before the server binds it."""
+    rng = random.SystemRandom()
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind((address, 0))
+        while len(sockets) < count:
+            s = socket.socket()
+            try:
+                s.bind((address, rng.randrange(20000, 32000)))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
@@ -176,6 +185,7 @@ class ControlPlane:
         api, *self._ports = free_ports(self.address, 5)
         self.api_port = self.api_port or api
         etcd_url = self._etcd()
+        self._wait("etcd", lambda: port_open(self.address, self._ports[0]))
         self.user("system:admin", "system:masters")
         self._apiserver(etcd_url)
         self._wait("kube-apiserver", lambda: self.kubectl(self.admin(), "get", "--raw", "/readyz", timeout=20)
