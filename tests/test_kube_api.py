@@ -11,6 +11,7 @@ under FLAKEFLEET_REQUIRE_ALL=1 (CI).
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import socket
 import threading
@@ -21,7 +22,7 @@ import pytest
 from flakefleet.cluster import kubectl as product
 from flakefleet.config.rules import kubelet_may_set
 from tests.conftest import require
-from tests.kube import pki
+from tests.kube import controlplane, pki
 from tests.kube.controlplane import ControlPlane, binaries
 from tests.kube.kubelet import Kubelet, Refused
 from tests.testhosts import poll
@@ -97,6 +98,54 @@ def test_an_unknown_api_server_flag_stops_the_start_as_it_would_stop_k3s(tmp_pat
             plane.start()
     finally:
         plane.stop()
+
+
+def held_port() -> socket.socket:
+    """A port another process (this one) listens on, as a test control plane's port may be bound
+    between its choice and the bind."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_port_taken_after_its_choice_starts_the_process_again_on_another(tmp_path, monkeypatch):
+    found = binaries()
+    require(found is not None, "the Kubernetes binaries (scripts/kubernetes.sh)")
+    taken, chosen = held_port(), []
+    real = controlplane.free_ports
+
+    def first_one_taken(address: str, count: int) -> list[int]:
+        ports = real(address, count)
+        ports[-1:] = [taken.getsockname()[1]] if not chosen else ports[-1:]
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(controlplane, "free_ports", first_one_taken)
+    plane = ControlPlane(tmp_path, found, pki.stack_cas("ff-race"), wait_for_controllers=False)
+    try:
+        plane.start()
+        assert plane.kubectl(plane.admin(), "get", "--raw", "/readyz").stdout.strip() == "ok"
+        races = (tmp_path / "port-races.log").read_text()
+        assert races.startswith(f"etcd attempt 1 on 127.0.0.1 {chosen[0]}:") and f"pid={os.getpid()}," in races
+        assert chosen[1][-1] != taken.getsockname()[1]
+    finally:
+        plane.stop()
+        taken.close()
+
+
+def test_a_taken_fixed_api_port_fails_the_start_naming_it(tmp_path):
+    found = binaries()
+    require(found is not None, "the Kubernetes binaries (scripts/kubernetes.sh)")
+    taken = held_port()
+    plane = ControlPlane(tmp_path, found, pki.stack_cas("ff-fixed"), api_port=taken.getsockname()[1])
+    try:
+        with pytest.raises(RuntimeError, match=f"(?s)kube-apiserver exited .*127.0.0.1:{taken.getsockname()[1]}.*"
+                                               "address already in use"):
+            plane.start()
+    finally:
+        plane.stop()
+        taken.close()
 
 
 # ----------------------------------------------------------------------------------- readiness

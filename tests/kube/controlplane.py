@@ -11,8 +11,9 @@ flag stops the start with the binary's own message, as k3s would. What k3s does 
 binaries (its supervisor, tokens, the embedded-etcd membership, the egress selector, its cloud
 controller) is not here: the stand-in k3s keeps it (tests/standin/k3s.py).
 
-Every process is this test process' child on 127.0.0.1 (a test address), at ports the kernel
-chose free, and is stopped with the fixture that started it.
+Every process is this test process' child on a test address (127.0.0.1, or a fleet's first
+control plane's), at ports free when chosen and chosen again when another process bound one
+first, and is stopped with the fixture that started it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import base64
 import json
 import random
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -32,6 +34,11 @@ from tests.testhosts import poll, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 180.0  # a bound for a loaded machine, not an expectation (~3 s idle)
+PORT_ATTEMPTS = 5  # starts of one process on new ports after another process took one of its own
+
+
+class PortTaken(RuntimeError):
+    """A process exited because a port chosen free for it was bound meanwhile."""
 
 
 def binaries() -> Path | None:
@@ -40,17 +47,30 @@ def binaries() -> Path | None:
     return Path(res.stdout.strip()) if res.returncode == 0 else None
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (bind to 0, connect)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(address: str, count: int) -> list[int]:
-    """`count` distinct ports free on `address`, below the kernel's ephemeral range
-    (net.ipv4.ip_local_port_range starts at 32768): a port the kernel handed out for bind(0) may
-    be handed out again, to any outgoing connection, before the server binds it."""
+    """`count` distinct ports free on `address`, outside the kernel's ephemeral range where it
+    leaves room (a port the kernel handed out for bind(0) may be handed out again, to any outgoing
+    connection, before the server binds it). Free now is not free later: the processes are
+    restarted on a lost race (ControlPlane._launch)."""
+    low, high = ephemeral_range()
+    spans = [(a, b) for a, b in ((20000, low), (high + 1, 65536)) if b - a >= 1000] or [(20000, 65536)]
+    span = max(spans, key=lambda r: r[1] - r[0])
     rng = random.SystemRandom()
     sockets: list[socket.socket] = []
     try:
         while len(sockets) < count:
             s = socket.socket()
             try:
-                s.bind((address, rng.randrange(20000, 32000)))
+                s.bind((address, rng.randrange(*span)))
             except OSError:
                 s.close()
                 continue
@@ -181,15 +201,7 @@ class ControlPlane:
     def start(self) -> "ControlPlane":
         began = time.monotonic()
         self.root.mkdir(parents=True, exist_ok=True)
-        # The API, etcd's client, peer and metrics ports, the controller manager's.
-        api, *self._ports = free_ports(self.address, 5)
-        self.api_port = self.api_port or api
-        etcd_url = self._etcd()
-        self._wait("etcd", lambda: port_open(self.address, self._ports[0]))
-        self.user("system:admin", "system:masters")
-        self._apiserver(etcd_url)
-        self._wait("kube-apiserver", lambda: self.kubectl(self.admin(), "get", "--raw", "/readyz", timeout=20)
-                   .stdout.strip() == "ok")
+        self._apiserver(self._etcd())
         self.timings["kube-apiserver ready"] = time.monotonic() - began
         self._controller_manager()
         if not self.wait_for_controllers:
@@ -220,29 +232,56 @@ class ControlPlane:
     def _wait(self, name: str, ready) -> None:
         def check():
             if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited {self.procs[name].returncode}: {self.log(name)}")
+                log = self.log(name)
+                error = PortTaken if "address already in use" in log else RuntimeError
+                raise error(f"{name} exited {self.procs[name].returncode}: {log}")
             try:
                 return ready()
             except subprocess.TimeoutExpired:
                 return False
         poll(check, START_TIMEOUT, f"{name} ready (log: {self.root / (name + '.log')})")
 
+    def _launch(self, name: str, count: int, argv, ready) -> list[int]:
+        """Start `name` with `argv(ports)` on `count` ports free on the address and wait for
+        `ready(ports)`. A port free when chosen may be bound by another process before `name`
+        binds it (seen in CI: etcd's peer port, milliseconds later); `name` then starts again on
+        new ports, and who held the port is kept in port-races.log."""
+        for attempt in range(PORT_ATTEMPTS):
+            ports = free_ports(self.address, count) if count else []
+            self._spawn(name, argv(ports))
+            try:
+                self._wait(name, lambda: ready(ports))
+                return ports
+            except PortTaken as race:
+                holders = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True).stdout.splitlines()
+                with open(self.root / "port-races.log", "a") as out:
+                    out.write(f"{name} attempt {attempt + 1} on {self.address} {ports}:\n" + "".join(
+                        f"  {line}\n" for line in holders if any(f":{port} " in line for port in ports)))
+                if not count or attempt + 1 == PORT_ATTEMPTS:
+                    raise RuntimeError(f"{race} (holders: {self.root / 'port-races.log'})") from None
+        raise AssertionError("unreachable")
+
     def _etcd(self) -> str:
         """etcd with TLS and client certificates from the stack's etcd server CA (as k3s' embedded
         etcd: pkg/etcd/etcd.go, listen on https with ClientCertAuth)."""
-        port, peer, metrics = self._ports[:3]
-        url = f"https://{self.address}:{port}"
         ca = self.file("etcd/server-ca.crt", self.cas["etcd/server-ca"].cert, 0o644)
         crt, key = self.pair("etcd/server", pki.leaf(self.cas["etcd/server-ca"], "etcd", client=True, server=True,
                                                       names=(self.address, "localhost")))
-        self._spawn("etcd", [str(self.bin / "etcd"), "--name", "default", "--data-dir", str(self.root / "etcd/data"),
-                             "--listen-client-urls", url, "--advertise-client-urls", url,
-                             "--listen-peer-urls", f"http://{self.address}:{peer}",
-                             "--initial-advertise-peer-urls", f"http://{self.address}:{peer}",
-                             "--initial-cluster", f"default=http://{self.address}:{peer}",
-                             "--cert-file", crt, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
-                             "--listen-metrics-urls", f"http://{self.address}:{metrics}"])
-        return url
+        data = self.root / "etcd/data"
+
+        def argv(ports: list[int]) -> list[str]:
+            port, peer, metrics = ports
+            url, peer_url = f"https://{self.address}:{port}", f"http://{self.address}:{peer}"
+            shutil.rmtree(data, ignore_errors=True)  # a lost race's start may have begun it
+            return [str(self.bin / "etcd"), "--name", "default", "--data-dir", str(data),
+                    "--listen-client-urls", url, "--advertise-client-urls", url,
+                    "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                    "--initial-cluster", f"default={peer_url}",
+                    "--cert-file", crt, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+                    "--listen-metrics-urls", f"http://{self.address}:{metrics}"]
+
+        port, _, _ = self._launch("etcd", 3, argv, lambda ports: port_open(self.address, ports[0]))
+        return f"https://{self.address}:{port}"
 
     def api_args(self, etcd_url: str) -> list[str]:
         """kube-apiserver's flags as k3s sets them (server.go, apiServer and setupStorageBackend)."""
@@ -279,7 +318,16 @@ class ControlPlane:
         return [f"--{k}={v}" for k, v in flags.items()] + list(self.extra_api_args)
 
     def _apiserver(self, etcd_url: str) -> None:
-        self._spawn("kube-apiserver", [str(self.bin / "kube-apiserver"), *self.api_args(etcd_url)])
+        """On the port given (a fleet's: 6443) or on one chosen free."""
+        fixed = bool(self.api_port)
+
+        def argv(ports: list[int]) -> list[str]:
+            self.api_port = self.api_port if fixed else ports[0]
+            self.user("system:admin", "system:masters")  # k3s.yaml, naming the server
+            return [str(self.bin / "kube-apiserver"), *self.api_args(etcd_url)]
+
+        self._launch("kube-apiserver", 0 if fixed else 1, argv, lambda _: self.kubectl(
+            self.admin(), "get", "--raw", "/readyz", timeout=20).stdout.strip() == "ok")
 
     def _controller_manager(self) -> None:
         """k3s' controllerManager flags; its own cloud controller runs the service, route and cloud
@@ -291,7 +339,7 @@ class ControlPlane:
             "service-account-private-key-file": str(self.root / "tls/service.key"), "allocate-node-cidrs": "true",
             "service-cluster-ip-range": self.service_cidr, "cluster-cidr": self.cluster_cidr,
             "root-ca-file": cas["server-ca"][0], "profiling": "false", "bind-address": self.address,
-            "secure-port": str(self._ports[3]), "use-service-account-credentials": "true",
+            "use-service-account-credentials": "true",
             "cluster-signing-kube-apiserver-client-cert-file": cas["client-ca"][0],
             "cluster-signing-kube-apiserver-client-key-file": cas["client-ca"][1],
             "cluster-signing-kubelet-client-cert-file": cas["client-ca"][0],
@@ -304,5 +352,6 @@ class ControlPlane:
         }
         if self.node_monitor_grace_s is not None:
             flags["node-monitor-grace-period"] = f"{self.node_monitor_grace_s:g}s"
-        self._spawn("kube-controller-manager", [str(self.bin / "kube-controller-manager"),
-                                                *(f"--{k}={v}" for k, v in flags.items())])
+        self._launch("kube-controller-manager", 1, lambda ports: [
+            str(self.bin / "kube-controller-manager"), *(f"--{k}={v}" for k, v in flags.items()),
+            f"--secure-port={ports[0]}"], lambda ports: port_open(self.address, ports[0]))
