@@ -4,10 +4,12 @@ changes since then."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pulumi
 
+from flakefleet.common.retry import backoff_delays
 from flakefleet.common.outputs import StackOutputs
 from flakefleet.config import StackConfig
 from flakefleet.facts.flake import default_cache_dir
@@ -25,6 +27,7 @@ from flakefleet.preview.upgrade import upgrade as planned_upgrade
 
 DIAGNOSTIC_CAP = 10  # lines of packages or services per pool in a preview
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
+READ_ATTEMPTS = 5  # reads of it before the program stops (pauses 0.2, 0.4, 0.8, 1.6 s)
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,27 @@ def last_update() -> LastUpdate:
     StackReference to the stack itself was, and every preview after an update showed its outputs
     as `~ outputs`. The engine answers secret outputs as secrets: the whole answer is then secret."""
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-    answer = pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name})
+    answer = read_own_outputs(name)
     outputs = (answer.value or {}).get("outputs") or {}
     keys = StackOutputs(outputs, READ_STACK_OUTPUTS).host_keys
     return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), keys)
+
+
+def read_own_outputs(name: str, attempts: int = READ_ATTEMPTS):
+    """The invoke's answer, read again when it fails: with a file backend a read can meet the
+    checkpoint while the engine writes it (gocloud's fileblob rewrites the checkpoint's `.attrs`
+    sidecar in place, blob/fileblob/attrs.go setAttrs; a read in between fails with `failed to load
+    checkpoint: EOF`, seen in about one first update in five with the real engine). A failure
+    that lasts stops the program with one line, before any resource."""
+    delays, last = backoff_delays(first=0.2, cap=2.0), ""
+    for attempt in range(attempts):
+        try:
+            return pulumi.runtime.invoke(READ_STACK_OUTPUTS, {"name": name})
+        except Exception as err:  # noqa: BLE001 - the SDK raises a bare Exception for a failed invoke
+            last = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if attempt < attempts - 1:
+                time.sleep(next(delays))
+    raise pulumi.RunError(f"cannot read this stack's last outputs ({READ_STACK_OUTPUTS}, {attempts} attempts): {last}")
 
 
 def read(previous: dict) -> StackOutputs:

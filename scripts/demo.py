@@ -9,9 +9,13 @@ namespace with its own /nix), with host keys that match what the stack pins, and
 offline stand-in systems (tests/standin) to them: with the Pulumi CLI and its command, random and tls
 plugins on PATH through `pulumi up --stack local` (file backend and passphrase under .demo/, no
 login, no network); without them through the same per-host plans, in the same waves, with the
-same runner, as a rollout without Pulumi state. Then it shows each host's generation and system,
-the cluster's nodes, and what to try next; `.demo/env.sh` holds the environment those commands
-need (docs/operations.md). Needs root (mount namespaces).
+same runner, as a rollout without Pulumi state. Where scripts/kubernetes.sh built the Kubernetes
+binaries, the cluster's API is a real one (tests/kube/controlplane.py) at cp-0's address :6443,
+started once the delivery wrote the stack's CAs on cp-0 and kept until `down`; each host's
+stand-in k3s is its kubelet toward it (tests/standin/k3s.py, KUBE_LOCAL). Then it shows each
+host's generation and system, `kubectl get nodes` with the stack's kubeconfig output, and what
+to try next; `.demo/env.sh` holds the environment those commands need (docs/operations.md).
+Needs root (mount namespaces).
 
 TEST-ONLY KEYS: the demo hosts' SSH host keys and the demo deploy key are derived from the public
 seeds below, so anyone can compute their private halves. They exist only for loopback test hosts
@@ -135,15 +139,151 @@ def demo_fleet():
     return make_fleet(DEMO)
 
 
-def demo_tokens() -> dict[str, str]:
-    """k3s tokens for the no-Pulumi rollout (Pulumi makes its own with pulumi-random), kept 0600."""
+def demo_tokens(cluster: str) -> dict[str, str]:
+    """k3s tokens and the cluster's CAs for the no-Pulumi rollout (Pulumi makes its own with
+    pulumi-random and pulumi-tls; tests/kube/pki.py makes them as those do), kept 0600."""
     from flakefleet.plan.specs import AGENT_TOKEN, SERVER_TOKEN
+    from tests.kube.pki import as_environment, stack_cas
 
     path = DEMO / "tokens.json"
     if not path.exists():
-        path.write_text(json.dumps({SERVER_TOKEN[1]: secrets.token_hex(24), AGENT_TOKEN[1]: secrets.token_hex(24)}))
-        path.chmod(0o600)
+        private_file(path, json.dumps({SERVER_TOKEN[1]: secrets.token_hex(24), AGENT_TOKEN[1]: secrets.token_hex(24),
+                                       **as_environment(stack_cas(cluster))}))
     return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- the real API
+
+
+KUBE = DEMO / "kube"  # the control plane's state: etcd's data, certificates, logs, its processes
+KUBE_PIDS = KUBE / "pids.json"
+HOST_HANDLE = "/etc/flakefleet/standin-kube"  # tests/standin/k3s.py: KUBE_LOCAL
+
+
+def kube_binaries() -> Path | None:
+    """kube-apiserver, kube-controller-manager, kubectl and etcd when scripts/kubernetes.sh built
+    them (`make test` does; `make kubernetes` alone); without them the demo's API is the stand-in's."""
+    from tests.kube.controlplane import binaries
+
+    return binaries()
+
+
+def api_processes() -> dict[str, int]:
+    """The demo's control plane processes still running (name -> pid), checked by executable."""
+    try:
+        recorded = json.loads(KUBE_PIDS.read_text())
+    except (OSError, ValueError):
+        return {}
+    alive = {}
+    for name, pid in recorded.items():
+        try:
+            if Path(os.readlink(f"/proc/{pid}/exe")).name == name:
+                alive[name] = pid
+        except OSError:
+            pass
+    return alive
+
+
+def stop_api() -> list[str]:
+    """Kill the demo's control plane (nothing of it is kept: `make demo-down` removes its state)."""
+    alive = api_processes()
+    for pid in alive.values():
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 30  # SIGKILL is not refused; a loaded machine may take a moment
+    while any(running(pid) for pid in alive.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(alive)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (its parent, an earlier `make demo`, is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def api_up(bin_dir: Path) -> bool:
+    res = subprocess.run([str(bin_dir / "kubectl"), "--kubeconfig", str(KUBE / "users/system-admin.kubeconfig"),
+                          "get", "--raw", "/readyz"], capture_output=True, text=True, timeout=30)
+    return res.returncode == 0 and res.stdout.strip() == "ok"
+
+
+def start_api(bin_dir: Path, cfg, inv, hosts) -> None:
+    """etcd, kube-apiserver and kube-controller-manager at the first control plane's address:6443
+    (the stack's API endpoint), as k3s runs them there (tests/kube/controlplane.py), serving from
+    the CAs the delivery gave that host; then each host's handle, so its stand-in k3s is a kubelet
+    of this API and its `k3s kubectl` the real kubectl. Outlives `make demo`; `make demo-down` stops it."""
+    from flakefleet.plan.specs import K3S_CAS, K3S_TLS_DIR
+    from tests.kube.controlplane import ControlPlane
+    from tests.kube.pki import Pair
+
+    first = hosts[inv.control_planes[0].name]
+    tls = first.path(K3S_TLS_DIR)
+    cas = {name: Pair((tls / f"{name}.crt").read_text(), (tls / f"{name}.key").read_text()) for name in K3S_CAS}
+    stop_api()
+    shutil.rmtree(KUBE, ignore_errors=True)
+    plane = ControlPlane(KUBE, bin_dir, cas, service_cidr=str(cfg.cluster.service_cidr),
+                         cluster_cidr=str(cfg.cluster.pod_cidr), address=first.address, api_port=6443,
+                         wait_for_controllers=False)
+    try:
+        plane.start()
+    finally:
+        private_file(KUBE_PIDS, json.dumps({name: proc.pid for name, proc in plane.procs.items()}))
+    # kubectl where every host sees it (their /root, where the build cache usually is, is their own).
+    (KUBE / "bin").mkdir(exist_ok=True)
+    shutil.copy2(bin_dir / "kubectl", KUBE / "bin" / "kubectl")
+    for host in hosts.values():
+        handle = host.path(HOST_HANDLE)
+        (handle / "kubectl").write_text(f"{KUBE / 'bin' / 'kubectl'}\n")
+        plane.share(handle)  # `server` last: the hosts' k3s waits for it
+
+
+def wait_for_api(bin_dir: Path, cfg, inv, hosts, stop: threading.Event, failed: list[str]) -> None:
+    """Start the API once the delivery wrote the stack's CAs on the first control plane (its
+    health gate waits for this API, as k3s' would for its own)."""
+    from flakefleet.plan.specs import K3S_CAS, K3S_TLS_DIR
+
+    tls = hosts[inv.control_planes[0].name].path(K3S_TLS_DIR)
+    while not all((tls / f"{name}.{kind}").exists() for name in K3S_CAS for kind in ("crt", "key")):
+        if stop.wait(0.2):
+            return
+    try:
+        start_api(bin_dir, cfg, inv, hosts)
+    except (OSError, RuntimeError, TimeoutError) as err:
+        failed.append(str(err).splitlines()[0])
+
+
+def real_api(cfg, inv, hosts) -> tuple[threading.Thread | None, threading.Event, list[str]]:
+    """The real API for the demo hosts, where the binaries exist: already running (an earlier
+    `make demo`), started now (the CAs exist), or started by a thread once the delivery wrote them."""
+    stop, failed = threading.Event(), []
+    bin_dir = kube_binaries()
+    if bin_dir is None:
+        print("demo: no Kubernetes binaries (`make kubernetes` builds them): the nodes are the stand-in k3s' own")
+        return None, stop, failed
+    for host in hosts.values():  # the hosts' k3s waits for the API (tests/standin/k3s.py)
+        host.path(HOST_HANDLE).mkdir(parents=True, exist_ok=True)
+    if {"etcd", "kube-apiserver", "kube-controller-manager"} <= set(api_processes()) and api_up(bin_dir):
+        return None, stop, failed
+    thread = threading.Thread(target=wait_for_api, args=(bin_dir, cfg, inv, hosts, stop, failed), daemon=True)
+    thread.start()
+    return thread, stop, failed
+
+
+def fetch_kubeconfig(cfg, inv, env: dict[str, str]) -> str:
+    """What the stack's Kubeconfig component exports (components/kubeconfig.py): k3s.yaml read
+    from the first control plane over pinned SSH, its server the API endpoint."""
+    from flakefleet.cluster.kubeconfig import fetch, rewrite_server
+    from flakefleet.plan.contract import Endpoint, KubeconfigPlan
+
+    first = inv.control_planes[0]
+    plan = KubeconfigPlan(cluster=cfg.cluster.name, api_endpoint=inv.api_endpoint,
+                          endpoint=Endpoint.of(first, first.ssh_host_key))
+    return rewrite_server(fetch(plan, env["FLAKEFLEET_SSH_IDENTITY"]), plan.api_endpoint, plan.cluster)
 
 
 # ----------------------------------------------------------------------------- bringing it up
@@ -192,6 +332,7 @@ def deployer_env(fleet) -> dict[str, str]:
 
 PULUMI_CONFIG = DEMO / "Pulumi.local.yaml"  # the stack file plus the demo's signing key (a secret)
 ENV_FILE = DEMO / "env.sh"  # what `source` gives a shell to run pulumi and flakefleet on the demo's state
+KUBECONFIG = DEMO / "kubeconfig"  # the stack's kubeconfig output, as `kubectl` after `source` reads it
 
 
 def private_file(path: Path, text: str) -> Path:
@@ -260,10 +401,12 @@ def write_env_file(env: dict[str, str]) -> Path:
     """.demo/env.sh (0600): every variable the demo ran pulumi and flakefleet with."""
     names = ["PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE_FILE", "PULUMI_HOME", "PULUMI_SKIP_UPDATE_CHECK",
              "FLAKEFLEET_FLAKE", "FLAKEFLEET_CACHE_DIR", "FLAKEFLEET_SSH_IDENTITY", "NIX_CONFIG"]
-    lines = [f"# make demo's environment: `source {shown(ENV_FILE)}`, then pulumi and flakefleet work on the demo's state.",
+    lines = [f"# make demo's environment: `source {shown(ENV_FILE)}`, then pulumi, flakefleet and kubectl work on the demo's state.",
              *(f"export {n}={shlex.quote(env[n])}" for n in names if n in env),
-             # The flakefleet command (make setup installs it into .venv/bin) first on PATH.
-             f'export PATH={shlex.quote(str(ROOT / ".venv" / "bin"))}:"$PATH"']
+             # kubectl on the exported kubeconfig (the real API on the first control plane).
+             f"export KUBECONFIG={shlex.quote(str(KUBECONFIG))}",
+             # The flakefleet command (make setup installs it into .venv/bin) and the demo's kubectl first on PATH.
+             f'export PATH={shlex.quote(str(ROOT / ".venv" / "bin"))}:{shlex.quote(str(KUBE / "bin"))}:"$PATH"']
     return private_file(ENV_FILE, "\n".join(lines) + "\n")
 
 
@@ -283,7 +426,8 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     lifecycle of tests/lifecycle.py (state kept in .demo/commands.json), no Pulumi state."""
     from flakefleet.config import parse_stack_config
     from flakefleet.plan.inventory import plan_inventory
-    from flakefleet.plan.specs import host_system, system_specs
+    from components.tokens import ca_hash
+    from flakefleet.plan.specs import K3S_CAS, host_system, system_specs
     from flakefleet.plan.hostplans import delivery_plans
     from flakefleet.plan.rollout import waves
     from flakefleet.nixos.evaluate import evaluate_systems
@@ -296,8 +440,10 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     inv = plan_inventory(cfg)
     os.environ.update({k: env[k] for k in ("FLAKEFLEET_FLAKE", "NIX_CONFIG", "FLAKEFLEET_CACHE_DIR")})
     systems, _ = evaluate_systems(resolve_flake(None), system_specs(cfg, inv))
-    plans = delivery_plans(cfg, inv, systems, {h.name: h.ssh_host_key for h in inv.hosts})
-    tokens = demo_tokens()
+    tokens = demo_tokens(cfg.cluster.name)
+    # The stack's CAs, as the Tokens component gives them: on the first control plane, and their hash in the tokens.
+    plans = delivery_plans(cfg, inv, systems, {h.name: h.ssh_host_key for h in inv.hosts},
+                           ca_hash=ca_hash(tokens[K3S_CAS["server-ca"][0]]))
     state_file = DEMO / "commands.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
 
@@ -328,7 +474,8 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
                       "system": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("system"),
                       "last_outcome": json.loads(commands[h.name].stdout.strip().splitlines()[-1]).get("outcome")}
              for h in inv.hosts}
-    return {"nodes": nodes, "api_endpoint": inv.api_endpoint}
+    kubeconfig = {"kubeconfig": fetch_kubeconfig(cfg, inv, env)} if api_processes() else {}
+    return {"nodes": nodes, "api_endpoint": inv.api_endpoint, **kubeconfig}
 
 
 def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -> None:
@@ -340,8 +487,14 @@ def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -
         print(f"{name:9} generation {gens[-1].split('-')[1] if gens else '-':>3}  {host.current_system() or '-'}")
     print(f"\n=== drift (flakefleet drift --outputs {shown(outputs_file)})")
     stream([sys.executable, "-m", "flakefleet", "drift", "--outputs", str(outputs_file)], env)
+    real = bool(outputs.get("kubeconfig")) and bool(api_processes())
+    if real:
+        private_file(KUBECONFIG, outputs["kubeconfig"])
+        print(f"\n=== kubectl get nodes (the stack's kubeconfig output, in {shown(KUBECONFIG)}; the real API on "
+              f"{next(iter(outputs['nodes']))})")
+        stream([str(KUBE / "bin" / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes"], env)
     print("\n=== nodes, as the first control plane's k3s reports them (asked over pinned SSH, as the readiness gate "
-          "does; the stand-in k3s has no API server to point the exported kubeconfig at)")
+          + ("does)" if real else "does; without the Kubernetes binaries the stand-in k3s has no API server)"))
     cp = outputs["nodes"]["cp-0"]
     from flakefleet.common.ssh import pinned_ssh
     from flakefleet.cluster.kubectl import ready_nodes
@@ -352,16 +505,14 @@ def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -
     ready = ready_nodes(res.stdout) if res.returncode == 0 else set()
     for name in outputs["nodes"]:
         print(f"{name:9} {'Ready' if name in ready else 'NotReady'}")
-    if outputs.get("kubeconfig"):
-        server = next((line.split()[-1] for line in outputs["kubeconfig"].splitlines() if "server:" in line), "?")
-        print(f"kubeconfig output: context {outputs['kubeconfig'].split('current-context:')[-1].split()[0]}, server {server}")
     print(f"\nAPI endpoint {outputs.get('api_endpoint')}; outputs in {shown(outputs_file)}. Up in {took:.0f} s.")
-    print(next_steps(engine))
+    print(next_steps(engine, real))
 
 
-def next_steps(engine: bool) -> str:
+def next_steps(engine: bool, real: bool) -> str:
     """What to try next, as commands that work verbatim from the project directory."""
     env, config, outputs, demo = shown(ENV_FILE), shown(PULUMI_CONFIG), shown(DEMO / "outputs.json"), shown(DEMO)
+    kubectl = f"  - kubectl get nodes   # the kubeconfig output ({shown(KUBECONFIG)}), the real API\n" if real else ""
     first = f"""
 The real engine on the demo's state (file backend, passphrase and signing key under {demo}/;
 the committed stacks/Pulumi.local.yaml holds no secret, the demo's copy does):
@@ -378,7 +529,7 @@ Next (after `source {env}`):
   - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
     only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
   - flakefleet status --outputs {outputs}   # Ready, k3s, etcd voter, system, last delivery
-  - flakefleet drift --outputs {outputs}
+{kubectl}  - flakefleet drift --outputs {outputs}
   - after such a change, put a host back on its previous system, through the same confirm and dead-man path:
     flakefleet rollback --stack local --host worker-0
   - make demo-down    # stop the hosts (every process of theirs), remove {demo}/"""
@@ -393,7 +544,7 @@ def up() -> int:
               "run `make demo` as root on a machine with Nix and OpenSSH", file=sys.stderr)
         return 1
     start = time.monotonic()
-    _, _, inv = local_stack()
+    _, cfg, inv = local_stack()
     fleet = demo_fleet()
     try:
         hosts = start_hosts(fleet, inv)
@@ -403,14 +554,22 @@ def up() -> int:
     print(f"demo: hosts up: {', '.join(f'{h.name} {h.address}:{h.port}' for h in hosts.values())}")
     env = deployer_env(fleet)
     write_env_file(env)
+    thread, stop, failed = real_api(cfg, inv, hosts)
     missing = pulumi_tools()
-    if not missing:
-        outputs = with_pulumi(fleet, env)
-    else:
-        print(f"demo: no Pulumi engine here ({', '.join(missing)} not on PATH; docs/operations.md says how to get "
-              "them). Delivering the same per-host plans in the same waves with the same runner: a rollout WITHOUT "
-              "Pulumi state.")
-        outputs = without_pulumi(fleet, env, hosts)
+    try:
+        if not missing:
+            outputs = with_pulumi(fleet, env)
+        else:
+            print(f"demo: no Pulumi engine here ({', '.join(missing)} not on PATH; docs/operations.md says how to "
+                  "get them). Delivering the same per-host plans in the same waves with the same runner: a rollout "
+                  "WITHOUT Pulumi state.")
+            outputs = without_pulumi(fleet, env, hosts)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        if failed:
+            print(f"demo: the Kubernetes API did not start (logs in {shown(KUBE)}/): {failed[0]}", file=sys.stderr)
     show(env, outputs, hosts, time.monotonic() - start, engine=not missing)
     return 0
 
@@ -420,7 +579,7 @@ def down() -> int:
     found by the host's mount namespace; then .demo/ is removed."""
     from tests.testhosts import NAMESPACE_FILE, kill_namespace
 
-    stopped = []
+    stopped = ["the Kubernetes API"] if stop_api() else []
     for root in sorted(p for p in DEMO.glob("*") if p.is_dir()):
         marker, pidfile = root / NAMESPACE_FILE, root / "sshd.pid"
         if marker.exists():
@@ -432,7 +591,7 @@ def down() -> int:
         if kill_namespace(namespace):
             stopped.append(root.name)
     shutil.rmtree(DEMO, ignore_errors=True)
-    print(f"demo: stopped {', '.join(sorted(stopped)) or 'no hosts'}; removed {shown(DEMO)}/")
+    print(f"demo: stopped {', '.join(stopped) or 'no hosts'}; removed {shown(DEMO)}/")
     return 0
 
 

@@ -19,9 +19,11 @@
 #   qemu-utils       qemu-img: a copy-on-write disk per guest
 #   fdisk            sfdisk: the VM disk's partition table
 #   e2fsprogs        mkfs.ext4 -d: the VM disk's root file system, without mounting
+#   python3-cryptography  the demo hosts' stand-in k3s signs its kubelet's certificate (as k3s'
+#                    supervisor does) with the system python3, which runs it there
 set -eu
 
-PACKAGES="nix-bin openssh-server openssh-client iproute2 util-linux python3-venv systemd-container debootstrap qemu-system-x86 qemu-utils fdisk e2fsprogs"
+PACKAGES="nix-bin openssh-server openssh-client iproute2 util-linux python3-venv systemd-container debootstrap qemu-system-x86 qemu-utils fdisk e2fsprogs python3-cryptography"
 # What each package provides, to check machines without dpkg (another distribution, a Nix shell).
 provides() {
   case "$1" in
@@ -37,6 +39,7 @@ provides() {
     qemu-utils) echo qemu-img ;;
     fdisk) echo sfdisk ;;
     e2fsprogs) echo mkfs.ext4 ;;
+    python3-cryptography) echo python3-cryptography ;;
   esac
 }
 
@@ -44,6 +47,7 @@ have() { # package
   what=$(provides "$1")
   case "$what" in
     python3-venv) python3 -c 'import ensurepip, venv' 2>/dev/null ;;
+    python3-cryptography) /usr/bin/python3 -c 'import cryptography' 2>/dev/null ;;
     /*) [ -x "$what" ] ;;
     *) command -v "$what" >/dev/null 2>&1 ;;
   esac

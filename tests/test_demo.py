@@ -4,6 +4,7 @@ the real Pulumi engine on PATH) runs the demo's printed next steps verbatim."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.kube.controlplane import binaries
 from tests.testhosts import NAMESPACE_FILE, prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,7 @@ def namespace_processes(demo_dir: Path) -> dict[str, list[str]]:
 def demo_dir(tmp_path):
     """A demo state directory of the test's own; whatever the test leaves running is stopped."""
     require(not prerequisites(), f"the demo's test hosts need: {', '.join(prerequisites())}")
+    require(binaries() is not None, "the Kubernetes binaries the demo's API runs on (scripts/kubernetes.sh)")
     path = tmp_path / "demo"
     yield path
     if path.exists():
@@ -68,6 +71,14 @@ def test_make_demo_brings_the_local_stack_up_and_down_leaves_nothing_behind(demo
     assert "Traceback" not in up.stderr
     for host in ("cp-0", "worker-0", "worker-1"):
         assert f"{host:9} Ready" in up.stdout and f"{host:9} in sync" in up.stdout
+    # The nodes table is the real API's (kubectl with the stack's kubeconfig output), every node Ready.
+    table = up.stdout.split("=== kubectl get nodes", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert table[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], table
+    assert {row.split()[0]: row.split()[1] for row in table[1:]} == {
+        "cp-0": "Ready", "worker-0": "Ready", "worker-1": "Ready"}, table
+    assert "control-plane,etcd,master" in next(row for row in table if row.startswith("cp-0"))
+    # No Node was there to delete before the first delivery (the stand-in's own API said every asked-for Node existed).
+    assert "deleted its stale Node" not in up.stdout
     # What the demo hands over: an environment file to source, private files, a committed stack file untouched.
     assert stat.S_IMODE(demo_dir.stat().st_mode) == 0o700
     for name in PRIVATE:
@@ -82,18 +93,36 @@ def test_make_demo_brings_the_local_stack_up_and_down_leaves_nothing_behind(demo
                             f"{demo_dir / 'outputs.json'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert drift.returncode == 0, drift.stdout + drift.stderr
-    # Confirmed deliveries disarmed their dead-man switches whole: only each host's sshd runs.
+    # `kubectl get nodes` as printed: env.sh names the kubeconfig output and puts kubectl on PATH.
+    assert "  - kubectl get nodes" in up.stdout
+    nodes = subprocess.run(["sh", "-c", f". {demo_dir / 'env.sh'} && kubectl get nodes -o name"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(demo_dir.parent)})  # kubectl's cache
+    assert nodes.returncode == 0 and nodes.stdout.split() == ["node/cp-0", "node/worker-0", "node/worker-1"], nodes
+    # Confirmed deliveries disarmed their dead-man switches whole: each host runs its sshd and its k3s
+    # (its kubelet toward the API), nothing else.
     running = namespace_processes(demo_dir)
     assert set(running) == {"cp-0", "worker-0", "worker-1"}
-    assert all(set(commands) == {"sshd"} for commands in running.values()), running
+    assert all(sorted(set(commands)) == ["k3s", "sshd"] for commands in running.values()), running
     markers = {name: (demo_dir / name / NAMESPACE_FILE).read_text() for name in running}
+    api = json.loads((demo_dir / "kube" / "pids.json").read_text())
+    assert sorted(api) == ["etcd", "kube-apiserver", "kube-controller-manager"]
 
     down = demo("down", demo_dir, path_without_the_engine())
     assert down.returncode == 0, down.stderr
-    assert "stopped cp-0, worker-0, worker-1" in down.stdout
+    assert "stopped the Kubernetes API, cp-0, worker-0, worker-1" in down.stdout
     assert not demo_dir.exists()
+    assert not [name for name, pid in api.items() if alive(pid)]
     left = [e.name for e in Path("/proc").iterdir() if e.name.isdigit() and _namespace(e) in markers.values()]
     assert left == []
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for a parent that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _namespace(entry: Path) -> str:

@@ -408,6 +408,62 @@ def test_the_last_update_is_read_by_an_invoke_not_a_resource():
     assert len(reads) == 1 and reads[0].endswith("/flakefleet/local")  # org/project/stack (no organization under mocks)
 
 
+class CheckpointRace(FleetMocks):
+    """The engine failing `readStackOutputs` `failures` times first, as the file backend does when
+    the read meets the checkpoint being written (the error as the engine sends it: a gRPC error)."""
+
+    def __init__(self, failures: int, **kw):
+        super().__init__(**kw)
+        self.failures = failures
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        import grpc
+
+        if args.token == "pulumi:pulumi:readStackOutputs" and self.failures:
+            self.failures -= 1
+            self.calls.append((args.token, dict(args.args)))
+
+            class EngineError(grpc.RpcError):
+                def code(self):
+                    return grpc.StatusCode.UNKNOWN
+
+                def details(self):
+                    return ("invocation of pulumi:pulumi:readStackOutputs returned an error: failed to load "
+                            "checkpoint: EOF")
+            raise EngineError()
+        return super().call(args)
+
+
+def test_a_read_of_the_last_update_that_meets_the_checkpoint_being_written_is_read_again(monkeypatch):
+    """Seen with the real engine on a file backend (about one first update in five): the program
+    reads again, and goes on with what the last update exported."""
+    import program.last_update as last_update
+
+    pauses: list[float] = []
+    monkeypatch.setattr(last_update.time, "sleep", pauses.append)
+    keys = {name: f"ssh-ed25519 AAAA{name}" for name in ("cp-0", "worker-0", "worker-1")}
+    mocks = CheckpointRace(2, previous_outputs={"nodes": {n: {"host_key": k} for n, k in keys.items()}})
+    run = run_program(read_stack_file("local"), stack="local", monitor=RecordingMonitor(mocks))
+    assert [t for t, _ in run.calls].count("pulumi:pulumi:readStackOutputs") == 3 and pauses == [0.2, 0.4]
+    assert run.of_type("command:local:Command")
+
+
+def test_a_last_update_that_cannot_be_read_stops_the_program_in_one_line_before_any_resource(monkeypatch):
+    from pulumi.errors import RunError
+
+    import program.last_update as last_update
+
+    monkeypatch.setattr(last_update.time, "sleep", lambda _: None)
+    monitor = RecordingMonitor(CheckpointRace(99))
+    with pytest.raises(RunError) as err:
+        run_program(read_stack_file("local"), stack="local", monitor=monitor)
+    assert str(err.value) == (
+        "cannot read this stack's last outputs (pulumi:pulumi:readStackOutputs, 5 attempts): invoke of "
+        "pulumi:pulumi:readStackOutputs failed: invocation of pulumi:pulumi:readStackOutputs returned an error: "
+        "failed to load checkpoint: EOF")
+    assert list(monitor.resources.values()) == []
+
+
 @pytest.mark.parametrize("previous", [{}, {"cluster_cni": "cilium"}], ids=["first-update", "same-cni"])
 def test_a_new_cluster_or_the_same_cni_goes_ahead_and_exports_it(previous):
     from tests.harness import FleetMocks, RecordingMonitor

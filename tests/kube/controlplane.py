@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import secrets
 import shutil
@@ -186,14 +187,18 @@ class ControlPlane:
         it) and the admin's credentials."""
         directory.mkdir(parents=True, exist_ok=True)
         admin = self.root / "users/system-admin"
-        for name, text, mode in (("server", self.server + "\n", 0o644), ("server-ca.crt", self.cas["server-ca"].cert, 0o644),
+        for name, text, mode in (("server-ca.crt", self.cas["server-ca"].cert, 0o644),
                                  ("client-ca.crt", self.cas["client-ca"].cert, 0o644),
                                  ("client-ca.key", self.cas["client-ca"].key, 0o600),
                                  ("admin.crt", admin.with_suffix(".crt").read_text(), 0o644),
                                  ("admin.key", admin.with_suffix(".key").read_text(), 0o600),
-                                 ("admin.kubeconfig", self.admin().read_text(), 0o600)):
-            (directory / name).write_text(text)
-            (directory / name).chmod(mode)
+                                 ("admin.kubeconfig", self.admin().read_text(), 0o600),
+                                 ("server", self.server + "\n", 0o644)):  # last: the nodes wait for it
+            path = directory / name
+            path.unlink(missing_ok=True)  # created with its mode: a key is never readable by others
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
+                f.write(text)
+            path.chmod(mode)  # (the umask)
         return self
 
     # ------------------------------------------------------------------ processes

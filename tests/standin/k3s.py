@@ -150,6 +150,8 @@ def provider_id(name):
 
 def write_kubeconfig():
     os.makedirs("/var/lib/rancher/k3s/server/db/etcd", exist_ok=True)  # a server keeps etcd here
+    if os.path.isdir(KUBE_LOCAL):  # a real API: its admin's kubeconfig, once it is up (`detached`)
+        return
     os.makedirs(os.path.dirname(KUBECONFIG), exist_ok=True)
     b64 = lambda s: base64.b64encode(s.encode()).decode()
     old = os.umask(0o077)
@@ -412,10 +414,21 @@ def own_version():
 # stopped for the grace period: that is the real one now.
 KUBECTL = "/opt/kubernetes/bin/kubectl"
 AGENT = "/var/lib/rancher/k3s/agent"
+# Without systemd (the namespace hosts), a harness that runs a real API for them (`make demo`)
+# puts its handle in this host-private directory, and `kubectl` there names the kubectl binary.
+# While the directory is empty the API is coming: a server writes no k3s.yaml (k3s writes it once
+# its API server is up) and `k3s kubectl` is refused; a start runs k3s detached, as systemd would
+# run it, and that process waits for the handle, then is the node's kubelet (`detached` below).
+KUBE_LOCAL = "/etc/flakefleet/standin-kube"
+PIDFILE = "/run/standin-k3s.pid"
 
 
 def kube(name):
-    return os.path.join(API, "kube", name)
+    return os.path.join(KUBE_LOCAL if os.path.isdir(KUBE_LOCAL) else os.path.join(API, "kube"), name)
+
+
+def kubectl_binary():
+    return read(kube("kubectl")).strip() or KUBECTL
 
 
 def real_api():
@@ -531,7 +544,13 @@ def register(name, args):
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
             "spec": {"providerID": provider_id(name), **({"taints": taints} if taints else {})}}
     code, answer = call("POST", "/api/v1/nodes", node, ctype="application/json")
-    if code not in (201, 409):
+    if code == 409:
+        # A Node registered by an earlier start: k3s applies its --node-label values again once the
+        # kubelet is up, merged over the Node's labels (pkg/agent/run.go, configureNode and
+        # updateMutableLabels), with its own controller credentials (here the admin's).
+        code, answer = call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": labels}}, who="admin",
+                            ctype="application/merge-patch+json")
+    if code not in (200, 201):
         log(f"kubelet: registering {name}: {code} {answer.get('message', '')}")
 
 
@@ -546,7 +565,10 @@ def beat(name, role):
     condition = {"type": "Ready", "status": "True" if ready else "False", "lastHeartbeatTime": stamp,
                  "reason": "KubeletReady" if ready else "KubeletNotReady",
                  "message": "kubelet is posting ready status" if ready else "container runtime is down"}
-    status = {"status": {"conditions": [condition], "nodeInfo": {"kubeletVersion": own_version()}}}
+    # The addresses as the kubelet sets them from --node-ip (pkg/kubelet/nodestatus/setters.go, NodeAddress).
+    addresses = [{"type": "InternalIP", "address": ip} for ip in flag_values([], "--node-ip")[:1]]
+    status = {"status": {"conditions": [condition], "nodeInfo": {"kubeletVersion": own_version()},
+                         "addresses": addresses + [{"type": "Hostname", "address": name}]}}
     code, _ = call("PATCH", f"/api/v1/nodes/{name}/status", status)
     if code == 404:  # deleted while it runs: registered again, as the stand-in always did
         register(name, [])
@@ -599,10 +621,10 @@ def real_kubectl(args):
             skip = True
         elif not a.startswith("--kubeconfig="):
             rest.append(a)
-    argv = [KUBECTL, "--kubeconfig", kubeconfig, *rest]
+    argv = [kubectl_binary(), "--kubeconfig", kubeconfig, *rest]
     words = [a for a in rest if not a.startswith("-")]
     if words[:2] != ["delete", "node"]:
-        os.execv(KUBECTL, argv)
+        os.execv(argv[0], argv)
     code = subprocess.run(argv).returncode
     if code == 0:
         for node in words[2:]:
@@ -666,7 +688,51 @@ def start(role, args):
         write_kubeconfig()
     if os.environ.get("INVOCATION_ID") and os.getppid() == 1:  # k3s.service: started by systemd
         run(role, args)
+    elif os.path.isdir(KUBE_LOCAL):
+        detach(role, args)
     return 0
+
+
+def detach(role, args):
+    """k3s' process on a host without systemd whose harness runs a real API: started again as
+    a restart of k3s.service would (the previous one stopped), in its own session, and the start
+    returns, as `systemctl start` returns for an exec unit."""
+    try:
+        os.kill(int(read(PIDFILE).strip()), signal.SIGKILL)
+    except (ValueError, OSError):
+        pass  # none running
+    if os.fork():
+        return
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    with open(PIDFILE, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        detached(role, args)
+    finally:
+        os._exit(0)
+
+
+def detached(role, args):
+    """The node's kubelet toward the real API once its handle is there (the API may come up after
+    the node's first start), as `run` is under systemd: a server's k3s.yaml, then registration and
+    a heartbeat every `lease_renew_s`."""
+    name = node_name(args)
+    while not real_api():
+        time.sleep(0.5)
+    if role == "server":
+        admin_kubeconfig()
+    kubelet_start(name, role, args)
+    while True:
+        try:
+            beat(name, role)
+        except OSError as err:  # the API is gone (the harness stopping it): a kubelet keeps trying
+            log(f"kubelet: {err}")
+        time.sleep(api_config()["lease_renew_s"])
 
 
 # ------------------------------------------------------------------ kubectl
