@@ -21,7 +21,9 @@ from tests.testhosts import NAMESPACE_FILE, prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scripts" / "demo.py"
-ENGINE = ("pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random")
+# Every plugin the demo's stack uses (tls: the cluster's CAs), as scripts/demo.py:pulumi_tools lists them.
+ENGINE = ("pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random",
+          "pulumi-resource-tls")
 # What holds a secret (keys, tokens, the kubeconfig, Pulumi's passphrase and config), or says how to use it.
 PRIVATE = ("env.sh", "outputs.json", "tokens.json", "commands.json", "signing.secret", "deploy_ed25519",
            "passphrase", "Pulumi.local.yaml")
@@ -138,8 +140,7 @@ def test_the_demos_next_steps_work_verbatim_on_the_real_engine(demo_dir):
     PATH, `make demo` runs `pulumi up`; the engine commands it prints then work as printed, and an
     unchanged preview shows no change at all."""
     missing = [tool for tool in ENGINE if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"tier 5 needs the Pulumi engine on PATH: {', '.join(missing)} (docs/operations.md)")
+    require(not missing, f"tier 5: the Pulumi engine on PATH: {', '.join(missing)} (docs/operations.md)")
     committed = (ROOT / "stacks" / "Pulumi.local.yaml").read_bytes()
     up = demo("up", demo_dir, os.environ["PATH"])
     assert up.returncode == 0, up.stdout + up.stderr

@@ -24,7 +24,7 @@ from flakefleet.plan.specs import system_specs
 from flakefleet.config.stackfile import read_stack_file, stack_names
 from flakefleet.nixos import matrix
 from tests import test_nixos as nixos_tests
-from tests.conftest import require_tool
+from tests.conftest import require, require_tool
 from tests.nix_conformance import CASES, DECLS, Case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +41,7 @@ MODULE_SYSTEMS = [
 
 
 def lib_path(lib: str) -> str:
-    if not Path(lib).exists():
-        pytest.fail(f"tier 5 needs FLAKEFLEET_NIXPKGS_LIB: a directory with nixpkgs' lib/default.nix ({lib})")
+    require(Path(lib).exists(), f"tier 5: FLAKEFLEET_NIXPKGS_LIB, a directory with nixpkgs' lib/default.nix ({lib})")
     return lib
 
 
