@@ -5,7 +5,8 @@
     python3 scripts/touched_stacks.py --deploy --stack S    # one stack, by hand (workflow_dispatch)
 
 Prints `stacks=[...]` (a line for $GITHUB_OUTPUT). A change to stacks/Pulumi.<s>.yaml touches
-stack <s>; a change to the program, the components, the core or the flake touches every stack;
+stack <s>, and to a pool's `hosts_file` the stacks naming it; a change to the program, the
+components, the core or the flake touches every stack;
 docs, tests, benchmarks and CI files touch none. A BASE of all zeros (a new branch) touches every
 stack. Rollouts take only the stacks named in stacks/deploy-order (one a line, in promotion
 order: dev before staging before prod); a stack not named there is never rolled out on a push
@@ -27,15 +28,35 @@ NO_EFFECT = ("docs/", "tests/", "bench/", ".github/", ".ci/", "README.md", "DEVE
 DEPLOY_ORDER = "stacks/deploy-order"
 
 
-def touched(changed: list[str], stacks: list[str]) -> list[str]:
-    """The stacks whose preview can differ after a change to these paths (pure)."""
+def touched(changed: list[str], stacks: list[str], host_files: dict[str, set[str]] | None = None) -> list[str]:
+    """The stacks whose preview can differ after a change to these paths (pure). `host_files`:
+    a pool's `hosts_file` (stacks/...) -> the stacks that name it."""
     hit: set[str] = set()
     for path in changed:
         if m := STACK_FILE.match(path):
             hit.add(m.group(1))
+        elif path in (host_files or {}):
+            hit |= (host_files or {})[path]
         elif not path.startswith(NO_EFFECT):
             return sorted(stacks)
     return sorted(s for s in hit if s in stacks)
+
+
+def host_files_in(root: Path, stacks: list[str]) -> dict[str, set[str]]:
+    """Each pool's `hosts_file` named in a stack file (as stacks/<path>) -> the stacks naming it."""
+    import yaml
+
+    found: dict[str, set[str]] = {}
+    for stack in stacks:
+        try:
+            config = (yaml.safe_load((root / "stacks" / f"Pulumi.{stack}.yaml").read_text()) or {}).get("config") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # a broken stack file: every preview says so; it names no hosts file here
+        pools = config.get("flakefleet:pools") if isinstance(config, dict) else None
+        for pool in pools if isinstance(pools, list) else []:
+            if isinstance(pool, dict) and isinstance(pool.get("hosts_file"), str):
+                found.setdefault(f"stacks/{pool['hosts_file']}", set()).add(stack)
+    return found
 
 
 def deploy_order(text: str) -> list[str]:
@@ -80,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.base:
             raise SystemExit("touched_stacks: say BASE, the commit to compare with (or --stack S)")
         changed = changed_since(args.base, ROOT)
-        hit = sorted(stacks) if changed is None else touched(changed, stacks)
+        hit = sorted(stacks) if changed is None else touched(changed, stacks, host_files_in(ROOT, stacks))
         if args.deploy:
             order_file = ROOT / DEPLOY_ORDER
             hit = rollouts(hit, deploy_order(order_file.read_text()) if order_file.is_file() else [])

@@ -35,6 +35,19 @@ def test_touched_stacks(changed, expected):
     assert touched(changed, STACKS) == expected
 
 
+def test_a_hosts_file_touches_the_stacks_that_name_it(tmp_path):
+    from scripts.touched_stacks import host_files_in
+
+    (tmp_path / "stacks").mkdir()
+    for stack, pools in (("prod", [{"name": "w", "hosts_file": "inventory/prod-w.yaml"}]), ("dev", [{"name": "w"}]),
+                         ("staging", [{"name": "w", "hosts_file": "inventory/prod-w.yaml"}])):
+        (tmp_path / "stacks" / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": {"flakefleet:pools": pools}}))
+    files = host_files_in(tmp_path, ["dev", "prod", "staging"])
+    assert files == {"stacks/inventory/prod-w.yaml": {"prod", "staging"}}
+    assert touched(["stacks/inventory/prod-w.yaml"], STACKS, files) == ["prod", "staging"]
+    assert touched(["stacks/inventory/other.yaml"], STACKS, files) == STACKS  # named by no stack: every one, to be safe
+
+
 def test_preview_runs_tests_then_comments_previews_of_touched_stacks():
     wf = workflow("preview.yml")
     assert "pull_request" in wf["on"]

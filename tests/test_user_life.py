@@ -24,13 +24,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 
 from flakefleet.__main__ import main as flakefleet
 from flakefleet.common.cli import INTERNAL
 from flakefleet.config import parse_stack_config
+from flakefleet.config import stackfile
 from flakefleet.config.stackfile import Secure, read_stack_file
 from flakefleet.plan.inventory import plan_inventory
 from tests import stackgen
@@ -142,7 +145,7 @@ def a_change(plain: dict, secret_keys: list[str], last, cfg) -> None:
     kubeconfig when the first server is one of them): a change that concerns other hosts runs
     nothing on them."""
     pools = json.loads(plain["flakefleet:pools"]) if isinstance(plain["flakefleet:pools"], str) else plain["flakefleet:pools"]
-    target = next(p for p in reversed(pools) if p.get("count") or p.get("hosts"))
+    target = next(p for p in reversed(pools) if p.get("count") or p.get("hosts") or p.get("hosts_file"))
     target["labels"] = {**target.get("labels", {}), "changed": "yes"}
     changed = run_program({**plain, "flakefleet:pools": json.dumps(pools)}, stack="gen", secret_keys=secret_keys,
                           monitor=RecordingMonitor(FleetMocks(previous_outputs=last.exports,
@@ -158,10 +161,20 @@ def a_change(plain: dict, secret_keys: list[str], last, cfg) -> None:
     assert moved and moved <= mine, sorted(moved - mine)
 
 
-def live(config: dict, tmp: Path) -> None:
-    """One stack's life: files, offline read, first, second and third update, a change, every command."""
+def live(config: dict, tmp: Path, files: dict[str, str] | None = None) -> None:
+    """One stack's life: files, offline read, first, second and third update, a change, every
+    command. `files` (path under stacks/ -> text) go beside the stack file: a pool's hosts_file."""
     config = {**config, "flakefleet:signing_key": config.get("flakefleet:signing_key") or stackgen.encrypt(stackgen.SIGNING_KEY)}
     stacks = write_stack(tmp, config)
+    for relative, text in (files or {}).items():
+        (stacks / relative).parent.mkdir(parents=True, exist_ok=True)
+        (stacks / relative).write_text(text)
+    # The program reads a hosts_file from the project's stacks/ (its working directory's): here, this copy.
+    with mock.patch.object(stackfile, "STACKS", stacks):
+        _live(config, tmp, stacks)
+
+
+def _live(config: dict, tmp: Path, stacks: Path) -> None:
     raw = read_stack_file("gen", stacks)
     assert isinstance(raw["flakefleet:signing_key"], Secure)  # read, never decoded
     cfg = parse_stack_config(raw, raw.get("aws:region"))
@@ -193,6 +206,18 @@ def live(config: dict, tmp: Path) -> None:
 @pytest.mark.parametrize("config", KEPT, ids=["issue35-aws", "issue35-onprem"])
 def test_the_stacks_of_issue_35_live_their_whole_life(config, offline):
     live(config, offline)
+
+
+def test_a_fleet_whose_hosts_are_in_a_file_lives_its_whole_life(offline):
+    """Issue 38: bring-your-own workers listed in stacks/inventory/, the stack file naming the file."""
+    workers = [{"name": f"w-{k}", "address": f"192.0.2.{20 + k}", "ssh_host_key": stackgen.HOST_KEYS[k]} for k in range(3)]
+    config = {"flakefleet:cluster": {"name": "ff-files"}, "flakefleet:storage": {"enabled": False},
+              "flakefleet:pools": [
+                  {"name": "cp", "role": "control-plane", "provider": "metal",
+                   "hosts": [{"name": "cp-0", "address": "192.0.2.10", "ssh_host_key": stackgen.HOST_KEYS[0]}]},
+                  {"name": "workers", "role": "worker", "provider": "metal", "hosts_file": "inventory/gen-workers.yaml"}],
+              "flakefleet:delivery": {"authorized_keys": [stackgen.DEPLOY_KEY]}}
+    live(config, offline, {"inventory/gen-workers.yaml": yaml.safe_dump(workers)})
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,

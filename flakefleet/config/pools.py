@@ -124,7 +124,12 @@ class PoolConfig(Model):
     root_volume: RootVolume = Field(default_factory=RootVolume, description="EC2 root volume. Default: 50 GiB gp3.")
     labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels. Default: none.")
     taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints. Default: none.")
-    hosts: list[MetalHost] = Field(default_factory=list, description="`metal` only: the hosts. Required for `metal`.")
+    hosts: list[MetalHost] = Field(default_factory=list, description="`metal` only: the hosts. Required for `metal` "
+                                   "(here or in `hosts_file`).")
+    hosts_file: str | None = Field(
+        None, description="`metal` only: a YAML file under `stacks/` listing the pool's hosts (each as in `hosts`), "
+        "instead of `hosts`. The engine passes the whole stack config in one environment variable, capped at 128 KiB "
+        "by Linux (~760 hosts written inline); a file keeps the config small whatever the fleet. Default: none.")
     per_host_closures: bool = Field(
         False,
         description="Build one closure per host with its facts baked in, instead of one per pool with facts "

@@ -12,11 +12,12 @@ import base64
 import re
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from flakefleet.config import cluster, delivery, dr, network, pools, storage, workloads
+from flakefleet.config import cluster, delivery, dr, hostfiles, network, pools, storage, workloads
 from flakefleet.config.base import NAMESPACE, ConfigError, Model, did_you_mean, validate
 from flakefleet.config.cluster import ClusterConfig
 from flakefleet.config.delivery import DeliveryConfig
@@ -26,6 +27,7 @@ from flakefleet.config.parsed import Parsed
 from flakefleet.config.pools import PoolConfig
 from flakefleet.config.rules import region_problem
 from flakefleet.config.storage import StorageConfig
+from flakefleet.config import stackfile
 from flakefleet.config.stackfile import Secure, secure_paths
 from flakefleet.config.workloads import WorkloadConfig
 
@@ -207,23 +209,29 @@ def _validate_keys(values: dict[str, Any], parsed: Parsed) -> list[str]:
 
 
 def parse_stack_config(
-    raw: Mapping[str, Any], region: str | None = None, secret_keys: set[str] | None = None
+    raw: Mapping[str, Any], region: str | None = None, secret_keys: set[str] | None = None,
+    stacks_dir: Path | None = None,
 ) -> StackConfig:
     """Validate the `flakefleet:*` entries of a stack's config (key -> JSON text or value).
 
     `secret_keys` are the config keys Pulumi holds as secrets; when given (the program), the
     signing key is required and must be one of them. Without it (offline planning) secrets
-    are not needed. Raises ConfigError with every problem found, one line each.
+    are not needed. A pool's `hosts_file` is read from `stacks_dir` (default: the project's
+    stacks/). Raises ConfigError with every problem found, one line each.
     """
     values, problems = _read_keys(raw)
+    values["pools"], file_problems, files, unknown = hostfiles.expand(values.get("pools"), stacks_dir or stackfile.STACKS)
+    if values["pools"] is None:
+        del values["pools"]
+    problems += file_problems
     secrets_given = {k for k in SECRET_STRING_KEYS if values.get(k) is not None}
-    parsed = Parsed({}, [], set(), region, secrets_given, set(values), raw=values, secret_keys=secret_keys)
+    parsed = Parsed({}, [], set(unknown), region, secrets_given, set(values), raw=values, secret_keys=secret_keys)
     problems += _validate_keys(values, parsed)
     # A field already reported as invalid was dropped; the rules do not report it again.
     reported = {line.split(": ", 1)[0] for line in problems}
     problems += [line for rule in RULES for line in rule(parsed) if line.split(": ", 1)[0] not in reported]
     if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))
+        raise ConfigError(hostfiles.located(list(dict.fromkeys(problems)), files))
     signing_key, server_token = values.get("signing_key"), values.get("server_token")
     return StackConfig(
         **parsed.models,

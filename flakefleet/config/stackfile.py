@@ -175,9 +175,9 @@ def decode_stack_file(data: bytes, name: str) -> str:
                            "as UTF-8"]) from None
 
 
-def parse_stack_yaml(text: str | bytes, name: str) -> dict[str, Any]:
-    """The `config` mapping of a stack file's text (or bytes, decoded as Pulumi does); ConfigError
-    with one line per problem."""
+def load_yaml_document(text: str | bytes, name: str) -> tuple[Any, yaml.Node | None]:
+    """A YAML file's document and its node (for lines), read as Pulumi's CLI reads a stack file;
+    ConfigError with one line per problem."""
     if isinstance(text, bytes):
         text = decode_stack_file(text, name)
     try:
@@ -187,13 +187,21 @@ def parse_stack_yaml(text: str | bytes, name: str) -> dict[str, Any]:
     loader.name = name
     loader.duplicates = []
     try:
-        document = loader.get_single_data()
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         raise ConfigError([_yaml_problem(name, text, err)]) from None
     finally:
         loader.dispose()
     if loader.duplicates:
         raise ConfigError(loader.duplicates)
+    return document, node
+
+
+def parse_stack_yaml(text: str | bytes, name: str) -> dict[str, Any]:
+    """The `config` mapping of a stack file's text (or bytes, decoded as Pulumi does); ConfigError
+    with one line per problem."""
+    document, _ = load_yaml_document(text, name)
     if document is None:
         raise ConfigError([f"{name}: the file is empty; a stack file holds `config:` with the stack's keys"])
     if not isinstance(document, dict):

@@ -65,7 +65,7 @@ def generate(stacks_dir: Path = STACKS, existing: dict[str, dict] | None = None)
     for stack in stack_names(stacks_dir):
         raw = read_stack_file(stack, stacks_dir)
         try:
-            cfg = parse_stack_config(raw, raw.get("aws:region"))
+            cfg = parse_stack_config(raw, raw.get("aws:region"), stacks_dir=stacks_dir)
         except ConfigError as err:
             raise ConfigError([f"stack {stack}: {p}" for p in err.problems]) from None
         for name, spec in stack_configurations(stack, stack_specs(stack, system_specs(cfg, plan_inventory(cfg)))).items():

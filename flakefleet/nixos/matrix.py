@@ -103,5 +103,5 @@ def row_stack(row: str, stacks_dir=STACKS) -> dict[str, str]:
 def row_specs(row: str, stacks_dir=STACKS) -> dict[str, dict]:
     """The row's systems, planned as a stack's are (system key -> spec)."""
     raw = row_stack(row, stacks_dir)
-    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    cfg = parse_stack_config(raw, raw.get("aws:region"), stacks_dir=stacks_dir)
     return system_specs(cfg, plan_inventory(cfg))

@@ -16,7 +16,7 @@ def load_stack(stack: str, stacks_dir: Path = STACKS) -> tuple[StackConfig, Inve
     if stack not in stack_names(stacks_dir):
         raise ConfigError([f"no stack {stack!r} in {stacks_dir} (have: {', '.join(stack_names(stacks_dir))})"])
     raw = read_stack_file(stack, stacks_dir)
-    cfg = parse_stack_config(raw, raw.get("aws:region"))
+    cfg = parse_stack_config(raw, raw.get("aws:region"), stacks_dir=stacks_dir)
     return cfg, plan_inventory(cfg)
 
 

@@ -56,7 +56,7 @@ def side(tree: Path, repo: Path, stacks: Path, stack: str, where: str, env: dict
     """One side: the stack file and flake under `tree`, evaluated; problems name `where`."""
     try:
         raw = read_stack_file(stack, tree / stacks)
-        cfg = parse_stack_config(raw, raw.get("aws:region"))
+        cfg = parse_stack_config(raw, raw.get("aws:region"), stacks_dir=tree / stacks)
         inv = plan_inventory(cfg)
     except ConfigError as err:
         raise DiffError(*(f"stack {stack} {where}: {p}" for p in err.problems)) from None
