@@ -160,14 +160,6 @@ KUBE_PIDS = KUBE / "pids.json"
 HOST_HANDLE = "/etc/flakefleet/standin-kube"  # tests/standin/k3s.py: KUBE_LOCAL
 
 
-def kube_binaries() -> Path | None:
-    """kube-apiserver, kube-controller-manager, kubectl and etcd when scripts/kubernetes.sh built
-    them (`make test` does; `make kubernetes` alone); without them the demo's API is the stand-in's."""
-    from tests.kube.controlplane import binaries
-
-    return binaries()
-
-
 def api_processes() -> dict[str, int]:
     """The demo's control plane processes still running (name -> pid), checked by executable."""
     try:
@@ -260,8 +252,10 @@ def wait_for_api(bin_dir: Path, cfg, inv, hosts, stop: threading.Event, failed: 
 def real_api(cfg, inv, hosts) -> tuple[threading.Thread | None, threading.Event, list[str]]:
     """The real API for the demo hosts, where the binaries exist: already running (an earlier
     `make demo`), started now (the CAs exist), or started by a thread once the delivery wrote them."""
+    from tests.kube.controlplane import binaries
+
     stop, failed = threading.Event(), []
-    bin_dir = kube_binaries()
+    bin_dir = binaries()  # built by scripts/kubernetes.sh (`make test` does; `make kubernetes` alone)
     if bin_dir is None:
         print("demo: no Kubernetes binaries (`make kubernetes` builds them): the nodes are the stand-in k3s' own")
         return None, stop, failed

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -15,15 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from scripts.demo import pulumi_tools, running
 from tests.conftest import require
 from tests.kube.controlplane import binaries
 from tests.testhosts import NAMESPACE_FILE, prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scripts" / "demo.py"
-# Every plugin the demo's stack uses (tls: the cluster's CAs), as scripts/demo.py:pulumi_tools lists them.
-ENGINE = ("pulumi", "pulumi-language-python", "pulumi-resource-command", "pulumi-resource-random",
-          "pulumi-resource-tls")
 # What holds a secret (keys, tokens, the kubeconfig, Pulumi's passphrase and config), or says how to use it.
 PRIVATE = ("env.sh", "outputs.json", "tokens.json", "commands.json", "signing.secret", "deploy_ed25519",
            "passphrase", "Pulumi.local.yaml")
@@ -103,10 +100,10 @@ def test_make_demo_brings_the_local_stack_up_and_down_leaves_nothing_behind(demo
     assert nodes.returncode == 0 and nodes.stdout.split() == ["node/cp-0", "node/worker-0", "node/worker-1"], nodes
     # Confirmed deliveries disarmed their dead-man switches whole: each host runs its sshd and its k3s
     # (its kubelet toward the API), nothing else.
-    running = namespace_processes(demo_dir)
-    assert set(running) == {"cp-0", "worker-0", "worker-1"}
-    assert all(sorted(set(commands)) == ["k3s", "sshd"] for commands in running.values()), running
-    markers = {name: (demo_dir / name / NAMESPACE_FILE).read_text() for name in running}
+    processes = namespace_processes(demo_dir)
+    assert set(processes) == {"cp-0", "worker-0", "worker-1"}
+    assert all(sorted(set(commands)) == ["k3s", "sshd"] for commands in processes.values()), processes
+    markers = {name: (demo_dir / name / NAMESPACE_FILE).read_text() for name in processes}
     api = json.loads((demo_dir / "kube" / "pids.json").read_text())
     assert sorted(api) == ["etcd", "kube-apiserver", "kube-controller-manager"]
 
@@ -114,17 +111,9 @@ def test_make_demo_brings_the_local_stack_up_and_down_leaves_nothing_behind(demo
     assert down.returncode == 0, down.stderr
     assert "stopped the Kubernetes API, cp-0, worker-0, worker-1" in down.stdout
     assert not demo_dir.exists()
-    assert not [name for name, pid in api.items() if alive(pid)]
+    assert not [name for name, pid in api.items() if running(pid)]
     left = [e.name for e in Path("/proc").iterdir() if e.name.isdigit() and _namespace(e) in markers.values()]
     assert left == []
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting for a parent that is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _namespace(entry: Path) -> str:
@@ -139,7 +128,7 @@ def test_the_demos_next_steps_work_verbatim_on_the_real_engine(demo_dir):
     """Tier 5: with the Pulumi CLI, its Python language host and the command and random plugins on
     PATH, `make demo` runs `pulumi up`; the engine commands it prints then work as printed, and an
     unchanged preview shows no change at all."""
-    missing = [tool for tool in ENGINE if shutil.which(tool) is None]
+    missing = pulumi_tools()  # every plugin the demo's stack uses (tls: the cluster's CAs)
     require(not missing, f"tier 5: the Pulumi engine on PATH: {', '.join(missing)} (docs/operations.md)")
     committed = (ROOT / "stacks" / "Pulumi.local.yaml").read_bytes()
     up = demo("up", demo_dir, os.environ["PATH"])

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from flakefleet.config.base import NAMESPACE, ConfigError
+from flakefleet.config.stackfile import load_yaml_document
 
 HOSTS_FILE = "hosts_file"
 
@@ -45,8 +46,6 @@ def _path_problem(value: Any) -> str | None:
 def read_hosts(path: Path, name: str) -> tuple[list[Any], tuple[int, ...]]:
     """The hosts a file lists and each one's line; ConfigError with one line per problem (the
     stack file's reader: UTF-8, no duplicate keys, merge keys as the Pulumi CLI merges them)."""
-    from flakefleet.config.stackfile import load_yaml_document
-
     try:
         data = path.read_bytes()
     except OSError as err:

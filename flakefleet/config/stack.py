@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
-from flakefleet.config import cluster, delivery, dr, hostfiles, network, pools, storage, workloads
+from flakefleet.config import cluster, delivery, dr, hostfiles, network, pools, stackfile, storage, workloads
 from flakefleet.config.base import NAMESPACE, ConfigError, Model, did_you_mean, validate
 from flakefleet.config.cluster import ClusterConfig
 from flakefleet.config.delivery import DeliveryConfig
@@ -27,7 +27,6 @@ from flakefleet.config.parsed import Parsed
 from flakefleet.config.pools import PoolConfig
 from flakefleet.config.rules import region_problem
 from flakefleet.config.storage import StorageConfig
-from flakefleet.config import stackfile
 from flakefleet.config.stackfile import Secure, secure_paths
 from flakefleet.config.workloads import WorkloadConfig
 
@@ -220,10 +219,10 @@ def parse_stack_config(
     stacks/). Raises ConfigError with every problem found, one line each.
     """
     values, problems = _read_keys(raw)
-    values["pools"], file_problems, files, unknown = hostfiles.expand(values.get("pools"), stacks_dir or stackfile.STACKS)
-    if values["pools"] is None:
-        del values["pools"]
-    problems += file_problems
+    files, unknown = {}, set()
+    if "pools" in values:
+        values["pools"], file_problems, files, unknown = hostfiles.expand(values["pools"], stacks_dir or stackfile.STACKS)
+        problems += file_problems
     secrets_given = {k for k in SECRET_STRING_KEYS if values.get(k) is not None}
     parsed = Parsed({}, [], set(unknown), region, secrets_given, set(values), raw=values, secret_keys=secret_keys)
     problems += _validate_keys(values, parsed)
