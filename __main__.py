@@ -21,6 +21,7 @@ from components.publish import Publish, PublishArgs
 from components.stale_nodes import StaleNodes, StaleNodesArgs
 from components.storage import Storage, StorageArgs
 from components.tokens import ClusterTokens, ClusterTokensArgs
+from flakefleet.plan.rollout import waves
 from flakefleet.plan.specs import host_system
 from program.config import cache_arn, load_stack
 from program.last_update import (announce_changes, last_update, refuse_unsafe_changes,
@@ -41,6 +42,9 @@ systems = plan_systems(cfg, inventory)
 # preview line per pool: packages, services restarted, reboots (kernel, initrd, modules,
 # parameters), hosts and their waves, and a k3s upgrade's order.
 last = last_update()
+# Workers keep their batches and leaving hosts stay admitted until drained: a host joining or
+# leaving changes nothing on the others.
+inventory = inventory.after(last.batches, last.nodes or {})
 manifests = announce_changes(cfg, inventory, systems, last.outputs)
 
 # Refused before any resource (every component waits for these checks): a CNI switch, and a k3s
@@ -216,6 +220,7 @@ pulumi.export("api_lb_dns_name", api_lb.dns_name if api_lb else None)
 wanted = {h.name: systems[host_system(cfg, h)].out for h in inventory.hosts}
 nodes = node_table(inventory, delivery.hosts, delivery.host_keys, wanted)
 pulumi.export("nodes", nodes)
+pulumi.export("batches", [[h.name for h in wave] for wave in waves(cfg, inventory) if wave[0].role == "worker"])  # kept next time
 pulumi.export("pools", pool_split(nodes))  # who is off its pool's system
 pulumi.export("systems", {name: system.out for name, system in systems.items()})
 pulumi.export("boot", {name: system.boot for name, system in systems.items()})  # what the next preview compares

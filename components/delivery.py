@@ -10,7 +10,7 @@ import pulumi
 import pulumi_command as command
 from pulumi.resource import DependencyResource
 
-from components import resolved
+from components import joined, resolved
 from components.machine import Machines
 from flakefleet.config import StackConfig
 from components.install import Installs
@@ -18,6 +18,7 @@ from flakefleet.plan.contract import INSTANCE_ENV, PLAN_ENV, SIGNING_KEY_ENV, re
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
 from flakefleet.plan.hostplans import Resolved, host_plan
+from flakefleet.plan.specs import ca_files, token_files
 from flakefleet.plan.contract import System
 
 RUNNER = "./scripts/flakefleet deliver"
@@ -119,7 +120,9 @@ class Delivery(pulumi.ComponentResource):
         }
         self._waves = waves(args.config, args.inventory)
         self._wave_of = {h.name: n for n, wave in enumerate(self._waves) for h in wave}
-        self._known = pulumi.Output.from_input(args.known_host_keys or {})
+        # Plain, never an Output: an Output of a dict is unwrapped value by value wherever it is an
+        # input (pulumi's Output.from_input), which for every host's plan was hosts x hosts.
+        self._known = dict(args.known_host_keys or {})
         # EC2 control planes of later waves that do not exist yet: made now, before the first wave
         # (nothing of theirs can be disrupted), so their checked host keys are in every control
         # plane's plan at the first update as they are (from `known_host_keys`) at every later one,
@@ -154,7 +157,7 @@ class Delivery(pulumi.ComponentResource):
     def _reports(self) -> pulumi.Output[dict[str, dict]]:
         stdout = resolved(**{name: out for name, (out, _) in self._raw.items()})
         instance = resolved(**{name: instance for name, (_, instance) in self._raw.items()})
-        return resolved(stdout=stdout, instance=instance).apply(
+        return joined(stdout=stdout, instance=instance).apply(
             lambda v: {name: host_outputs(v["stdout"][name], v["instance"][name]) for name in self._raw})
 
     async def _later_waves(self, previous: list[command.local.Command]) -> list[pulumi.Resource]:
@@ -163,6 +166,15 @@ class Delivery(pulumi.ComponentResource):
             urns = await asyncio.gather(*(cmd.urn.future() for cmd in previous))
             previous = self._wave(number, after_urns(urns) + list(self._args.api_ready))
         return previous
+
+    def _secrets_of(self, host: Host) -> dict[str, pulumi.Output[str]]:
+        """The secrets a host's runner needs: the signing key and those its files name (its role's
+        token; the CAs on the first control plane only). Each is encrypted into every Command's
+        state that carries it: all of them on every host cost the engine a fifth of its time at
+        a thousand hosts."""
+        first = host.name == self._args.inventory.control_planes[0].name
+        named = {f.secret_env for f in token_files(host) + (ca_files() if first else ())}
+        return {env: value for env, value in self._secrets.items() if env == SIGNING_KEY_ENV or env in named}
 
     def _wave(self, number: int, waits: list[pulumi.Resource]) -> list[command.local.Command]:
         """One wave's Commands, each after `waits` (the previous wave, the cache uploads)."""
@@ -183,13 +195,13 @@ class Delivery(pulumi.ComponentResource):
         needed = [n for n in dict.fromkeys([host.name, *(h.name for h in inv.control_planes)]) if n not in later]
 
         def plan_json(v: dict) -> str:
-            keys = {**{n: k for n, k in v["known"].items() if n in later}, **v["keys"]}
+            keys = {**{n: k for n, k in self._known.items() if n in later}, **v["keys"]}
             values = Resolved(snapshot_bucket=v["snapshot_bucket"], cache_bucket=v["cache_bucket"],
                               ca_hash=v["ca_hash"], snapshot_before=v["snapshots"].get(host.name, ""))
             return host_plan(cfg, inv, host, wave, args.systems, keys, values, args.restore).to_json()
 
         plan = resolved(snapshot_bucket=args.snapshot_bucket, cache_bucket=args.cache_bucket, ca_hash=args.ca_hash,
-                        known=self._known, snapshots=self._snapshots,
+                        snapshots=self._snapshots,
                         keys=resolved(**{n: self.host_keys[n] for n in needed})).apply(plan_json)
         # A bootstrapped host gets NixOS first, in its wave too (its plan drains it for a reinstall).
         install = args.installs.install(host, waits, plan) if host.install and args.installs else None
@@ -202,7 +214,7 @@ class Delivery(pulumi.ComponentResource):
                 PLAN_ENV: plan,
                 # A replaced instance (same address, same key) gets its system again.
                 INSTANCE_ENV: machine.id if machine else "",
-                **self._secrets,
+                **self._secrets_of(host),
             },
             # No triggers: a replacement would delete the old Command, and its delete is the
             # host's removal. Every change is an update; the runner decides what reaches the host.

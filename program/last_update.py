@@ -40,6 +40,12 @@ class LastUpdate:
     """Host name -> the SSH host key it pinned (its `nodes` output), plain: keys are public, and
     known now rather than as an Output, since whether an EC2 control plane exists already decides
     how the rollout is registered (components/delivery.py)."""
+    batches: tuple[tuple[str, ...], ...] = ()
+    """The worker batches it rolled out (its `batches` output), plain: host names; workers keep
+    them (flakefleet/plan/rollout.py:worker_batches)."""
+    nodes: dict[str, tuple[str, str]] | None = None
+    """Host name -> its role and address (its `nodes` output), plain: what the fleet's firewalls
+    admitted until now."""
 
 
 def last_update() -> LastUpdate:
@@ -51,8 +57,12 @@ def last_update() -> LastUpdate:
     name = f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
     answer = read_own_outputs(name)
     outputs = (answer.value or {}).get("outputs") or {}
-    keys = StackOutputs(outputs, READ_STACK_OUTPUTS).host_keys
-    return LastUpdate(pulumi.Output.secret(outputs) if answer.is_secret else pulumi.Output.from_input(outputs), keys)
+    exported = StackOutputs(outputs, READ_STACK_OUTPUTS)
+    # Kept whole, not unwrapped value by value as Output.from_input and Output.secret do: its tables
+    # have a row per host (components.whole says why that is slow); an apply's value is kept whole.
+    kept = (pulumi.Output.secret(None) if answer.is_secret else pulumi.Output.from_input(None)).apply(lambda _: outputs)
+    return LastUpdate(kept,
+                      exported.host_keys, exported.batches, exported.node_addresses)
 
 
 def read_own_outputs(name: str, attempts: int = READ_ATTEMPTS):

@@ -45,7 +45,9 @@ def node_table(
 
     # By name (no hosts: `keys` resolves to [], and the table is empty).
     keys = pulumi.Output.all(**{h.name: host_keys[h.name] for h in inventory.hosts})
-    return pulumi.Output.all(delivered=delivered, keys=keys).apply(table)
+    # Nested applies, not Output.all: that would unwrap the reports into an Output per value
+    # (components.whole says why that is slow); a value an apply returns is kept whole.
+    return delivered.apply(lambda outs: keys.apply(lambda ks: table({"delivered": outs, "keys": ks})))
 
 
 def pool_split(nodes: pulumi.Output[dict[str, dict]]) -> pulumi.Output[dict[str, dict]]:

@@ -118,6 +118,9 @@ def metal_stacks(draw) -> dict:
     if draw(st.booleans()):
         pools.append({"name": "gpu", "role": "worker", "provider": "metal", "gpu": "nvidia",
                       "hosts": [{"name": "gpu-0", "address": next(address), "ssh_host_key": HOST_KEYS[0]}]})
+    if draw(st.booleans()):  # the networks the hosts live in: a join or leave then changes no other host
+        for pool in pools:
+            pool["networks"] = ["192.0.2.0/24"]
     cluster = {"name": "ff-" + draw(names)}
     if servers == 3 and draw(st.booleans()):
         cluster["api_address"] = "192.0.2.200"

@@ -154,6 +154,16 @@ BAD = [
      "flakefleet:pools[2].count: only for provider ec2; a metal pool is its list of hosts"),
     ("metal-bare-metal-flag", mutate(pools__2__bare_metal=True),
      "flakefleet:pools[2].bare_metal: only for provider ec2; metal hosts are bare metal already"),
+    ("metal-host-outside-networks", mutate(pools__2__networks=["192.168.60.0/24", "10.9.0.0/16"]),
+     "flakefleet:pools[2].hosts[0].address: 192.168.50.10 is in none of the pool's networks "
+     "(192.168.60.0/24, 10.9.0.0/16)"),
+    ("metal-network-too-wide", mutate(pools__2__networks=["192.168.50.0/24", "0.0.0.0/0"]),
+     "flakefleet:pools[2].networks[1]: 0.0.0.0/0 is wider than /8; the fleet's firewalls would open etcd, the "
+     "kubelet and the overlay to all of it (name the networks the hosts live in)"),
+    ("metal-network-host-bits", mutate(pools__2__networks=["192.168.50.1/24"]),
+     "flakefleet:pools[2].networks[0]: Input is not a valid IPv4 network"),
+    ("ec2-with-networks", mutate(pools__1__networks=["10.0.0.0/24"]),
+     "flakefleet:pools[1].networks: only for provider metal; an ec2 pool's addresses are planned in its blocks"),
     ("metal-no-hosts", mutate(pools__2__hosts=[]),
      "flakefleet:pools[2].hosts: required for provider metal (name, address, ssh_host_key of each host)"),
     ("metal-no-host-key", mutate(pools__2__hosts__0__ssh_host_key=DELETE),

@@ -239,11 +239,14 @@ def test_every_file_a_host_gets_names_the_units_that_read_it():
     assert readers["/etc/flakefleet/peers.json"] == ("firewall.service",)  # the local stack: metal
 
 
-def test_every_host_is_told_the_fleet_s_addresses_by_role():
+def test_every_metal_host_is_told_where_the_fleet_s_nodes_live_by_role():
     """The peers file nixos/common/firewall.nix admits to etcd, the kubelet and the overlay on
-    bring-your-own metal: every host of the stack by role (EC2 ones too), the same on every metal
-    host, at the path the Nix side reads; EC2 hosts have security groups instead and no file (so
+    bring-your-own metal: by role, the networks every node of the stack lives in (EC2 pools' address
+    blocks, a metal pool's own address when it names no networks), the same on every metal host,
+    at the path the Nix side reads; EC2 hosts have security groups instead and no file (so
     scaling an EC2 pool touches no EC2 host)."""
+    from ipaddress import ip_address, ip_network
+
     from flakefleet.config import parse_stack_config
     from flakefleet.config.stackfile import read_stack_file
     from flakefleet.plan.contract import PEERS_PATH
@@ -267,10 +270,14 @@ def test_every_host_is_told_the_fleet_s_addresses_by_role():
     contents = {next(f.content for f in host_files(cfg, inv, h) if f.path == PEERS_PATH) for h in metal}
     assert len(contents) == 1
     peers = _json.loads(contents.pop())
-    assert peers == {"control-plane": sorted((str(h.address) for h in inv.control_planes),
-                                             key=lambda a: tuple(map(int, a.split(".")))),
-                     "worker": sorted((str(h.address) for h in inv.workers), key=lambda a: tuple(map(int, a.split("."))))}
-    assert len(peers["control-plane"]) == 3 and len(peers["worker"]) == 10 and "192.168.7.10" in peers["worker"]
+    assert set(peers) == {"control-plane", "worker"}
+    for role, hosts in (("control-plane", inv.control_planes), ("worker", inv.workers)):
+        nets = [ip_network(n) for n in peers[role]]
+        assert all(any(h.address in net for net in nets) for h in hosts), role
+    assert "192.168.7.10/32" in peers["worker"]  # no networks named: its own address, exactly
+    assert not any(ip_address("192.168.7.10") in ip_network(n) for n in peers["control-plane"])
+    # EC2 control planes: their pool's blocks in each zone (prod: one /24 block per zone), not the VPC
+    assert all(ip_network(n).prefixlen > cfg.network.vpc_cidr.prefixlen for n in peers["control-plane"])
     assert nix_eval("(import ./nixos/lib).paths.peers") == PEERS_PATH
 
 

@@ -314,6 +314,14 @@ def test_token_files_by_role():
         assert {n: f.k3s_token for n, f in tokens.items()} == (
             {"k3s-server-token": "server", "k3s-agent-token": ""} if name.startswith("cp-") else {"k3s-agent-token": "node"})
     assert len(run.of_type("random:index/randomPassword:RandomPassword")) == 2
+    # Each runner carries only the secrets its files name, and the signing key: no worker holds
+    # the server token or a CA key, only the first control plane the CAs (issue 38: each secret
+    # is encrypted into the state of every Command that carries it).
+    for name, reg in commands(run).items():
+        named = {f.secret_env for f in plan(reg).files if f.secret_env}
+        carried = {k for k in reg.inputs["environment"] if k.startswith("FLAKEFLEET_SECRET_")}
+        assert carried == named, name
+        assert any("CA" in k for k in carried) == (name == "cp-0"), name
     exported = json.dumps({k: v for k, v in run.exports.items() if k != "k3s_server_token"})
     assert "token-" not in exported  # no token in any other output
 

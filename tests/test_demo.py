@@ -150,3 +150,55 @@ def test_the_demos_next_steps_work_verbatim_on_the_real_engine(demo_dir):
         if verb in ("preview", "up"):  # (a refresh lists every resource as `~ refreshing`)
             assert " ~ " not in run.stdout and " + " not in run.stdout, run.stdout
     assert (ROOT / "stacks" / "Pulumi.local.yaml").read_bytes() == committed  # no salt written into it
+
+
+@pytest.mark.upstream
+def test_a_host_leaving_and_joining_under_the_real_engine_touches_no_other_host(demo_dir):
+    """Tier 5, issue 38: on the demo's cluster under the real engine, worker-1 leaves the stack:
+    its Command's delete drains it and deletes its Node (kubectl on the real API), cp-0's Command
+    is unchanged and worker-0's changes only in its batch (nothing runs on the host), and the next
+    preview changes nothing; worker-1 joins again: only its Command is created."""
+    missing = pulumi_tools()
+    require(not missing, f"tier 5: the Pulumi engine on PATH: {', '.join(missing)} (docs/operations.md)")
+    import yaml
+
+    up = demo("up", demo_dir, os.environ["PATH"])
+    assert up.returncode == 0, up.stdout + up.stderr
+    config = demo_dir / "Pulumi.local.yaml"
+    document = yaml.safe_load(config.read_text())
+    pools = document["config"]["flakefleet:pools"]
+    workers = next(p for p in pools if p["name"] == "workers")
+    everyone = list(workers["hosts"])
+
+    def pulumi(verb: str) -> subprocess.CompletedProcess:
+        flags = " --yes" if verb == "up" else ""
+        return subprocess.run(["bash", "-c", f". {demo_dir / 'env.sh'} && pulumi {verb} --stack local "
+                               f"--config-file {config} --non-interactive --diff{flags}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "HOME": str(demo_dir.parent)})
+
+    def nodes() -> list[str]:
+        out = subprocess.run(["sh", "-c", f". {demo_dir / 'env.sh'} && kubectl get nodes -o name"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(demo_dir.parent)})
+        return out.stdout.split()
+
+    workers["hosts"] = [h for h in everyone if h["name"] != "worker-1"]
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    leave = pulumi("up")
+    out = leave.stdout + leave.stderr
+    assert leave.returncode == 0, out
+    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in out, out
+    assert re.search(r"^\s+- 1 deleted$", leave.stdout, re.M) and re.search(r"^\s+~ 1 updated$", leave.stdout, re.M), out
+    assert "[worker-0] only bookkeeping changed" in out and "[cp-0]" not in out, out  # cp-0 unchanged, not run
+    assert nodes() == ["node/cp-0", "node/worker-0"]
+    again = pulumi("preview")
+    assert again.returncode == 0 and not re.search(r"to (create|update|replace|delete)", again.stdout), again.stdout
+
+    workers["hosts"] = everyone
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    join = pulumi("up")
+    assert join.returncode == 0, join.stdout + join.stderr
+    assert re.search(r"^\s+\+ 1 created$", join.stdout, re.M), join.stdout
+    assert not re.search(r"(updated|deleted|replaced)$", join.stdout, re.M), join.stdout
+    assert "[cp-0]" not in join.stdout + join.stderr and "[worker-0]" not in join.stdout + join.stderr
+    assert nodes() == ["node/cp-0", "node/worker-0", "node/worker-1"]

@@ -100,7 +100,7 @@ def test_a_replaced_instance_is_delivered_again_and_never_removed(cluster):
 
 def test_bookkeeping_changes_run_nothing_on_any_host(cluster):
     """Batches of one instead of two change worker-0's plan (its batch): recorded, no SSH to
-    worker-0. (Removing a host is not bookkeeping on metal: the others' firewalls learn it.)"""
+    worker-0."""
     fleet, hosts, commands, (cfg, inv, plans) = cluster
     logs = {h: hosts[h].path("/var/lib/flakefleet/deliveries.log").read_text() for h in ("cp-0", "worker-0")}
     cfg2, inv2, _, plans2 = stack(hosts, fleet, max_parallel=1)
@@ -115,9 +115,25 @@ def test_bookkeeping_changes_run_nothing_on_any_host(cluster):
     assert commands["worker-0"].stdout.strip() == previous.strip()  # the report Pulumi keeps is unchanged
 
 
-def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
-    fleet, hosts, commands, _ = cluster
+def test_a_host_leaving_the_stack_is_drained_and_no_other_host_is_touched(cluster):
+    """Issue 38: worker-1 leaves the stack, in the order `pulumi up` runs it: the other hosts'
+    Commands first, then worker-1's delete. cp-0's plan is unchanged (its firewall admits the
+    pool's network, not each host), so it runs nothing; worker-0's changes only in its batch
+    (bookkeeping: nothing runs on it); then worker-1 is cordoned, drained and its Node deleted,
+    while every firewall still admits it."""
+    fleet, hosts, commands, (cfg, inv, plans) = cluster
+    logs = {h: hosts[h].path("/var/lib/flakefleet/deliveries.log").read_text() for h in ("cp-0", "worker-0")}
+    peers = hosts["cp-0"].path("/etc/flakefleet/peers.json").read_text()
+    assert json.loads(peers) == {"control-plane": ["127.0.0.0/24"], "worker": ["127.0.0.0/24"]}
     before = len(k3s_log(hosts["cp-0"]))
+    cfg2, inv2, _, plans2 = stack(hosts, fleet, drop=("worker-1",))
+    assert plans2["cp-0"] == plans["cp-0"] and plans2["worker-0"].files == plans["worker-0"].files
+    steps = up({h: commands[h] for h in plans2}, inv2, cfg2, plans2)
+    assert ops(steps["cp-0"]) == [] and ops(steps["worker-0"]) == ["update"]
+    assert "no command on the host" in steps["worker-0"][0].proc.stderr
+    for h in ("cp-0", "worker-0"):
+        assert hosts[h].path("/var/lib/flakefleet/deliveries.log").read_text() == logs[h]  # untouched
+    assert drained(before, hosts["cp-0"]) == []  # nothing happened to worker-1 yet
     step = commands["worker-1"].destroy()
     assert step.proc.returncode == 0, step.proc.stderr
     assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in step.proc.stderr
@@ -127,6 +143,8 @@ def test_a_host_leaving_the_stack_is_drained_and_its_node_deleted(cluster):
         "delete node worker-1 --ignore-not-found",
     ]
     assert "retired" in hosts["worker-1"].path("/var/lib/flakefleet/deliveries.log").read_text()
+    assert hosts["cp-0"].path("/etc/flakefleet/peers.json").read_text() == peers
+    assert fleet.node("worker-1") is None and fleet.node("worker-0") is not None
 
 
 def test_a_host_added_back_after_leaving_rejoins_the_cluster(cluster):

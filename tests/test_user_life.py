@@ -161,6 +161,86 @@ def a_change(plain: dict, secret_keys: list[str], last, cfg) -> None:
     assert moved and moved <= mine, sorted(moved - mine)
 
 
+def joins_and_leaves(plain: dict, secret_keys: list[str], last, cfg, stacks: Path) -> None:
+    """A worker leaving, then one joining, each as the next update after `last`: the Commands of
+    every other host keep their inputs (their batches are kept; their firewalls admit ranges, and
+    a leaving host until the update after its drain), except the leaving host's batchmates (their
+    plans name their batch, an install's holds its delivery plan: the runners see only that
+    changed and run nothing on the host), and, where metal pools name no `networks`, the metal
+    hosts whose firewalls admit each host by its address: when a host joins, and in the update
+    after one left (it was drained at the end of the one before)."""
+    pools = json.loads(plain["flakefleet:pools"]) if isinstance(plain["flakefleet:pools"], str) else plain["flakefleet:pools"]
+    at = next((k for k, p in enumerate(pools) if p["role"] == "worker" and len(hosts_of(p, stacks)) > 1), None)
+    if at is None:
+        return  # no worker pool a host can leave and the pool stay (its last host's leaving is a change of the cluster)
+    hosts = {h.name: h for h in plan_inventory(cfg).hosts}
+    exact = {f"{cfg.cluster.name}-{step}-{h}" for h, host in hosts.items() if host.provider == "metal"
+             and not cfg.pool(host.pool).networks for step in ("deliver", "install")}
+
+    def update(pools_now, after):
+        return run_program({**plain, "flakefleet:pools": json.dumps(pools_now)}, stack="gen", secret_keys=secret_keys,
+                           monitor=RecordingMonitor(FleetMocks(previous_outputs=after.exports,
+                                                               previous_secrets=after.secret_exports)))
+
+    def moved(before, after) -> tuple[set[str], set[str]]:  # (changed, came or went)
+        b, a = command_inputs(before), command_inputs(after)
+        return ({u.rsplit("::", 1)[1] for u in b.keys() & a.keys() if b[u] != a[u]},
+                {u.rsplit("::", 1)[1] for u in b.keys() ^ a.keys()})
+
+    for change in ("leave", "join"):
+        changed, name = with_a_host(pools, at, change, stacks)
+        run = update(changed, last)
+        changed_now, came_or_went = moved(last, run)
+        assert any(u.endswith(f"-{name}") for u in came_or_went), (change, name, sorted(came_or_went))
+        batchmates = next((b for b in last.exports.get("batches", []) if name in b), []) if change == "leave" else []
+        allowed = {f"{cfg.cluster.name}-{step}-{h}" for h in batchmates for step in ("deliver", "install")}
+        allowed |= exact if change == "join" else set()
+        assert changed_now <= allowed, (change, sorted(changed_now - allowed))
+        if change == "leave":  # the next update: the others stop admitting it (exact addresses only)
+            changed_next, _ = moved(run, update(changed, run))
+            assert changed_next <= exact, sorted(changed_next - exact)
+            if f"{cfg.cluster.name}-deliver-{name}" in exact:  # it was admitted by its address: no more
+                assert changed_next, "the others still admit the host that left"
+        with_a_host(pools, at, "restore", stacks)
+
+
+def hosts_of(pool: dict, stacks: Path) -> list[dict]:
+    """A pool's hosts, inline or from its hosts_file (an EC2 pool's: one per count)."""
+    if pool.get("count"):
+        return [{}] * pool["count"]
+    if pool.get("hosts_file"):
+        return yaml.safe_load((stacks / pool["hosts_file"]).read_text())
+    return pool.get("hosts", [])
+
+
+def with_a_host(pools: list[dict], at: int, change: str, stacks: Path) -> tuple[list[dict], str]:
+    """`pools` with pool `at`'s first host gone (`leave`) or one more (`join`), and that host's
+    name; a hosts_file is rewritten in place (`restore` puts it back)."""
+    pool = json.loads(json.dumps(pools[at]))
+    if pool.get("count"):
+        pool["count"] += 1 if change == "join" else -1 if change == "leave" else 0
+        name = f"{pool['name']}-{pool['count'] - 1 if change == 'join' else pool['count']}"
+    else:
+        path = stacks / pool["hosts_file"] if pool.get("hosts_file") else None
+        original = path.with_suffix(".orig") if path else None
+        if path and change == "restore":
+            original.replace(path)
+            return pools, ""
+        if path and not original.exists():
+            shutil.copy(path, original)
+        hosts = hosts_of(pool, stacks)
+        if change == "leave":
+            name, hosts = hosts[0]["name"], hosts[1:]
+        else:
+            name = "joiner"
+            hosts = [*hosts, {**{k: v for k, v in hosts[0].items() if k != "name"}, "name": name, "address": "192.0.2.250"}]
+        if path:
+            path.write_text(yaml.safe_dump(hosts))
+        else:
+            pool["hosts"] = hosts
+    return [*pools[:at], pool, *pools[at + 1:]], name
+
+
 def live(config: dict, tmp: Path, files: dict[str, str] | None = None) -> None:
     """One stack's life: files, offline read, first, second and third update, a change, every
     command. `files` (path under stacks/ -> text) go beside the stack file: a pool's hosts_file."""
@@ -192,6 +272,7 @@ def _live(config: dict, tmp: Path, stacks: Path) -> None:
     assert command_inputs(second) == command_inputs(first), "the second update would run Commands again"
     assert command_inputs(third) == command_inputs(second), "an unchanged update would run Commands again"
     a_change(plain, secret_keys, third, cfg)
+    joins_and_leaves(plain, secret_keys, third, cfg, stacks)
 
     files = state_files(tmp, as_cli_prints(first))
     for argv in commands(stacks, files, cfg.uses_ec2):

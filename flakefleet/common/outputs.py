@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ class StackOutputs:
     def host_keys(self) -> dict[str, str]:
         """Host name -> the SSH host key the last update pinned (hosts without one left out)."""
         return {name: row.host_key for name, row in self.nodes.items() if row.host_key}
+
+    @property
+    def node_addresses(self) -> dict[str, tuple[str, str]]:
+        """Host name -> its role and address, as the last update's firewalls admitted it (rows
+        whose address does not read as one left out)."""
+        found = {}
+        for name, row in self.nodes.items():
+            try:
+                found[name] = (row.role, str(IPv4Address(row.address)))
+            except ValueError:
+                continue
+        return found
+
+    @property
+    def batches(self) -> tuple[tuple[str, ...], ...]:
+        """The worker batches of the last update, in rollout order (() when not exported)."""
+        value = self.raw.get("batches")
+        if not isinstance(value, list):
+            return ()
+        return tuple(tuple(n for n in b if isinstance(n, str)) for b in value if isinstance(b, list))
 
     @property
     def pulled_pools(self) -> dict[str, PulledPoolRow]:

@@ -7,7 +7,7 @@ and a pool that lost hosts to their own problems does not count towards the cont
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
@@ -130,6 +130,12 @@ class PoolConfig(Model):
         None, description="`metal` only: a YAML file under `stacks/` listing the pool's hosts (each as in `hosts`), "
         "instead of `hosts`. The engine passes the whole stack config in one environment variable, capped at 128 KiB "
         "by Linux (~760 hosts written inline); a file keeps the config small whatever the fleet. Default: none.")
+    networks: list[IPv4Network] = Field(
+        default_factory=list, description="`metal` only: the networks the pool's hosts live in (every host's address "
+        "must be in one). On bring-your-own metal the fleet's firewalls admit these ranges, not each host, to the "
+        "ports only nodes may reach (etcd, the kubelet, the overlay), so a host joining or leaving inside them changes "
+        "nothing on the others. Default: none, each host's own address (exact, but a join or leave then rewrites "
+        "every metal host's firewall sources).")
     per_host_closures: bool = Field(
         False,
         description="Build one closure per host with its facts baked in, instead of one per pool with facts "
@@ -201,6 +207,8 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
         problems.append(f"{at}.disk_layout: only for a metal pool with bootstrap: nixos-anywhere")
     if pool.hosts:
         problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
+    if pool.networks:
+        problems.append(f"{at}.networks: only for provider metal; an ec2 pool's addresses are planned in its blocks")
     problems += _autoscaling(at, pool)
     if pool.count is None and pool.autoscaling is None:
         problems.append(f"{at}.count: required for provider ec2 (or autoscaling: {{min, max}} for a worker pool)")
@@ -275,9 +283,13 @@ def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     if not pool.hosts and stack.known(f"pools[{i}].hosts"):
         problems.append(f"{at}.hosts: required for provider metal (name, address, ssh_host_key of each host)")
     problems += _bootstrap_pool(stack, i, pool)
+    problems += _networks(at, pool)
     for j, host in stack.indexed(f"pools[{i}].hosts", pool.hosts):
         if (why := host_address_problem(host.address, stack.loopback_fleet)) is not None:
             problems.append(f"{at}.hosts[{j}].address: {why}")
+        elif pool.networks and not any(host.address in net for net in pool.networks):
+            problems.append(f"{at}.hosts[{j}].address: {host.address} is in none of the pool's networks "
+                            f"({', '.join(map(str, pool.networks))})")
         if pool.bootstrap is not None:
             problems += _bootstrap_host(f"{at}.hosts[{j}]", host)
         elif host.ssh_host_key is None:
@@ -289,6 +301,18 @@ def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
         if host.ssh_host_key is not None and (why := host_key_problem(host.ssh_host_key)) is not None:
             problems.append(f"{at}.hosts[{j}].ssh_host_key: {why}")
     return problems
+
+
+# The widest network a metal pool may name: its range is opened to etcd, the kubelet and the
+# overlay (VXLAN has no authentication) on every metal host of the fleet.
+WIDEST_NETWORK = 8
+
+
+def _networks(at: str, pool: PoolConfig) -> list[str]:
+    """A metal pool's networks: each a range its hosts live in, none wider than /8."""
+    return [f"{at}.networks[{k}]: {net} is wider than /{WIDEST_NETWORK}; the fleet's firewalls would open etcd, the "
+            "kubelet and the overlay to all of it (name the networks the hosts live in)"
+            for k, net in enumerate(pool.networks) if net.prefixlen < WIDEST_NETWORK]
 
 
 def _bootstrap_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:

@@ -19,11 +19,12 @@ before any AWS call. Addressing rules (documented in README "Addresses"):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 
-from flakefleet.facts.addresses import BLOCKS_PER_SUBNET, PoolBlocks, allocate_blocks
+from flakefleet.facts.addresses import BLOCKS_PER_SUBNET, PoolBlocks, allocate_blocks, block_cidr
 from flakefleet.config import NAMESPACE, ConfigError, StackConfig
 
 LB_OFFSET = 4  # first address AWS does not reserve in a subnet
@@ -80,18 +81,36 @@ class Inventory:
     pool_blocks: dict[str, tuple[int, int]]  # pool -> (first block, block count), EC2 pools only
     api_lb_addresses: tuple[IPv4Address, ...]  # one per zone when a load balancer fronts the API
     api_address: IPv4Address
+    # Role -> the networks its nodes live in (`node_networks`): what metal firewalls admit to the
+    # ports only nodes may reach.
+    node_networks: dict[str, tuple[IPv4Network, ...]]
+    # The worker batches of the stack's last update (its `batches` output): workers keep them,
+    # so a host joining or leaving changes no other host's batch (rollout.py:worker_batches);
+    # set by `after`.
+    kept_batches: tuple[tuple[str, ...], ...] = ()
+
+    def after(self, batches: tuple[tuple[str, ...], ...], nodes: dict[str, tuple[str, str]]) -> Inventory:
+        """This plan after the last update: its workers kept in that update's `batches`, and the
+        addresses of its `nodes` (name -> role, address) that no network of their role covers
+        any more (hosts leaving now) still admitted: a leaving host is drained at the end of this
+        update (pulumi-command's delete), and the others stop admitting it at the next."""
+        networks = {role: list(nets) for role, nets in self.node_networks.items()}
+        for role, address in nodes.values():
+            if role in networks and not any(IPv4Address(address) in net for net in networks[role]):
+                networks[role].append(IPv4Network(address))
+        return dataclasses.replace(self, kept_batches=tuple(tuple(b) for b in batches),
+                                   node_networks={role: tuple(collapse_addresses(nets)) for role, nets in networks.items()})
 
     @property
     def api_endpoint(self) -> str:
         """`https://<api address>:6443`, known at preview time."""
         return f"https://{self.api_address}:{API_PORT}"
 
-    @functools.cached_property  # written to every host: computed once
+    @functools.cached_property  # written to every metal host: computed once
     def peers(self) -> dict[str, list[str]]:
-        """Every host's address by role: the sources of the ports only nodes may reach
+        """The networks each role's nodes live in: the sources of the ports only nodes may reach
         (nixos/common/firewall.nix reads them from /etc/flakefleet/peers.json)."""
-        return {role: [str(a) for a in sorted(h.address for h in self.hosts if h.role == role)]
-                for role in ("control-plane", "worker")}
+        return {role: [str(n) for n in self.node_networks.get(role, ())] for role in ROLE_ORDER}
 
     @functools.cached_property  # asked once per host by the rollout: O(hosts) each time was O(hosts²)
     def control_planes(self) -> tuple[Host, ...]:
@@ -176,6 +195,7 @@ def plan_inventory(cfg: StackConfig) -> Inventory:
     else:
         api = cfg.cluster.api_address or control[0].address
     return Inventory(
+        node_networks=node_networks(cfg, zones, blocks, hosts),
         cluster=cfg.cluster.name,
         vpc=cfg.network.vpc_cidr if ec2_pools else None,
         zones=zones,
@@ -184,3 +204,22 @@ def plan_inventory(cfg: StackConfig) -> Inventory:
         api_lb_addresses=lb_addresses,
         api_address=api,
     )
+
+
+def node_networks(cfg: StackConfig, zones: tuple[Zone, ...], blocks: dict[str, tuple[int, int]],
+                  hosts: list[Host]) -> dict[str, tuple[IPv4Network, ...]]:
+    """Role -> where its nodes live, merged: a metal pool's `networks` (else its hosts' own
+    addresses), a planned EC2 pool's address blocks in each zone, an autoscaled pool's private
+    subnets (AWS picks its addresses there). Ranges do not change as hosts come and go within
+    them: a metal host's firewall sources stay the same while the fleet changes."""
+    found: dict[str, list[IPv4Network]] = {role: [] for role in ROLE_ORDER}
+    for pool in cfg.pools:
+        if pool.provider == "metal":
+            nets = pool.networks or [IPv4Network(h.address) for h in hosts if h.pool == pool.name]
+        elif pool.autoscaling is not None:
+            nets = [z.private for z in zones]
+        else:  # a pool of no hosts has no blocks
+            start, count = blocks.get(pool.name, (0, 0))
+            nets = [block_cidr(z.private, b) for z in zones for b in range(start, start + count)]
+        found[pool.role] += nets
+    return {role: tuple(collapse_addresses(nets)) for role, nets in found.items()}

@@ -41,10 +41,27 @@ class RestorePoint:
 def rollout_waves(inv: Inventory, max_parallel: int) -> list[tuple[Host, ...]]:
     """Control planes one at a time, the cluster-initializing one first (etcd keeps quorum), then
     workers in batches of `max_parallel`, each after the previous one is healthy."""
-    waves: list[tuple[Host, ...]] = [(h,) for h in inv.control_planes]
-    workers = inv.workers
-    waves += [workers[i : i + max_parallel] for i in range(0, len(workers), max_parallel)]
-    return waves
+    return [(h,) for h in inv.control_planes] + worker_batches(inv.workers, max_parallel, inv.kept_batches)
+
+
+def worker_batches(workers: tuple[Host, ...], size: int, kept: tuple[tuple[str, ...], ...] = ()) -> list[tuple[Host, ...]]:
+    """Workers in batches of at most `size`. A batch is part of each of its hosts' plans (its
+    readiness gate), so workers keep the batches of the last update (`kept`): one leaving shrinks
+    its own batch, joining ones form new batches at the end, and no other host's plan changes.
+    Batches wider than `size` (it shrank) are split; when churn has left more than twice the
+    batches a fresh cut needs, all are cut afresh (the rollout stays at most twice as long)."""
+    present = {h.name: h for h in workers}
+    batches: list[tuple[Host, ...]] = []
+    placed: set[str] = set()
+    for names in kept:
+        members = [present[n] for n in dict.fromkeys(names) if n in present and n not in placed]
+        placed.update(h.name for h in members)
+        batches += [tuple(members[i : i + size]) for i in range(0, len(members), size)]
+    joining = [h for h in workers if h.name not in placed]
+    batches += [tuple(joining[i : i + size]) for i in range(0, len(joining), size)]
+    if len(batches) > 2 * -(-len(workers) // size):
+        return [workers[i : i + size] for i in range(0, len(workers), size)]
+    return batches
 
 
 def waves(cfg: StackConfig, inv: Inventory) -> list[tuple[Host, ...]]:

@@ -81,6 +81,8 @@ def run(args) -> int:
 
     pulled = {p.name: pulled_rollout_text(cfg, p.name) for p in cfg.pools if p.autoscaling is not None}
     outputs = read_file(args.outputs, args.stack) if args.outputs else None
+    if outputs:  # the waves as the next update keeps them
+        inv = inv.after(outputs.batches, outputs.node_addresses)
     notes = reboots(cfg, inv, outputs.boot) if outputs else None
     if args.json:
         print_json(plan_json(args.stack, inv, pulled, notes))
