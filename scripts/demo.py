@@ -25,7 +25,6 @@ loopback hosts).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -43,11 +42,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from scripts.demo_keys import DEPLOY_KEY_COMMENT, DEPLOY_KEY_NAME, write_demo_keypair  # noqa: E402
 
 # The demo's own state; FLAKEFLEET_DEMO_DIR moves it (the tests run the demo in a directory of theirs).
 DEMO = Path(os.environ.get("FLAKEFLEET_DEMO_DIR") or ROOT / ".demo").resolve()
+# Where the local stack's file is read; FLAKEFLEET_DEMO_STACKS moves it (the tests change a copy).
+STACKS = Path(os.environ.get("FLAKEFLEET_DEMO_STACKS") or ROOT / "stacks").resolve()
 
 
 def shown(path: Path) -> str:
@@ -56,35 +56,9 @@ def shown(path: Path) -> str:
         return str(path.relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
 STACK = "local"
-SEED = "flakefleet demo, test-only, never trust this key: {name}"
-DEPLOY_KEY_NAME = "deploy"
-DEPLOY_KEY_COMMENT = "flakefleet-demo-deploy-test-only"
-
-
-# ----------------------------------------------------------------------------- test-only keys
-
-
-def demo_private_key(name: str) -> Ed25519PrivateKey:
-    """The demo key called `name`: ed25519 from a public seed (test-only by construction)."""
-    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(SEED.format(name=name).encode()).digest())
-
-
-def demo_public_key(name: str, comment: str = "") -> str:
-    """`ssh-ed25519 AAAA...` (plus comment) of the demo key `name`."""
-    public = demo_private_key(name).public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                               serialization.PublicFormat.OpenSSH).decode()
-    return f"{public} {comment}".strip()
-
-
-def write_demo_keypair(path: Path, name: str, comment: str) -> None:
-    """The OpenSSH private key file at `path` (0600) and its `.pub`, as ssh-keygen would write them."""
-    private = demo_private_key(name).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                   serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(private)
-    path.chmod(0o600)
-    path.with_suffix(".pub").write_text(demo_public_key(name, comment) + "\n")
 
 
 # ----------------------------------------------------------------------------- the local fleet
@@ -96,8 +70,8 @@ def local_stack():
     from flakefleet.plan.inventory import plan_inventory
     from flakefleet.config.stackfile import read_stack_file
 
-    raw = read_stack_file(STACK)
-    cfg = parse_stack_config(raw)
+    raw = read_stack_file(STACK, STACKS)
+    cfg = parse_stack_config(raw, stacks_dir=STACKS)
     return raw, cfg, plan_inventory(cfg)
 
 
@@ -372,7 +346,7 @@ def new_stack_salt(env: dict[str, str]) -> str:
 def demo_config(fleet, env: dict[str, str]) -> Path:
     """.demo/Pulumi.local.yaml: the committed stack file as it is now (a pool changed there is
     delivered), with the demo stack's salt and its signing key, encrypted once and kept."""
-    committed = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{STACK}.yaml").read_text())
+    committed = yaml.safe_load((STACKS / f"Pulumi.{STACK}.yaml").read_text())
     previous = yaml.safe_load(PULUMI_CONFIG.read_text()) if PULUMI_CONFIG.exists() else None
     exists = pulumi(["stack", "select", STACK], env, check=False).returncode == 0
     if exists and previous is None:
@@ -430,7 +404,8 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
     from tests.local_fleet import command_inputs
 
     raw, _, _ = local_stack()
-    cfg = parse_stack_config({**raw, "flakefleet:signing_key": fleet.signing_secret}, None, {"flakefleet:signing_key"})
+    cfg = parse_stack_config({**raw, "flakefleet:signing_key": fleet.signing_secret}, None, {"flakefleet:signing_key"},
+                             STACKS)
     inv = plan_inventory(cfg)
     os.environ.update({k: env[k] for k in ("FLAKEFLEET_FLAKE", "NIX_CONFIG", "FLAKEFLEET_CACHE_DIR")})
     systems, _ = evaluate_systems(resolve_flake(None), system_specs(cfg, inv))
@@ -462,6 +437,8 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
         state_file.chmod(0o600)
         if any(s.proc.returncode != 0 for h in wave for s in results[h.name]):
             raise SystemExit(f"demo: wave {number} failed; the rollout stopped (messages above)")
+    leave(state, run)
+    state_file.write_text(json.dumps(state))
     wanted = {h.name: systems[host_system(cfg, h)].out for h in inv.hosts}
     nodes = {h.name: {"role": h.role, "pool": h.pool, "address": str(h.address), "ssh_port": h.ssh_port,
                       "ssh_user": h.ssh_user, "host_key": h.ssh_host_key, "wanted": wanted[h.name],
@@ -470,6 +447,20 @@ def without_pulumi(fleet, env: dict[str, str], hosts) -> dict:
              for h in inv.hosts}
     kubeconfig = {"kubeconfig": fetch_kubeconfig(cfg, inv, env)} if api_processes() else {}
     return {"nodes": nodes, "api_endpoint": inv.api_endpoint, **kubeconfig}
+
+
+def leave(state: dict, run) -> None:
+    """Hosts gone from the stack file since the last `make demo`, removed last, as Pulumi runs a
+    removed Command's delete at the end of an update: drained, k3s stopped, Node deleted (their
+    test hosts keep running until `make demo-down`)."""
+    from tests.lifecycle import LocalCommand
+
+    for name in sorted(set(state) - {h.name for h in local_stack()[2].hosts}):
+        print(f"--- leaving the stack: {name}")
+        step = LocalCommand(run, **state[name]).destroy()
+        if step.proc.returncode != 0:
+            raise SystemExit(f"demo: {name}'s removal failed (messages above); it stays in the demo's state")
+        del state[name]
 
 
 def show(env: dict[str, str], outputs: dict, hosts, took: float, engine: bool) -> None:
@@ -522,6 +513,8 @@ runs `pulumi up` instead and prints how to run pulumi on its state."""
 Next (after `source {env}`):
   - change a pool (e.g. labels of `workers` in stacks/Pulumi.local.yaml) and run `make demo` again:
     only that pool's hosts switch, batch by batch; run it unchanged and no host is touched
+  - delete worker-1 from stacks/Pulumi.local.yaml and run `make demo` again: it is drained and its
+    Node deleted, last; nothing runs on the other hosts (put it back and it joins again)
   - flakefleet status --outputs {outputs}   # Ready, k3s, etcd voter, system, last delivery
 {kubectl}  - flakefleet drift --outputs {outputs}
   - after such a change, put a host back on its previous system, through the same confirm and dead-man path:

@@ -12,6 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = [p for top in ("flakefleet", "components", "program") for p in (ROOT / top).rglob("*.py")] + [ROOT / "__main__.py"]
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+# Every file parsed once, when the module is collected: CPython 3.11's ast.parse can fail with
+# "SystemError: AST constructor recursion depth mismatch" after another test's deep recursion
+# (seen after tests/test_upgrade.py in random order), so no test parses after others have run.
+TREES = {path: ast.parse(path.read_text()) for path in CODE + SCRIPTS}
 
 # Folder -> the folders its modules may import (besides their own). Mirrors docs/architecture.md.
 LAYERS: dict[str, set[str]] = {
@@ -59,7 +64,7 @@ def folder_of(module: str) -> str:
 def runtime_imports(path: Path) -> set[str]:
     """Every module of ours `path` imports when it runs (a function's imports too; `if
     TYPE_CHECKING:` blocks are for type checkers only and are left out)."""
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
             for body in node.body for n in ast.walk(body)}
     found = set()
@@ -108,7 +113,7 @@ def test_no_module_imports_itself_round_a_circle():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "flakefleet").rglob("*.py")), ids=lambda p: module_name(p))
 def test_the_pure_core_never_imports_pulumi(path):
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not [n for n in names if n.split(".")[0].startswith("pulumi")]
@@ -117,7 +122,7 @@ def test_the_pure_core_never_imports_pulumi(path):
 @pytest.mark.parametrize("path", CODE, ids=lambda p: module_name(p))
 def test_no_private_names_of_the_sdk(path):
     """`_SECRET_KEYS` and the like change without notice: only the SDK's public names."""
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     bad = [f"from {n.module} import {a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
            and (n.module or "").startswith("pulumi") for a in n.names if a.name.startswith("_")]
     bad += [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
@@ -129,12 +134,12 @@ def test_no_private_names_of_the_sdk(path):
     assert bad == []
 
 
-@pytest.mark.parametrize("path", CODE + sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "bench").glob("*.py")),
+@pytest.mark.parametrize("path", CODE + SCRIPTS,
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_and_functions_are_short_enough_to_read(path):
     text = path.read_text()
     assert text.count("\n") <= MAX_MODULE_LINES, f"{path.name}: {text.count(chr(10))} lines"
-    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(text))
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(TREES[path])
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
 
@@ -144,7 +149,7 @@ def test_one_component_per_file_named_as_its_type():
     for path in sorted((ROOT / "components").glob("*.py")):
         if path.name == "__init__.py":
             continue
-        tree = ast.parse(path.read_text())
+        tree = TREES[path]
         classes = [c for c in tree.body if isinstance(c, ast.ClassDef)
                    and any(ast.unparse(b) == "pulumi.ComponentResource" for b in c.bases)]
         assert len(classes) == 1, f"{path.name}: {[c.name for c in classes]}"
@@ -211,7 +216,7 @@ PULUMI_CODE = [p for top in ("components", "program") for p in (ROOT / top).rglo
 def test_outputs_are_combined_by_name_never_by_position(path):
     """`Output.all(a, b)` hands its callback a list read by index (`v[0]`, `v[5:]`); by name
     (`Output.all(a=..., b=...)`, `components.resolved`) a value cannot be taken for another."""
-    positional = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+    positional = [node.lineno for node in ast.walk(TREES[path])
                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "all"
                   and ast.unparse(node.func.value).endswith("Output") and node.args]
     assert positional == []

@@ -61,7 +61,7 @@ def test_nixos_configurations_file_is_current():
 def test_the_local_stack_pins_the_demo_hosts_test_only_keys():
     from flakefleet.config import DEMO_DEPLOY_KEY_BLOB
     from flakefleet.config.stackfile import read_stack_file
-    from scripts.demo import DEPLOY_KEY_COMMENT, DEPLOY_KEY_NAME, demo_public_key
+    from scripts.demo_keys import DEPLOY_KEY_COMMENT, DEPLOY_KEY_NAME, demo_public_key
 
     raw = read_stack_file("local")
     pins = {h["name"]: h["ssh_host_key"] for p in json.loads(raw["flakefleet:pools"]) for h in p["hosts"]}

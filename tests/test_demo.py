@@ -31,8 +31,10 @@ def path_without_the_engine() -> str:
     return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pulumi").exists())
 
 
-def demo(command: str, demo_dir: Path, path: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLAKEFLEET_DEMO_DIR": str(demo_dir), "PATH": path}
+def demo(command: str, demo_dir: Path, path: str, timeout: float = 900, stacks: Path | None = None
+         ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLAKEFLEET_DEMO_DIR": str(demo_dir), "PATH": path,
+           **({"FLAKEFLEET_DEMO_STACKS": str(stacks)} if stacks else {})}
     return subprocess.run([sys.executable, str(DEMO), command], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -121,6 +123,37 @@ def _namespace(entry: Path) -> str:
         return os.readlink(entry / "ns" / "mnt")
     except OSError:
         return ""
+
+
+def test_a_host_taken_out_of_the_stack_file_is_drained_and_no_other_host_is_touched(demo_dir, tmp_path):
+    """Without the engine too (issue 38): worker-1 deleted from the stack file, `make demo` again
+    runs nothing on cp-0, only records worker-0's new batch, then removes worker-1 as Pulumi
+    would, last: drained, k3s stopped, its Node deleted from the real API."""
+    import shutil
+
+    import yaml
+
+    stacks = tmp_path / "stacks"
+    shutil.copytree(ROOT / "stacks", stacks)
+    first = demo("up", demo_dir, path_without_the_engine(), stacks=stacks)
+    assert first.returncode == 0, first.stdout + first.stderr
+    path = stacks / "Pulumi.local.yaml"
+    document = yaml.safe_load(path.read_text())
+    workers = next(p for p in document["config"]["flakefleet:pools"] if p["name"] == "workers")
+    workers["hosts"] = [h for h in workers["hosts"] if h["name"] != "worker-1"]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    again = demo("up", demo_dir, path_without_the_engine(), stacks=stacks)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert "[cp-0] unchanged: no command" in out and "[worker-0] only bookkeeping changed" in out, out
+    assert out.index("--- leaving the stack: worker-1") > out.index("--- wave 1: worker-0"), out
+    assert "worker-1 drained, k3s stopped, node deleted (through cp-0)" in out, out
+    nodes = subprocess.run(["sh", "-c", f". {demo_dir / 'env.sh'} && kubectl get nodes -o name"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(demo_dir.parent)})
+    assert nodes.stdout.split() == ["node/cp-0", "node/worker-0"], nodes
+    third = demo("up", demo_dir, path_without_the_engine(), stacks=stacks)  # nothing left to remove
+    assert third.returncode == 0 and "leaving the stack" not in third.stdout, third.stdout + third.stderr
 
 
 @pytest.mark.upstream
