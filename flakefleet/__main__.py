@@ -4,6 +4,7 @@
     flakefleet diff --stack dev                  # what a change does to each pool's NixOS system
     flakefleet status --stack dev                # per host: Ready, k3s, etcd, system, last delivery
     flakefleet drift --stack dev                 # hosts against what the stack wants
+    flakefleet facts --stack dev --host H        # a machine's firmware, disks, NICs, GPUs (before install)
     flakefleet rollback --stack dev --host H     # back to the previous generation (or --pool P)
     flakefleet remove --stack dev --host H --force   # a dead host out of the cluster
     flakefleet dr list --stack dev               # etcd snapshots; also verify, pick
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("flakefleet.preview.cli", "what a change does to each pool's NixOS system (exit 2: something changes)"),
     "status": ("flakefleet.ops.status", "the fleet in one table: Ready, k3s, etcd, system, last delivery"),
     "drift": ("flakefleet.ops.drift", "every host against what the stack wants"),
+    "facts": ("flakefleet.ops.facts", "a bring-your-own machine before its install: firmware, disks, NICs, GPUs"),
     "rollback": ("flakefleet.ops.rollback", "hosts back to their previous generation"),
     "remove": ("flakefleet.ops.remove", "a dead host out of the cluster, forced"),
     "dr": ("flakefleet.ops.dr", "etcd snapshots: list, verify, pick"),

@@ -106,14 +106,25 @@
           ++ optional (server && (spec.workloads or [ ]) != [ ]) m.workloads
           ++ [ (self.lib.specModule spec) ];
 
-        # A pool's whole module list: what its nodes are, and the machine they run on.
+        # A pool's whole module list: what its nodes are, the machine they run on, and the team's
+        # own NixOS for every pool (site.nix) and for this one (pools/<pool>.nix), when present.
         modulesFor =
           spec:
           self.lib.roleModules spec
           ++ [ self.nixosModules.${spec.hardware} ]
           ++ nixpkgs.lib.optional ((spec.gpu or null) != null) self.nixosModules.nvidia
           ++ (if (spec.install or null) != null then self.lib.installModules spec.install else [ ])
+          ++ self.lib.siteModules spec
           ++ [ { nixpkgs.hostPlatform = spec.system; } ];
+
+        # The user's own modules (docs/nixos.md, "Your own NixOS"): ./site.nix on every pool of
+        # every stack, ./pools/<pool>.nix on the pools of that name. Plain NixOS modules, imported
+        # after ours, so a plain definition there overrides our lib.mkDefault ones. A flake sees
+        # only files git tracks: `git add` them.
+        siteModules =
+          spec:
+          nixpkgs.lib.optional (builtins.pathExists ./site.nix) ./site.nix
+          ++ nixpkgs.lib.optional (builtins.pathExists (./pools + "/${spec.pool}.nix")) (./pools + "/${spec.pool}.nix");
 
         # A bootstrapped pool (spec.install = { layout; disk? }): disko's module with the
         # layout, and the disk (the install's own evaluation names the host's).

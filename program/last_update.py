@@ -16,6 +16,7 @@ from flakefleet.facts.flake import default_cache_dir
 from flakefleet.plan.contract import System
 from flakefleet.plan.inventory import Inventory
 from flakefleet.plan.rollout import reboot_notes, waves
+from flakefleet.plan.specs import gpu_spec
 from flakefleet.preview.compare import compare
 from flakefleet.preview.derivations import ShowError
 from flakefleet.preview.manifest import Manifest, manifests
@@ -150,7 +151,7 @@ def announce_changes(cfg: StackConfig, inventory: Inventory, systems: dict[str, 
             lines = [pool_text(c, DIAGNOSTIC_CAP) for c in changes if c.status != "unchanged"]
             found, planned = skew_check(cfg, inventory, mine, previous)
             lines += [planned.text()] if planned and not found else []
-        for line in lines + install_notes(inventory, previous):
+        for line in lines + install_notes(inventory, previous) + gpu_notes(cfg):
             pulumi.log.info(line)
 
     last.apply(log)
@@ -164,9 +165,14 @@ def install_notes(inventory: Inventory, previous: StackOutputs) -> list[str]:
     lines = []
     for host in (h for h in inventory.hosts if h.install):
         was = nodes.get(host.name)
+        network = host.install.network.summary()
         if was is None:
             lines.append(f"{host.name} will be installed: its disks wiped (layout {host.install.layout}), "
-                         f"NixOS installed by nixos-anywhere, then delivered to")
+                         f"NixOS installed by nixos-anywhere, then delivered to; its network: {network}")
+        elif was.install and was.install.get("network") not in (None, network) and not (
+                host.install.reinstall and was.install.get("reinstall") != host.install.reinstall):
+            lines.append(f"{host.name}: its network in the stack changed ({network}); it is written at an install "
+                         "only, and the running system keeps its own: set hosts[].reinstall to install it anew")
         elif was.install is None:
             lines.append(f"{host.name}: its pool is installed by the stack now, but it runs a delivered system "
                          "already: its install refuses to wipe it. Set hosts[].reinstall to install it anew, or "
@@ -174,6 +180,20 @@ def install_notes(inventory: Inventory, previous: StackOutputs) -> list[str]:
         elif was.install.get("reinstall") != host.install.reinstall and host.install.reinstall:
             lines.append(f"{host.name} will be wiped and reinstalled (reinstall: {host.install.reinstall}): "
                          "drained and taken out of the cluster first, in its wave")
+    return lines
+
+
+def gpu_notes(cfg: StackConfig) -> list[str]:
+    """What each GPU pool's system carries, and why (plan/specs.py:gpu_spec)."""
+    lines = []
+    for pool in (p for p in cfg.pools if p.gpu):
+        gpu = gpu_spec(cfg, pool.name)
+        modules = "open" if gpu.open_modules else "closed (proprietary)"
+        switch = "with NVSwitch (data-center driver, fabric manager)" if gpu.nvswitch else "no NVSwitch"
+        why = (f"from its instance type {pool.instance_type}" if pool.provider == "ec2" else
+               "as the pool says" if pool.gpu_open_modules is not None or pool.gpu_nvswitch is not None else
+               "the default for your own hardware (Turing or newer); say gpu_open_modules, gpu_nvswitch otherwise")
+        lines.append(f"pool {pool.name}: NVIDIA {modules} kernel modules, {switch}, {why}")
     return lines
 
 

@@ -38,7 +38,8 @@ def node_table(
                 "host_key": keys[h.name],
                 # A bootstrapped host: its layout and the reinstall it was last asked for (the
                 # next preview says when that changes: the host is wiped).
-                **({"install": {"layout": h.install.layout, "reinstall": h.install.reinstall}} if h.install else {}),
+                **({"install": {"layout": h.install.layout, "reinstall": h.install.reinstall,
+                                "network": h.install.network.summary()}} if h.install else {}),
             }
             for h in inventory.hosts
         }

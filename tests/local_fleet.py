@@ -127,10 +127,11 @@ def require_machines() -> None:
 
 
 @contextmanager
-def local_fleet(root: Path, addresses: dict[str, str]):
-    """Test machines for a module's tests, one per name -> address."""
+def local_fleet(root: Path, addresses: dict[str, str], bootloader: str = "grub"):
+    """Test machines for a module's tests, one per name -> address (booted by GRUB, on BIOS; or
+    by systemd-boot, on UEFI)."""
     require_machines()
-    with running_machines(root, addresses) as (fleet, hosts):
+    with running_machines(root, addresses, bootloader=bootloader) as (fleet, hosts):
         yield fleet, hosts
 
 

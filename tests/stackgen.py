@@ -103,9 +103,15 @@ def metal_stacks(draw) -> dict:
     servers = draw(st.sampled_from([1, 3]))
     address = iter(f"192.0.2.{n}" for n in range(10, 60))
 
+    static = installed and draw(st.booleans())  # rented servers: addressed statically after the install
+    macs = iter(f"0c:c4:7a:00:00:{n:02x}" for n in range(1, 60))
+
     def host(name: str, k: int) -> dict:
         if installed:
-            return {"name": name, "address": next(address), "install_host_key": HOST_KEYS[k % 3]}
+            entry = {"name": name, "address": next(address), "install_host_key": HOST_KEYS[k % 3]}
+            if static:
+                entry["network"] = {"mac": next(macs), "addresses": [f"{entry['address']}/32"]}
+            return entry
         return {"name": name, "address": next(address), "ssh_host_key": HOST_KEYS[k % 3]}
 
     bootstrap = {"bootstrap": "nixos-anywhere"} if installed else {}
@@ -115,8 +121,12 @@ def metal_stacks(draw) -> dict:
     if workers:
         pools.append({"name": "workers", "role": "worker", "provider": "metal", **bootstrap,
                       "hosts": [host(f"w-{k}", k) for k in range(workers)]})
+    if static:  # the pools' shared part: an on-link gateway, DNS
+        for pool in pools:
+            pool["network"] = {"gateways": ["192.0.2.1"], "dns": ["192.0.2.53"]}
     if draw(st.booleans()):
-        pools.append({"name": "gpu", "role": "worker", "provider": "metal", "gpu": "nvidia",
+        driver = draw(st.sampled_from([{}, {"gpu_open_modules": False}, {"gpu_nvswitch": True}]))
+        pools.append({"name": "gpu", "role": "worker", "provider": "metal", "gpu": "nvidia", **driver,
                       "hosts": [{"name": "gpu-0", "address": next(address), "ssh_host_key": HOST_KEYS[0]}]})
     if draw(st.booleans()):  # the networks the hosts live in: a join or leave then changes no other host
         for pool in pools:

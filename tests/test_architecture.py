@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
     "flakefleet.preview": {"flakefleet.nixos", "flakefleet.plan", "flakefleet.config", "flakefleet.facts",
                            "flakefleet.common"},
     "flakefleet.bootstrap": {"flakefleet.cluster", "flakefleet.host", "flakefleet.plan", "flakefleet.common"},
-    "flakefleet.ops": {"flakefleet.delivery", "flakefleet.cluster", "flakefleet.host", "flakefleet.plan",
+    "flakefleet.ops": {"flakefleet.delivery", "flakefleet.bootstrap", "flakefleet.cluster", "flakefleet.host", "flakefleet.plan",
                        "flakefleet.config", "flakefleet.facts", "flakefleet.common"},
 }
 FLAKEFLEET = {"flakefleet", *LAYERS}

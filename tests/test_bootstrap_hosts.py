@@ -36,7 +36,8 @@ ADDRESSES = {"cp-0": "127.0.0.191", "byo-0": "127.0.0.192"}
 @pytest.fixture(scope="module")
 def fleet_hosts(tmp_path_factory):
     root = tmp_path_factory.mktemp("bootstrap")
-    with local_fleet(root, ADDRESSES) as (fleet, hosts):
+    # UEFI machines, as the layout installed (single-disk: systemd-boot) is for.
+    with local_fleet(root, ADDRESSES, bootloader="systemd-boot") as (fleet, hosts):
         # The key the stack makes for the installed system (components/install.py: tls.PrivateKey).
         installed = keypair(root / "installed_host_key", "byo-0")
         yield fleet, hosts, installed, (root / "installed_host_key").read_text()
@@ -122,7 +123,7 @@ def test_the_first_install_reads_the_facts_and_boots_the_installed_system(fleet_
     old = hosts["byo-0"]
     old.stop()
     byo = hosts["byo-0"] = add_machine(fleet, f"byo-0-{len(fleet.hosts)}", old.address,
-                                      host_key_file=old.root / "ssh_host_ed25519_key")
+                                      host_key_file=old.root / "ssh_host_ed25519_key", bootloader="systemd-boot")
     assert byo.current_system() is None and not answers_with(fleet, byo, installed)
     plans, plan = planned(fleet, hosts, installed)
     cmd, inputs = install_command(fleet, private, plan)
@@ -193,3 +194,65 @@ def test_a_new_reinstall_drains_the_node_and_installs_it_again(installed_node):
     [step] = cmd.up(back)
     assert step.op == "create" and step.proc.returncode == 0 and json.loads(step.proc.stdout)["installed"] == "already"
     assert len(byo.boots) == boots and byo.path("/var/lib/flakefleet/deliveries.log").exists()
+
+
+def test_a_bios_machine_is_refused_the_uefi_layout_before_anything_changes(fleet_hosts):
+    """byo-0's place taken by a plain Debian machine that booted by BIOS (GRUB): the pool's layout
+    is single-disk (systemd-boot, UEFI), so the install stops after reading its facts."""
+    fleet, hosts, installed, private = fleet_hosts
+    old = hosts["byo-0"]
+    old.stop()
+    key = old.root / "ssh_host_ed25519_key"
+    bios = hosts["byo-0"] = add_machine(fleet, f"byo-0-{len(fleet.hosts)}", old.address, host_key_file=key,
+                                       bootloader="grub")
+    try:
+        _, plan = planned(fleet, hosts, installed)
+        cmd, inputs = install_command(fleet, private, plan)
+        [step] = cmd.up(inputs)
+        assert step.proc.returncode == 2, step.proc.stderr
+        assert ("the machine booted by BIOS, and layout single-disk is for UEFI machines: it would not boot. Use "
+                "disk_layout: bios-single-disk") in step.proc.stderr and "nothing was changed" in step.proc.stderr
+        # Nothing touched: no disko run, no system, still its own key.
+        assert bios.current_system() is None and not bios.path("/var/lib/standin-disko.log").exists()
+        assert answers_with(fleet, bios, bios.host_key)
+    finally:
+        bios.stop()
+        hosts["byo-0"] = add_machine(fleet, f"byo-0-{len(fleet.hosts)}", old.address, host_key_file=key,
+                                     bootloader="systemd-boot")
+
+
+def test_facts_shows_the_machine_before_its_install_over_its_pinned_key(fleet_hosts, tmp_path):
+    """`flakefleet facts` from the stack file alone, as a user runs it before the first update."""
+    from tests.local_fleet import write_stack_file
+
+    fleet, hosts, installed, _ = fleet_hosts
+    write_stack_file(tmp_path, stack(hosts, installed))
+    target = hosts["byo-0"]
+    # Whatever byo-0 runs now (installed by an earlier test or not): ask with the key it serves.
+    raw = stack(hosts, installed)
+    if answers_with(fleet, target, installed):
+        pools = json.loads(raw["flakefleet:pools"])
+        pools[1]["hosts"][0]["install_host_key"] = installed
+        raw["flakefleet:pools"] = json.dumps(pools)
+        write_stack_file(tmp_path, raw)
+    proc = run_as_deployer(fleet, ["flakefleet", "facts", "--stack", "local", "--host", "byo-0", "--stacks-dir",
+                                   str(tmp_path)], {})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"byo-0 ({target.address}):" and "  arch: x86_64-linux" in lines
+    assert "  firmware: UEFI" in lines  # a systemd-boot machine (tests/machines: /sys/firmware/efi)
+    disks, network = lines.index("  disks:"), lines.index("  network:")
+    assert network > disks + 1 and all(line.startswith("    /dev/") for line in lines[disks + 1:network])
+    assert any(" link " in line and "(" in line for line in lines[network + 1:lines.index("  gpus:")])
+    as_json = run_as_deployer(fleet, ["flakefleet", "facts", "--stack", "local", "--host", "byo-0", "--json",
+                                      "--stacks-dir", str(tmp_path)], {})
+    kept = json.loads(as_json.stdout)
+    assert kept["host"] == "byo-0" and kept["firmware"] == "uefi" and kept["disks"] and kept["nics"]
+    # A key that is not the machine's: unreachable (exit 3), one line, nothing else tried.
+    wrong = json.loads(raw["flakefleet:pools"])
+    wrong[1]["hosts"][0]["install_host_key"] = hosts["cp-0"].host_key
+    write_stack_file(tmp_path, {**raw, "flakefleet:pools": json.dumps(wrong)})
+    refused = run_as_deployer(fleet, ["flakefleet", "facts", "--stack", "local", "--host", "byo-0", "--stacks-dir",
+                                      str(tmp_path)], {})
+    assert refused.returncode == 3 and refused.stderr.startswith("flakefleet facts: byo-0 (")
+    assert "could not be reached with its pinned key" in refused.stderr and "Traceback" not in refused.stderr

@@ -206,7 +206,7 @@ def test_a_disk_layout_the_flake_lacks_and_a_flake_without_layouts_are_refused(t
     with pytest.raises(ConfigError) as err:  # under the tests' stand-in flake as under nixos/
         parse_stack_config(raw)
     assert err.value.problems == ["flakefleet:pools[0].disk_layout: the flake has no layout 'raid10' "
-                                  "(standin/disko/ has: single-disk)"]
+                                  "(standin/disko/ has: bios-single-disk, single-disk)"]
     flake = tmp_path / "flake"
     flake.mkdir()
     monkeypatch.setenv("FLAKEFLEET_FLAKE", str(flake))

@@ -61,7 +61,7 @@ BAD = [
       "flakefleet:pools[0].disk_layout: only for a metal pool with bootstrap: nixos-anywhere"]),
     ("unknown-layout", lambda: bootstrapped(byo("w-0", "192.168.50.10"), disk_layout="single-disc"),
      ["flakefleet:pools[1].disk_layout: the flake has no layout 'single-disc' (did you mean single-disk?) "
-      "(nixos/disko/ has: single-disk)"]),
+      "(nixos/disko/ has: bios-single-disk, single-disk)"]),
     ("layout-without-bootstrap", lambda: {**metal_stack(host("w-0", "192.168.50.10")), "pools": [
         metal_stack()["pools"][0],
         {**metal_stack(host("w-0", "192.168.50.10"))["pools"][1], "disk_layout": "single-disk"}]},
@@ -80,7 +80,7 @@ BAD = [
      ["flakefleet:pools[1].hosts[0].install_disk: 'nvme0n1' is not a device path; use /dev/disk/by-id/..."]),
     ("all-at-once", lambda: bootstrapped({"name": "w-0", "address": "192.168.50.10", "ssh_host_key": INSTALL_KEY},
                                          byo("w-1", "192.168.50.11", install_disk="sdb"), disk_layout="raid9"),
-     ["flakefleet:pools[1].disk_layout: the flake has no layout 'raid9' (nixos/disko/ has: single-disk)",
+     ["flakefleet:pools[1].disk_layout: the flake has no layout 'raid9' (nixos/disko/ has: bios-single-disk, single-disk)",
       "flakefleet:pools[1].hosts[0].install_host_key: required with bootstrap; the Linux it runs before the install "
       "is pinned before the first connection (read it from its /etc/ssh/ssh_host_ed25519_key.pub)",
       "flakefleet:pools[1].hosts[0].ssh_host_key: not with bootstrap; the stack makes the installed system's host "
@@ -105,7 +105,7 @@ def test_the_pre_install_key_may_be_any_host_key_type_the_old_linux_serves():
 
 
 def test_the_flake_offers_its_layouts_by_file():
-    assert disk_layouts(ROOT / "nixos") == ["single-disk"]
+    assert disk_layouts(ROOT / "nixos") == ["bios-single-disk", "single-disk"]
     assert disk_layouts(ROOT / "tests") is None
 
 
@@ -227,20 +227,28 @@ def test_the_layouts_are_valid_disko_configurations(tmp_path):
             eval = lib.evalModules {{ modules = [
               {{ options.disko.devices = lib.mkOption {{ type = diskoLib.toplevel; }};
                  options.flakefleet.install.disk = lib.mkOption {{ type = lib.types.str; }};
+                 options.flakefleet.install.firmware = lib.mkOption {{ type = lib.types.str; }};
                  config.flakefleet.install.disk = "/dev/disk/by-id/nvme-A"; }}
               {ROOT / 'nixos' / 'disko' / (layout + '.nix')}
             ]; }};
             # `_config.fileSystems` is the mkMerge disko's module puts into the system's fileSystems.
             fileSystems = lib.foldl' lib.recursiveUpdate {{ }} eval.config.disko.devices._config.fileSystems.contents;
-          in builtins.mapAttrs (_: f: {{ inherit (f) device fsType options; }}) fileSystems
+            # gpt.nix `_config`: a disk with an EF02 partition is where GRUB is written.
+            grub = lib.concatMap (c: c.boot.loader.grub.devices or [ ]) (lib.flatten eval.config.disko.devices.disk.main._config);
+          in {{
+            fileSystems = builtins.mapAttrs (_: f: {{ inherit (f) device fsType options; }}) fileSystems;
+            inherit grub;
+          }}
         """
         out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
+        root = {"/": {"device": "/dev/disk/by-partlabel/disk-main-root", "fsType": "ext4", "options": ["defaults"]}}
         assert json.loads(out.stdout) == {
-            "/": {"device": "/dev/disk/by-partlabel/disk-main-root", "fsType": "ext4", "options": ["defaults"]},
-            "/boot": {"device": "/dev/disk/by-partlabel/disk-main-ESP", "fsType": "vfat", "options": ["umask=0077"]},
-        }, layout
+            "single-disk": {"fileSystems": {**root, "/boot": {"device": "/dev/disk/by-partlabel/disk-main-ESP",
+                                                             "fsType": "vfat", "options": ["umask=0077"]}}, "grub": []},
+            "bios-single-disk": {"fileSystems": root, "grub": ["/dev/disk/by-id/nvme-A"]},
+        }[layout], layout
 
 
 # ----------------------------------------------------------------------------- tier 2: the program under mocks
@@ -449,10 +457,10 @@ def test_the_preview_says_which_hosts_are_wiped():
     from tests.harness import run_program
 
     first = run_program(local_bootstrapped(), stack="local").exports
-    assert first["nodes"]["worker-0"]["install"] == {"layout": "single-disk", "reinstall": None}
+    assert first["nodes"]["worker-0"]["install"] == {"layout": "single-disk", "reinstall": None, "network": "DHCP on every Ethernet interface (systemd-networkd)"}
     assert install_lines({}, local_bootstrapped()) == [
         f"worker-{i} will be installed: its disks wiped (layout single-disk), NixOS installed by nixos-anywhere, "
-        "then delivered to" for i in (0, 1)]
+        "then delivered to; its network: DHCP on every Ethernet interface (systemd-networkd)" for i in (0, 1)]
     assert install_lines({"nodes": first["nodes"]}, local_bootstrapped()) == []
     assert install_lines({"nodes": first["nodes"]}, local_bootstrapped(reinstall="2026-12-02")) == [
         "worker-1 will be wiped and reinstalled (reinstall: 2026-12-02): drained and taken out of the cluster "

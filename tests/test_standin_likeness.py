@@ -208,7 +208,11 @@ def test_the_standin_flake_offers_the_disk_layouts_nixos_disko_offers():
     """Config validation reads a flake's layouts from its disko/ folder: the stand-in offers the
     same names as nixos/disko/, so a layout the real flake lacks (raid10) is refused under the
     tests too, before any resource (it was accepted while the stand-in had no such folder)."""
-    from flakefleet.facts.flake import DEFAULT_FLAKE, disk_layouts
+    from flakefleet.facts.flake import DEFAULT_FLAKE, disk_layouts, layout_firmware
 
     standin = Path(__file__).resolve().parent / "standin"
-    assert disk_layouts(standin) == disk_layouts(DEFAULT_FLAKE) == ["single-disk"]
+    assert disk_layouts(standin) == disk_layouts(DEFAULT_FLAKE) == ["bios-single-disk", "single-disk"]
+    # ... and each for the same firmware, which validation and the install read from the file.
+    assert {n: layout_firmware(standin, n) for n in disk_layouts(standin)} == {
+        n: layout_firmware(DEFAULT_FLAKE, n) for n in disk_layouts(DEFAULT_FLAKE)} == {
+        "bios-single-disk": "bios", "single-disk": "uefi"}

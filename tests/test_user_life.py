@@ -233,7 +233,10 @@ def with_a_host(pools: list[dict], at: int, change: str, stacks: Path) -> tuple[
             name, hosts = hosts[0]["name"], hosts[1:]
         else:
             name = "joiner"
-            hosts = [*hosts, {**{k: v for k, v in hosts[0].items() if k != "name"}, "name": name, "address": "192.0.2.250"}]
+            joiner = {**{k: v for k, v in hosts[0].items() if k != "name"}, "name": name, "address": "192.0.2.250"}
+            if "network" in joiner:  # its own interface and address, as a user writes a new machine's
+                joiner["network"] = {**joiner["network"], "mac": "0c:c4:7a:00:00:fa", "addresses": ["192.0.2.250/32"]}
+            hosts = [*hosts, joiner]
         if path:
             path.write_text(yaml.safe_dump(hosts))
         else:

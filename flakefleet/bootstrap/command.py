@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from flakefleet.bootstrap.hardware import HARDWARE_QUERY, Hardware, parse_hardware
 from flakefleet.common.ssh import known_hosts_line
 
 # One ssh call before anything is changed: the machine's architecture, its disks and their
@@ -29,7 +30,9 @@ FACTS_QUERY = ["sh", "-c", (
     "if [ -e /etc/NIXOS ]; then echo nixos; fi; "
     # What nixos-anywhere needs on the machine before its kexec (src/nixos-anywhere.sh aborts
     # without them, after it has uploaded its key): said before anything is built or copied.
-    "for t in tar cpio setsid; do command -v $t >/dev/null 2>&1 || echo missing-$t; done")]
+    "for t in tar cpio setsid; do command -v $t >/dev/null 2>&1 || echo missing-$t; done; "
+    # How it boots, its network as its Linux runs it, its GPUs (bootstrap/hardware.py).
+    + HARDWARE_QUERY)]
 NEEDED_TOOLS = ("tar", "cpio", "setsid")
 NIX_ARCH = {"x86_64": "x86_64-linux", "aarch64": "aarch64-linux"}
 
@@ -54,11 +57,12 @@ class Facts:
     flakefleet: bool  # a flakefleet delivery ran there (it is, or was, a node of a stack)
     nixos: bool
     missing: tuple[str, ...] = ()  # of NEEDED_TOOLS
+    hardware: Hardware = Hardware()
 
     def to_json(self) -> dict:
         return {"arch": self.arch, "nixos": self.nixos, "flakefleet": self.flakefleet, "missing": list(self.missing),
                 "disks": [{"name": d.name, "size": d.size, "model": d.model, "serial": d.serial,
-                           "by_id": list(d.by_id)} for d in self.disks]}
+                           "by_id": list(d.by_id)} for d in self.disks], **self.hardware.to_json()}
 
 
 def parse_facts(out: str) -> Facts:
@@ -66,6 +70,7 @@ def parse_facts(out: str) -> Facts:
     head, _, rest = out.partition("\n")
     listing, _, rest = rest.partition("--by-id\n")
     links, _, state = rest.partition("--state\n")
+    state, _, hardware = state.partition("--hardware\n")
     try:
         devices = json.loads(listing)["blockdevices"]
     except (ValueError, KeyError, TypeError) as err:
@@ -85,7 +90,7 @@ def parse_facts(out: str) -> Facts:
         raise ValueError(f"unsupported architecture {head.strip()!r} (nixos-anywhere's installers: x86_64, aarch64)")
     words = state.split()
     missing = tuple(t for t in NEEDED_TOOLS if f"missing-{t}" in words)
-    return Facts(arch, disks, "flakefleet" in words, "nixos" in words, missing)
+    return Facts(arch, disks, "flakefleet" in words, "nixos" in words, missing, parse_hardware(hardware))
 
 
 def stable_name(disk: Disk) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from flakefleet.bootstrap.command import (FACTS_QUERY, Facts, choose_disk, known_hosts_text, nixos_anywhere_argv,
                                          parse_facts, tools_refusal, wipe_refusal)
+from flakefleet.bootstrap.hardware import firmware_refusal, gpu_refusal, network_refusal
+from flakefleet.plan.network import UNIT_PATH, NetworkPlan
 from flakefleet.plan.contract import INSTALL_PLAN_ENV, INSTALLED_KEY_ENV, INSTALLED_KEY_PATH, InstallPlan
 from flakefleet.common.nix import NIX_FEATURES
 from flakefleet.common.retry import poll
@@ -126,6 +128,10 @@ def extra_files(plan: InstallPlan, env: dict[str, str], tmp: Path) -> Path:
     private.touch(mode=0o600)
     private.write_text(key if key.endswith("\n") else key + "\n")
     (root / (INSTALLED_KEY_PATH + ".pub")).write_text(plan.host_key.strip() + "\n")
+    unit = NetworkPlan.from_json(plan.network).unit()
+    if unit is not None:  # the installed system's network, as the stack says (plan/network.py)
+        (root / Path(UNIT_PATH).parent).mkdir(parents=True, mode=0o755)
+        (root / UNIT_PATH).write_text(unit)
     (root / Path(INSTALL_RECORD).parent).mkdir(parents=True, mode=0o755)
     (root / INSTALL_RECORD).write_text(json.dumps({"reinstall": plan.reinstall, "layout": plan.layout,
                                                    "system": plan.system, "at": int(time.time())}))
@@ -147,6 +153,14 @@ def take_out_of_cluster(plan: InstallPlan, env: dict[str, str]) -> None:
         raise InstallError(f"taking it out of the cluster first failed; nothing was wiped: {err}", REFUSED) from None
     finally:
         session.close()
+
+
+def refusals(plan: InstallPlan, facts: Facts) -> list[str | None]:
+    """Everything that stops an install before anything is changed (None where nothing does)."""
+    hw = facts.hardware
+    return [tools_refusal(facts), wipe_refusal(facts, plan.reinstall),
+            firmware_refusal(hw, plan.layout, plan.firmware),
+            network_refusal(hw, NetworkPlan.from_json(plan.network), plan.address), gpu_refusal(hw, plan.gpu)]
 
 
 class Clock:
@@ -180,7 +194,7 @@ def install(plan: InstallPlan, env: dict[str, str]) -> dict:
         clock.stamp("facts")
         if facts.arch != plan.arch:
             raise InstallError(f"it is {facts.arch}, the pool's system is {plan.arch}; nothing was changed", REFUSED)
-        for why in (tools_refusal(facts), wipe_refusal(facts, plan.reinstall)):
+        for why in refusals(plan, facts):
             if why is not None:
                 raise InstallError(f"{why}; nothing was changed", REFUSED)
         disk, why = choose_disk(facts, plan.disk)

@@ -15,9 +15,10 @@ from pydantic import Field
 from flakefleet.facts.addresses import PoolBlocks, allocate_blocks, block_size
 from flakefleet.facts.aws import gpu_families, instance_shape, instance_type_problem, nvidia_gpu
 from flakefleet.config.base import NAMESPACE, Arch, DnsLabel, Model, Role, SshUser, did_you_mean
+from flakefleet.config.metal import NETWORK_FIELD, HostNetwork, gpu_problems, network_problems, unique_macs
 from flakefleet.config.network import zone_names
 from flakefleet.config.rules import ANY_HOST_KEY_TYPES, host_address_problem, host_key_problem, label_problem
-from flakefleet.facts.flake import disk_layouts, resolve_flake
+from flakefleet.facts.flake import disk_layouts, layout_firmware, resolve_flake
 
 if TYPE_CHECKING:
     from flakefleet.config.parsed import Parsed
@@ -98,6 +99,7 @@ class MetalHost(Model):
         description="`bootstrap` pools only: a new value wipes the host's disks and installs it again (drained "
         "and out of etcd first), once. Any text, e.g. a date. Default: installed once, never again.",
     )
+    network: HostNetwork | None = NETWORK_FIELD
 
 
 class PoolConfig(Model):
@@ -177,6 +179,15 @@ class PoolConfig(Model):
         "group whose instances pull the pool's signed system from the binary cache at boot (no per-host resource); "
         "a new system reaches them by an instance refresh, `delivery.max_unavailable` at a time. Default: none.",
     )
+    network: HostNetwork | None = NETWORK_FIELD
+    gpu_open_modules: bool | None = Field(
+        None, description="`metal` pools with `gpu: nvidia`: whether NVIDIA's open kernel modules drive the GPUs "
+        "(Turing and newer: `true`; older ones, e.g. V100, need `false`). EC2 pools follow their instance type. "
+        "Default `true`.")
+    gpu_nvswitch: bool | None = Field(
+        None, description="`metal` pools with `gpu: nvidia`: whether the GPUs hang off NVSwitch (HGX boards): the "
+        "data-center driver's fabric manager then runs. The install refuses a host whose PCI devices say otherwise. "
+        "Default `false`.")
     ip_block: Annotated[int, Field(ge=1, le=15)] | None = Field(
         None,
         description="EC2 only: first of the pool's address blocks (1-15) in each private subnet. Default: derived "
@@ -209,6 +220,8 @@ def _ec2_pool(at: str, pool: PoolConfig, arch_known: bool = True) -> list[str]:
         problems.append(f"{at}.hosts: only for provider metal; an ec2 pool's hosts are created from count")
     if pool.networks:
         problems.append(f"{at}.networks: only for provider metal; an ec2 pool's addresses are planned in its blocks")
+    if pool.network is not None:
+        problems.append(f"{at}.network: only for provider metal; an ec2 pool's hosts take their addresses from EC2")
     problems += _autoscaling(at, pool)
     if pool.count is None and pool.autoscaling is None:
         problems.append(f"{at}.count: required for provider ec2 (or autoscaling: {{min, max}} for a worker pool)")
@@ -290,6 +303,7 @@ def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
         elif pool.networks and not any(host.address in net for net in pool.networks):
             problems.append(f"{at}.hosts[{j}].address: {host.address} is in none of the pool's networks "
                             f"({', '.join(map(str, pool.networks))})")
+        problems += network_problems(f"{at}.hosts[{j}]", pool, host)
         if pool.bootstrap is not None:
             problems += _bootstrap_host(f"{at}.hosts[{j}]", host)
         elif host.ssh_host_key is None:
@@ -300,7 +314,7 @@ def _metal_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
                          for field in INSTALL_ONLY if getattr(host, field) is not None]
         if host.ssh_host_key is not None and (why := host_key_problem(host.ssh_host_key)) is not None:
             problems.append(f"{at}.hosts[{j}].ssh_host_key: {why}")
-    return problems
+    return problems + unique_macs(at, stack.indexed(f"pools[{i}].hosts", pool.hosts), pool)
 
 
 # The widest network a metal pool may name: its range is opened to etcd, the kubelet and the
@@ -330,7 +344,14 @@ def _bootstrap_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
     if pool.layout not in offered:
         return [f"{at}.disk_layout: the flake has no layout {pool.layout!r}{did_you_mean(pool.layout, offered)} "
                 f"({flake.name}/disko/ has: {', '.join(offered) or 'none'})"]
-    return []
+    if layout_firmware(flake, pool.layout) != "bios":
+        return []
+    # GRUB is written to the install disk, which the system then names: one system per host.
+    why = f"layout {pool.layout} boots by BIOS: GRUB is written to the host's disk, which its system names"
+    problems = [] if pool.per_host_closures else [f"{at}.per_host_closures: required with {why} (one system "
+                                                  "per host)"]
+    return problems + [f"{at}.hosts[{j}].install_disk: required with {why} (`flakefleet facts` lists its disks)"
+                       for j, h in stack.indexed(f"pools[{i}].hosts", pool.hosts) if h.install_disk is None]
 
 
 def _bootstrap_host(at: str, host: MetalHost) -> list[str]:
@@ -369,6 +390,7 @@ def _one_pool(stack: Parsed, i: int, pool: PoolConfig) -> list[str]:
             problems += _pull_source(stack, at) if pool.autoscaling is not None else []
         else:
             problems += _metal_pool(stack, i, pool)
+    problems += gpu_problems(at, pool)
     for key, value in pool.labels.items():
         if (why := label_problem(key, value)) is not None:
             problems.append(f"{at}.labels.{key}: {why}")

@@ -44,6 +44,17 @@ def disk_layouts(flake: Path) -> list[str] | None:
     return sorted(p.stem for p in folder.glob("*.nix"))
 
 
+def layout_firmware(flake: Path, layout: str) -> str:
+    """How the machines a layout is for boot (`uefi`, `bios`): what the layout file sets as
+    `flakefleet.install.firmware` (nixos/mixins/install.nix; its default is uefi)."""
+    try:
+        text = (flake / "disko" / f"{layout}.nix").read_text()
+    except OSError:
+        return "uefi"
+    found = re.search(r'flakefleet\.install\.firmware\s*=\s*"(uefi|bios)"', text)
+    return found.group(1) if found else "uefi"
+
+
 def nixpkgs_release(flake: Path) -> str | None:
     """The NixOS release the flake's lock pins (`nixos-26.05` -> `26.05`): its `nixpkgs` input's
     branch. None when that follows no release branch (unstable, a fork's branch) or there is no

@@ -515,6 +515,12 @@ class InstallPlan:
     delivery: str = ""
     """The host's delivery plan (JSON): drained and taken out of the cluster through it first
     when a reinstall wipes a host that is in the cluster."""
+    network: dict = field(default_factory=dict)
+    """flakefleet/plan/network.py:NetworkPlan's JSON: how the installed system is addressed."""
+    firmware: str = "uefi"
+    """How the layout's machines boot (its `flakefleet.install.firmware`): another is refused."""
+    gpu: dict | None = None
+    """The pool's GPUs (GpuSpec's JSON) when it has some: a machine that shows otherwise is refused."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

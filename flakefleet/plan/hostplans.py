@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from flakefleet.config import StackConfig
+from flakefleet.facts.flake import layout_firmware
 from flakefleet.plan.contract import Builder, DeliveryPlan, Endpoint, InstallPlan, PublishPlan, System, substituter_url
 from flakefleet.plan.inventory import Host, Inventory
 from flakefleet.plan.rollout import RestorePoint, waves
@@ -182,11 +184,14 @@ def install_plan(cfg: StackConfig, inv: Inventory, host: Host, systems: Mapping[
     pinned, the pool's system and spec (for its disko script), the stack's key for the installed
     system, and its delivery plan (JSON, to drain it first when a reinstall wipes a node)."""
     pool = cfg.pool(host.pool)
+    spec = pool_spec(cfg, inv, host.pool, host if pool.per_host_closures else None).as_json()
     return InstallPlan(
         host=host.name, address=str(host.address), port=host.ssh_port, user=host.ssh_user,
         install_host_key=host.install.host_key, host_key=host_key, layout=host.install.layout,
-        system=systems[host_system(cfg, host)].out, spec=pool_spec(cfg, inv, host.pool).as_json(), arch=NIX_SYSTEMS[pool.arch],
+        system=systems[host_system(cfg, host)].out, spec=spec, arch=NIX_SYSTEMS[pool.arch],
         disk=host.install.disk, reinstall=host.install.reinstall, flake=flake,
         boot_timeout_s=cfg.delivery.metal_boot_timeout_s, delivery=delivery,
+        network=host.install.network.to_json(), firmware=layout_firmware(Path(flake), host.install.layout),
+        gpu=spec.get("gpu"),
     )
 

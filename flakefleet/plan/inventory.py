@@ -24,6 +24,8 @@ import functools
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 
+from flakefleet.config.metal import effective_network
+from flakefleet.plan.network import NetworkPlan
 from flakefleet.facts.addresses import BLOCKS_PER_SUBNET, PoolBlocks, allocate_blocks, block_cidr
 from flakefleet.config import NAMESPACE, ConfigError, StackConfig
 
@@ -49,6 +51,7 @@ class Install:
     host_key: str  # of the Linux it runs before, pinned
     disk: str | None = None  # None: its only disk, from its facts
     reinstall: str | None = None  # a new value: wiped and installed again, once
+    network: NetworkPlan = NetworkPlan("default")  # how the installed system is addressed
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ def plan_inventory(cfg: StackConfig) -> Inventory:
                     ssh_user=h.ssh_user or cfg.delivery.ssh_user,
                     ssh_port=h.ssh_port,
                     ssh_host_key=h.ssh_host_key,
-                    install=Install(pool.layout, h.install_host_key, h.install_disk, h.reinstall)
+                    install=Install(pool.layout, h.install_host_key, h.install_disk, h.reinstall,
+                                    NetworkPlan.of(effective_network(pool, h)))
                     if pool.bootstrap else None,
                 )
                 for h in pool.hosts

@@ -97,7 +97,9 @@ def pool_spec(cfg: StackConfig, inv: Inventory, pool_name: str, host: Host | Non
         images=sorted(w.name for w in cfg.workloads if pool.name in w.pools),
         workloads=workload_specs(cfg) if server else [],
         # A bootstrapped pool's disk layout (nixos/disko/); the disk is the install's, per host.
-        install=InstallSpec(layout=pool.layout) if pool.bootstrap else None,
+        # A per-host system names its host's disk: GRUB on a BIOS machine is written to it.
+        install=InstallSpec(layout=pool.layout, disk=host.install.disk if host is not None and host.install else None)
+        if pool.bootstrap else None,
         # An autoscaled pool: its instances pull it, with the agent in its closure (mixins/pull.nix).
         pull=pool.autoscaling is not None,
     )
@@ -113,13 +115,16 @@ def cilium_spec(cfg: StackConfig) -> CiliumSpec:
 
 def gpu_spec(cfg: StackConfig, pool_name: str) -> GpuSpec | None:
     """A GPU pool's GPUs (nixos/hardware/nvidia.nix): open kernel modules and NVSwitch from the
-    instance catalog on EC2; bring-your-own hosts are taken as Turing or newer without NVSwitch."""
+    instance catalog on EC2; on bring-your-own hosts as the pool says (`gpu_open_modules`,
+    `gpu_nvswitch`), else Turing or newer without NVSwitch."""
     pool = cfg.pool(pool_name)
     if pool.gpu is None:
         return None
     known = nvidia_gpu(pool.instance_type) if pool.instance_type else None
-    return GpuSpec(vendor=pool.gpu, open_modules=known.open_modules if known else True,
-                   nvswitch=known.nvswitch if known else False)
+    if known is not None:
+        return GpuSpec(vendor=pool.gpu, open_modules=known.open_modules, nvswitch=known.nvswitch)
+    return GpuSpec(vendor=pool.gpu, open_modules=pool.gpu_open_modules is not False,
+                   nvswitch=bool(pool.gpu_nvswitch))
 
 
 def workload_specs(cfg: StackConfig) -> list[WorkloadSpec]:

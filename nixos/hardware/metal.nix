@@ -1,6 +1,6 @@
 # Bring-your-own machines. Defaults for a disk installed with the labels `nixos` (root) and
 # `boot` (EFI system partition), e.g. by nixos-anywhere with disko; override per pool.
-{ lib, ... }:
+{ config, lib, ... }:
 {
   boot.loader.systemd-boot.enable = lib.mkDefault true;
   boot.loader.efi.canTouchEfiVariables = lib.mkDefault true;
@@ -17,11 +17,13 @@
     device = "/dev/disk/by-label/nixos";
     fsType = "ext4";
   };
-  fileSystems."/boot" = lib.mkDefault {
+  # The EFI system partition systemd-boot writes to; a machine that boots by BIOS has none
+  # (disko/bios-single-disk.nix turns systemd-boot off for GRUB).
+  fileSystems."/boot" = lib.mkIf config.boot.loader.systemd-boot.enable (lib.mkDefault {
     device = "/dev/disk/by-label/boot";
     fsType = "vfat";
     # The ESP holds boot entries only; keep it unreadable for users.
     options = [ "umask=0077" ];
-  };
+  });
   hardware.enableRedistributableFirmware = lib.mkDefault true;
 }

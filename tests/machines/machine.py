@@ -249,8 +249,17 @@ class Machine:
         return [
             "systemd-nspawn", "-D", str(self.merged), "--register=no", "--keep-unit", f"--machine={self.name}",
             "--console=read-only", "--kill-signal=SIGRTMIN+3", "--link-journal=no", "--resolv-conf=off",
-            "--timezone=off", f"--bind={self.apiserver}:{APISERVER}", *self.kube_bind(), "--", init,
+            "--timezone=off", f"--bind={self.apiserver}:{APISERVER}", *self.kube_bind(), *self.firmware_bind(),
+            "--", init,
         ]  # fmt: skip
+
+    def firmware_bind(self) -> list[str]:
+        """How the machine booted, as the kernel shows it (/sys/firmware/efi exists after a UEFI
+        boot): by its boot loader, systemd-boot on UEFI, GRUB on BIOS, whatever this host booted by."""
+        firmware = self.root / "firmware"
+        (firmware / "efi").mkdir(parents=True, exist_ok=True) if self.bootloader == "systemd-boot" else \
+            firmware.mkdir(parents=True, exist_ok=True)
+        return [f"--bind-ro={firmware}:/sys/firmware"]
 
     def kube_bind(self) -> list[str]:
         from tests.kube.controlplane import binaries

@@ -221,6 +221,9 @@ class VM:
     host_key: str = ""
     user: str = "root"
     boots: int = 0
+    # More of the host's ports forwarded into the guest: `tcp:ADDR:PORT-GUESTADDR:22` (a guest
+    # address the guest takes itself, e.g. a static one; the default forward goes to its lease).
+    forwards: tuple[str, ...] = ()
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -233,7 +236,8 @@ class VM:
         return [
             "qemu-system-x86_64", "-accel", "tcg,tb-size=128", "-cpu", "max", "-m", "1024", "-smp", "1",
             "-drive", f"file={self.root / 'disk.qcow2'},if=virtio,format=qcow2,cache=unsafe",
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:{self.address}:{self.port}-:22",
+            "-netdev", ",".join([f"user,id=n0,restrict=on,hostfwd=tcp:{self.address}:{self.port}-:22",
+                                 *(f"hostfwd={f}" for f in self.forwards)]),
             "-device", "virtio-net-pci,netdev=n0", "-display", "none", "-nodefaults",
             "-serial", f"file:{self.root / 'serial.log'}", "-no-reboot",
         ]  # fmt: skip

@@ -7,8 +7,9 @@
 #   lib/types/disk.nix    disk: type "disk", device (an absolute path), content (gpt here)
 #   lib/types/gpt.nix     gpt: partitions attrsOf { type (default "8300"), size, label (default
 #                         "<disk type>-<disk name>-<partition name>"), device
-#                         (/dev/disk/by-partlabel/<label>), content } (an EF02 partition's
-#                         boot.loader.grub.devices is not restated: no layout of ours has one)
+#                         (/dev/disk/by-partlabel/<label>), content }; a disk with an EF02
+#                         (BIOS boot) partition: boot.loader.grub.devices = [ its device ]
+#                         (gpt.nix `_config`)
 #   lib/types/filesystem.nix  filesystem: format, mountpoint (nullOr absolute path),
 #                         mountOptions (default [ "defaults" ]); _config: fileSystems.<mountpoint>
 #                         = { device; fsType = format; options = mountOptions; }
@@ -107,6 +108,11 @@ in
           options = x.p.content.mountOptions;
         };
       }) (builtins.filter (x: x.p.content != null && x.p.content.mountpoint != null) parts)
+    );
+    boot.loader.grub.devices = map (d: d.device) (
+      builtins.filter (d: builtins.any (p: p.type == "EF02") (builtins.attrValues d.content.partitions)) (
+        builtins.attrValues disks
+      )
     );
     # What the install runs on the host: the stand-in names the disks it would write.
     system.build.diskoScript = "disko-script for ${lib.concatMapStringsSep " " (d: d.device) (builtins.attrValues disks)}";

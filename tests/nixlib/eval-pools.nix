@@ -267,6 +267,12 @@ let
         hostName = config.networking.hostName;
         fileSystems = builtins.mapAttrs (_: f: { inherit (f) device fsType options; }) config.fileSystems;
         diskoScript = config.system.build.diskoScript or null;
+        boot = {
+          systemdBoot = config.boot.loader.systemd-boot.enable;
+          grub = config.boot.loader.grub.enable;
+          grubDevices = config.boot.loader.grub.devices;
+        };
+        networkd = config.networking.useNetworkd;
         sysctl = config.boot.kernel.sysctl;
         firewall = {
           inherit (config.networking.firewall) allowedTCPPortRanges allowedUDPPortRanges trustedInterfaces extraCommands;

@@ -88,6 +88,10 @@ in
     boot.loader.systemd-boot.enable = bool;
     # system/boot/loader/efi.nix
     boot.loader.efi.canTouchEfiVariables = bool;
+    # system/boot/loader/grub/grub.nix (enable's default is `!config.boot.isContainer`: a node is
+    # no container)
+    boot.loader.grub.enable = optDefault types.bool true;
+    boot.loader.grub.devices = strList;
     # hardware/all-firmware.nix
     hardware.enableRedistributableFirmware = bool;
 
@@ -121,6 +125,8 @@ in
     };
 
     # tasks/network-interfaces.nix
+    networking.useNetworkd = bool;
+    networking.useDHCP = optDefault types.bool true;
     networking.hostName = optDefault (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
     # services/networking/firewall.nix
     networking.firewall = {
@@ -296,6 +302,8 @@ in
   };
 
   config = lib.mkMerge [
+    # system/boot/loader/systemd-boot/systemd-boot.nix (under its enable): GRUB is off unless said.
+    (lib.mkIf config.boot.loader.systemd-boot.enable { boot.loader.grub.enable = lib.mkDefault false; })
     # services/networking/firewall.nix (under networking.firewall.enable)
     (lib.mkIf config.networking.firewall.enable { networking.firewall.trustedInterfaces = [ "lo" ]; })
     # config/nix.nix (under nix.enable): cache.nixos.org's key is always trusted, and its cache
