@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -162,8 +161,10 @@ def link(name: str, mac: str, *addrs: tuple[str, int, bool]) -> dict:
                           for a, p, dyn in addrs]}
 
 
-def hardware(links: str, routes4: str = "[]", routes6: str = "[]", firmware: str = "uefi", pci: str = "") -> str:
-    return f"{firmware}\n--addresses\n{links}\n--routes\n{routes4}\n--routes\n{routes6}\n--pci\n{pci}"
+def hardware(links: str, routes4: str = "[]", routes6: str = "[]", firmware: str = "uefi", pci: str = "",
+             connection: str = "") -> str:
+    return (f"{firmware}\n--addresses\n{links}\n--routes\n{routes4}\n--routes\n{routes6}\n--connection\n{connection}\n"
+            f"--pci\n{pci}")
 
 
 RESCUE_STATIC = hardware(ip_addr(link("eth0", MAC, ("192.168.50.10", 32, False), ("2001:db8:1::2", 64, False),
@@ -202,10 +203,17 @@ def test_an_install_is_refused_where_the_installed_network_would_not_answer(runn
     assert network_refusal(parse_hardware(running), net, "192.168.50.10") == why
 
 
-def test_a_test_host_on_loopback_is_not_checked_and_nat_uses_the_default_routes_interface():
-    test_host = hardware(ip_addr())
-    assert network_refusal(parse_hardware(test_host), NetworkPlan("default"), "127.0.0.12") is None
-    # Reached at a NAT address (a VM's port forward): the interface of its default route counts.
+def test_the_uplink_is_where_the_session_arrived_and_a_test_host_on_loopback_has_none():
+    # The test machines share the deployer's network: reached on their own loopback.
+    test_host = parse_hardware(hardware(ip_addr(), connection="127.0.0.1 50000 127.0.0.12 2222"))
+    assert test_host.arrived == "127.0.0.12"
+    assert network_refusal(test_host, NetworkPlan("default"), "127.0.0.12") is None
+    # A guest behind a port forward: 127.0.0.132 on the deployer, arrived at its own address.
+    forwarded = parse_hardware(hardware(ip_addr(link("ens2", MAC, ("10.0.2.50", 32, False))),
+                                        connection="10.0.2.2 40000 10.0.2.50 22"))
+    assert network_refusal(forwarded, NetworkPlan("default"), "127.0.0.132").startswith(
+        "its Linux addresses it statically (ens2")
+    # Behind NAT with no session address read: the interface of its default route counts.
     natted = parse_hardware(RESCUE_STATIC)
     assert network_refusal(natted, NetworkPlan("default"), "203.0.113.7").startswith("its Linux addresses it statically")
 

@@ -21,12 +21,11 @@ import pytest
 
 from flakefleet.nixos.evaluate import evaluate_systems
 from flakefleet.plan.contract import PLAN_ENV, ROLLED_BACK, DeliveryPlan
-from tests.conftest import STANDIN_FLAKE, require
+from tests.conftest import STANDIN_FLAKE
 from tests.machines import grub
-from tests.machines.vm import KERNEL_PARAMS, VM, prerequisites, ssh, vm_fleet, vm_image, wait_ssh
+from tests.machines.vm import KERNEL_PARAMS, booted_guest, ssh, wait_ssh
 from tests.test_delivery_hosts import SECRET
 from tests.test_health_hosts import files, spec
-from tests.testhosts import prerequisites as host_prerequisites
 from tests.testhosts import run_as_deployer
 
 pytestmark = pytest.mark.vm
@@ -35,17 +34,8 @@ ADDRESS = "127.0.0.131"
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    missing = host_prerequisites() + prerequisites()
-    require(not missing, f"the VM tier needs: {', '.join(missing)}")
-    image = vm_image()
-    fleet = vm_fleet(image)
-    vm = VM("vm0", ADDRESS, 2222, tmp_path_factory.mktemp("vm") / "vm0", image)
-    vm.start()
-    try:
-        wait_ssh(vm, fleet)
-        yield image, fleet, vm
-    finally:
-        vm.stop()
+    with booted_guest("vm0", ADDRESS, tmp_path_factory.mktemp("vm")) as booted:
+        yield booted
 
 
 def system_specs(image) -> dict:

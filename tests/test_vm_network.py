@@ -26,31 +26,23 @@ from flakefleet.bootstrap.hardware import firmware_refusal, network_refusal
 from flakefleet.bootstrap.runner import extra_files
 from flakefleet.plan.contract import INSTALLED_KEY_ENV, InstallPlan
 from flakefleet.plan.network import UNIT_PATH, NetworkPlan
-from tests.conftest import require
-from tests.machines.vm import BOOT_TIMEOUT, VM, prerequisites, ssh, vm_fleet, vm_image, wait_ssh
+from tests.machines.vm import BOOT_TIMEOUT, booted_guest, ssh
 from tests.testhosts import poll
-from tests.testhosts import prerequisites as host_prerequisites
 
 pytestmark = pytest.mark.vm
-ADDRESS, PORT, STATIC_PORT = "127.0.0.132", 2222, 2223
+ADDRESS, STATIC_PORT = "127.0.0.132", 2223
 QEMU_MAC = "52:54:00:12:34:56"  # qemu's default for the first NIC
-STATIC = NetworkPlan("static", QEMU_MAC, ("10.0.2.50/32",), ("10.0.2.2",))
+# A rented server's shape on qemu's user network (10.0.2.0/24 and fec0::/64, its router 10.0.2.2
+# and fe80::2, its DNS 10.0.2.3): an IPv4 /32 with an on-link gateway, an IPv6 /64 via a
+# link-local router, a DNS server.
+STATIC = NetworkPlan("static", QEMU_MAC, ("10.0.2.50/32", "fec0::50/64"), ("10.0.2.2", "fe80::2"), ("10.0.2.3",))
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    missing = host_prerequisites() + prerequisites()
-    require(not missing, f"the VM tier needs: {', '.join(missing)}")
-    image = vm_image()
-    fleet = vm_fleet(image)
-    vm = VM("vm-net", ADDRESS, PORT, tmp_path_factory.mktemp("vm") / "vm-net", image,
-            forwards=(f"tcp:{ADDRESS}:{STATIC_PORT}-10.0.2.50:22",))
-    vm.start()
-    try:
-        wait_ssh(vm, fleet)
+    with booted_guest("vm-net", ADDRESS, tmp_path_factory.mktemp("vm"),
+                      forwards=(f"tcp:{ADDRESS}:{STATIC_PORT}-10.0.2.50:22",)) as (_, fleet, vm):
         yield fleet, vm
-    finally:
-        vm.stop()
 
 
 def facts(vm, fleet):
@@ -76,7 +68,8 @@ def test_a_statically_addressed_install_answers_at_its_address_after_the_reboot(
     assert firmware_refusal(hw, "bios-single-disk", "bios") is None
     # Reached through qemu's forward (NAT): the uplink is its default route's interface.
     assert network_refusal(hw, NetworkPlan("default"), vm.address) is None  # DHCP is what it runs
-    assert network_refusal(hw, STATIC, vm.address).startswith("network.addresses 10.0.2.50/32 are not what it runs")
+    assert network_refusal(hw, STATIC, vm.address).startswith(
+        "network.addresses 10.0.2.50/32, fec0::50/64 are not what it runs on ens")
 
     # 2. The install's files laid on its root (nixos-anywhere --extra-files), the old system's
     # network configuration wiped, then the reboot.
@@ -96,11 +89,16 @@ def test_a_statically_addressed_install_answers_at_its_address_after_the_reboot(
     links = json.loads(ssh(static, fleet, "ip -j address show").stdout)
     mine = next(link for link in links if link.get("address") == QEMU_MAC)
     assert [(a["local"], a["prefixlen"]) for a in mine["addr_info"] if a["family"] == "inet"] == [("10.0.2.50", 32)]
+    v6 = [(a["local"], a["prefixlen"]) for a in mine["addr_info"]
+          if a["family"] == "inet6" and not a["local"].startswith("fe80:")]  # fec0:: is scope "site"
+    assert v6 == [("fec0::50", 64)]  # no address from router advertisements: IPv6AcceptRA=no
     routes = json.loads(ssh(static, fleet, "ip -j -4 route show default").stdout)
     assert [(r["gateway"], "onlink" in r.get("flags", [])) for r in routes] == [("10.0.2.2", True)]
-    # What networkd says it applied to the link: our file.
+    routes6 = json.loads(ssh(static, fleet, "ip -j -6 route show default").stdout)
+    assert [r["gateway"] for r in routes6] == ["fe80::2"]
+    # What networkd says it applied to the link: our file, and its DNS server.
     status = ssh(static, fleet, f"networkctl status {mine['ifname']} --no-pager").stdout
-    assert "10-flakefleet-uplink.network" in status
+    assert "10-flakefleet-uplink.network" in status and "10.0.2.3" in status, status
     # And what a reinstall would read now: static, as the stack says; the default is refused.
     hw = facts(static, fleet)
     assert network_refusal(hw, STATIC, static.address) is None

@@ -24,6 +24,9 @@ HARDWARE_QUERY = (
     "echo '--addresses'; ip -j address show 2>/dev/null || echo null; "
     "echo '--routes'; ip -j -4 route show default 2>/dev/null || echo null; "
     "echo '--routes'; ip -j -6 route show default 2>/dev/null || echo null; "
+    # Where this SSH session arrived (sshd's SSH_CONNECTION: client, port, server address, port):
+    # the machine's own address for its uplink, also behind NAT or a port forward.
+    "echo '--connection'; echo \"$SSH_CONNECTION\"; "
     "echo '--pci'; for d in /sys/bus/pci/devices/*; do [ -r \"$d/class\" ] && "
     "printf '%s %s %s %s\\n' \"${d##*/}\" \"$(cat \"$d/vendor\")\" \"$(cat \"$d/device\")\" \"$(cat \"$d/class\")\"; done"
 )
@@ -79,6 +82,7 @@ class Hardware:
     routes: tuple[Route, ...] = ()
     pci: tuple[Pci, ...] = ()
     readable: bool = False  # ip -j answered (iproute2 4.13+)
+    arrived: str = ""  # the machine's address the SSH session came in on (SSH_CONNECTION)
 
     def nic_of(self, mac: str) -> Nic | None:
         return next((n for n in self.nics if n.mac == mac), None)
@@ -136,7 +140,10 @@ def parse_hardware(text: str) -> Hardware:
     routes = tuple(Route(str(r["gateway"]), str(r.get("dev", ""))) for block in parts.get("routes", [])
                    for r in _json(block) if isinstance(r, dict) and r.get("gateway"))
     pci = tuple(Pci(*line.split()[:4]) for line in parts.get("pci", [""])[0].splitlines() if len(line.split()) >= 4)
-    return Hardware(firmware if firmware in ("uefi", "bios") else "unknown", nics, routes, pci, readable=bool(links))
+    connection = parts.get("connection", [""])[0].split()
+    arrived = connection[2] if len(connection) == 4 else ""
+    return Hardware(firmware if firmware in ("uefi", "bios") else "unknown", nics, routes, pci, readable=bool(links),
+                    arrived=arrived)
 
 
 def firmware_refusal(hw: Hardware, layout: str, needs: str) -> str | None:
@@ -156,15 +163,16 @@ def _runs(nic: Nic, hw: Hardware) -> str:
 
 def network_refusal(hw: Hardware, net: NetworkPlan, address: str) -> str | None:
     """Why the installed system would not answer where this one does (None: it would, as far as
-    the running Linux shows). A host reached through a loopback or NAT address is not checked
-    beyond what it has: its uplink is the interface of its default route."""
+    the running Linux shows). The uplink is the interface the SSH session arrived on (behind NAT
+    or a port forward too), else the one holding `address`, else the default route's; a machine
+    reached on its own loopback (the test machines) has none to check."""
     if net.mode == "dhcp":
         return None
     if not hw.readable:
         return ("its addresses could not be read (`ip -j address` failed: iproute2 4.13+ is needed), so the "
                 "installed network cannot be checked against them")
     if net.mode == "default":
-        holder = hw.nic_holding(address)
+        holder = hw.nic_holding(hw.arrived or address)
         if holder is not None and holder.loopback:
             return None
         uplink = holder or next((n for r in hw.routes for n in hw.nics if n.name == r.dev), None)

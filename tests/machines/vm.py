@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,3 +299,23 @@ def ssh(vm: VM, fleet: TestFleet, command: str, timeout: float = 120) -> subproc
 
 def wait_ssh(vm: VM, fleet: TestFleet, timeout: float = BOOT_TIMEOUT) -> None:
     poll(lambda: ssh(vm, fleet, "true", timeout=30).returncode == 0, timeout, f"guest {vm.name} up", interval=2)
+
+
+@contextmanager
+def booted_guest(name: str, address: str, root: Path, forwards: tuple[str, ...] = ()):
+    """(image, fleet, vm): a guest booted and answering SSH at address:2222; stopped on the way out.
+    The VM tier's prerequisites are required (a failure under FLAKEFLEET_REQUIRE_ALL)."""
+    from tests.conftest import require
+    from tests.testhosts import prerequisites as host_prerequisites
+
+    missing = host_prerequisites() + prerequisites()
+    require(not missing, f"the VM tier needs: {', '.join(missing)}")
+    image = vm_image()
+    fleet = vm_fleet(image)
+    vm = VM(name, address, 2222, root / name, image, forwards=forwards)
+    vm.start()
+    try:
+        wait_ssh(vm, fleet)
+        yield image, fleet, vm
+    finally:
+        vm.stop()
